@@ -1,0 +1,3 @@
+"""Pay-per-inference AI model marketplace on Ethereum."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Chain access: compiled contracts, a local Anvil, deployment, typed wrappers, event reading."""
