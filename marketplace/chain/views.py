@@ -1,0 +1,68 @@
+"""What the daemon knows about on-chain objects: plain values, cached from contract events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+__all__ = ["ModelStatus", "ChannelInfo", "ModelInfo", "ChainState"]
+
+
+class ModelStatus(IntEnum):
+    """ModelRegistry.Status."""
+
+    NONE = 0
+    ACTIVE = 1
+    PAUSED = 2
+    RETIRED = 3
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """A PaymentChannels channel: its fixed terms and its current state."""
+
+    channel_id: int
+    payer: str
+    signer: str
+    payee: str
+    model_id: bytes
+    salt: int
+    deposit: int
+    claimed: int
+    expiry: int  # unix seconds
+    reclaimed: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A ModelRegistry model as of the latest event seen."""
+
+    model_id: bytes
+    owner: str
+    payee: str
+    price: int
+    status: ModelStatus
+    metadata_codec: int
+    metadata_digest: bytes
+    artifact_codec: int
+    artifact_digest: bytes
+    artifact_version: int
+    endpoint: str
+
+
+class ChainState(Protocol):
+    """The daemon's cached view of the chain; lookups never make an RPC round trip."""
+
+    chain_id: int
+    escrow: str  # PaymentChannels address
+    token: str  # MarketToken address
+    licenses: str  # Licenses address
+
+    def channel(self, channel_id: int) -> ChannelInfo | None: ...
+
+    def model(self, model_id: bytes) -> ModelInfo | None: ...
+
+    async def refresh_channel(self, channel_id: int) -> ChannelInfo | None:
+        """Read one channel from the chain now (a voucher above the cached deposit, an unknown id)."""
+        ...
