@@ -81,13 +81,16 @@ class Anvil:
         if self._process is not None:
             raise ToolchainError("this Anvil is already running")
         binary = anvil_binary()
-        self._process = subprocess.Popen(
-            [str(binary), *self._args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if os.name == "posix" else None,
-        )
+        try:
+            self._process = subprocess.Popen(
+                [str(binary), *self._args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if os.name == "posix" else None,
+            )
+        except OSError as error:
+            raise ToolchainError(f"cannot run anvil at {binary}: {error.strerror}") from None
         address = self._wait_for_banner()
         self._drainer = threading.Thread(
             target=self._drain, args=(self._process.stdout,), daemon=True, name="anvil-output"
