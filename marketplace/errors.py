@@ -8,14 +8,36 @@
     │   ├── MissingKey               no signing key was provided or it could not be decrypted
     │   ├── InsufficientFunds        the sender cannot pay for gas or value
     │   ├── ContractReverted         a call or transaction reverted (custom error decoded)
-    │   └── DeploymentNotFound       no deployment record for a chain id
+    │   ├── DeploymentNotFound       no deployment record for a chain id
+    │   ├── ChainUnavailable         the node does not answer now (the cached state still serves)
+    │   └── LogQueryRefused          eth_getLogs refused even for a one-block range
     ├── ToolchainError               a pinned external tool (anvil, solc) is missing or failed
-    └── ArtifactError                IPFS artifacts
-        ├── InvalidCid               text or bytes that are not a valid CID
-        ├── ArtifactNotFound         a store does not have a block or file
-        ├── ArtifactIntegrityError   bytes whose hash does not match their CID
-        ├── StoreUnavailable         a Kubo API or gateway does not answer
-        └── CarFormatError           a malformed CAR file
+    ├── ArtifactError                IPFS artifacts
+    │   ├── InvalidCid               text or bytes that are not a valid CID
+    │   ├── ArtifactNotFound         a store does not have a block or file
+    │   ├── ArtifactIntegrityError   bytes whose hash does not match their CID
+    │   ├── StoreUnavailable         a Kubo API or gateway does not answer, or the store is busy
+    │   ├── StoreError               a store answered, but with an error
+    │   ├── CarFormatError           a malformed CAR file
+    │   └── DagFormatError           a block that is not the dag-pb/UnixFS it should be
+    ├── RunnerError                  a model call failed (code, http_status; consumer not charged)
+    │   ├── InvalidInput             the input does not match the model's schema (400/415/422)
+    │   ├── BodyTooLarge             a request (413) or upstream answer (502) over the size limit
+    │   ├── ForbiddenUpstream        an upstream URL refused at configuration (SSRF rules)
+    │   ├── ModelLoadFailed          a model file that cannot be loaded or served (503)
+    │   ├── InferenceFailed          the model failed on an accepted input (500)
+    │   └── UpstreamError            the provider's model server gave no usable answer
+    │       ├── UpstreamTimeout      no answer in time (504)
+    │       ├── UpstreamUnreachable  no connection (502), or the runner is closed (503)
+    │       └── UpstreamFailed       an error status or a broken answer (502)
+    │           └── UpstreamRejected the upstream refused the input (its 400/413/415/422)
+    └── PaymentError                 payment channels: the daemon's credit ledger
+        ├── InsufficientCredit       a call costs more than the channel's credit left
+        ├── CreditNotFound           the ledger has no row for a channel
+        ├── LedgerUnavailable        the ledger's database cannot be opened or reached
+        │   └── LedgerSchemaTooNew   the database was written by a newer version
+        ├── PaymentRejected          an x402 payment refused (stable code, http_status; nothing served)
+        └── ReceiptInvalid           a receipt whose signature, signer or hashes do not check out
 
 Every message is built from the values involved, so one line tells the user what went wrong.
 """
@@ -38,7 +60,9 @@ __all__ = [
     "ArtifactNotFound",
     "ArtifactIntegrityError",
     "StoreUnavailable",
+    "StoreError",
     "CarFormatError",
+    "DagFormatError",
 ]
 
 
@@ -82,10 +106,10 @@ class InsufficientFunds(ChainError):
 
 
 class ContractReverted(ChainError):
-    def __init__(self, contract: str, function: str, error: str, args: dict[str, object] | None = None) -> None:
-        self.contract, self.function, self.error, self.args = contract, function, error, args or {}
-        shown = ", ".join(f"{k}={v}" for k, v in self.args.items())
-        super().__init__(f"{contract}.{function} reverted: {error}({shown})")
+    def __init__(self, contract: str, function: str, error: str, values: dict[str, object] | None = None) -> None:
+        self.contract, self.function, self.error, self.values = contract, function, error, values or {}
+        shown = ", ".join(f"{k}={v}" for k, v in self.values.items())
+        super().__init__(f"{function} on {contract} reverted: {error}({shown})")
 
 
 class DeploymentNotFound(ChainError):
@@ -107,7 +131,7 @@ class ArtifactError(MarketplaceError):
 
 class InvalidCid(ArtifactError):
     def __init__(self, text: object, reason: str) -> None:
-        self.text = text
+        self.text, self.reason = text, reason
         super().__init__(f"invalid CID {text!r}: {reason}")
 
 
@@ -129,5 +153,306 @@ class StoreUnavailable(ArtifactError):
         super().__init__(f"{where} is unavailable: {reason}")
 
 
+class StoreError(ArtifactError):
+    def __init__(self, where: str, action: str, message: str) -> None:
+        self.where, self.action = where, action
+        super().__init__(f"{where} failed to {action}: {message}")
+
+
 class CarFormatError(ArtifactError):
     """A CAR file is malformed."""
+
+
+class DagFormatError(ArtifactError):
+    def __init__(self, cid: object, reason: str) -> None:
+        self.cid = cid
+        super().__init__(f"block {cid} is not valid UnixFS: {reason}")
+
+
+# --- payments --------------------------------------------------------------------------------
+
+__all__ += ["PaymentError", "InsufficientCredit", "CreditNotFound", "LedgerUnavailable", "LedgerSchemaTooNew"]
+
+
+class PaymentError(MarketplaceError):
+    """Something went wrong with a payment."""
+
+
+class InsufficientCredit(PaymentError):
+    def __init__(
+        self, channel_id: int, authorized: int, consumed: int, price: int, amount: int | None = None
+    ) -> None:
+        self.channel_id, self.authorized, self.consumed, self.price = channel_id, authorized, consumed, price
+        self.amount = amount  # the voucher offered with the call, if any
+        self.available = max(authorized, amount or 0) - consumed
+        voucher = f", voucher {amount}" if amount is not None else ""
+        super().__init__(
+            f"channel {channel_id:#x} has {self.available} of credit left (authorized {authorized}, "
+            f"consumed {consumed}{voucher}); the call costs {price}"
+        )
+
+
+class CreditNotFound(PaymentError):
+    def __init__(self, channel_id: int) -> None:
+        self.channel_id = channel_id
+        super().__init__(f"the credit ledger has no record of channel {channel_id:#x}")
+
+
+class LedgerUnavailable(PaymentError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason  # url is shown without its password
+        super().__init__(f"credit ledger {url} is unavailable: {reason}")
+
+
+class LedgerSchemaTooNew(LedgerUnavailable):
+    def __init__(self, url: str, found: int, supported: int) -> None:
+        self.found, self.supported = found, supported
+        super().__init__(
+            url,
+            f"its schema is version {found} but this code knows up to version {supported}; "
+            "upgrade the marketplace package (downgrading a database is not supported)",
+        )
+
+
+# --- runners ---------------------------------------------------------------------------------
+# A RunnerError means the model call failed and the consumer is not charged for it. ``code`` is a
+# stable string for the JSON error body, ``http_status`` the status the daemon answers with, and
+# ``detail`` is safe to show the consumer (it never names the provider's upstream URL); the
+# exception's message (``str(error)``) is the full story for the provider's logs.
+
+__all__ += [
+    "RunnerError",
+    "InvalidInput",
+    "BodyTooLarge",
+    "ForbiddenUpstream",
+    "ModelLoadFailed",
+    "InferenceFailed",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
+    "UpstreamFailed",
+    "UpstreamRejected",
+]
+
+
+class RunnerError(MarketplaceError):
+    """A model call failed; the consumer is not charged."""
+
+    code: str = "runner_failed"
+    http_status: int = 500
+
+    def __init__(self, detail: str, *, message: str | None = None, http_status: int | None = None) -> None:
+        self.detail = detail
+        if http_status is not None:
+            self.http_status = http_status
+        super().__init__(message or detail)
+
+
+class InvalidInput(RunnerError):
+    """The consumer's input does not match the model's input schema (400 when it is not even JSON)."""
+
+    code = "invalid_input"
+    http_status = 422
+
+    def __init__(self, detail: str, *, path: str | None = None, http_status: int | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {detail}" if path else detail, http_status=http_status)
+
+
+class BodyTooLarge(RunnerError):
+    """A request body over the runner's limit (413), or an upstream answer over it (502)."""
+
+    def __init__(self, what: str, limit: int, size: int | None = None) -> None:
+        self.what, self.limit, self.size = what, limit, size
+        is_request = what == "request"
+        self.code = "request_too_large" if is_request else "upstream_response_too_large"
+        seen = f"{size} bytes" if size is not None else "more"
+        super().__init__(
+            f"the {what} body is {seen}, over the limit of {limit} bytes",
+            http_status=413 if is_request else 502,
+        )
+
+
+class ForbiddenUpstream(RunnerError):
+    """An upstream URL refused when the runner is configured (not http(s), no host, credentials...)."""
+
+    code = "forbidden_upstream"
+    http_status = 500
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__("the model's upstream is misconfigured", message=f"upstream {url!r} refused: {reason}")
+
+
+class ModelLoadFailed(RunnerError):
+    """A model file that the runner cannot load or serve."""
+
+    code = "model_unavailable"
+    http_status = 503
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__("the model cannot be loaded", message=f"cannot serve the model {path}: {reason}")
+
+
+class InferenceFailed(RunnerError):
+    """The model accepted the input but failed while running it, or produced unusable output."""
+
+    code = "inference_failed"
+    http_status = 500
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the model failed: {reason}")
+
+
+class UpstreamError(RunnerError):
+    """The provider's own model server (the upstream) did not give a usable answer."""
+
+    code = "upstream_error"
+    http_status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"
+    http_status = 504
+
+    def __init__(self, url: str, phase: str, seconds: float) -> None:
+        self.url, self.phase, self.seconds = url, phase, seconds
+        super().__init__(
+            f"the model did not {phase} within {seconds:g} s",
+            message=f"upstream {url} did not {phase} within {seconds:g} s",
+        )
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection to the upstream (refused, no route, DNS), or the runner is closed (503)."""
+
+    code = "upstream_unreachable"
+    http_status = 502
+
+    def __init__(self, url: str, reason: str, *, http_status: int | None = None) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(
+            "the model server is unreachable",
+            message=f"cannot reach upstream {url}: {reason}",
+            http_status=http_status,
+        )
+
+
+class UpstreamFailed(UpstreamError):
+    """The upstream answered with an error status (``upstream_status``) or broke the protocol (None)."""
+
+    code = "upstream_failed"
+    http_status = 502
+
+    def __init__(self, url: str, upstream_status: int | None, reason: str = "") -> None:
+        self.url, self.upstream_status, self.reason = url, upstream_status, reason
+        what = f"answered with HTTP {upstream_status}" if upstream_status is not None else "failed"
+        suffix = f": {reason}" if reason else ""
+        super().__init__(f"the model server {what}", message=f"upstream {url} {what}{suffix}")
+
+
+class UpstreamRejected(UpstreamFailed):
+    """The upstream refused the consumer's input (HTTP 400, 413, 415 or 422): passed on as such.
+
+    ``detail`` is the upstream's own explanation (its body, shortened), since it is about the
+    consumer's input.
+    """
+
+    code = "upstream_rejected_input"
+
+    def __init__(self, url: str, upstream_status: int, explanation: str) -> None:
+        super().__init__(url, upstream_status, explanation)
+        self.http_status = upstream_status
+        self.detail = explanation or f"the model server refused the input (HTTP {upstream_status})"
+
+
+# --- chain state / claims ----------------------------------------------------------------------
+
+__all__ += ["ChainUnavailable", "LogQueryRefused"]
+
+class ChainUnavailable(ChainError):
+    """The node did not answer (refused, timed out, HTTP error): cached state still serves, reads fail."""
+
+    def __init__(self, url: str, action: str, reason: str) -> None:
+        self.url, self.action, self.reason = url, action, reason
+        super().__init__(f"cannot {action}: the chain node at {url} is unavailable ({reason})")
+
+
+class LogQueryRefused(ChainError):
+    """eth_getLogs was refused even for the smallest block range."""
+
+    def __init__(self, from_block: int, to_block: int, message: str) -> None:
+        self.from_block, self.to_block = from_block, to_block
+        super().__init__(f"the node refused eth_getLogs for blocks {from_block}..{to_block}: {message}")
+
+
+# --- x402 / schemes --------------------------------------------------------------------------
+# A PaymentRejected refuses a payment offered over HTTP (marketplace/payments/x402.py and
+# schemes/). ``code`` is stable: it goes into the JSON error body ``{"error": code, "detail": ...}``
+# and into the 402's PAYMENT-REQUIRED ``error``. ``http_status`` is 400 when the PAYMENT-SIGNATURE
+# header cannot be read at all, 402 when a readable payment is refused (the client may pay again),
+# 503/504 when the chain cannot be asked or does not answer in time. docs/payment-protocol.md
+# lists every code. (The credit ledger's refusal is InsufficientCredit, code
+# ``insufficient_credit``, 402.)
+
+__all__ += ["REJECTION_STATUS", "PaymentRejected", "ReceiptInvalid"]
+
+REJECTION_STATUS: dict[str, int] = {
+    # transport: the PAYMENT-SIGNATURE header
+    "payment_required": 402,  # no PAYMENT-SIGNATURE header at all
+    "header_too_large": 400,
+    "invalid_base64": 400,
+    "invalid_json": 400,
+    "invalid_payload": 400,  # a field is missing or has the wrong type or form
+    "unsupported_version": 400,  # x402Version other than 2
+    "unsupported_scheme": 402,
+    "wrong_network": 402,
+    "wrong_asset": 402,
+    "wrong_payee": 402,
+    "bad_signature": 402,
+    "chain_unavailable": 503,
+    # channel
+    "unknown_channel": 402,
+    "wrong_model": 402,
+    "channel_reclaimed": 402,
+    "channel_expiring": 402,
+    "amount_exceeds_deposit": 402,
+    # exact (EIP-3009)
+    "amount_too_low": 402,
+    "authorization_not_yet_valid": 402,
+    "authorization_expired": 402,
+    "nonce_reused": 402,
+    "insufficient_funds": 402,
+    "settlement_failed": 402,
+    "settlement_pending": 504,
+    # license
+    "license_invalid": 402,
+    "license_wrong_model": 402,
+    "license_expired": 402,
+    "not_license_holder": 402,
+    "access_expired": 402,
+    "access_window_too_long": 402,
+    "request_mismatch": 402,
+}
+
+
+class PaymentRejected(PaymentError):
+    """A payment offered over HTTP was refused; nothing is served and nothing is charged."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        if code not in REJECTION_STATUS:
+            raise ValueError(f"unknown payment rejection code {code!r}")
+        self.code, self.detail, self.http_status = code, detail, REJECTION_STATUS[code]
+        super().__init__(f"payment rejected ({code}): {detail}")
+
+    def to_json(self) -> dict[str, str]:
+        """The daemon's JSON error body."""
+        return {"error": self.code, "detail": self.detail}
+
+
+class ReceiptInvalid(PaymentError):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"invalid receipt: {reason}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractFunction
@@ -53,10 +53,12 @@ def decode_revert(abi: list[dict[str, Any]], data: bytes | str | None) -> tuple[
         return f"unknown error 0x{selector.hex()}", {}
     name, names, types = entry
     values = abi_decode(types, payload)
-    return name, {n or f"arg{i}": _show(v) for i, (n, v) in enumerate(zip(names, values))}
+    return name, {n or f"arg{i}": _show(t, v) for i, (n, t, v) in enumerate(zip(names, types, values))}
 
 
-def _show(value: object) -> object:
+def _show(abi_type: str, value: object) -> object:
+    if abi_type == "address":
+        return to_checksum_address(str(value))
     if isinstance(value, bytes):
         return "0x" + value.hex()
     return value
@@ -76,7 +78,7 @@ class Sender:
 
     def transact(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> TxReceipt:
         """Estimate, sign, send `fn` and wait; raise ContractReverted with the decoded error."""
-        contract_name = getattr(fn, "contract_name", None) or "contract"
+        contract_name = str(fn.address)
         tx_fields: dict[str, Any] = {"from": self.account.address, "value": value}
         if gas is not None:
             tx_fields["gas"] = gas
@@ -85,7 +87,7 @@ class Sender:
         except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
             name, args = decode_revert(fn.contract_abi, getattr(error, "data", None))
             raise ContractReverted(contract_name, fn.fn_name, name, args) from None
-        return self._send(tx, what=f"{contract_name}.{fn.fn_name}")
+        return self._send(tx, what=f"{fn.fn_name} on {contract_name}")
 
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, TxReceipt]:
         """Deploy a contract; returns (address, receipt)."""
