@@ -33,6 +33,12 @@ class Deployment:
     deployer: str
     block_number: int
     block_hash: str
+    first_block: int | None = None  # block of the first contract deployed: events start there (None: older record)
+
+    @property
+    def start_block(self) -> int:
+        """The first block that can hold an event of the marketplace contracts."""
+        return self.block_number if self.first_block is None else self.first_block
 
     def contract(self, w3: Web3, name: str) -> Contract:
         """A web3 contract object for one of the deployed contracts."""
@@ -73,11 +79,13 @@ def deploy_contracts(w3: Web3, deployer: LocalAccount) -> Deployment:
     """Deploy MarketToken, ModelRegistry, PaymentChannels and Licenses from `deployer`."""
     sender = Sender(w3, deployer)
     addresses: dict[str, str] = {}
+    blocks: list[int] = []
 
     def deploy(name: str, *args: Any) -> str:
         compiled = load_compiled(name)
         address, receipt = sender.deploy(compiled.abi, compiled.bytecode, *args)
         addresses[name] = address
+        blocks.append(receipt["blockNumber"])
         return address
 
     token = deploy("MarketToken", deployer.address)
@@ -92,4 +100,5 @@ def deploy_contracts(w3: Web3, deployer: LocalAccount) -> Deployment:
         deployer=deployer.address,
         block_number=last_block["number"],
         block_hash=last_block["hash"].to_0x_hex(),
+        first_block=min(blocks),
     )

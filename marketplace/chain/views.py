@@ -66,3 +66,7 @@ class ChainState(Protocol):
     async def refresh_channel(self, channel_id: int) -> ChannelInfo | None:
         """Read one channel from the chain now (a voucher above the cached deposit, an unknown id)."""
         ...
+
+    def now(self) -> int:
+        """The chain's time (unix seconds) for expiry checks: latest block timestamp + wall time since."""
+        ...

@@ -1,0 +1,364 @@
+"""The daemon's cached chain state: channels and models rebuilt from events, kept fresh by polling.
+
+`ChainStateCache` implements `ChainState`. It reads every PaymentChannels and ModelRegistry event
+from the deployment's first block, then polls new blocks in a background task. `channel()` and
+`model()` are dict lookups: no RPC on the paid path. `refresh_channel()` reads one channel now.
+
+Channel state only ever moves forward (deposit, claimed and expiry grow; a reclaim is final), so
+every update, from an event or from a `getChannel` read, is merged monotonically: a refresh that
+read a newer block than the poller has reached is never undone by the poller's older events.
+
+While the node is down the cache keeps serving what it knows, `refresh_channel` raises
+ChainUnavailable and the poller retries with backoff (see `EventFollower.follow`). If the chain
+goes back (a reset or `evm_revert` on a dev chain), the state is rebuilt from the first block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from web3 import AsyncWeb3, Web3
+from web3.providers.rpc import AsyncHTTPProvider
+
+from marketplace.chain.compiled import load_compiled
+from marketplace.chain.deploy import Deployment
+from marketplace.chain.events import (
+    DEFAULT_CHUNK,
+    Event,
+    EventBatch,
+    EventFollower,
+    EventReader,
+    EventSource,
+    node_call,
+    uint_topic,
+)
+from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
+from marketplace.errors import ChainError, WrongChain
+
+__all__ = ["ChainStateCache", "RECLAIMED_EXPIRY"]
+
+log = logging.getLogger(__name__)
+
+RECLAIMED_EXPIRY = 1  # PaymentChannels.RECLAIMED: the stored expiry of a reclaimed channel
+
+_CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "ChannelExtended", "VoucherClaimed", "ChannelReclaimed")
+_MODEL_EVENTS = (
+    "ModelRegistered", "ArtifactPublished", "MetadataUpdated", "PriceChanged", "EndpointChanged",
+    "PayeeChanged", "ModelPaused", "ModelUnpaused", "ModelRetired", "ModelTransferred",
+)  # fmt: skip
+
+
+def _advance(
+    info: ChannelInfo, *, deposit: int = 0, claimed: int = 0, expiry: int = 0, reclaimed: bool = False
+) -> ChannelInfo:
+    """`info` moved forward by what a later observation says (monotone merge; reclaim is final)."""
+    reclaimed = reclaimed or info.reclaimed
+    claimed = max(info.claimed, claimed)
+    if reclaimed:  # the contract leaves deposit == claimed; keep the last real expiry (it stores 1)
+        return dataclasses.replace(info, deposit=claimed, claimed=claimed, reclaimed=True)
+    return dataclasses.replace(
+        info, deposit=max(info.deposit, deposit), claimed=claimed, expiry=max(info.expiry, expiry)
+    )
+
+
+def _opened(event: Event) -> ChannelInfo:
+    args = event.args
+    return ChannelInfo(
+        channel_id=int(args["channelId"]),
+        payer=args["payer"],
+        signer=args["signer"],
+        payee=args["payee"],
+        model_id=bytes(args["modelId"]),
+        salt=int(args["salt"]),
+        deposit=int(args["deposit"]),
+        claimed=0,
+        expiry=int(args["expiry"]),
+        reclaimed=False,
+    )
+
+
+class ChainStateCache:
+    """ChainState held in memory, built from events and refreshed by polling (see the module doc)."""
+
+    def __init__(
+        self,
+        w3: AsyncWeb3[Any],
+        deployment: Deployment,
+        *,
+        poll_interval: float = 0.5,
+        max_backoff: float = 10.0,
+        chunk_size: int = DEFAULT_CHUNK,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.chain_id = deployment.chain_id
+        self.escrow = Web3.to_checksum_address(deployment.addresses["PaymentChannels"])
+        self.token = Web3.to_checksum_address(deployment.addresses["MarketToken"])
+        self.licenses = Web3.to_checksum_address(deployment.addresses["Licenses"])
+        self.registry = Web3.to_checksum_address(deployment.addresses["ModelRegistry"])
+        self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
+        self._clock = clock
+        reader = EventReader(
+            w3,
+            [
+                EventSource.of(deployment, "PaymentChannels", _CHANNEL_EVENTS),
+                EventSource.of(deployment, "ModelRegistry", _MODEL_EVENTS),
+            ],
+            chunk_size=chunk_size,
+        )
+        self._follower = EventFollower(reader, deployment.start_block)
+        self._opened = EventReader(w3, [EventSource.of(deployment, "PaymentChannels", ["ChannelOpened"])])
+        self._escrow = w3.eth.contract(address=self.escrow, abi=load_compiled("PaymentChannels").abi)
+        self._channels: dict[int, ChannelInfo] = {}
+        self._models: dict[bytes, ModelInfo] = {}
+        self._anchor: tuple[str, float, float] | None = None  # (head hash, chain time, clock when seen)
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._owns_provider = False
+
+    @classmethod
+    def connect(cls, url: str, deployment: Deployment, *, timeout: float = 5.0, **options: Any) -> ChainStateCache:
+        """A cache on its own AsyncHTTPProvider for `url` (closed by `stop()`): no hidden retries,
+        each request bounded by `timeout` seconds, so an outage is seen at once."""
+        provider = AsyncHTTPProvider(
+            url,
+            request_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout)},
+            exception_retry_configuration=None,
+        )
+        cache = cls(AsyncWeb3(provider), deployment, **options)
+        cache._owns_provider = True
+        return cache
+
+    @property
+    def url(self) -> str:
+        return self._follower.reader.url
+
+    # --- lookups (no RPC) -------------------------------------------------------------------
+
+    def channel(self, channel_id: int) -> ChannelInfo | None:
+        return self._channels.get(channel_id)
+
+    def model(self, model_id: bytes) -> ModelInfo | None:
+        return self._models.get(bytes(model_id))
+
+    def channels(self) -> list[ChannelInfo]:
+        return list(self._channels.values())
+
+    def models(self) -> list[ModelInfo]:
+        return list(self._models.values())
+
+    def now(self) -> int:
+        """Chain time: the latest block's timestamp plus the wall time elapsed since it was seen
+        (never decreasing until the chain goes back). Before the first poll: the wall clock."""
+        if self._anchor is None:
+            return int(time.time())
+        _, chain_time, seen = self._anchor
+        return int(chain_time + (self._clock() - seen))
+
+    @property
+    def block_number(self) -> int:
+        """The last block whose events are applied (-1 before the first poll)."""
+        return self._follower.cursor - 1
+
+    @property
+    def healthy(self) -> bool:
+        """False while the poller cannot reach the node (lookups still answer from the cache)."""
+        return self._follower.healthy
+
+    @property
+    def last_error(self) -> BaseException | None:
+        return self._follower.last_error
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def refresh_channel(self, channel_id: int) -> ChannelInfo | None:
+        """Read the channel from the chain now (its terms too, for a channel never seen) and
+        update the cache; None if no such channel. Raises ChainUnavailable when the node is down."""
+        read = node_call(self.url, f"read channel {channel_id:#x}", self._escrow.functions.getChannel(channel_id).call())
+        if channel_id in self._channels:
+            deposit, claimed, expiry = await read
+            return self._merge_state(channel_id, deposit, claimed, expiry)
+        # Never seen: its ChannelOpened can only be in blocks the poller has not read yet.
+        since = self._follower.cursor
+        reading = asyncio.ensure_future(read)  # both reads at once
+        try:
+            opened = await self._find_opened(channel_id, since)
+        except BaseException:
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
+            raise
+        deposit, claimed, expiry = await reading
+        if expiry == 0:
+            return None
+        if opened is None:  # the getChannel read saw a block the log read had not: read the logs again
+            opened = await self._find_opened(channel_id, since)
+            if opened is None:
+                raise ChainError(f"channel {channel_id:#x} exists but no ChannelOpened was found from block {since}")
+        if channel_id not in self._channels:  # the poller may have applied it in the meantime
+            self._channels[channel_id] = opened
+        return self._merge_state(channel_id, deposit, claimed, expiry)
+
+    async def _find_opened(self, channel_id: int, since: int) -> ChannelInfo | None:
+        events = await self._opened.read(since, None, topics=[uint_topic(channel_id)])
+        return _opened(events[0]) if events else None
+
+    def _merge_state(self, channel_id: int, deposit: int, claimed: int, expiry: int) -> ChannelInfo:
+        info = self._channels[channel_id]
+        if expiry == RECLAIMED_EXPIRY:
+            info = _advance(info, claimed=claimed, reclaimed=True)
+        elif expiry != 0:  # 0: the chain went back under us; the poller will rebuild
+            info = _advance(info, deposit=deposit, claimed=claimed, expiry=expiry)
+        self._channels[channel_id] = info
+        return info
+
+    # --- polling -----------------------------------------------------------------------------
+
+    async def sync(self) -> int:
+        """Apply every event up to the chain's head now; returns the last block applied."""
+        while not (await self._follower.poll(self._apply)).caught_up:
+            pass
+        return self.block_number
+
+    async def start(self, *, follow: bool = True) -> ChainStateCache:
+        """Check the chain id, build the state up to the head, then (if `follow`) poll in the
+        background. Raises ChainUnavailable or WrongChain if the node is down or another chain."""
+        chain_id = await node_call(self.url, "read the chain id", self.w3.eth.chain_id)
+        if chain_id != self.chain_id:
+            raise WrongChain(self.url, self.chain_id, chain_id)
+        await self.sync()
+        if follow and self._task is None:
+            follower = self._follower.follow(self._apply, interval=self.poll_interval, max_backoff=self.max_backoff)
+            self._task = asyncio.create_task(follower, name="chain-state-poller")
+        return self
+
+    @property
+    def following(self) -> bool:
+        """True while the background poller runs."""
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        """Stop polling (and close the provider made by `connect`). Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._owns_provider:
+            await self.w3.provider.disconnect()
+
+    async def __aenter__(self) -> ChainStateCache:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def wait_for_block(self, number: int, timeout: float = 10.0) -> None:
+        """Wait until the events of block `number` are applied (TimeoutError after `timeout`)."""
+        async with asyncio.timeout(timeout):
+            while self.block_number < number:
+                await self._progress.wait()
+
+    def _apply(self, batch: EventBatch) -> None:
+        if batch.rewound:
+            self._channels, self._models, self._anchor = {}, {}, None
+        for event in batch.events:
+            if event.contract == "PaymentChannels":
+                self._apply_channel_event(event)
+            else:
+                self._apply_model_event(event)
+        self._see_head(batch.head.hash, batch.head.timestamp)
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
+
+    def _see_head(self, block_hash: str, timestamp: int) -> None:
+        if self._anchor is not None and self._anchor[0] == block_hash:
+            return  # the same head: time keeps running from when it was first seen
+        chain_time = float(timestamp) if self._anchor is None else max(float(timestamp), float(self.now()))
+        self._anchor = (block_hash, chain_time, self._clock())
+
+    def _apply_channel_event(self, event: Event) -> None:
+        args = event.args
+        channel_id = int(args["channelId"])
+        if event.name == "ChannelOpened":
+            opened = _opened(event)
+            known = self._channels.get(channel_id)
+            self._channels[channel_id] = opened if known is None else _advance(known, deposit=opened.deposit)
+            return
+        info = self._channels.get(channel_id)
+        if info is None:
+            log.warning("%s for unknown channel %#x in block %d", event.name, channel_id, event.block_number)
+            return
+        if event.name == "ChannelToppedUp":
+            info = _advance(info, deposit=int(args["newDeposit"]))
+        elif event.name == "ChannelExtended":
+            info = _advance(info, expiry=int(args["newExpiry"]))
+        elif event.name == "VoucherClaimed":
+            info = _advance(info, claimed=int(args["amount"]))
+        elif event.name == "ChannelReclaimed":
+            info = _advance(info, reclaimed=True)
+        self._channels[channel_id] = info
+
+    def _apply_model_event(self, event: Event) -> None:
+        args = event.args
+        model_id = bytes(args["modelId"])
+        if event.name == "ModelRegistered":
+            self._models[model_id] = ModelInfo(
+                model_id=model_id,
+                owner=args["owner"],
+                payee=args["payee"],
+                price=int(args["price"]),
+                status=ModelStatus.ACTIVE,
+                metadata_codec=int(args["metadata"]["codec"]),
+                metadata_digest=bytes(args["metadata"]["digest"]),
+                artifact_codec=0,
+                artifact_digest=b"",
+                artifact_version=0,
+                endpoint=str(args["endpoint"]),
+            )
+            return
+        model = self._models.get(model_id)
+        if model is None:
+            log.warning("%s for unknown model 0x%s in block %d", event.name, model_id.hex(), event.block_number)
+            return
+        change: dict[str, Any]
+        if event.name == "ArtifactPublished":
+            artifact = args["artifact"]
+            change = {
+                "artifact_codec": int(artifact["codec"]),
+                "artifact_digest": bytes(artifact["digest"]),
+                "artifact_version": int(args["version"]),
+            }
+        elif event.name == "MetadataUpdated":
+            change = {"metadata_codec": int(args["metadata"]["codec"]), "metadata_digest": bytes(args["metadata"]["digest"])}
+        elif event.name == "PriceChanged":
+            change = {"price": int(args["newPrice"])}
+        elif event.name == "EndpointChanged":
+            change = {"endpoint": str(args["endpoint"])}
+        elif event.name == "PayeeChanged":
+            change = {"payee": args["newPayee"]}
+        elif event.name == "ModelPaused":
+            change = {"status": ModelStatus.PAUSED}
+        elif event.name == "ModelUnpaused":
+            change = {"status": ModelStatus.ACTIVE}
+        elif event.name == "ModelRetired":
+            change = {"status": ModelStatus.RETIRED}
+        elif event.name == "ModelTransferred":
+            change = {"owner": args["newOwner"]}
+        else:
+            return
+        self._models[model_id] = dataclasses.replace(model, **change)
