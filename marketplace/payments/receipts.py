@@ -1,0 +1,317 @@
+"""Receipts: the daemon's EIP-712 signature over what answered a call and what was paid for it.
+
+Domain ``{name: "ModelMarketplace Receipt", version: "1", chainId, verifyingContract: ModelRegistry}``
+(a domain of its own, so a receipt can never be mistaken for a voucher; the registry pins what the
+model id means), primary type:
+
+    Receipt(bytes32 modelId,bytes32 artifactDigest,uint32 artifactVersion,bytes32 requestHash,
+            bytes32 responseHash,string scheme,uint256 channelId,uint256 licenseId,uint256 amount,
+            uint256 cumulative,bytes32 transaction,uint64 issuedAt)
+
+`requestHash` and `responseHash` are SHA-256 of the exact request and response bodies (the same
+`body_hash` the `license` scheme signs). `channelId`/`cumulative` are set for `channel`,
+`transaction` (the settlement tx hash) for `exact`, `licenseId` for `license`; unused fields are 0.
+The receipt travels as JSON (`{"domain", "message", "signer", "signature"}`) in PAYMENT-RESPONSE's
+`extra.receipt`; `verify_receipt` checks it anywhere, offline (`marketplace receipt verify`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from coincurve import PrivateKey
+from eth_account.signers.local import LocalAccount
+
+from marketplace.chain.views import ModelInfo
+from marketplace.errors import PaymentRejected, ReceiptInvalid
+from marketplace.payments.vouchers import (
+    InvalidSignature,
+    checksum_address,
+    domain_separator,
+    keccak256,
+    recover_address,
+)
+from marketplace.payments.x402 import Fields
+
+__all__ = [
+    "RECEIPT_DOMAIN_NAME",
+    "RECEIPT_DOMAIN_VERSION",
+    "RECEIPT_TYPE",
+    "body_hash",
+    "Receipt",
+    "ReceiptDomain",
+    "ReceiptSigner",
+    "sign_receipt",
+    "verify_receipt",
+    "load_receipt",
+]
+
+RECEIPT_DOMAIN_NAME = "ModelMarketplace Receipt"
+RECEIPT_DOMAIN_VERSION = "1"
+RECEIPT_TYPE = (
+    "Receipt(bytes32 modelId,bytes32 artifactDigest,uint32 artifactVersion,bytes32 requestHash,"
+    "bytes32 responseHash,string scheme,uint256 channelId,uint256 licenseId,uint256 amount,"
+    "uint256 cumulative,bytes32 transaction,uint64 issuedAt)"
+)
+_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
+_FIELDS = [
+    ("modelId", "bytes32"),
+    ("artifactDigest", "bytes32"),
+    ("artifactVersion", "uint32"),
+    ("requestHash", "bytes32"),
+    ("responseHash", "bytes32"),
+    ("scheme", "string"),
+    ("channelId", "uint256"),
+    ("licenseId", "uint256"),
+    ("amount", "uint256"),
+    ("cumulative", "uint256"),
+    ("transaction", "bytes32"),
+    ("issuedAt", "uint64"),
+]
+_SCHEME_HASHES: dict[str, bytes] = {}
+
+
+def body_hash(body: bytes) -> bytes:
+    """SHA-256 of a request or response body, as receipts and license access messages carry it."""
+    return hashlib.sha256(body).digest()
+
+
+def _scheme_hash(scheme: str) -> bytes:
+    hashed = _SCHEME_HASHES.get(scheme)
+    if hashed is None:
+        hashed = keccak256(scheme.encode())
+        if len(_SCHEME_HASHES) < 64:
+            _SCHEME_HASHES[scheme] = hashed
+    return hashed
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The signed fields of a receipt."""
+
+    model_id: bytes
+    artifact_digest: bytes
+    artifact_version: int
+    request_hash: bytes
+    response_hash: bytes
+    scheme: str
+    channel_id: int = 0
+    license_id: int = 0
+    amount: int = 0  # charged for this call
+    cumulative: int = 0  # channel: the voucher amount the call was admitted under
+    transaction: bytes = bytes(32)  # exact: the settlement transaction hash
+    issued_at: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("model_id", "artifact_digest", "request_hash", "response_hash", "transaction"):
+            if len(getattr(self, name)) != 32:
+                raise ValueError(f"receipt {name} must have 32 bytes")
+        if not 0 <= self.artifact_version < 2**32 or not 0 <= self.issued_at < 2**64:
+            raise ValueError("receipt artifact_version/issued_at out of range")
+        for name in ("channel_id", "license_id", "amount", "cumulative"):
+            if not 0 <= getattr(self, name) < 2**256:
+                raise ValueError(f"receipt {name} must fit in a uint256")
+
+    @classmethod
+    def for_call(
+        cls,
+        model: ModelInfo,
+        request_body: bytes,
+        response_body: bytes,
+        scheme: str,
+        *,
+        channel_id: int = 0,
+        license_id: int = 0,
+        amount: int = 0,
+        cumulative: int = 0,
+        transaction: bytes = bytes(32),
+        issued_at: int | None = None,
+    ) -> Receipt:
+        """The receipt of one answered call of `model` (its current artifact)."""
+        return cls(
+            model_id=model.model_id,
+            artifact_digest=model.artifact_digest,
+            artifact_version=model.artifact_version,
+            request_hash=body_hash(request_body),
+            response_hash=body_hash(response_body),
+            scheme=scheme,
+            channel_id=channel_id,
+            license_id=license_id,
+            amount=amount,
+            cumulative=cumulative,
+            transaction=transaction,
+            issued_at=int(time.time()) if issued_at is None else issued_at,
+        )
+
+    def struct_hash(self) -> bytes:
+        return keccak256(
+            _RECEIPT_TYPEHASH
+            + self.model_id
+            + self.artifact_digest
+            + _word(self.artifact_version)
+            + self.request_hash
+            + self.response_hash
+            + _scheme_hash(self.scheme)
+            + _word(self.channel_id)
+            + _word(self.license_id)
+            + _word(self.amount)
+            + _word(self.cumulative)
+            + self.transaction
+            + _word(self.issued_at)
+        )
+
+    def to_message(self) -> dict[str, Any]:
+        """The receipt's JSON message: bytes32 as 0x-hex, uint256 as decimal strings."""
+        return {
+            "modelId": "0x" + self.model_id.hex(),
+            "artifactDigest": "0x" + self.artifact_digest.hex(),
+            "artifactVersion": self.artifact_version,
+            "requestHash": "0x" + self.request_hash.hex(),
+            "responseHash": "0x" + self.response_hash.hex(),
+            "scheme": self.scheme,
+            "channelId": f"0x{self.channel_id:064x}",
+            "licenseId": str(self.license_id),
+            "amount": str(self.amount),
+            "cumulative": str(self.cumulative),
+            "transaction": "0x" + self.transaction.hex(),
+            "issuedAt": self.issued_at,
+        }
+
+    @classmethod
+    def from_message(cls, message: object) -> Receipt:
+        f = Fields(message, "receipt.message")
+        return cls(
+            model_id=f.hex_bytes("modelId", 32),
+            artifact_digest=f.hex_bytes("artifactDigest", 32),
+            artifact_version=f.integer("artifactVersion", maximum=2**32 - 1),
+            request_hash=f.hex_bytes("requestHash", 32),
+            response_hash=f.hex_bytes("responseHash", 32),
+            scheme=f.text("scheme", max_len=64),
+            channel_id=int.from_bytes(f.hex_bytes("channelId", 32), "big"),
+            license_id=f.uint("licenseId"),
+            amount=f.uint("amount"),
+            cumulative=f.uint("cumulative"),
+            transaction=f.hex_bytes("transaction", 32),
+            issued_at=f.integer("issuedAt", maximum=2**64 - 1),
+        )
+
+
+@dataclass(frozen=True)
+class ReceiptDomain:
+    """The receipts' EIP-712 domain on one chain (verifyingContract: the ModelRegistry)."""
+
+    chain_id: int
+    registry: str
+    separator: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry", checksum_address(self.registry))
+        sep = domain_separator(RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION, self.chain_id, self.registry)
+        object.__setattr__(self, "separator", sep)
+
+    def digest(self, receipt: Receipt) -> bytes:
+        return keccak256(b"\x19\x01" + self.separator + receipt.struct_hash())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": RECEIPT_DOMAIN_NAME,
+            "version": RECEIPT_DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": self.registry,
+        }
+
+    def typed_data(self, receipt: Receipt) -> dict[str, Any]:
+        """The receipt as standard EIP-712 JSON (eth_signTypedData_v4, ethers, eth-account)."""
+        message = receipt.to_message()
+        for key in ("channelId", "licenseId", "amount", "cumulative"):
+            message[key] = int(message[key], 0)
+        return {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "Receipt": [{"name": name, "type": kind} for name, kind in _FIELDS],
+            },
+            "primaryType": "Receipt",
+            "domain": self.to_json(),
+            "message": message,
+        }
+
+
+class ReceiptSigner:
+    """Signs receipts with the daemon's key (coincurve directly: one signature per paid call)."""
+
+    def __init__(self, key: LocalAccount | bytes, domain: ReceiptDomain) -> None:
+        secret = bytes(key.key) if isinstance(key, LocalAccount) else bytes(key)
+        self._key = PrivateKey(secret)
+        self.domain = domain
+        self.address = checksum_address(keccak256(self._key.public_key.format(compressed=False)[1:])[-20:])
+
+    def sign(self, receipt: Receipt) -> dict[str, Any]:
+        """The receipt JSON: {"domain", "message", "signer", "signature"}."""
+        compact = self._key.sign_recoverable(self.domain.digest(receipt), hasher=None)  # r || s || recid, low s
+        signature = compact[:64] + bytes((compact[64] + 27,))
+        return {
+            "domain": self.domain.to_json(),
+            "message": receipt.to_message(),
+            "signer": self.address,
+            "signature": "0x" + signature.hex(),
+        }
+
+
+def sign_receipt(key: LocalAccount | bytes, domain: ReceiptDomain, receipt: Receipt) -> dict[str, Any]:
+    """Sign one receipt (build a ReceiptSigner once to sign many)."""
+    return ReceiptSigner(key, domain).sign(receipt)
+
+
+def load_receipt(receipt_json: str | bytes | Mapping[str, Any]) -> tuple[ReceiptDomain, Receipt, str, bytes]:
+    """Parse a receipt JSON strictly: (domain, receipt, claimed signer, signature)."""
+    try:
+        obj = json.loads(receipt_json) if isinstance(receipt_json, str | bytes) else dict(receipt_json)
+    except ValueError as error:
+        raise ReceiptInvalid(f"not JSON ({error})") from None
+    try:
+        top = Fields(obj, "receipt")
+        domain_fields = top.obj_field("domain")
+        if (domain_fields.raw("name"), domain_fields.raw("version")) != (RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION):
+            raise ReceiptInvalid(
+                f"domain is not {RECEIPT_DOMAIN_NAME!r} version {RECEIPT_DOMAIN_VERSION!r}: not a marketplace receipt"
+            )
+        domain = ReceiptDomain(domain_fields.integer("chainId"), domain_fields.address("verifyingContract"))
+        receipt = Receipt.from_message(top.raw("message"))
+        signer = checksum_address(top.address("signer"))
+        signature = top.hex_bytes("signature", 65)
+    except PaymentRejected as error:
+        raise ReceiptInvalid(error.detail) from None
+    except ValueError as error:
+        raise ReceiptInvalid(str(error)) from None
+    return domain, receipt, signer, signature
+
+
+def verify_receipt(receipt_json: str | bytes | Mapping[str, Any], expected_signer: str | None = None) -> str:
+    """The checksummed address that signed the receipt; ReceiptInvalid if anything does not check out.
+
+    The signature must recover to the receipt's `signer` and, when given, to `expected_signer`.
+    """
+    domain, receipt, claimed, signature = load_receipt(receipt_json)
+    try:
+        signer = checksum_address(recover_address(domain.digest(receipt), signature))
+    except InvalidSignature as error:
+        raise ReceiptInvalid(str(error)) from None
+    if signer != claimed:
+        raise ReceiptInvalid(f"signed by {signer}, but the receipt names {claimed} as its signer")
+    if expected_signer is not None and signer.lower() != expected_signer.lower():
+        raise ReceiptInvalid(f"signed by {signer}, not by the expected {expected_signer}")
+    return signer

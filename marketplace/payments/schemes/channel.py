@@ -1,0 +1,274 @@
+"""The `channel` scheme: a cumulative EIP-712 voucher on a PaymentChannels channel.
+
+    payload = {"channelId": "0x<32 bytes>", "amount": "<cumulative, decimal>", "signature": "0x<65 bytes>"}
+
+Checked against the daemon's cached chain view, in this order, cheapest first (codes in quotes):
+the channel is known ("unknown_channel"; an unknown id costs at most one `refresh_channel` per
+`refresh_interval`), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
+is not reclaimed ("channel_reclaimed") and has at least `min_remaining_seconds` left
+("channel_expiring"), the amount is within the deposit ("amount_exceeds_deposit", after ONE
+refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
+channel's signer can make the daemon ask the chain), and the signature recovers to the channel's
+signer ("bad_signature"; the domain binds the chain id and the escrow, so a voucher for another
+chain or escrow fails here). The result goes to `CreditLedger.admit`, whose refusal is
+"insufficient_credit".
+
+A client names a channel it wants the daemon's view of with the request header
+``PAYMENT-CHANNEL: 0x<channel id>`` (see `parse_channel_hint`); the 402's `extra.channel` then
+carries `authorized`, `consumed` (and the stored voucher) so a client can resynchronise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
+from marketplace.errors import ChainError, PaymentRejected
+from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
+from marketplace.payments.vouchers import VOUCHER_TYPE, VoucherDomain, checksum_address
+from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
+
+__all__ = [
+    "CHANNEL_HEADER",
+    "CreditView",
+    "VerifiedVoucher",
+    "ChannelScheme",
+    "voucher_payload",
+    "parse_channel_hint",
+]
+
+CHANNEL_HEADER = "PAYMENT-CHANNEL"
+_MAX_TRACKED = 65_536  # refresh timestamps kept for throttling
+
+
+class CreditView(Protocol):
+    """What the daemon's credit ledger knows of a channel (marketplace.payments.ledger.Credit)."""
+
+    @property
+    def authorized(self) -> int: ...
+    @property
+    def consumed(self) -> int: ...
+    @property
+    def signature(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedVoucher:
+    """A voucher whose signature and channel were checked; what `CreditLedger.admit` takes."""
+
+    scheme: ClassVar[str] = "channel"
+    channel_id: int
+    amount: int  # cumulative
+    signature: bytes
+    channel: ChannelInfo  # as seen when verified
+
+    @property
+    def payer(self) -> str:
+        return self.channel.payer
+
+
+def voucher_payload(channel_id: int, amount: int, signature: bytes) -> dict[str, str]:
+    """The PAYMENT-SIGNATURE `payload` of a channel voucher (client side)."""
+    return {"channelId": f"0x{channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
+
+
+def parse_channel_hint(value: str | None) -> int | None:
+    """The channel id of a PAYMENT-CHANNEL header (0x-hex, up to 32 bytes, or decimal), or None."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        channel_id = int(text[2:], 16) if text[:2] in ("0x", "0X") else int(text, 10)
+    except ValueError:
+        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a channel id, got {text[:80]!r}") from None
+    if not 0 <= channel_id < 2**256 or len(text) > 80:
+        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} is not a uint256")
+    return channel_id
+
+
+class ChannelScheme(PaymentScheme):
+    """Verifies channel vouchers against the cached chain view; no RPC on the hot path."""
+
+    name = "channel"
+
+    def __init__(
+        self,
+        state: ChainState,
+        *,
+        min_remaining_seconds: int = 3600,
+        max_timeout_seconds: int = 60,
+        refresh_interval: float = 1.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(state)
+        self.escrow = checksum_address(state.escrow)
+        self.domain = VoucherDomain(state.chain_id, self.escrow)
+        self.min_remaining_seconds = min_remaining_seconds
+        self.max_timeout_seconds = max_timeout_seconds
+        self.refresh_interval = refresh_interval
+        self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
+        self._last_refresh: dict[int, float] = {}
+        self._last_good: dict[int, tuple[int, bytes, str]] = {}  # channel -> last voucher proven good
+        typed = self.domain.typed_data(0, 0)
+        self._voucher_eip712 = {
+            "domain": typed["domain"],
+            "types": {"Voucher": typed["types"]["Voucher"]},  # type: ignore[index]
+            "primaryType": "Voucher",
+            "type": VOUCHER_TYPE,
+        }
+
+    # --- 402 ---------------------------------------------------------------------------------
+
+    def requirements(
+        self, model: ModelInfo, *, channel_id: int | None = None, credit: CreditView | None = None
+    ) -> PaymentRequirements:
+        """The `channel` entry of a 402; with `channel_id`, also the daemon's view of that channel."""
+        extra: dict[str, Any] = {
+            "escrow": self.escrow,
+            "chainId": self.chain_id,
+            "payee": checksum_address(model.payee),
+            "modelId": "0x" + model.model_id.hex(),
+            "minRemainingSeconds": self.min_remaining_seconds,
+            "voucher": self._voucher_eip712,
+        }
+        if channel_id is not None:
+            extra["channel"] = self.channel_view(channel_id, credit)
+        return PaymentRequirements(
+            scheme=self.name,
+            network=self.network,
+            amount=model.price,
+            asset=self.token,
+            pay_to=checksum_address(model.payee),
+            max_timeout_seconds=self.max_timeout_seconds,
+            extra=extra,
+        )
+
+    def channel_view(self, channel_id: int, credit: CreditView | None) -> dict[str, Any]:
+        """The daemon's view of a channel: the ledger's `authorized`/`consumed` and the chain's state.
+
+        Used in a 402's `extra.channel` and in PAYMENT-RESPONSE `extra.channel`.
+        """
+        view: dict[str, Any] = {"channelId": f"0x{channel_id:064x}"}
+        authorized = credit.authorized if credit is not None else 0
+        consumed = credit.consumed if credit is not None else 0
+        view["authorized"] = str(authorized)
+        view["consumed"] = str(consumed)
+        if credit is not None and credit.signature is not None:
+            view["signature"] = "0x" + credit.signature.hex()  # the voucher for `authorized`
+        channel = self.state.channel(channel_id)
+        if channel is not None:
+            view["deposit"] = str(channel.deposit)
+            view["claimed"] = str(channel.claimed)
+            view["expiry"] = channel.expiry
+            view["reclaimed"] = channel.reclaimed
+        return view
+
+    def response(
+        self,
+        verified: VerifiedVoucher,
+        price: int,
+        *,
+        credit: CreditView | None = None,
+        receipt: dict[str, Any] | None = None,
+    ) -> SettlementResponse:
+        """The PAYMENT-RESPONSE of a served call: what it cost, the receipt, the channel as now admitted.
+
+        `credit` is what `CreditLedger.admit` returned, so the client sees `authorized` and
+        `consumed` after this call. Nothing went on chain: `transaction` is empty.
+        """
+        extra: dict[str, Any] = {"scheme": self.name}
+        if receipt is not None:
+            extra["receipt"] = receipt
+        extra["channel"] = self.channel_view(verified.channel_id, credit)
+        return SettlementResponse(
+            success=True, network=self.network, transaction="", payer=verified.payer, amount=price, extra=extra
+        )
+
+    # --- verification (the hot path) --------------------------------------------------------
+
+    async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
+        model = request.model
+        self.check_accepted(payment, asset=self._token_lower)
+        fields = Fields(payment.payload, "payment.payload")
+        channel_id = int.from_bytes(fields.hex_bytes("channelId", 32), "big")
+        amount = fields.uint("amount")
+        signature = read_signature(fields)
+        now = int(self._clock())
+
+        channel = self.state.channel(channel_id)
+        if channel is None:
+            channel = await self._refresh(channel_id)
+            if channel is None:
+                raise PaymentRejected("unknown_channel", f"no channel {channel_id:#x} on chain {self.chain_id}")
+        self._check_terms(channel, model, now)
+        if amount > channel.deposit:
+            # Prove the signature first: only the channel's signer can make the daemon ask the chain.
+            self._check_signature(channel, channel_id, amount, signature)
+            fresh = await self._refresh(channel_id)
+            if fresh is not None:
+                channel = fresh
+                self._check_terms(channel, model, now)
+            if amount > channel.deposit:
+                raise PaymentRejected(
+                    "amount_exceeds_deposit",
+                    f"voucher for {amount} exceeds the deposit {channel.deposit} of channel {channel_id:#x}",
+                )
+            return VerifiedVoucher(channel_id, amount, signature, channel)
+        self._check_signature(channel, channel_id, amount, signature)
+        return VerifiedVoucher(channel_id, amount, signature, channel)
+
+    def _check_terms(self, channel: ChannelInfo, model: ModelInfo, now: int) -> None:
+        if channel.payee.lower() != model.payee.lower():
+            raise PaymentRejected(
+                "wrong_payee",
+                f"channel {channel.channel_id:#x} pays {channel.payee}, not this model's payee {model.payee}",
+            )
+        if channel.model_id != model.model_id:
+            raise PaymentRejected(
+                "wrong_model",
+                f"channel {channel.channel_id:#x} is for model 0x{channel.model_id.hex()}, "
+                f"not 0x{model.model_id.hex()}",
+            )
+        if channel.reclaimed:
+            raise PaymentRejected("channel_reclaimed", f"channel {channel.channel_id:#x} was reclaimed by its payer")
+        remaining = channel.expiry - now
+        if remaining < self.min_remaining_seconds:
+            state = "expired" if remaining <= 0 else f"expires in {remaining} s"
+            raise PaymentRejected(
+                "channel_expiring",
+                f"channel {channel.channel_id:#x} {state}; at least {self.min_remaining_seconds} s are required "
+                "(extend it or open another)",
+            )
+
+    def _check_signature(self, channel: ChannelInfo, channel_id: int, amount: int, signature: bytes) -> None:
+        # A client may pre-authorize several calls with one voucher and send it again: the same
+        # (amount, signature) on the same channel recovers to the same signer, so skip the math.
+        if self._last_good.get(channel_id) == (amount, signature, channel.signer):
+            return
+        signer = recover_or_reject(self.domain.digest(channel_id, amount), signature)
+        if signer.hex() != channel.signer[2:].lower():
+            raise PaymentRejected(
+                "bad_signature",
+                f"the voucher is signed by {checksum_address(signer)}, not by the channel's signer {channel.signer}",
+            )
+        if len(self._last_good) >= _MAX_TRACKED:
+            self._last_good.clear()
+        self._last_good[channel_id] = (amount, signature, channel.signer)
+
+    async def _refresh(self, channel_id: int) -> ChannelInfo | None:
+        """At most one `refresh_channel` per channel per `refresh_interval`; else the cached view."""
+        now = time.monotonic()
+        last = self._last_refresh.get(channel_id)
+        if last is not None and now - last < self.refresh_interval:
+            return self.state.channel(channel_id)
+        if len(self._last_refresh) >= _MAX_TRACKED:
+            horizon = now - self.refresh_interval
+            self._last_refresh = {k: t for k, t in self._last_refresh.items() if t > horizon}
+        self._last_refresh[channel_id] = now
+        try:
+            return await self.state.refresh_channel(channel_id)
+        except (ChainError, OSError, TimeoutError) as error:
+            raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None

@@ -1,0 +1,293 @@
+"""The `license` scheme: the holder of a valid license NFT for the model is served without charge.
+
+The holder signs an EIP-712 access message in the domain
+``{name: "ModelMarketplace", version: "1", chainId, verifyingContract: Licenses}``:
+
+    LicenseAccess(uint256 licenseId,bytes32 modelId,uint256 deadline,bytes32 requestHash)
+
+    payload = {"licenseId": "<decimal>", "deadline": "<unix seconds>",
+               "requestHash": "0x<sha256 of the request body>", "signature": "0x<65 bytes>"}
+
+`requestHash` is SHA-256 of the exact request body (the digest receipts carry), so a signature
+opens one request and nothing else; the model id comes from the URL being called, so a signature
+for another model does not recover to the holder.
+
+Checks, in order: deadline in the future ("access_expired") and at most `max_window_seconds` away
+("access_window_too_long"), body hash ("request_mismatch"), signature ("bad_signature"), then the
+license as the chain has it, cached for `cache_ttl` seconds (call `invalidate` on its Transfer
+events): it exists ("license_invalid"), is for this model ("license_wrong_model"), has not
+expired ("license_expired"), is valid (model not retired, "license_invalid"), and the signer owns
+it ("not_license_holder"). A cached entry that disagrees with the signer (no such license, another
+owner) is re-read, at most once per `refresh_interval`, since the license may just have been bought
+or transferred to the signer; the throttle keeps strangers from turning signatures into RPC calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import requests
+from eth_account.signers.local import LocalAccount
+from eth_typing import Hash32
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
+
+from marketplace.chain.compiled import load_compiled
+from marketplace.chain.views import ChainState, ModelInfo
+from marketplace.errors import PaymentRejected
+from marketplace.payments.receipts import body_hash
+from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, blocking, read_signature, recover_or_reject
+from marketplace.payments.vouchers import DOMAIN_NAME, DOMAIN_VERSION, checksum_address, domain_separator, keccak256
+from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
+
+__all__ = [
+    "LICENSE_ACCESS_TYPE",
+    "VerifiedLicense",
+    "LicenseRecord",
+    "LicenseScheme",
+    "license_access_digest",
+    "sign_license_access",
+]
+
+LICENSE_ACCESS_TYPE = "LicenseAccess(uint256 licenseId,bytes32 modelId,uint256 deadline,bytes32 requestHash)"
+_TYPEHASH = keccak256(LICENSE_ACCESS_TYPE.encode())
+_MAX_CACHED = 16_384
+
+
+def _word(value: int) -> bytes:
+    return value.to_bytes(32, "big")
+
+
+def license_access_digest(
+    chain_id: int, licenses: str, license_id: int, model_id: bytes, deadline: int, request_hash: bytes
+) -> bytes:
+    """The EIP-712 hash a LicenseAccess signature signs."""
+    separator = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, licenses)
+    return _digest(separator, license_id, model_id, deadline, request_hash)
+
+
+def _digest(separator: bytes, license_id: int, model_id: bytes, deadline: int, request_hash: bytes) -> bytes:
+    struct_hash = keccak256(_TYPEHASH + _word(license_id) + model_id + _word(deadline) + request_hash)
+    return keccak256(b"\x19\x01" + separator + struct_hash)
+
+
+def sign_license_access(
+    account: LocalAccount,
+    *,
+    chain_id: int,
+    licenses: str,
+    license_id: int,
+    model_id: bytes,
+    body: bytes,
+    deadline: int,
+) -> dict[str, str]:
+    """The PAYMENT-SIGNATURE `payload` opening one request with a license (client side)."""
+    request_hash = body_hash(body)
+    digest = license_access_digest(chain_id, licenses, license_id, model_id, deadline, request_hash)
+    signature = bytes(account.unsafe_sign_hash(Hash32(digest)).signature)
+    return {
+        "licenseId": str(license_id),
+        "deadline": str(deadline),
+        "requestHash": "0x" + request_hash.hex(),
+        "signature": "0x" + signature.hex(),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LicenseRecord:
+    """A license as read from the chain (None in the cache: no such license)."""
+
+    license_id: int
+    owner: str  # lowercase
+    model_id: bytes
+    expires_at: int  # 0: never
+    valid: bool  # Licenses.isValid when read (exists, unexpired, model not retired)
+    read_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedLicense:
+    """A request opened by the holder of a valid license; served without charge."""
+
+    scheme: ClassVar[str] = "license"
+    license_id: int
+    holder: str  # checksummed
+    model_id: bytes
+    expires_at: int
+
+
+class LicenseScheme(PaymentScheme):
+    """Verifies license access messages; license state is read from chain and cached briefly."""
+
+    name = "license"
+
+    def __init__(
+        self,
+        state: ChainState,
+        w3: Web3,
+        *,
+        max_window_seconds: int = 600,
+        cache_ttl: float = 30.0,
+        refresh_interval: float = 2.0,
+        clock: Callable[[], float] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__(state)
+        self.licenses = checksum_address(state.licenses)
+        self.separator = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, state.chain_id, self.licenses)
+        self.max_window_seconds = max_window_seconds
+        self.cache_ttl = cache_ttl
+        self.refresh_interval = refresh_interval
+        self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
+        self._executor = executor
+        self._contract = w3.eth.contract(
+            address=Web3.to_checksum_address(self.licenses), abi=load_compiled("Licenses").abi
+        )
+        self._cache: dict[int, tuple[float, LicenseRecord | None]] = {}
+
+    def requirements(self, model: ModelInfo) -> PaymentRequirements:
+        return PaymentRequirements(
+            scheme=self.name,
+            network=self.network,
+            amount=0,
+            asset=self.licenses,  # nothing is transferred; the asset that opens access is the license NFT
+            pay_to=checksum_address(model.payee),
+            max_timeout_seconds=self.max_window_seconds,
+            extra={
+                "licenses": self.licenses,
+                "chainId": self.chain_id,
+                "modelId": "0x" + model.model_id.hex(),
+                "maxWindowSeconds": self.max_window_seconds,
+                "requestHash": "sha256",
+                "access": {
+                    "domain": {
+                        "name": DOMAIN_NAME,
+                        "version": DOMAIN_VERSION,
+                        "chainId": self.chain_id,
+                        "verifyingContract": self.licenses,
+                    },
+                    "types": {
+                        "LicenseAccess": [
+                            {"name": "licenseId", "type": "uint256"},
+                            {"name": "modelId", "type": "bytes32"},
+                            {"name": "deadline", "type": "uint256"},
+                            {"name": "requestHash", "type": "bytes32"},
+                        ]
+                    },
+                    "primaryType": "LicenseAccess",
+                    "type": LICENSE_ACCESS_TYPE,
+                },
+            },
+        )
+
+    def response(self, verified: VerifiedLicense, *, receipt: dict[str, Any] | None = None) -> SettlementResponse:
+        """The PAYMENT-RESPONSE of a licensed call: nothing charged, the receipt, the license used."""
+        extra: dict[str, Any] = {"scheme": self.name}
+        if receipt is not None:
+            extra["receipt"] = receipt
+        extra["license"] = {"licenseId": str(verified.license_id), "expiresAt": verified.expires_at}
+        return SettlementResponse(
+            success=True, network=self.network, transaction="", payer=verified.holder, amount=0, extra=extra
+        )
+
+    def invalidate(self, license_id: int | None = None) -> None:
+        """Forget one license (on its Transfer event) or every cached license."""
+        if license_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(license_id, None)
+
+    async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedLicense:
+        model = request.model
+        self.check_accepted(payment)
+        fields = Fields(payment.payload, "payment.payload")
+        license_id = fields.uint("licenseId")
+        deadline = fields.uint("deadline")
+        request_hash = fields.hex_bytes("requestHash", 32)
+        signature = read_signature(fields)
+
+        now = int(self._clock())
+        if deadline <= now:
+            raise PaymentRejected("access_expired", f"the access message expired at {deadline} (now {now})")
+        if deadline - now > self.max_window_seconds:
+            raise PaymentRejected(
+                "access_window_too_long",
+                f"the deadline is {deadline - now} s away; at most {self.max_window_seconds} s are accepted",
+            )
+        if request_hash != body_hash(request.body):
+            raise PaymentRejected("request_mismatch", "requestHash is not the SHA-256 of this request's body")
+        signer = recover_or_reject(
+            _digest(self.separator, license_id, model.model_id, deadline, request_hash), signature
+        )
+        signer_hex = "0x" + signer.hex()
+
+        record = await self._record(license_id, signer_hex)
+        if record is None:
+            raise PaymentRejected("license_invalid", f"license {license_id} does not exist")
+        if record.model_id != model.model_id:
+            raise PaymentRejected(
+                "license_wrong_model",
+                f"license {license_id} is for model 0x{record.model_id.hex()}, not 0x{model.model_id.hex()}",
+            )
+        if record.expires_at != 0 and record.expires_at <= now:
+            raise PaymentRejected("license_expired", f"license {license_id} expired at {record.expires_at}")
+        if not record.valid:
+            raise PaymentRejected("license_invalid", f"license {license_id} is not valid (its model is retired)")
+        if record.owner != signer_hex:
+            raise PaymentRejected(
+                "not_license_holder",
+                f"the access message is signed by {checksum_address(signer)}, "
+                f"not by the holder of license {license_id}",
+            )
+        return VerifiedLicense(license_id, checksum_address(signer), record.model_id, record.expires_at)
+
+    async def _record(self, license_id: int, signer: str) -> LicenseRecord | None:
+        """The license from the cache, or read from the chain when not cached (or older than
+        `cache_ttl`), or when the cache disagrees with the signer (no such license, another owner)
+        and is older than `refresh_interval`: it may just have been bought or transferred."""
+        now = time.monotonic()
+        cached = self._cache.get(license_id)
+        if cached is not None:
+            age = now - cached[0]
+            record = cached[1]
+            agrees = record is not None and record.owner == signer
+            if age < self.cache_ttl and (agrees or age < self.refresh_interval):
+                return record
+        record = await self._read(license_id)
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()
+        self._cache[license_id] = (now, record)
+        return record
+
+    async def _read(self, license_id: int) -> LicenseRecord | None:
+        functions = self._contract.functions
+        try:
+            owner, valid, terms = await asyncio.gather(
+                blocking(self._executor, self._call, functions.ownerOf(license_id)),
+                blocking(self._executor, self._call, functions.isValid(license_id)),
+                blocking(self._executor, self._call, functions.licenseOf(license_id)),
+            )
+        except _NoSuchLicense:
+            return None
+        _offer_id, model_id, expires_at, _transferable = terms
+        return LicenseRecord(
+            license_id, str(owner).lower(), bytes(model_id), int(expires_at), bool(valid), time.monotonic()
+        )
+
+    @staticmethod
+    def _call(fn: Any) -> Any:
+        try:
+            return fn.call()
+        except (ContractCustomError, ContractLogicError):  # ERC721NonexistentToken
+            raise _NoSuchLicense from None
+        except (requests.RequestException, OSError, Web3Exception, ValueError) as error:
+            raise PaymentRejected("chain_unavailable", f"could not read the license: {error}") from None
+
+
+class _NoSuchLicense(Exception):
+    pass

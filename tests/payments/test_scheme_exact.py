@@ -1,0 +1,273 @@
+"""The `exact` scheme on a real chain: an unmodified x402 client pays, we verify and settle; cheats refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from scheme_fixtures import PRICE, RESOURCE, TOKENS, DeployedChainState, chain_time, make_model, mint, paid, run
+from web3 import Web3
+from x402.client import x402ClientSync
+from x402.http.x402_http_client import x402HTTPClientSync
+from x402.mechanisms.evm.exact.client import ExactEvmScheme as X402ExactClient
+
+from marketplace.chain.transactions import Sender
+from marketplace.chain.views import ModelInfo
+from marketplace.errors import PaymentRejected
+from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
+from marketplace.payments.x402 import (
+    PAYMENT_REQUIRED_HEADER,
+    PAYMENT_SIGNATURE_HEADER,
+    PaymentPayload,
+    parse_payment_signature,
+)
+
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+@dataclass
+class Setup:
+    w3: Web3
+    contracts: Any
+    scheme: ExactScheme
+    model: ModelInfo
+    payer: LocalAccount
+    payee: LocalAccount
+    other: LocalAccount
+
+    def balance(self, who: str) -> int:
+        return int(self.contracts.token.functions.balanceOf(who).call())
+
+    def authorization(
+        self,
+        *,
+        signer: LocalAccount | None = None,
+        payer: LocalAccount | None = None,
+        to: str | None = None,
+        value: int = PRICE,
+        valid_after: int | None = None,
+        valid_before: int | None = None,
+        nonce: bytes | None = None,
+    ) -> dict[str, Any]:
+        """An EIP-3009 payload signed with eth-account's typed-data path (independent of ours)."""
+        payer = payer or self.payer
+        now = chain_time(self.w3)
+        message = {
+            "from": payer.address,
+            "to": to or self.payee.address,
+            "value": value,
+            "validAfter": now - 60 if valid_after is None else valid_after,
+            "validBefore": now + 300 if valid_before is None else valid_before,
+            "nonce": nonce or os.urandom(32),
+        }
+        typed = {
+            "types": {
+                "EIP712Domain": [
+                    {"name": "name", "type": "string"},
+                    {"name": "version", "type": "string"},
+                    {"name": "chainId", "type": "uint256"},
+                    {"name": "verifyingContract", "type": "address"},
+                ],
+                "TransferWithAuthorization": [
+                    {"name": "from", "type": "address"},
+                    {"name": "to", "type": "address"},
+                    {"name": "value", "type": "uint256"},
+                    {"name": "validAfter", "type": "uint256"},
+                    {"name": "validBefore", "type": "uint256"},
+                    {"name": "nonce", "type": "bytes32"},
+                ],
+            },
+            "primaryType": "TransferWithAuthorization",
+            "domain": {
+                "name": "Market Token",
+                "version": "1",
+                "chainId": 31337,
+                "verifyingContract": self.scheme.token,
+            },
+            "message": message,
+        }
+        signature = Account.sign_message(encode_typed_data(full_message=typed), (signer or payer).key).signature
+        return {
+            "signature": "0x" + bytes(signature).hex(),
+            "authorization": {
+                **{k: str(v) for k, v in message.items() if k not in ("from", "to", "nonce")},
+                "from": message["from"],
+                "to": message["to"],
+                "nonce": "0x" + message["nonce"].hex(),
+            },
+        }
+
+    def payment(self, payload: dict[str, Any], **changes: Any) -> PaymentPayload:
+        return paid(replace(self.scheme.requirements(self.model), **changes), payload)
+
+    def verify(self, payment: PaymentPayload):
+        return run(self.scheme.verify(payment, PaidRequest(self.model)))
+
+
+@pytest.fixture
+def setup(w3, contracts, dev_accounts, snapshot) -> Setup:
+    owner, payer, payee, settler, other = (
+        dev_accounts[0],
+        dev_accounts[2],
+        dev_accounts[5],
+        dev_accounts[7],
+        dev_accounts[6],
+    )
+    mint(contracts, w3, owner, payer.address, 10 * TOKENS)
+    state = DeployedChainState(w3, contracts)
+    scheme = ExactScheme(state, w3, settler)
+    return Setup(w3, contracts, scheme, make_model(payee=payee.address), payer, payee, other)
+
+
+def code_of(setup: Setup, payment: PaymentPayload) -> str:
+    with pytest.raises(PaymentRejected) as caught:
+        setup.verify(payment)
+    return caught.value.code
+
+
+def test_an_unmodified_x402_client_pays_and_the_daemon_settles(setup: Setup) -> None:
+    state = setup.scheme.state
+    accepts = [
+        ChannelScheme(state).requirements(setup.model),
+        setup.scheme.requirements(setup.model),
+        LicenseScheme(state, setup.w3).requirements(setup.model),
+    ]
+    header = payment_required(RESOURCE, accepts).header()
+
+    client = x402ClientSync()
+    client.register("eip155:*", X402ExactClient(setup.payer))  # the package's own EIP-3009 signer
+    client.set_spend_controls({"allowed_assets": [{"network": "eip155:31337", "asset": setup.scheme.token}]})
+    http = x402HTTPClientSync(client)
+    headers, _ = http.handle_402_response({PAYMENT_REQUIRED_HEADER: header}, b"{}", RESOURCE.url)
+
+    payment = parse_payment_signature(headers[PAYMENT_SIGNATURE_HEADER], schemes=("channel", "exact", "license"))
+    assert payment.scheme == "exact" and payment.payload["authorization"]["validAfter"] == "0"
+    before = setup.balance(setup.payee.address)
+    verified = setup.verify(payment)
+    settlement = run(setup.scheme.settle(verified))  # settle first ...
+    assert setup.balance(setup.payee.address) - before == PRICE  # ... then the daemon serves
+    assert settlement.payer == setup.payer.address and settlement.amount == PRICE
+
+    response = setup.scheme.response(settlement, receipt={"signature": "0x00"}).header()
+    sdk = http.get_payment_settle_response(lambda name: response if name == "PAYMENT-RESPONSE" else None)
+    assert sdk.success and sdk.transaction == settlement.transaction and sdk.payer == setup.payer.address
+    assert sdk.amount == str(PRICE) and sdk.extra == {"scheme": "exact", "receipt": {"signature": "0x00"}}
+
+    assert code_of(setup, payment) == "nonce_reused"  # the same header again: used on chain
+
+
+def test_sequential_nonce_reuse(setup: Setup) -> None:
+    payment = setup.payment(setup.authorization())
+    run(setup.scheme.settle(setup.verify(payment)))
+    assert code_of(setup, payment) == "nonce_reused"
+    # a fresh authorization reusing the nonce is refused as well
+    assert (
+        code_of(
+            setup,
+            setup.payment(setup.authorization(nonce=bytes.fromhex(payment.payload["authorization"]["nonce"][2:]))),
+        )
+        == "nonce_reused"
+    )
+
+
+def test_concurrent_nonce_reuse(setup: Setup) -> None:
+    payment = setup.payment(setup.authorization())
+    request = PaidRequest(setup.model)
+
+    async def both() -> list[Any]:
+        return await asyncio.gather(
+            setup.scheme.verify(payment, request), setup.scheme.verify(payment, request), return_exceptions=True
+        )
+
+    results = run(both())
+    refused = [r for r in results if isinstance(r, PaymentRejected)]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    assert len(accepted) == 1 and [r.code for r in refused] == ["nonce_reused"]
+    before = setup.balance(setup.payee.address)
+    run(setup.scheme.settle(accepted[0]))
+    assert setup.balance(setup.payee.address) - before == PRICE  # settled exactly once
+
+
+def test_settle_race_payer_moves_the_funds_away(setup: Setup) -> None:
+    payment = setup.payment(setup.authorization())
+    verified = setup.verify(payment)  # the payer could pay when we checked ...
+    Sender(setup.w3, setup.payer).transact(  # ... and empties the account before settlement
+        setup.contracts.token.functions.transfer(setup.other.address, setup.balance(setup.payer.address))
+    )
+    before = setup.balance(setup.payee.address)
+    with pytest.raises(PaymentRejected) as caught:
+        run(setup.scheme.settle(verified))
+    assert caught.value.code == "settlement_failed" and "ERC20InsufficientBalance" in caught.value.detail
+    failure = setup.scheme.failure(caught.value, payer=verified.payer).to_json()
+    assert (
+        failure["success"] is False and failure["errorReason"] == "settlement_failed" and failure["transaction"] == ""
+    )
+    assert setup.balance(setup.payee.address) == before  # nothing moved, so nothing is served
+    nonce = bytes.fromhex(payment.payload["authorization"]["nonce"][2:])
+    assert not setup.contracts.token.functions.authorizationState(setup.payer.address, nonce).call()
+
+
+def test_settle_race_the_nonce_is_used_first(setup: Setup) -> None:
+    payload = setup.authorization()
+    verified = setup.verify(setup.payment(payload))
+    auth = payload["authorization"]
+    Sender(setup.w3, setup.other).transact(  # anyone may submit the authorization first
+        setup.contracts.token.get_function_by_signature(
+            "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+        )(
+            auth["from"],
+            auth["to"],
+            int(auth["value"]),
+            int(auth["validAfter"]),
+            int(auth["validBefore"]),
+            bytes.fromhex(auth["nonce"][2:]),
+            bytes.fromhex(payload["signature"][2:]),
+        )
+    )
+    with pytest.raises(PaymentRejected) as caught:
+        run(setup.scheme.settle(verified))
+    assert caught.value.code == "settlement_failed" and "MarketTokenAuthorizationUsed" in caught.value.detail
+
+
+def test_released_authorization_can_be_verified_again(setup: Setup) -> None:
+    payment = setup.payment(setup.authorization())
+    setup.scheme.release(setup.verify(payment))  # e.g. the client disconnected: not settled
+    run(setup.scheme.settle(setup.verify(payment)))
+
+
+def test_insufficient_funds(setup: Setup, dev_accounts) -> None:
+    poor = dev_accounts[8]
+    assert setup.balance(poor.address) == 0
+    assert code_of(setup, setup.payment(setup.authorization(payer=poor))) == "insufficient_funds"
+
+
+def test_cheats(setup: Setup) -> None:
+    now = chain_time(setup.w3)
+    good = setup.authorization()
+    assert code_of(setup, setup.payment(setup.authorization(to=setup.other.address))) == "wrong_payee"
+    assert code_of(setup, setup.payment(good, pay_to=setup.other.address)) == "wrong_payee"
+    assert code_of(setup, setup.payment(setup.authorization(value=PRICE - 1))) == "amount_too_low"
+    assert code_of(setup, setup.payment(setup.authorization(valid_before=now + 3))) == "authorization_expired"
+    assert code_of(setup, setup.payment(setup.authorization(valid_before=now - 1))) == "authorization_expired"
+    assert code_of(setup, setup.payment(setup.authorization(valid_after=now + 100))) == "authorization_not_yet_valid"
+    assert code_of(setup, setup.payment(setup.authorization(signer=setup.other))) == "bad_signature"
+    assert code_of(setup, setup.payment(good, network="eip155:8453")) == "wrong_network"
+    assert code_of(setup, setup.payment(good, asset=setup.contracts.addresses["Licenses"])) == "wrong_asset"
+
+    tampered = {**good, "authorization": {**good["authorization"], "value": str(10 * PRICE)}}
+    assert code_of(setup, setup.payment(tampered)) == "bad_signature"  # signed for PRICE, not 10x
+
+    signature = bytes.fromhex(good["signature"][2:])
+    s = int.from_bytes(signature[32:64], "big")
+    twin = signature[:32] + (N - s).to_bytes(32, "big") + bytes([55 - signature[64]])
+    assert code_of(setup, setup.payment({**good, "signature": "0x" + twin.hex()})) == "bad_signature"
+
+    assert code_of(setup, setup.payment({"permit2Authorization": {}, "signature": "0x00"})) == "invalid_payload"
+    assert code_of(setup, setup.payment({"signature": good["signature"]})) == "invalid_payload"
+    assert setup.scheme._inflight == {}  # nothing stays reserved after a refusal
