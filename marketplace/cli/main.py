@@ -21,15 +21,12 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from marketplace.cli import chain, up
+    from marketplace.cli import chain, ipfs, receipt, up
 
     app.command(name="up")(up.up)
     app.add_typer(chain.app, name="chain")
-    try:
-        from marketplace.cli import ipfs
-    except ImportError:  # the IPFS commands land separately
-        return
     app.add_typer(ipfs.app, name="ipfs")
+    app.add_typer(receipt.app, name="receipt")
 
 
 _register_subcommands()

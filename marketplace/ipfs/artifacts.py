@@ -1,0 +1,121 @@
+"""High-level artifact operations over any store: add, get, CAR import/export.
+
+This is what the CLI, the provider flow and the daemon call; each function takes a store opened
+with `open_store` and keeps the verification guarantees of the layer below.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+
+from marketplace.errors import CarFormatError, ConfigError
+from marketplace.ipfs.car import CarReader, write_car
+from marketplace.ipfs.cid import CID
+from marketplace.ipfs.gateway import DEFAULT_GATEWAY, GatewayStore
+from marketplace.ipfs.importer import Imported, Importer, ImportParams
+from marketplace.ipfs.kubo import DEFAULT_API, KuboStore
+from marketplace.ipfs.local import LocalStore
+from marketplace.ipfs.reader import DagReader
+from marketplace.ipfs.store import BlockStore
+
+__all__ = ["StoreKind", "add_bytes", "add_path", "export_car", "get", "import_car", "open_store"]
+
+
+class StoreKind(str, Enum):
+    LOCAL = "local"
+    KUBO = "kubo"
+    GATEWAY = "gateway"
+
+
+def open_store(
+    kind: StoreKind | str = StoreKind.LOCAL,
+    *,
+    api: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> BlockStore:
+    """The embedded store (in `data_dir`), a Kubo RPC endpoint or a gateway (at `api`)."""
+    kind = StoreKind(kind)
+    if kind is StoreKind.KUBO:
+        return KuboStore(api or DEFAULT_API)
+    if kind is StoreKind.GATEWAY:
+        return GatewayStore(api or DEFAULT_GATEWAY)
+    return LocalStore(data_dir)
+
+
+def add_path(
+    store: BlockStore | None,
+    path: str | os.PathLike[str],
+    params: ImportParams,
+    *,
+    wrap: bool = False,
+    hidden: bool = False,
+    pin: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Imported:
+    """Import a file or directory into `store` and pin it; `store=None` only computes the CID."""
+    if store is None:
+        with Importer(params, progress=progress, hidden=hidden) as importer:
+            return importer.add_path(path, wrap=wrap)
+    with store.writer() as writer:
+        with Importer(params, writer, progress=progress, hidden=hidden) as importer:
+            imported = importer.add_path(path, wrap=wrap)
+        writer.commit([imported.cid], pin=pin)
+    return imported
+
+
+def add_bytes(store: BlockStore, data: bytes, params: ImportParams, *, pin: bool = True) -> Imported:
+    """Import an in-memory file (e.g. model metadata JSON) into `store`."""
+    with store.writer() as writer:
+        with Importer(params, writer) as importer:
+            imported = importer.add_bytes(data)
+        writer.commit([imported.cid], pin=pin)
+    return imported
+
+
+def _readable(store: BlockStore, cid: CID, cache: LocalStore | None) -> BlockStore:
+    """A gateway is read through one verified CAR request into the local store; others directly."""
+    if isinstance(store, GatewayStore):
+        local = cache or LocalStore()
+        store.fetch_dag(cid, local)
+        return local
+    return store
+
+
+def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, cache: LocalStore | None = None) -> None:
+    """Write the file or directory `cid` to `dest` (absent before, complete and verified after)."""
+    with DagReader(_readable(store, cid, cache)) as reader:
+        reader.get(cid, dest)
+
+
+def export_car(
+    store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, cache: LocalStore | None = None
+) -> int:
+    """Write the DAG under `cid` as a CARv1 file with `cid` as root; return its size in bytes."""
+    target = Path(dest)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        with DagReader(_readable(store, cid, cache)) as reader, open(partial, "wb") as out:
+            size = write_car(out, [cid], reader.blocks(cid))
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def import_car(store: BlockStore, source: str | os.PathLike[str]) -> list[CID]:
+    """Store every (verified) block of a CAR file and pin its roots, which must be complete."""
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"no such CAR file: {path}")
+    with open(path, "rb") as stream, store.writer() as writer:
+        reader = CarReader(stream, f"CAR file {path}")
+        if not reader.roots:
+            raise CarFormatError(f"CAR file {path} names no root to pin")
+        for cid, data in reader:
+            writer.put(cid, (data,))
+        writer.commit(reader.roots, pin=True)
+    return reader.roots
