@@ -31,7 +31,7 @@
     │       ├── UpstreamUnreachable  no connection (502), or the runner is closed (503)
     │       └── UpstreamFailed       an error status or a broken answer (502)
     │           └── UpstreamRejected the upstream refused the input (its 400/413/415/422)
-    └── PaymentError                 payment channels: the daemon's credit ledger
+    └── PaymentError                 payments: the credit ledger, x402 payments, receipts
         ├── InsufficientCredit       a call costs more than the channel's credit left
         ├── CreditNotFound           the ledger has no row for a channel
         ├── LedgerUnavailable        the ledger's database cannot be opened or reached
@@ -419,6 +419,7 @@ REJECTION_STATUS: dict[str, int] = {
     "channel_reclaimed": 402,
     "channel_expiring": 402,
     "amount_exceeds_deposit": 402,
+    "insufficient_credit": 402,  # the ledger's refusal: max(authorized, voucher) - consumed < price
     # exact (EIP-3009)
     "amount_too_low": 402,
     "authorization_not_yet_valid": 402,

@@ -12,7 +12,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import MissingKey
 
-__all__ = ["PRIVATE_KEY_ENV", "PASSWORD_ENV", "load_account"]
+__all__ = ["PRIVATE_KEY_ENV", "PASSWORD_ENV", "load_account", "account_from_hex"]
 
 PRIVATE_KEY_ENV = "MARKETPLACE_PRIVATE_KEY"
 PASSWORD_ENV = "MARKETPLACE_PASSWORD"
@@ -45,7 +45,12 @@ def load_account(
     raw = os.environ.get(key_env, "").strip()
     if not raw:
         raise MissingKey(f"no signing key: pass --keystore FILE or set {key_env} to a hex private key")
+    return account_from_hex(raw, source=key_env)
+
+
+def account_from_hex(raw: str, *, source: str) -> LocalAccount:
+    """The account of a hex private key; the MissingKey error names `source`, never the key."""
     try:
-        return Account.from_key(raw)
+        return Account.from_key(raw.strip())
     except (ValueError, TypeError):
-        raise MissingKey(f"{key_env} does not hold a valid 32-byte hex private key") from None
+        raise MissingKey(f"{source} does not hold a valid 32-byte hex private key") from None

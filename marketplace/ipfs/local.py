@@ -28,8 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-import platformdirs
 
+from marketplace.config import data_dir
 from marketplace.errors import ArtifactNotFound, StoreUnavailable
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.multiformats import RAW, b32decode, b32encode
@@ -46,8 +46,7 @@ _names = itertools.count()
 
 def default_data_dir() -> Path:
     """`$MARKETPLACE_DATA_DIR/ipfs`, else `<platform user data dir>/marketplace/ipfs`."""
-    base = os.environ.get("MARKETPLACE_DATA_DIR") or platformdirs.user_data_dir("marketplace")
-    return Path(base) / "ipfs"
+    return data_dir() / "ipfs"
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,80 @@
+"""Free routes: the models served here and the daemon's view of a channel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from marketplace.chain.views import ModelInfo
+from marketplace.daemon.errors import ApiError
+from marketplace.daemon.paid_calls import parse_model_id
+from marketplace.ipfs import CID
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["catalog"])
+
+
+class ModelCard(BaseModel):
+    model_id: str
+    owner: str
+    payee: str
+    price: str
+    status: str
+    metadata_cid: str
+    artifact_cid: str
+    artifact_version: int
+    endpoint: str
+    infer_url: str
+
+
+class ChannelView(BaseModel):
+    channel_id: str
+    view: dict[str, Any]
+
+
+def _card(request: Request, model: ModelInfo) -> ModelCard:
+    model_hex = "0x" + model.model_id.hex()
+    return ModelCard(
+        model_id=model_hex,
+        owner=model.owner,
+        payee=model.payee,
+        price=str(model.price),
+        status=model.status.name.lower(),
+        metadata_cid=str(CID(1, model.metadata_codec, model.metadata_digest)),
+        artifact_cid=str(CID(1, model.artifact_codec, model.artifact_digest)),
+        artifact_version=model.artifact_version,
+        endpoint=model.endpoint,
+        infer_url=str(request.url_for("infer", model_id=model_hex)),
+    )
+
+
+@router.get("/v1/models", response_model=list[ModelCard], summary="Models served by this daemon")
+async def list_models(request: Request) -> list[ModelCard]:
+    services = request.app.state.services
+    return [_card(request, model) for model_id in services.runners if (model := services.state.model(model_id))]
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelCard, summary="One served model")
+async def show_model(model_id: str, request: Request) -> ModelCard:
+    services = request.app.state.services
+    key = parse_model_id(model_id)
+    model = services.state.model(key)
+    if model is None or key not in services.runners:
+        raise ApiError(404, "unknown_model", f"model {model_id} is not served here")
+    return _card(request, model)
+
+
+@router.get("/v1/channels/{channel_id}", response_model=ChannelView, summary="The daemon's view of a channel")
+async def show_channel(channel_id: str, request: Request) -> ChannelView:
+    services = request.app.state.services
+    try:
+        number = int(channel_id, 16) if channel_id[:2] in ("0x", "0X") else int(channel_id)
+    except ValueError:
+        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id") from None
+    if services.state.channel(number) is None and await services.state.refresh_channel(number) is None:
+        raise ApiError(404, "unknown_channel", f"no channel {channel_id} on chain {services.state.chain_id}")
+    credit = await services.ledger.credit(number)
+    return ChannelView(channel_id=f"0x{number:064x}", view=services.channel.channel_view(number, credit))

@@ -1,0 +1,39 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Ready to serve paid calls (chain followed, ledger reachable)")
+async def readyz(request: Request) -> Response:
+    services = request.app.state.services
+    problems = []
+    if not services.state.healthy:
+        problems.append(f"chain: {services.state.last_error}")
+    try:
+        await services.ledger.credit(0)
+    except Exception as error:  # noqa: BLE001 - any failure means not ready; reported, not raised
+        problems.append(f"ledger: {error}")
+    body = {"status": "ready" if not problems else "not_ready", "problems": problems,
+            "block": services.state.block_number, "models": len(services.runners)}
+    return JSONResponse(body, status_code=200 if not problems else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    services = request.app.state.services
+    unclaimed = sum(credit.unclaimed for credit in await services.ledger.claimable())
+    services.metrics.unclaimed.set(unclaimed / 10**18)
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

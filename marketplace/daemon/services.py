@@ -1,0 +1,143 @@
+"""Everything the daemon runs on, built once at startup and closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from marketplace.chain.connection import connect
+from marketplace.chain.deploy import Deployment
+from marketplace.chain.keys import account_from_hex, load_account
+from marketplace.chain.state import ChainStateCache
+from marketplace.chain.transactions import Sender
+from marketplace.chain.views import ModelInfo
+from marketplace.daemon.observability import Metrics
+from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
+from marketplace.errors import ConfigError, MissingKey
+from marketplace.ipfs import CID, DagReader
+from marketplace.ipfs.artifacts import get as fetch_artifact, open_store
+from marketplace.metadata import parse_metadata
+from marketplace.payments.claimer import ClaimPolicy, Claimer
+from marketplace.payments.ledger import CreditLedger, open_ledger
+from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
+from marketplace.payments.schemes.channel import ChannelScheme
+from marketplace.payments.schemes.exact import ExactScheme
+from marketplace.payments.schemes.license import LicenseScheme
+from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
+
+__all__ = ["Services", "start_services"]
+
+log = logging.getLogger("marketplace.daemon")
+
+
+@dataclass
+class Services:
+    """The daemon's long-lived parts. `runners` maps a served model id to its runner."""
+
+    settings: DaemonSettings
+    account: LocalAccount
+    state: ChainStateCache
+    ledger: CreditLedger
+    channel: ChannelScheme
+    exact: ExactScheme
+    license: LicenseScheme
+    receipts: ReceiptSigner
+    runners: dict[bytes, Runner]
+    claimer: Claimer
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @property
+    def schemes(self) -> dict[str, ChannelScheme | ExactScheme | LicenseScheme]:
+        return {"channel": self.channel, "exact": self.exact, "license": self.license}
+
+    async def aclose(self) -> None:
+        await self.claimer.stop()
+        for runner in self.runners.values():
+            await runner.aclose()
+        await self.state.stop()
+        await self.ledger.close()
+
+
+def _daemon_key(settings: DaemonSettings) -> LocalAccount:
+    if settings.private_key is not None:
+        return account_from_hex(settings.private_key.get_secret_value(), source="MARKETPLACE_PRIVATE_KEY")
+    if settings.keystore is None:
+        raise MissingKey("the daemon needs a key: set MARKETPLACE_KEYSTORE (with MARKETPLACE_PASSWORD) "
+                         "or MARKETPLACE_PRIVATE_KEY")
+    password = settings.password.get_secret_value() if settings.password else None
+    return load_account(settings.keystore, ask_password=(lambda: password) if password is not None else None)
+
+
+def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings) -> Runner:
+    """Build the runner of one served model (blocking: fetches and verifies artifacts)."""
+    if isinstance(served.runner, UpstreamRunnerConfig):
+        return UpstreamRunner(
+            served.runner.url,
+            timeout=served.runner.timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            max_response_bytes=served.runner.max_response_bytes,
+        )
+    store = open_store(settings.ipfs_store, api=settings.ipfs_api, data_dir=settings.data_dir / "ipfs")
+    with store, DagReader(store) as reader:
+        metadata = parse_metadata(b"".join(reader.cat(CID(1, model.metadata_codec, model.metadata_digest))))
+        artifact = CID(1, model.artifact_codec, model.artifact_digest)
+        models_dir = settings.data_dir / "models"
+        models_dir.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(dir=models_dir)) / f"{artifact}.onnx"
+        fetch_artifact(store, artifact, target)
+    return OnnxRunner(
+        target,
+        metadata.input_schema,
+        model_name=metadata.name,
+        model_version=str(model.artifact_version),
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+
+async def start_services(settings: DaemonSettings) -> Services:
+    """Connect to the chain and the ledger, load every served model, start the claimer."""
+    w3: Web3 = await asyncio.to_thread(connect, settings.rpc_url, expected_chain_id=settings.chain_id)
+    deployment = await asyncio.to_thread(Deployment.load, settings.deployments_dir, w3)
+    account = _daemon_key(settings)
+    state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
+    ledger = await asyncio.to_thread(open_ledger, settings.database_url)
+    runners: dict[bytes, Runner] = {}
+    try:
+        for served in settings.models:
+            model_id = bytes.fromhex(served.model_id[2:])
+            model = state.model(model_id)
+            if model is None:
+                raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}")
+            runners[model_id] = await asyncio.to_thread(_load_runner, served, model, settings)
+            log.info("serving model %s with %r", served.model_id, runners[model_id])
+    except BaseException:
+        for runner in runners.values():
+            await runner.aclose()
+        await state.stop()
+        await ledger.close()
+        raise
+    policy = ClaimPolicy(
+        min_unclaimed=settings.claim_min_unclaimed,
+        expiry_margin_seconds=settings.claim_expiry_margin_seconds,
+        interval_seconds=settings.claim_interval_seconds,
+    )
+    services = Services(
+        settings=settings,
+        account=account,
+        state=state,
+        ledger=ledger,
+        channel=ChannelScheme(state, min_remaining_seconds=settings.min_channel_lifetime_seconds),
+        exact=ExactScheme(state, w3, account),
+        license=LicenseScheme(state, w3),
+        receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
+        runners=runners,
+        claimer=Claimer(ledger, state, Sender(w3, account), policy),
+    )
+    services.claimer.start()
+    return services

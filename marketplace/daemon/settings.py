@@ -1,0 +1,93 @@
+"""Daemon settings: environment variables (MARKETPLACE_*) and an optional TOML file.
+
+Secrets are `SecretStr` (never printed or logged); a validator refuses placeholder secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from marketplace.config import data_dir
+
+__all__ = ["DaemonSettings", "ServedModel", "OnnxRunnerConfig", "UpstreamRunnerConfig"]
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
+
+
+class OnnxRunnerConfig(BaseModel):
+    """Run the model's ONNX artifact (fetched by CID, verified) with onnxruntime."""
+
+    kind: Literal["onnx"] = "onnx"
+
+
+class UpstreamRunnerConfig(BaseModel):
+    """Forward calls to the provider's own model server (the only address the daemon dials)."""
+
+    kind: Literal["upstream"] = "upstream"
+    url: str
+    timeout_seconds: float = 30.0
+    max_response_bytes: int = 16 * 1024 * 1024
+
+
+class ServedModel(BaseModel):
+    model_id: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="ModelRegistry id (bytes32 hex)")
+    runner: Annotated[OnnxRunnerConfig | UpstreamRunnerConfig, Field(discriminator="kind")] = OnnxRunnerConfig()
+
+
+class DaemonSettings(BaseSettings):
+    """Everything `marketplace serve` needs; see README "Running the daemon"."""
+
+    model_config = SettingsConfigDict(env_prefix="MARKETPLACE_", env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Field(default_factory=data_dir, description="embedded IPFS store and model cache")
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain_id: int | None = None
+    deployments_dir: Path = Field(default_factory=lambda: data_dir() / "deployments")
+    database_url: str = Field(default_factory=lambda: f"sqlite:///{data_dir() / 'ledger.db'}")
+    ipfs_store: Literal["local", "kubo", "gateway"] = "local"
+    ipfs_api: str | None = None
+    keystore: Path | None = None
+    password: SecretStr | None = None
+    private_key: SecretStr | None = None
+    models: list[ServedModel] = Field(default_factory=list)
+    public_url: str = "http://127.0.0.1:8000"
+    min_channel_lifetime_seconds: int = 600
+    max_request_bytes: int = 1024 * 1024
+    claim_min_unclaimed: int = 10**18
+    claim_expiry_margin_seconds: int = 3600
+    claim_interval_seconds: float = 30.0
+    chain_poll_seconds: float = 0.5
+    config_file: Path | None = None
+
+    @field_validator("password", "private_key")
+    @classmethod
+    def _no_placeholder_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            raise ValueError("is a placeholder; set a real secret or leave it unset")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> "DaemonSettings":
+        if self.keystore is not None and self.private_key is not None:
+            raise ValueError("set either keystore or private_key for the daemon key, not both")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: arguments, then MARKETPLACE_* variables, then the TOML file they name."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = init_settings().get("config_file") or env_settings().get("config_file")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)

@@ -1,0 +1,38 @@
+"""Model metadata: the JSON document a provider puts in IPFS and registers by CID."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from marketplace.errors import ConfigError
+
+__all__ = ["ModelMetadata", "parse_metadata"]
+
+
+class ModelMetadata(BaseModel):
+    """What a consumer needs to call a model; `input_schema` is a JSON Schema of the request body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    format: str = Field(default="onnx", description="onnx for the built-in runner; anything for an upstream")
+    input_schema: dict[str, Any] | None = None
+    example_input: Any = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+
+    def to_json_bytes(self) -> bytes:
+        """Canonical bytes (sorted keys, no spaces) so the same metadata always has the same CID."""
+        return json.dumps(self.model_dump(exclude_none=True), sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_metadata(data: bytes) -> ModelMetadata:
+    """Parse metadata bytes; ConfigError names what is wrong."""
+    try:
+        return ModelMetadata.model_validate_json(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False))
+        raise ConfigError(f"invalid model metadata: {problems}") from None

@@ -1,0 +1,137 @@
+"""The credit ledger's interface: what the paid-inference daemon asks of its voucher store.
+
+Per payment channel the ledger keeps `authorized` (the highest voucher amount seen, with its
+signature), `consumed` (the sum of the prices of the calls served) and `claimed` (what the claimer
+has already claimed on-chain). A call with a voucher for the cumulative amount A and a price P is
+admitted iff ``max(authorized, A) - consumed >= P`` (DESIGN.md section 4); the signature, the
+channel's state on-chain and ``A <= deposit`` are checked by the caller before it asks.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from marketplace.types import ChannelId, TokenAmount
+
+__all__ = [
+    "UINT256_MAX",
+    "SIGNATURE_LENGTH",
+    "Credit",
+    "CreditLedger",
+    "check_uint256",
+    "check_signature",
+    "display_url",
+]
+
+UINT256_MAX = 2**256 - 1
+SIGNATURE_LENGTH = 65  # r, s, v
+_NO_MINIMUM = TokenAmount(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """One channel's row in the ledger."""
+
+    channel_id: ChannelId
+    authorized: TokenAmount  # the highest voucher amount accepted
+    consumed: TokenAmount  # the sum of the prices of the calls admitted and not refunded
+    claimed: TokenAmount  # what has been claimed on-chain, as recorded by the claimer
+    signature: bytes | None  # the voucher signature for `authorized`; None until a voucher raised it
+
+    @property
+    def available(self) -> TokenAmount:
+        """Credit left for calls without a higher voucher."""
+        return TokenAmount(self.authorized - self.consumed)
+
+    @property
+    def unclaimed(self) -> TokenAmount:
+        """What a claim of the stored voucher would pay now (never negative)."""
+        return TokenAmount(max(self.authorized - self.claimed, 0))
+
+
+class CreditLedger(abc.ABC):
+    """A durable, concurrency-safe store of per-channel credit (async; one event loop per ledger).
+
+    Every method that changes the ledger returns only once the change is committed to stable
+    storage, so a response sent after `admit` returns is never lost, even on SIGKILL.
+    """
+
+    @abc.abstractmethod
+    async def admit(self, channel_id: ChannelId, amount: TokenAmount, signature: bytes, price: TokenAmount) -> Credit:
+        """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
+
+        Raises `authorized` to `amount` (storing `signature`) when higher and adds `price` to
+        `consumed`, iff ``max(authorized, amount) - consumed >= price``; otherwise changes nothing
+        and raises InsufficientCredit with the values. The channel's row is created on first use.
+        If the caller is cancelled while its admission is being committed, the ledger gives the
+        price back by itself (the voucher itself stays accepted).
+        """
+
+    @abc.abstractmethod
+    async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
+        """Give back the price of a call that failed (`consumed` never goes below 0).
+
+        Not idempotent: the caller refunds each admitted call at most once. Raises
+        CreditNotFound for a channel the ledger has never seen.
+        """
+
+    @abc.abstractmethod
+    async def credit(self, channel_id: ChannelId) -> Credit | None:
+        """The channel's row, or None if the ledger has never seen the channel."""
+
+    @abc.abstractmethod
+    async def claimable(self, min_unclaimed: TokenAmount = _NO_MINIMUM) -> list[Credit]:
+        """Channels whose ``authorized - claimed`` is positive and at least `min_unclaimed`,
+        by channel id."""
+
+    @abc.abstractmethod
+    async def record_claim(self, channel_id: ChannelId, amount: TokenAmount) -> None:
+        """Record that the voucher for `amount` was claimed: ``claimed = max(claimed, amount)``.
+
+        Idempotent and monotone, so the claimer can record a claim again after a crash or learn
+        one from chain events; creates the channel's row if needed.
+        """
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish every pending change, then release the database. Idempotent."""
+
+    async def __aenter__(self) -> CreditLedger:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def check_uint256(name: str, value: int) -> None:
+    """ValueError unless `value` is an int in [0, 2**256 - 1] (amounts and channel ids)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if not 0 <= value <= UINT256_MAX:
+        raise ValueError(f"{name} must fit in a uint256, got {value}")
+
+
+def check_signature(signature: bytes) -> None:
+    """ValueError unless `signature` is 65 bytes (it is checked cryptographically by the caller)."""
+    if not isinstance(signature, bytes | bytearray) or len(signature) != SIGNATURE_LENGTH:
+        shown = len(signature) if isinstance(signature, bytes | bytearray) else type(signature).__name__
+        raise ValueError(f"a voucher signature has {SIGNATURE_LENGTH} bytes, got {shown}")
+
+
+def display_url(url: str) -> str:
+    """`url` as it may be shown in messages and logs: any password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        items = parts.query.split("&") if parts.query else []
+        secret_query = any(item.partition("=")[0].lower() == "password" for item in items)
+        if parts.password is None and not secret_query:
+            return url
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = "&".join("password=***" if item.partition("=")[0].lower() == "password" else item for item in items)
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not even a URL: show only its scheme
+        return url.partition(":")[0] + ":<unparsable URL>"

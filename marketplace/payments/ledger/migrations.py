@@ -1,0 +1,173 @@
+"""Versioned schema of the credit ledger, for SQLite and PostgreSQL, upgraded on open.
+
+A `schema_version` table holds one row per component (so other parts of the daemon may keep
+their own tables in the same database); the ledger's is `credit_ledger`. Opening a ledger runs,
+in one transaction that holds a lock against other processes opening it at the same time, every
+step between the version found and the version of this code, then records the new version. A
+database whose version is newer than the code is refused (LedgerSchemaTooNew): old code must not
+write rows it no longer understands. Steps are only ever appended, never edited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from marketplace.errors import LedgerSchemaTooNew
+
+__all__ = ["COMPONENT", "SQLITE_DIGITS", "Schema", "SQLITE_SCHEMA", "POSTGRES_SCHEMA", "migrate"]
+
+COMPONENT = "credit_ledger"
+SQLITE_DIGITS = 78  # decimal digits of 2**257 - 1: any uint256, and any sum of two, fit
+
+
+class _Connection(Protocol):
+    """What migrate() needs: sqlite3 (isolation_level=None) and psycopg (autocommit) both fit."""
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Schema:
+    backend: str
+    steps: tuple[tuple[str, ...], ...]  # steps[i] brings the schema from version i to i + 1
+    begin: tuple[str, ...]  # starts a transaction that excludes concurrent migrators
+    placeholder: str  # the driver's parameter marker
+
+    @property
+    def version(self) -> int:
+        return len(self.steps)
+
+
+def _sqlite_u256(column: str) -> str:
+    return f"length({column}) = {SQLITE_DIGITS} AND {column} NOT GLOB '*[^0-9]*'"
+
+
+SQLITE_SCHEMA = Schema(
+    backend="sqlite",
+    steps=(
+        (
+            f"""CREATE TABLE channel_credit (
+                channel_id TEXT PRIMARY KEY CHECK ({_sqlite_u256("channel_id")}),
+                authorized TEXT NOT NULL CHECK ({_sqlite_u256("authorized")}),
+                consumed   TEXT NOT NULL CHECK ({_sqlite_u256("consumed")}),
+                claimed    TEXT NOT NULL CHECK ({_sqlite_u256("claimed")}),
+                signature  BLOB CHECK (signature IS NULL OR length(signature) = 65),
+                CHECK (consumed <= authorized)
+            ) STRICT, WITHOUT ROWID""",
+        ),
+    ),
+    begin=("BEGIN IMMEDIATE",),
+    placeholder="?",
+)
+
+# One batch of changes in one call (one round trip): each change is its own statement(s), run in
+# the order given, each admission ONE conditional UPDATE. One row out per change, in order:
+# ok is TRUE (done), FALSE (admission refused: the row as it was) or NULL (refund: no such row).
+_POSTGRES_APPLY = """
+CREATE FUNCTION credit_ledger_apply(
+    kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[]
+) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    change record;
+BEGIN
+    FOR change IN
+        SELECT * FROM unnest(kinds, channel_ids, amounts, signatures, prices)
+            WITH ORDINALITY AS u(kind, channel_id, amount, signature, price, position)
+        ORDER BY position
+    LOOP
+        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
+        IF change.kind = 'admit' THEN
+            -- The admission: one conditional UPDATE. If it changed nothing, the row may not exist
+            -- yet (first use): create it and try once more; if that fails too, report the row.
+            FOR attempt IN 1 .. 2 LOOP
+                UPDATE channel_credit AS c SET
+                    authorized = greatest(c.authorized, change.amount),
+                    signature = CASE WHEN change.amount > c.authorized THEN change.signature ELSE c.signature END,
+                    consumed = c.consumed + change.price
+                WHERE c.channel_id = change.channel_id
+                    AND greatest(c.authorized, change.amount) - c.consumed >= change.price
+                RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature
+                INTO ok, out_authorized, out_consumed, out_claimed, out_signature;
+                EXIT WHEN FOUND;
+                IF attempt = 1 THEN
+                    INSERT INTO channel_credit (channel_id) VALUES (change.channel_id)
+                    ON CONFLICT (channel_id) DO NOTHING;
+                ELSE
+                    SELECT FALSE, c.authorized, c.consumed, c.claimed, c.signature
+                    INTO ok, out_authorized, out_consumed, out_claimed, out_signature
+                    FROM channel_credit AS c WHERE c.channel_id = change.channel_id;
+                END IF;
+            END LOOP;
+        ELSIF change.kind = 'refund' THEN
+            UPDATE channel_credit AS c SET consumed = greatest(c.consumed - change.price, 0)
+            WHERE c.channel_id = change.channel_id
+            RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature;
+        ELSIF change.kind = 'claim' THEN
+            INSERT INTO channel_credit AS c (channel_id, claimed) VALUES (change.channel_id, change.amount)
+            ON CONFLICT (channel_id) DO UPDATE SET claimed = greatest(c.claimed, excluded.claimed);
+            ok := TRUE;
+        ELSE
+            RAISE EXCEPTION 'credit_ledger_apply: unknown change %', change.kind;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
+POSTGRES_SCHEMA = Schema(
+    backend="postgresql",
+    steps=(
+        (
+            """CREATE TABLE channel_credit (
+                channel_id NUMERIC(78, 0) PRIMARY KEY CHECK (channel_id >= 0),
+                authorized NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (authorized >= 0),
+                consumed   NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (consumed >= 0),
+                claimed    NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (claimed >= 0),
+                signature  BYTEA CHECK (signature IS NULL OR length(signature) = 65),
+                CHECK (consumed <= authorized)
+            ) WITH (fillfactor = 80)""",  # room for HOT updates: only unindexed columns change
+            _POSTGRES_APPLY,
+        ),
+    ),
+    # A transaction-scoped advisory lock, so replicas starting together migrate one at a time.
+    begin=("BEGIN", "SELECT pg_advisory_xact_lock(7308822731093361744)"),
+    placeholder="%s",
+)
+
+
+def migrate(connection: _Connection, schema: Schema, url: str) -> int:
+    """Upgrade the database to `schema.version`; return the version it had. Idempotent.
+
+    Raises LedgerSchemaTooNew (naming `url`) if the database is newer than `schema`; driver
+    errors propagate for the caller to report.
+    """
+    p = schema.placeholder
+    for statement in schema.begin:
+        connection.execute(statement)
+    try:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+        row = connection.execute(f"SELECT version FROM schema_version WHERE component = {p}", (COMPONENT,)).fetchone()
+        found = int(row[0]) if row else 0
+        if found > schema.version:
+            raise LedgerSchemaTooNew(url, found, schema.version)
+        for step in schema.steps[found:]:
+            for statement in step:
+                connection.execute(statement)
+        if found < schema.version:
+            connection.execute(
+                f"INSERT INTO schema_version (component, version) VALUES ({p}, {p}) "
+                "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
+                (COMPONENT, schema.version),
+            )
+        connection.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(Exception):  # if the connection itself failed, the error says why
+            connection.execute("ROLLBACK")
+        raise
+    return found

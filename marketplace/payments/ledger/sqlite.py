@@ -1,0 +1,230 @@
+"""The credit ledger in one SQLite file: WAL, synchronous=FULL, group commit on a writer thread.
+
+Representation of uint256 amounts. Token amounts have 18 decimals, so a few tokens already pass
+SQLite's int64, and REAL would round. Every uint256 (amounts and channel ids) is stored as TEXT of
+exactly 78 decimal digits, zero-padded (a CHECK enforces it). 78 digits hold any sum of two
+uint256 values, so `consumed + price` cannot overflow the width. For strings of one width, the
+byte order SQLite compares TEXT in (BINARY collation) is the numeric order, so comparison
+(`>=`, `>`), the two-argument `max()` and ORDER BY are SQLite's own and exact. Only arithmetic
+needs help: two deterministic Python functions registered on each connection with
+`create_function`, `u256_add(a, b)` and `u256_sub_or_zero(a, b)`. The admission thus stays ONE
+conditional UPDATE that SQLite evaluates atomically:
+
+    UPDATE channel_credit SET signature = CASE WHEN :amount > authorized THEN :sig ELSE signature END,
+                              authorized = max(authorized, :amount),
+                              consumed = u256_add(consumed, :price)
+     WHERE channel_id = :channel AND max(authorized, :amount) >= u256_add(consumed, :price)
+
+(``max(authorized, A) - consumed >= P`` rewritten without a subtraction that could go negative).
+Other readers (the sqlite3 shell, a backup script) see the numbers as plain decimal text.
+
+Concurrency and durability. One writer thread owns the write connection; the GroupCommitter
+hands it every pending change at once and it runs them in one ``BEGIN IMMEDIATE ... COMMIT``
+(one fsync of the WAL with synchronous=FULL). Reads use a second connection on a second thread,
+which WAL lets proceed during a write. Other processes may open the same file: BEGIN IMMEDIATE
+takes SQLite's write lock, waiting up to `busy_timeout` for it, so their admissions serialize.
+The event loop never runs SQLite itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from marketplace.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
+from marketplace.payments.ledger.base import Credit, check_uint256, display_url
+from marketplace.payments.ledger.batching import Admit, BatchedLedger, Change, Outcome, RecordClaim, Refund
+from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
+from marketplace.types import ChannelId, TokenAmount
+
+__all__ = ["SqliteLedger", "sqlite_path"]
+
+T = TypeVar("T")
+
+_FORMAT = f"0{SQLITE_DIGITS}d"
+_ZERO = format(0, _FORMAT)
+_COLUMNS = "authorized, consumed, claimed, signature"
+_NO_MINIMUM = TokenAmount(0)
+
+_ADMIT = f"""
+UPDATE channel_credit SET
+    signature = CASE WHEN :amount > authorized THEN :signature ELSE signature END,
+    authorized = max(authorized, :amount),
+    consumed = u256_add(consumed, :price)
+WHERE channel_id = :channel AND max(authorized, :amount) >= u256_add(consumed, :price)
+RETURNING {_COLUMNS}"""
+_CREATE = "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (?, ?, ?, ?)"
+_REFUND = f"""
+UPDATE channel_credit SET consumed = u256_sub_or_zero(consumed, :price)
+WHERE channel_id = :channel RETURNING {_COLUMNS}"""
+_RECORD_CLAIM = """
+INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (:channel, :zero, :zero, :amount)
+ON CONFLICT (channel_id) DO UPDATE SET claimed = max(claimed, excluded.claimed)"""
+_SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
+_CLAIMABLE = f"""
+SELECT channel_id, {_COLUMNS} FROM channel_credit
+WHERE authorized > claimed AND authorized >= u256_add(claimed, ?) ORDER BY channel_id"""
+
+
+def _encode(value: int) -> str:
+    return format(value, _FORMAT)
+
+
+def _u256_add(a: str, b: str) -> str:
+    return format(int(a) + int(b), _FORMAT)
+
+
+def _u256_sub_or_zero(a: str, b: str) -> str:
+    return format(max(int(a) - int(b), 0), _FORMAT)
+
+
+def _credit(channel_id: int, row: tuple[str, str, str, bytes | None]) -> Credit:
+    authorized, consumed, claimed, signature = row
+    return Credit(
+        ChannelId(channel_id),
+        TokenAmount(int(authorized)),
+        TokenAmount(int(consumed)),
+        TokenAmount(int(claimed)),
+        signature,
+    )
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` URL.
+
+    As in SQLAlchemy: what follows ``sqlite:///`` is the path, so a fourth slash makes it absolute.
+    """
+    prefix = "sqlite:///"
+    path = url[len(prefix) :].partition("?")[0] if url.startswith(prefix) else ""
+    if not path or path == ":memory:":
+        raise LedgerUnavailable(url, "expected sqlite:///relative/file.db or sqlite:////absolute/file.db")
+    return Path(path)
+
+
+class SqliteLedger(BatchedLedger):
+    """The credit ledger in a SQLite file (created with its parent folder if missing)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout: float = 10.0,
+        max_batch: int = 256,
+        schema: Schema = SQLITE_SCHEMA,
+    ) -> None:
+        path = Path(path)
+        super().__init__(display_url(f"sqlite:///{path}"), max_batch=max_batch)
+        self.path = path
+        opened: list[sqlite3.Connection] = []
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            opened.append(self._connect(busy_timeout))
+            migrate(opened[0], schema, self.url)
+            opened.append(self._connect(busy_timeout))
+        except (sqlite3.Error, OSError) as error:
+            for db in opened:
+                db.close()
+            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from None
+        except BaseException:
+            for db in opened:
+                db.close()
+            raise
+        self._write_db, self._read_db = opened
+        # Each connection is used by its own thread only (check_same_thread is off so that the
+        # opening thread could migrate before either executor existed).
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite-writer")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite-reader")
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        try:
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"cannot use write-ahead logging (journal_mode is {mode})")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            db.create_function("u256_add", 2, _u256_add, deterministic=True)
+            db.create_function("u256_sub_or_zero", 2, _u256_sub_or_zero, deterministic=True)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # --- writes: one batch, one transaction, on the writer thread ------------------------------
+
+    async def _apply(self, changes: Sequence[Change]) -> Sequence[Outcome]:
+        return await self._on(self._writer, lambda: self._apply_batch(changes))
+
+    def _apply_batch(self, changes: Sequence[Change]) -> list[Outcome]:
+        db = self._write_db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                outcomes = [self._apply_one(db, change) for change in changes]
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+        return outcomes
+
+    def _apply_one(self, db: sqlite3.Connection, change: Change) -> Outcome:
+        channel = _encode(change.channel_id)
+        if isinstance(change, Admit):
+            params = {
+                "channel": channel,
+                "amount": _encode(change.amount),
+                "signature": change.signature,
+                "price": _encode(change.price),
+            }
+            row = db.execute(_ADMIT, params).fetchone()
+            if row is not None:
+                return _credit(change.channel_id, row)
+            current = db.execute(_SELECT, (channel,)).fetchone()
+            if current is None:  # first use of the channel: create its row, then try again
+                db.execute(_CREATE, (channel, _ZERO, _ZERO, _ZERO))
+                row = db.execute(_ADMIT, params).fetchone()
+                if row is not None:
+                    return _credit(change.channel_id, row)
+                current = (_ZERO, _ZERO, _ZERO, None)
+            return InsufficientCredit(change.channel_id, int(current[0]), int(current[1]), change.price, change.amount)
+        if isinstance(change, Refund):
+            row = db.execute(_REFUND, {"channel": channel, "price": _encode(change.price)}).fetchone()
+            return _credit(change.channel_id, row) if row is not None else CreditNotFound(change.channel_id)
+        if isinstance(change, RecordClaim):
+            db.execute(_RECORD_CLAIM, {"channel": channel, "zero": _ZERO, "amount": _encode(change.amount)})
+            return None
+        raise TypeError(f"unknown change {change!r}")
+
+    # --- reads: on the reader thread, never blocked by the writer (WAL) ------------------------
+
+    async def credit(self, channel_id: ChannelId) -> Credit | None:
+        self._check_open()
+        check_uint256("channel_id", channel_id)
+        row = await self._on(self._reader, lambda: self._read_db.execute(_SELECT, (_encode(channel_id),)).fetchone())
+        return _credit(channel_id, row) if row is not None else None
+
+    async def claimable(self, min_unclaimed: TokenAmount = _NO_MINIMUM) -> list[Credit]:
+        self._check_open()
+        check_uint256("min_unclaimed", min_unclaimed)
+        rows = await self._on(
+            self._reader, lambda: self._read_db.execute(_CLAIMABLE, (_encode(min_unclaimed),)).fetchall()
+        )
+        return [_credit(int(row[0]), row[1:]) for row in rows]
+
+    async def _on(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, work)
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+
+    async def _close_backend(self) -> None:
+        for executor, db in ((self._writer, self._write_db), (self._reader, self._read_db)):
+            await asyncio.get_running_loop().run_in_executor(executor, db.close)
+            executor.shutdown(wait=False)

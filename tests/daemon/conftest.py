@@ -1,0 +1,3 @@
+"""Fixtures of the daemon tests (defined in daemon_fixtures.py, shared with other test folders)."""
+
+from daemon_fixtures import anyio_backend, daemon, listing, open_channel, settings  # noqa: F401

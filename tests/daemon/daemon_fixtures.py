@@ -1,0 +1,135 @@
+"""A provider with a registered ONNX model, a funded consumer, and the daemon serving it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from marketplace.chain.transactions import Sender
+from marketplace.daemon.app import create_app
+from marketplace.daemon.settings import DaemonSettings
+from marketplace.ipfs import PROFILES
+from marketplace.ipfs.artifacts import add_bytes, add_path, open_store
+from marketplace.metadata import ModelMetadata
+from marketplace.payments.vouchers import VoucherDomain, sign_voucher
+from marketplace.runners.demo_models import ModelSpec, train_iris_classifier
+
+PRICE = 2 * 10**15  # 0.002 MKT per call
+TOKENS = 10**18
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Listing:
+    model_id: bytes
+    spec: ModelSpec
+    provider: LocalAccount
+    data_dir: Path
+    deployments_dir: Path
+
+    @property
+    def model_hex(self) -> str:
+        return "0x" + self.model_id.hex()
+
+
+@pytest.fixture(scope="module")
+def listing(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], tmp_path_factory: pytest.TempPathFactory) -> Listing:
+    """Provider dev_accounts[1] lists an iris classifier (artifact + metadata in a local IPFS store)."""
+    data_dir = tmp_path_factory.mktemp("daemon-data")
+    spec = train_iris_classifier(data_dir / "iris.onnx")
+    store = open_store("local", data_dir=data_dir / "ipfs")
+    with store:
+        artifact = add_path(store, spec.path, PROFILES["kubo-v1"]).cid
+        metadata = ModelMetadata.model_validate(spec.metadata())
+        meta_cid = add_bytes(store, metadata.to_json_bytes(), PROFILES["kubo-v1"]).cid
+    provider = dev_accounts[1]
+    salt = os.urandom(32)
+    registry = contracts.registry
+    Sender(w3, provider).transact(registry.functions.registerModel(
+        salt, provider.address, PRICE, (meta_cid.codec, meta_cid.digest), (artifact.codec, artifact.digest),
+        "http://127.0.0.1/daemon",
+    ))
+    model_id = registry.functions.modelIdOf(provider.address, salt).call()
+    deployments_dir = data_dir / "deployments"
+    contracts.deployment.save(deployments_dir)
+    return Listing(model_id, spec, provider, data_dir, deployments_dir)
+
+
+@dataclass
+class Channel:
+    channel_id: int
+    payer: LocalAccount
+    deposit: int
+    domain: VoucherDomain
+
+    def voucher(self, amount: int) -> dict[str, str]:
+        signature = sign_voucher(self.payer, self.domain, self.channel_id, amount)
+        return {"channelId": f"0x{self.channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
+
+
+@pytest.fixture(scope="module")
+def open_channel(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> Callable[..., Channel]:
+    """Open a channel from `payer` (default dev_accounts[2]) to the model's payee."""
+    owner = Sender(w3, dev_accounts[0])
+
+    def _open(deposit: int = 10 * PRICE, *, payer: LocalAccount | None = None, lifetime: int = 86_400,
+              model_id: bytes | None = None, payee: str | None = None) -> Channel:
+        payer = payer or dev_accounts[2]
+        owner.transact(contracts.token.functions.mint(payer.address, deposit))
+        sender = Sender(w3, payer)
+        sender.transact(contracts.token.functions.approve(contracts.channels.address, deposit))
+        terms = (payer.address, payer.address, payee or listing.provider.address, model_id or listing.model_id,
+                 int.from_bytes(os.urandom(8), "big"))
+        expiry = w3.eth.get_block("latest")["timestamp"] + lifetime
+        sender.transact(contracts.channels.functions.open(terms, deposit, expiry))
+        channel_id = contracts.channels.functions.channelIdOf(terms).call()
+        return Channel(channel_id, payer, deposit, VoucherDomain(w3.eth.chain_id, contracts.channels.address))
+
+    return _open
+
+
+@pytest.fixture(scope="module")
+def settings(anvil: Any, listing: Listing, tmp_path_factory: pytest.TempPathFactory) -> DaemonSettings:
+    db = tmp_path_factory.mktemp("ledger") / "ledger.db"
+    return DaemonSettings(
+        data_dir=listing.data_dir,
+        rpc_url=anvil.url,
+        chain_id=31337,
+        deployments_dir=listing.deployments_dir,
+        database_url=f"sqlite:///{db}",
+        private_key=listing.provider.key.to_0x_hex(),
+        models=[{"model_id": listing.model_hex}],
+        chain_poll_seconds=0.1,
+        claim_interval_seconds=3600,
+    )
+
+
+@pytest.fixture(scope="module")
+async def daemon(settings: DaemonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the daemon app in-process (startup and shutdown run)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://daemon.test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+async def wait_for_channel(client: httpx.AsyncClient, channel_id: int, timeout: float = 10.0) -> None:
+    state = client.app.state.services.state  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while state.channel(channel_id) is None and time.monotonic() < deadline:
+        await state.refresh_channel(channel_id)

@@ -1,0 +1,253 @@
+"""The credit rule, on SQLite and PostgreSQL: admit iff max(authorized, A) - consumed >= P."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Awaitable
+
+import pytest
+
+from marketplace.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
+from marketplace.payments.ledger import Credit, CreditLedger
+from marketplace.payments.ledger.base import UINT256_MAX
+from marketplace.types import ChannelId, TokenAmount
+
+pytestmark = pytest.mark.anyio
+
+P = TokenAmount(2 * 10**15)  # 0.002 token, the price of one call
+CHANNEL = ChannelId(int("c4a9" * 16, 16))  # a uint256 id, like keccak256 of the channel's terms
+OTHER = ChannelId(7)
+
+
+def sig(amount: int) -> bytes:
+    """A stand-in 65-byte signature that tells which amount it was made for."""
+    return (amount % 2**256).to_bytes(32, "big") + bytes(32) + b"\x1b"
+
+
+def tokens(n: int) -> TokenAmount:
+    return TokenAmount(n * P)
+
+
+async def test_first_admission_creates_the_row(ledger: CreditLedger) -> None:
+    assert await ledger.credit(CHANNEL) is None
+    credit = await ledger.admit(CHANNEL, tokens(3), sig(tokens(3)), P)
+    assert credit == Credit(CHANNEL, tokens(3), P, TokenAmount(0), sig(tokens(3)))
+    assert await ledger.credit(CHANNEL) == credit
+    assert credit.available == tokens(2)
+
+
+async def test_admission_and_refusal_at_the_exact_boundary(ledger: CreditLedger) -> None:
+    with pytest.raises(InsufficientCredit) as refused:  # a first voucher one unit short
+        await ledger.admit(CHANNEL, TokenAmount(P - 1), sig(P - 1), P)
+    assert (refused.value.authorized, refused.value.consumed, refused.value.price) == (0, 0, P)
+    credit = await ledger.credit(CHANNEL)  # the row may exist from this first use: unchanged
+    assert credit is None or (credit.authorized, credit.consumed, credit.signature) == (0, 0, None)
+    await ledger.admit(CHANNEL, P, sig(P), P)  # exactly enough
+    with pytest.raises(InsufficientCredit) as refused:
+        await ledger.admit(CHANNEL, TokenAmount(2 * P - 1), sig(2 * P - 1), P)
+    message = str(refused.value)
+    assert f"{CHANNEL:#x}" in message and f"authorized {P}" in message and f"costs {P}" in message
+    assert refused.value.available == P - 1
+    credit = await ledger.admit(CHANNEL, tokens(2), sig(tokens(2)), P)
+    assert (credit.authorized, credit.consumed, credit.available) == (tokens(2), tokens(2), 0)
+
+
+async def test_one_voucher_preauthorizes_several_calls(ledger: CreditLedger) -> None:
+    voucher = tokens(5)
+    for n in range(1, 6):
+        credit = await ledger.admit(CHANNEL, voucher, sig(voucher), P)
+        assert credit.consumed == tokens(n)
+    with pytest.raises(InsufficientCredit):
+        await ledger.admit(CHANNEL, voucher, sig(voucher), P)
+    # Calls of different prices draw on the same credit.
+    credit = await ledger.admit(CHANNEL, tokens(9), sig(tokens(9)), tokens(4))
+    assert (credit.authorized, credit.consumed) == (tokens(9), tokens(9))
+
+
+async def test_lower_voucher_after_a_higher_one_neither_lowers_nor_replaces(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P)
+    for late in (3, 1, 7, 10):  # late or parallel calls carrying older vouchers
+        credit = await ledger.admit(CHANNEL, tokens(late), sig(tokens(late)), P)
+        assert (credit.authorized, credit.signature) == (tokens(10), sig(tokens(10)))
+    assert credit.consumed == tokens(5)
+    stored = await ledger.credit(CHANNEL)
+    assert stored is not None and (stored.authorized, stored.signature) == (tokens(10), sig(tokens(10)))
+
+
+async def test_replay_of_an_old_voucher_beyond_its_credit_is_refused(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(2), sig(tokens(2)), P)
+    await ledger.admit(CHANNEL, tokens(2), sig(tokens(2)), P)
+    before = await ledger.credit(CHANNEL)
+    for _ in range(3):
+        with pytest.raises(InsufficientCredit):
+            await ledger.admit(CHANNEL, tokens(2), sig(tokens(2)), P)
+        with pytest.raises(InsufficientCredit):
+            await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
+    assert await ledger.credit(CHANNEL) == before
+
+
+async def test_refund_gives_the_price_back_and_never_goes_below_zero(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
+    with pytest.raises(InsufficientCredit):
+        await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
+    credit = await ledger.refund(CHANNEL, P)  # the model call failed
+    assert (credit.authorized, credit.consumed) == (tokens(1), 0)
+    await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)  # the credit is usable again
+    assert (await ledger.refund(CHANNEL, tokens(5))).consumed == 0
+    with pytest.raises(CreditNotFound, match=f"{OTHER:#x}"):
+        await ledger.refund(OTHER, P)
+
+
+async def test_huge_amounts_are_exact(ledger: CreditLedger) -> None:
+    big = TokenAmount(2**200 + 12345)
+    price = TokenAmount(2**97 + 1)
+    credit = await ledger.admit(CHANNEL, big, sig(big), price)
+    assert (credit.authorized, credit.consumed) == (big, price)
+    # Exact at the boundary far beyond int64 and float precision.
+    rest = TokenAmount(big - price)
+    with pytest.raises(InsufficientCredit) as refused:
+        await ledger.admit(CHANNEL, big, sig(big), TokenAmount(rest + 1))
+    assert (refused.value.authorized, refused.value.consumed) == (big, price)
+    credit = await ledger.admit(CHANNEL, big, sig(big), rest)
+    assert credit.consumed == big and credit.available == 0
+    # Numbers of different lengths compare by value (9 < 10, 2**96 < 2**97).
+    await ledger.admit(OTHER, TokenAmount(9), sig(9), TokenAmount(0))
+    assert (await ledger.admit(OTHER, TokenAmount(10), sig(10), TokenAmount(10))).authorized == 10
+    assert (await ledger.admit(OTHER, TokenAmount(2**96), sig(2**96), TokenAmount(0))).authorized == 2**96
+    assert (await ledger.admit(OTHER, TokenAmount(2**97), sig(2**97), TokenAmount(2**97 - 10))).consumed == 2**97
+    # The extremes of uint256, channel id included.
+    top = ChannelId(UINT256_MAX)
+    credit = await ledger.admit(top, TokenAmount(UINT256_MAX), sig(UINT256_MAX), TokenAmount(UINT256_MAX))
+    assert (credit.channel_id, credit.authorized, credit.consumed) == (top, UINT256_MAX, UINT256_MAX)
+    with pytest.raises(InsufficientCredit):
+        await ledger.admit(top, TokenAmount(UINT256_MAX), sig(UINT256_MAX), TokenAmount(1))
+    await ledger.record_claim(top, TokenAmount(UINT256_MAX))
+    most = TokenAmount(UINT256_MAX)
+    assert await ledger.credit(top) == Credit(top, most, most, most, sig(most))
+
+
+async def test_record_claim_is_monotone_and_idempotent(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P)
+    for amount, expected in ((4, 4), (4, 4), (2, 4), (10, 10), (7, 10)):
+        await ledger.record_claim(CHANNEL, tokens(amount))
+        credit = await ledger.credit(CHANNEL)
+        assert credit is not None and credit.claimed == tokens(expected)
+        assert (credit.authorized, credit.consumed) == (tokens(10), P)
+    # A claim learnt from chain events for a channel this ledger never served.
+    await ledger.record_claim(OTHER, tokens(3))
+    assert await ledger.credit(OTHER) == Credit(OTHER, TokenAmount(0), TokenAmount(0), tokens(3), None)
+
+
+async def test_claimable_lists_unclaimed_value_over_a_threshold(ledger: CreditLedger) -> None:
+    a, b, c, d = (ChannelId(n) for n in (3, 2**160, 5, 4))
+    await ledger.admit(a, tokens(10), sig(tokens(10)), P)
+    await ledger.admit(b, tokens(30), sig(tokens(30)), P)
+    await ledger.record_claim(b, tokens(5))
+    await ledger.admit(c, tokens(10), sig(tokens(10)), P)
+    await ledger.record_claim(c, tokens(10))  # fully claimed
+    await ledger.record_claim(d, tokens(1))  # known from the chain only
+    assert [credit.channel_id for credit in await ledger.claimable()] == [a, b]
+    assert [credit.unclaimed for credit in await ledger.claimable()] == [tokens(10), tokens(25)]
+    assert [credit.channel_id for credit in await ledger.claimable(tokens(25))] == [b]
+    assert await ledger.claimable(TokenAmount(tokens(25) + 1)) == []
+    claimable = await ledger.claimable(tokens(11))
+    assert claimable[0].signature == sig(tokens(30))  # what the claimer submits
+
+
+class SequentialModel:
+    """The credit rule applied one change at a time, in Python: what the ledger must match."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Credit] = {}
+
+    def admit(self, channel: ChannelId, amount: TokenAmount, price: TokenAmount) -> object:
+        row = self.rows.setdefault(channel, Credit(channel, TokenAmount(0), TokenAmount(0), TokenAmount(0), None))
+        if max(row.authorized, amount) - row.consumed < price:
+            return ("refused", row.authorized, row.consumed)
+        if amount > row.authorized:
+            row = dataclasses.replace(row, authorized=amount, signature=sig(amount))
+        self.rows[channel] = dataclasses.replace(row, consumed=TokenAmount(row.consumed + price))
+        return self.rows[channel]
+
+    def refund(self, channel: ChannelId, price: TokenAmount) -> object:
+        if channel not in self.rows:
+            return "not found"
+        row = self.rows[channel]
+        self.rows[channel] = dataclasses.replace(row, consumed=TokenAmount(max(row.consumed - price, 0)))
+        return self.rows[channel]
+
+    def record_claim(self, channel: ChannelId, amount: TokenAmount) -> object:
+        row = self.rows.setdefault(channel, Credit(channel, TokenAmount(0), TokenAmount(0), TokenAmount(0), None))
+        self.rows[channel] = dataclasses.replace(row, claimed=TokenAmount(max(row.claimed, amount)))
+        return None
+
+
+async def test_concurrent_changes_have_the_outcome_of_running_one_after_another(ledger: CreditLedger) -> None:
+    """Changes submitted together, batched into shared transactions, act as if run in order."""
+    rng = random.Random(20240611)
+    channels = [ChannelId(c) for c in (11, 2**255, 12)]
+    model = SequentialModel()
+    calls: list[Awaitable[object]] = []
+    expected: list[object] = []
+    for _ in range(300):
+        channel, roll = rng.choice(channels), rng.random()
+        if roll < 0.7:
+            amount, price = tokens(rng.randint(0, 40)), tokens(rng.randint(0, 3))
+            calls.append(ledger.admit(channel, amount, sig(amount), price))
+            expected.append(model.admit(channel, amount, price))
+        elif roll < 0.9:
+            price = tokens(rng.randint(1, 3))
+            calls.append(ledger.refund(channel, price))
+            expected.append(model.refund(channel, price))
+        else:
+            amount = tokens(rng.randint(0, 40))
+            calls.append(ledger.record_claim(channel, amount))
+            expected.append(model.record_claim(channel, amount))
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome, want in zip(outcomes, expected, strict=True):
+        if isinstance(outcome, InsufficientCredit):
+            assert ("refused", outcome.authorized, outcome.consumed) == want
+        elif isinstance(outcome, CreditNotFound):
+            assert want == "not found"
+        else:
+            assert outcome == want
+    for channel in channels:
+        assert await ledger.credit(channel) == model.rows.get(channel)
+
+
+async def test_a_cancelled_admission_costs_the_client_nothing(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P)
+    served = 0
+    for delay in (0, 0, 0.0002, 0.0005, 0.001, 0.002, 0.005):  # before, while or after it commits
+        call = asyncio.ensure_future(ledger.admit(CHANNEL, tokens(99), sig(tokens(99)), tokens(3)))
+        await asyncio.sleep(delay)
+        call.cancel()
+        (outcome,) = await asyncio.gather(call, return_exceptions=True)
+        served += isinstance(outcome, Credit)  # it finished before the cancel: the caller has it
+    await ledger.refund(CHANNEL, TokenAmount(0))  # a change after the compensations: they are done
+    credit = await ledger.credit(CHANNEL)
+    assert credit is not None and credit.consumed == P + served * tokens(3)
+
+
+async def test_arguments_are_checked(ledger: CreditLedger) -> None:
+    with pytest.raises(ValueError, match="uint256"):
+        await ledger.admit(CHANNEL, TokenAmount(2**256), sig(0), P)
+    with pytest.raises(ValueError, match="uint256"):
+        await ledger.admit(CHANNEL, tokens(1), sig(0), TokenAmount(-1))
+    with pytest.raises(ValueError, match="65 bytes"):
+        await ledger.admit(CHANNEL, tokens(1), sig(0)[:64], P)
+    with pytest.raises(TypeError):
+        await ledger.record_claim(CHANNEL, True)  # type: ignore[arg-type]
+    assert await ledger.credit(CHANNEL) is None
+
+
+async def test_a_closed_ledger_refuses_politely(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
+    await ledger.close()
+    await ledger.close()  # idempotent
+    with pytest.raises(LedgerUnavailable, match="closed"):
+        await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
+    with pytest.raises(LedgerUnavailable, match="closed"):
+        await ledger.credit(CHANNEL)

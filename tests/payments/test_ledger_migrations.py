@@ -1,0 +1,95 @@
+"""The schema is versioned: opening upgrades an older database and refuses a newer one."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from marketplace.errors import LedgerSchemaTooNew, LedgerUnavailable
+from marketplace.payments.ledger import open_ledger
+from marketplace.payments.ledger.batching import BatchedLedger
+from marketplace.payments.ledger.migrations import COMPONENT, POSTGRES_SCHEMA, SQLITE_SCHEMA, Schema
+from marketplace.payments.ledger.sqlite import sqlite_path
+from marketplace.types import ChannelId, TokenAmount
+
+pytestmark = pytest.mark.anyio
+
+CHANNEL = ChannelId(42)
+SIG = bytes(64) + b"\x1b"
+
+
+def _schema(url: str) -> Schema:
+    return SQLITE_SCHEMA if url.startswith("sqlite:") else POSTGRES_SCHEMA
+
+
+def _sql(url: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on the ledger's database directly, as an operator would."""
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(sqlite_path(url), isolation_level=None) as db:
+            rows = db.execute(query.replace("%s", "?"), params).fetchall()
+        db.close()
+        return rows
+    with psycopg.connect(url, autocommit=True) as pg:
+        cursor = pg.execute(query, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _version(url: str) -> int:
+    rows = _sql(url, "SELECT version FROM schema_version WHERE component = %s", (COMPONENT,))
+    return int(rows[0][0])
+
+
+async def test_a_new_database_gets_the_current_version_and_reopening_changes_nothing(ledger_url: str) -> None:
+    for _ in range(2):
+        async with open_ledger(ledger_url):
+            pass
+        assert _version(ledger_url) == _schema(ledger_url).version
+    assert _sql(ledger_url, "SELECT count(*) FROM schema_version") == [(1,)]
+
+
+async def test_an_older_database_is_upgraded_on_open_and_keeps_its_rows(
+    ledger_url: str, open_backend: Callable[..., BatchedLedger]
+) -> None:
+    current = _schema(ledger_url)
+    async with open_backend(ledger_url) as ledger:  # a database written by the current code...
+        await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3))
+    # ...opened by a next version of the code, which has one more step.
+    step = ("CREATE TABLE ledger_note (note TEXT)", "INSERT INTO ledger_note VALUES ('v2')")
+    nxt = dataclasses.replace(current, steps=(*current.steps, step))
+    async with open_backend(ledger_url, schema=nxt) as ledger:
+        credit = await ledger.credit(CHANNEL)
+        assert credit is not None and (credit.authorized, credit.consumed) == (10, 3)
+    assert _version(ledger_url) == current.version + 1
+    assert _sql(ledger_url, "SELECT note FROM ledger_note") == [("v2",)]
+    async with open_backend(ledger_url, schema=nxt):  # idempotent: the step does not run twice
+        pass
+    assert _sql(ledger_url, "SELECT note FROM ledger_note") == [("v2",)]
+
+
+async def test_a_database_from_before_any_ledger_is_upgraded(ledger_url: str) -> None:
+    """A database that other components already use (schema_version without our row)."""
+    _sql(ledger_url, "CREATE TABLE schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)")
+    _sql(ledger_url, "INSERT INTO schema_version VALUES ('claimer', 3)")
+    async with open_ledger(ledger_url) as ledger:
+        await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3))
+    assert _version(ledger_url) == _schema(ledger_url).version
+    assert _sql(ledger_url, "SELECT version FROM schema_version WHERE component = 'claimer'") == [(3,)]
+
+
+async def test_a_newer_database_is_refused_with_a_clear_error(ledger_url: str) -> None:
+    async with open_ledger(ledger_url):
+        pass
+    newer = _schema(ledger_url).version + 1
+    _sql(ledger_url, "UPDATE schema_version SET version = %s WHERE component = %s", (newer, COMPONENT))
+    with pytest.raises(LedgerSchemaTooNew) as refused:
+        open_ledger(ledger_url)
+    assert isinstance(refused.value, LedgerUnavailable)
+    message = str(refused.value)
+    assert f"version {newer}" in message and f"up to version {newer - 1}" in message
+    assert "\n" not in message
+    assert _version(ledger_url) == newer  # untouched
