@@ -21,9 +21,10 @@ app = typer.Typer(
 
 
 def _register_subcommands() -> None:
-    from marketplace.cli import chain, ipfs, receipt, up
+    from marketplace.cli import chain, ipfs, receipt, serve, up
 
     app.command(name="up")(up.up)
+    app.command(name="serve")(serve.serve)
     app.add_typer(chain.app, name="chain")
     app.add_typer(ipfs.app, name="ipfs")
     app.add_typer(receipt.app, name="receipt")

@@ -31,7 +31,7 @@ from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
 
-__all__ = ["Services", "start_services"]
+__all__ = ["Services", "preflight", "start_services"]
 
 log = logging.getLogger("marketplace.daemon")
 
@@ -100,11 +100,17 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
     )
 
 
+def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
+    """The checks that need no event loop: the node, the deployment on it, the daemon key.
+
+    `marketplace serve` runs them before starting the server, so a bad setting is one line."""
+    w3 = connect(settings.rpc_url, expected_chain_id=settings.chain_id)
+    return w3, Deployment.load(settings.deployments_dir, w3), _daemon_key(settings)
+
+
 async def start_services(settings: DaemonSettings) -> Services:
     """Connect to the chain and the ledger, load every served model, start the claimer."""
-    w3: Web3 = await asyncio.to_thread(connect, settings.rpc_url, expected_chain_id=settings.chain_id)
-    deployment = await asyncio.to_thread(Deployment.load, settings.deployments_dir, w3)
-    account = _daemon_key(settings)
+    w3, deployment, account = await asyncio.to_thread(preflight, settings)
     state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
