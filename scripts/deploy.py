@@ -6,7 +6,8 @@
         as an ape script: deploys through ape's connected provider; the key is
         $MARKETPLACE_PRIVATE_KEY, or ape's first test account on a local network
 
-Both paths run the same code as `marketplace chain deploy`.
+Both paths run the same command as `marketplace chain deploy` (only the chain commands are
+imported, so ape's own virtual environment needs no daemon dependencies).
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import os
 import sys
 
+import typer
+
 from marketplace.chain.keys import PRIVATE_KEY_ENV
-from marketplace.cli.main import main as marketplace_cli
+from marketplace.cli import chain
+from marketplace.cli.console import run
 
 
 def _ape_provider_url() -> str | None:
@@ -36,9 +40,11 @@ def main() -> None:
     """Entry point for both `python scripts/deploy.py` and `ape run deploy`."""
     ape_url = _ape_provider_url()
     arguments = ["--rpc-url", ape_url] if ape_url else sys.argv[1:]
-    sys.argv = ["marketplace", "chain", "deploy", *arguments]
+    sys.argv = ["deploy.py", *arguments]
+    script = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    script.command()(chain.deploy)
     try:
-        marketplace_cli()
+        run(script)
     except SystemExit as done:  # ape treats any SystemExit as a failure; succeed quietly on 0
         if done.code not in (0, None):
             raise

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
-from rich.console import Console
 
-from marketplace.errors import MarketplaceError
+from marketplace.cli.console import run
 
 __all__ = ["app", "main"]
 
@@ -34,9 +31,5 @@ _register_subcommands()
 
 
 def main() -> None:
-    """Run the CLI; a MarketplaceError becomes one red line on stderr and exit status 1."""
-    try:
-        app()
-    except MarketplaceError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+    """The `marketplace` command."""
+    run(app)

@@ -6,12 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from pydantic import ValidationError
 
-from marketplace.daemon.app import create_app
-from marketplace.daemon.observability import configure_logging
-from marketplace.daemon.services import preflight
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import ConfigError
 
@@ -41,6 +37,12 @@ def serve(
 
     The daemon follows the chain, keeps vouchers in its ledger (SQLite by default, PostgreSQL for
     several replicas), answers 402 with what to pay, and claims earned vouchers in batches."""
+    import uvicorn  # the server's stack is imported only by the command that runs it
+
+    from marketplace.daemon.app import create_app
+    from marketplace.daemon.observability import configure_logging
+    from marketplace.daemon.services import preflight
+
     settings = load_settings(config)
     preflight(settings)
     configure_logging(log_level)
