@@ -25,7 +25,7 @@ SOLC_VERSION = "0.8.30"
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 1_000_000},
     "evmVersion": "cancun",
-    "viaIR": False,
+    "viaIR": True,
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"

@@ -1,0 +1,289 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
+
+/**
+ * @title PaymentChannels
+ * @notice Escrow of one ERC-20 for pay-per-inference channels settled with cumulative EIP-712 vouchers.
+ * @dev See {IPaymentChannels}. Storage is one slot per channel, keyed by the hash of its terms; terms travel in
+ * calldata. Every state-changing entry point that moves tokens is `nonReentrant` and updates state and emits its
+ * event before the transfer. Fee-on-transfer tokens are refused on deposit; tokens without a return value work
+ * through SafeERC20.
+ */
+contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+    using SafeCast for uint256;
+
+    /// @notice EIP-712 type hash of `Voucher(uint256 channelId,uint256 amount)`.
+    bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(uint256 channelId,uint256 amount)");
+
+    /// @notice The `expiry` value marking a reclaimed channel (no real expiry is ever this small).
+    uint64 public constant RECLAIMED = 1;
+
+    /// @dev A channel's state as stored: see `_channels`. A struct so that code can hold a storage pointer to it
+    /// (the slot is hashed once per call).
+    struct PackedChannel {
+        uint256 word;
+    }
+
+    IERC20 private immutable _token;
+
+    /// @dev One word per channel, laid out as `Channel` would be: deposit in bits 0-95, claimed in bits 96-191,
+    /// expiry in bits 192-255. Packed by hand so that every update is exactly one SLOAD and one SSTORE.
+    mapping(uint256 channelId => PackedChannel) private _channels;
+
+    /// @param token_ The only token this escrow holds.
+    constructor(IERC20 token_) EIP712("ModelMarketplace", "1") {
+        _token = token_;
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Funding
+
+    /// @inheritdoc IPaymentChannels
+    function open(
+        ChannelTerms calldata terms,
+        uint256 amount,
+        uint64 expiry
+    ) external nonReentrant returns (uint256 channelId) {
+        channelId = _open(terms, amount, expiry);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function openWithPermit(
+        ChannelTerms calldata terms,
+        uint256 amount,
+        uint64 expiry,
+        uint256 permitDeadline,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external nonReentrant returns (uint256 channelId) {
+        // Anyone who sees the permit in the mempool can submit it first, making ours revert while the allowance
+        // is already in place: ignore the failure and let the transfer below decide.
+        try IERC20Permit(address(_token)).permit(terms.payer, address(this), amount, permitDeadline, v, r, s) {}
+        catch {} // solhint-disable-line no-empty-blocks
+        channelId = _open(terms, amount, expiry);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function topUp(uint256 channelId, uint256 amount) external nonReentrant {
+        if (amount == 0) revert PaymentChannelsZeroAmount();
+        PackedChannel storage channel = _channels[channelId];
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
+        _requireOpen(channelId, expiry);
+        uint96 newDeposit = (deposit + amount).toUint96();
+        _store(channel, newDeposit, claimed, expiry);
+        emit ChannelToppedUp(channelId, amount, newDeposit);
+        _pull(amount);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function extend(ChannelTerms calldata terms, uint64 newExpiry) external {
+        _requirePayer(terms.payer);
+        uint256 channelId = _channelId(terms);
+        PackedChannel storage channel = _channels[channelId];
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
+        _requireOpen(channelId, expiry);
+        if (newExpiry <= expiry) revert PaymentChannelsExpiryNotLater(channelId, newExpiry, expiry);
+        _store(channel, deposit, claimed, newExpiry);
+        emit ChannelExtended(channelId, newExpiry);
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Settlement
+
+    /// @inheritdoc IPaymentChannels
+    function claim(ChannelTerms calldata terms, uint256 amount, bytes calldata signature) external nonReentrant {
+        uint256 channelId = _channelId(terms);
+        bytes32 r;
+        bytes32 vs;
+        if (signature.length == 64) {
+            (r, vs) = (bytes32(signature[0:32]), bytes32(signature[32:64]));
+        } else if (signature.length == 65) {
+            // Canonical signatures only: v is 27 or 28, and s fits in 255 bits (ECDSA also refuses s > n/2).
+            uint8 v = uint8(signature[64]);
+            bytes32 s = bytes32(signature[32:64]);
+            if ((v != 27 && v != 28) || uint256(s) >> 255 != 0) {
+                revert PaymentChannelsInvalidSignature(channelId, terms.signer);
+            }
+            r = bytes32(signature[0:32]);
+            vs = bytes32((uint256(v - 27) << 255) | uint256(s));
+        } else {
+            revert PaymentChannelsInvalidSignature(channelId, terms.signer);
+        }
+        uint256 paid = _settle(_domainSeparatorV4(), channelId, amount, terms.signer, r, vs);
+        _token.safeTransfer(terms.payee, paid);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function claimMany(address payee, Claim[] calldata claims) external nonReentrant returns (uint256 paid) {
+        uint256 count = claims.length;
+        if (count == 0) revert PaymentChannelsEmptyBatch();
+        bytes32 domainSeparator = _domainSeparatorV4();
+        for (uint256 i = 0; i < count; ++i) {
+            Claim calldata item = claims[i];
+            uint256 channelId = uint256(keccak256(abi.encode(item.payer, item.signer, payee, item.modelId, item.salt)));
+            uint256 channelPaid = _settle(
+                domainSeparator,
+                channelId,
+                item.amount,
+                item.signer,
+                item.r,
+                item.yParityAndS
+            );
+            // Each term is below 2^96 (at most a deposit) and a calldata array has far fewer than 2^160 items.
+            unchecked {
+                paid += channelPaid;
+            }
+        }
+        _token.safeTransfer(payee, paid);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function reclaim(ChannelTerms calldata terms) external nonReentrant {
+        _requirePayer(terms.payer);
+        uint256 channelId = _channelId(terms);
+        PackedChannel storage channel = _channels[channelId];
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
+        _requireOpen(channelId, expiry);
+        if (block.timestamp < expiry) revert PaymentChannelsNotExpired(channelId, expiry, block.timestamp);
+        _store(channel, deposit, claimed, RECLAIMED);
+        uint256 refunded;
+        // claimed <= deposit always holds: every claim checks amount <= deposit, and deposits only grow.
+        unchecked {
+            refunded = deposit - claimed;
+        }
+        emit ChannelReclaimed(channelId, refunded);
+        if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Views
+
+    /// @inheritdoc IPaymentChannels
+    function token() external view returns (address) {
+        return address(_token);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function channelIdOf(ChannelTerms calldata terms) external pure returns (uint256) {
+        return _channelId(terms);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function getChannel(uint256 channelId) external view returns (Channel memory) {
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(_channels[channelId]);
+        return Channel({deposit: deposit, claimed: claimed, expiry: expiry});
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function channels(uint256 channelId) external view returns (uint96 deposit, uint96 claimed, uint64 expiry) {
+        return _load(_channels[channelId]);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function voucherDigest(uint256 channelId, uint256 amount) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, amount)));
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // Internals
+
+    function _open(ChannelTerms calldata terms, uint256 amount, uint64 expiry) private returns (uint256 channelId) {
+        _requirePayer(terms.payer);
+        if (terms.signer == address(0)) revert PaymentChannelsZeroSigner();
+        if (terms.payee == address(0)) revert PaymentChannelsZeroPayee();
+        if (amount == 0) revert PaymentChannelsZeroAmount();
+        if (expiry <= block.timestamp) revert PaymentChannelsExpiryNotInFuture(expiry, block.timestamp);
+        channelId = _channelId(terms);
+        PackedChannel storage channel = _channels[channelId];
+        if (channel.word != 0) revert PaymentChannelsChannelExists(channelId);
+        _store(channel, amount.toUint96(), 0, expiry);
+        emit ChannelOpened(
+            channelId,
+            terms.payer,
+            terms.payee,
+            terms.signer,
+            terms.modelId,
+            terms.salt,
+            amount,
+            expiry
+        );
+        _pull(amount);
+    }
+
+    /// @dev Checks a voucher of cumulative `amount` against the channel, records it and emits its event; returns
+    /// what it pays. The signature is ERC-2098 compact (`r`, `vs`).
+    function _settle(
+        bytes32 domainSeparator,
+        uint256 channelId,
+        uint256 amount,
+        address signer,
+        bytes32 r,
+        bytes32 vs
+    ) private returns (uint256 paid) {
+        PackedChannel storage channel = _channels[channelId];
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
+        _requireOpen(channelId, expiry);
+        if (amount <= claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, amount, claimed);
+        if (amount > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, amount, deposit);
+        bytes32 structHash = keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, amount));
+        bytes32 digest = MessageHashUtils.toTypedDataHash(domainSeparator, structHash);
+        (address recovered, ECDSA.RecoverError error, ) = ECDSA.tryRecover(digest, r, vs);
+        if (error != ECDSA.RecoverError.NoError || recovered != signer) {
+            revert PaymentChannelsInvalidSignature(channelId, signer);
+        }
+        // amount > claimed was checked above.
+        unchecked {
+            paid = amount - claimed;
+        }
+        // amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
+        _store(channel, deposit, uint96(amount), expiry);
+        emit VoucherClaimed(channelId, amount, paid);
+    }
+
+    /// @dev Pulls `amount` tokens from the caller and refuses tokens that deliver less (fee on transfer).
+    function _pull(uint256 amount) private {
+        uint256 balanceBefore = _token.balanceOf(address(this));
+        _token.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = _token.balanceOf(address(this)) - balanceBefore;
+        if (received != amount) revert PaymentChannelsTransferMismatch(amount, received);
+    }
+
+    function _load(
+        PackedChannel storage channel
+    ) private view returns (uint96 deposit, uint96 claimed, uint64 expiry) {
+        uint256 word = channel.word;
+        // Unpacking: each truncation keeps exactly its field's bits.
+        deposit = uint96(word);
+        claimed = uint96(word >> 96);
+        expiry = uint64(word >> 192);
+    }
+
+    function _store(PackedChannel storage channel, uint96 deposit, uint96 claimed, uint64 expiry) private {
+        channel.word = uint256(deposit) | (uint256(claimed) << 96) | (uint256(expiry) << 192);
+    }
+
+    function _requirePayer(address payer) private view {
+        if (msg.sender != payer) revert PaymentChannelsNotPayer(msg.sender, payer);
+    }
+
+    function _requireOpen(uint256 channelId, uint64 expiry) private pure {
+        if (expiry == 0) revert PaymentChannelsUnknownChannel(channelId);
+        if (expiry == RECLAIMED) revert PaymentChannelsChannelReclaimed(channelId);
+    }
+
+    function _channelId(ChannelTerms calldata terms) private pure returns (uint256) {
+        return uint256(keccak256(abi.encode(terms)));
+    }
+}
