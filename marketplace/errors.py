@@ -2,6 +2,11 @@
 
     MarketplaceError
     ├── ConfigError                  bad settings or input given by the user
+    │   └── AccountError             a named local account (keystore) cannot be used
+    │       ├── AccountNotFound      no keystore of that name
+    │       ├── AccountExists        a keystore of that name exists already
+    │       ├── WrongPassword        the password does not decrypt the keystore
+    │       └── DevAccountRefused    dev0..dev9 (public Anvil keys) asked for off chain id 31337
     ├── ChainError                   talking to the chain
     │   ├── RpcUnreachable           no JSON-RPC node answers at the URL
     │   ├── WrongChain               the node serves another chain id than expected
@@ -10,7 +15,8 @@
     │   ├── ContractReverted         a call or transaction reverted (custom error decoded)
     │   ├── DeploymentNotFound       no deployment record for a chain id
     │   ├── ChainUnavailable         the node does not answer now (the cached state still serves)
-    │   └── LogQueryRefused          eth_getLogs refused even for a one-block range
+    │   ├── LogQueryRefused          eth_getLogs refused even for a one-block range
+    │   └── NotFoundOnChain          no model, channel, offer or license with that id
     ├── ToolchainError               a pinned external tool (anvil, solc) is missing or failed
     ├── ArtifactError                IPFS artifacts
     │   ├── InvalidCid               text or bytes that are not a valid CID
@@ -31,13 +37,21 @@
     │       ├── UpstreamUnreachable  no connection (502), or the runner is closed (503)
     │       └── UpstreamFailed       an error status or a broken answer (502)
     │           └── UpstreamRejected the upstream refused the input (its 400/413/415/422)
-    └── PaymentError                 payments: the credit ledger, x402 payments, receipts
-        ├── InsufficientCredit       a call costs more than the channel's credit left
-        ├── CreditNotFound           the ledger has no row for a channel
-        ├── LedgerUnavailable        the ledger's database cannot be opened or reached
-        │   └── LedgerSchemaTooNew   the database was written by a newer version
-        ├── PaymentRejected          an x402 payment refused (stable code, http_status; nothing served)
-        └── ReceiptInvalid           a receipt whose signature, signer or hashes do not check out
+    ├── PaymentError                 payments: the credit ledger, x402 payments, receipts
+    │   ├── InsufficientCredit       a call costs more than the channel's credit left
+    │   ├── CreditNotFound           the ledger has no row for a channel
+    │   ├── LedgerUnavailable        the ledger's database cannot be opened or reached
+    │   │   └── LedgerSchemaTooNew   the database was written by a newer version
+    │   ├── PaymentRejected          an x402 payment refused (stable code, http_status; nothing served)
+    │   ├── ReceiptInvalid           a receipt whose signature, signer or hashes do not check out
+    │   └── ClientPaymentError       the consumer SDK could not pay a call (nothing was charged)
+    │       ├── PriceAboveMax        the price asked is above the caller's max_price
+    │       ├── NoPaymentOption      no scheme the caller allows is offered and usable
+    │       ├── ChannelExhausted     the channel's deposit cannot cover the next call
+    │       └── PaymentRefused       the daemon refused the payment even after one retry (code)
+    └── ClientError                  the consumer SDK talking to a daemon
+        ├── DaemonUnreachable        no daemon answers at the URL
+        └── CallFailed               the daemon answered with an error (status, code; not charged)
 
 Every message is built from the values involved, so one line tells the user what went wrong.
 """
@@ -457,3 +471,125 @@ class ReceiptInvalid(PaymentError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"invalid receipt: {reason}")
+
+
+# --- tools -------------------------------------------------------------------------------------
+# Raised by the accounts, the typed contract wrappers, the consumer SDK and the provider/consumer
+# CLIs. None of them ever carries a private key or a password.
+
+__all__ += [
+    "AccountError",
+    "AccountNotFound",
+    "AccountExists",
+    "WrongPassword",
+    "DevAccountRefused",
+    "NotFoundOnChain",
+    "ClientPaymentError",
+    "PriceAboveMax",
+    "NoPaymentOption",
+    "ChannelExhausted",
+    "PaymentRefused",
+    "ClientError",
+    "DaemonUnreachable",
+    "CallFailed",
+]
+
+
+def _tokens(units: int) -> str:
+    """Token units (18 decimals) as tokens: 2000000000000000 -> "0.002"."""
+    whole, fraction = divmod(units, 10**18)
+    decimals = f"{fraction:018d}".rstrip("0")
+    return f"{whole}.{decimals}" if decimals else str(whole)
+
+
+class AccountError(ConfigError):
+    """A named local account cannot be used."""
+
+
+class AccountNotFound(AccountError):
+    def __init__(self, name: str, directory: object) -> None:
+        self.name = name
+        super().__init__(
+            f"no account named {name!r} in {directory} (see `marketplace account list`; "
+            "dev0..dev9 are Anvil's development keys, chain id 31337 only)"
+        )
+
+
+class AccountExists(AccountError):
+    def __init__(self, name: str, path: object) -> None:
+        self.name = name
+        super().__init__(f"an account named {name!r} exists already ({path}); choose another name")
+
+
+class WrongPassword(AccountError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"wrong password for account {name!r}")
+
+
+class DevAccountRefused(AccountError):
+    def __init__(self, name: str, chain_id: int) -> None:
+        self.name, self.chain_id = name, chain_id
+        super().__init__(
+            f"account {name!r} is a public Anvil development key, usable only on chain id 31337, "
+            f"not on chain id {chain_id}: create one with `marketplace account new`"
+        )
+
+
+class NotFoundOnChain(ChainError):
+    def __init__(self, what: str, ident: object, chain_id: int) -> None:
+        self.what, self.ident, self.chain_id = what, ident, chain_id
+        super().__init__(f"no {what} {ident} on chain {chain_id}")
+
+
+class ClientPaymentError(PaymentError):
+    """The consumer SDK could not pay for a call; nothing was charged."""
+
+
+class PriceAboveMax(ClientPaymentError):
+    def __init__(self, url: str, scheme: str, price: int, max_price: int) -> None:
+        self.url, self.scheme, self.price, self.max_price = url, scheme, price, max_price
+        super().__init__(
+            f"{url} asks {_tokens(price)} tokens per call ({scheme}), above your maximum of {_tokens(max_price)}: "
+            "nothing was signed"
+        )
+
+
+class NoPaymentOption(ClientPaymentError):
+    def __init__(self, url: str, allowed: object, offered: object, reason: str = "") -> None:
+        self.url, self.allowed, self.offered = url, allowed, offered
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"{url} offers {offered}, none usable with the schemes allowed ({allowed}){why}")
+
+
+class ChannelExhausted(ClientPaymentError):
+    def __init__(self, channel_id: int, needed: int, deposit: int) -> None:
+        self.channel_id, self.needed, self.deposit = channel_id, needed, deposit
+        super().__init__(
+            f"channel {channel_id:#x} holds a deposit of {_tokens(deposit)} tokens but the next call needs a voucher "
+            f"for {_tokens(needed)}: top it up (`marketplace consumer top-up`) or open another"
+        )
+
+
+class PaymentRefused(ClientPaymentError):
+    def __init__(self, url: str, code: str, detail: str) -> None:
+        self.url, self.code, self.detail = url, code, detail
+        super().__init__(f"{url} refused the payment ({code}): {detail}")
+
+
+class ClientError(MarketplaceError):
+    """The consumer SDK could not get an answer from a daemon."""
+
+
+class DaemonUnreachable(ClientError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"no daemon answers at {url} ({reason})")
+
+
+class CallFailed(ClientError):
+    """The daemon answered with an error other than a payment refusal; the call was not charged."""
+
+    def __init__(self, url: str, status: int, code: str, detail: str) -> None:
+        self.url, self.status, self.code, self.detail = url, status, code, detail
+        super().__init__(f"{url} answered {status} ({code}): {detail}")

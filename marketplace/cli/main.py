@@ -25,6 +25,12 @@ def _register_subcommands() -> None:
     app.add_typer(chain.app, name="chain")
     app.add_typer(ipfs.app, name="ipfs")
     app.add_typer(receipt.app, name="receipt")
+    from marketplace.cli import account, consumer, license, provider
+
+    app.add_typer(account.app, name="account")
+    app.add_typer(provider.app, name="provider")
+    app.add_typer(consumer.app, name="consumer")
+    app.add_typer(license.app, name="license")
 
 
 _register_subcommands()

@@ -1,0 +1,96 @@
+"""What the consumer signs for each x402 scheme, from the `accepts` entry the daemon offered.
+
+    channel  voucher_payload(...)       a cumulative EIP-712 voucher (marketplace.payments.vouchers)
+    exact    exact_payload(...)         an EIP-3009 TransferWithAuthorization, as x402 clients sign it
+    license  license_payload(...)       a LicenseAccess message for one request body
+
+Each reads the domain it signs in from the requirements (`extra`) and checks it first, so a daemon
+cannot get a signature for another chain than the one it names.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from marketplace.errors import NoPaymentOption
+from marketplace.payments.schemes.channel import voucher_payload
+from marketplace.payments.schemes.license import sign_license_access
+from marketplace.payments.vouchers import VoucherDomain, sign_voucher
+from marketplace.payments.x402 import PaymentRequirements
+
+__all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload"]
+
+_TRANSFER_WITH_AUTHORIZATION = [
+    {"name": "from", "type": "address"},
+    {"name": "to", "type": "address"},
+    {"name": "value", "type": "uint256"},
+    {"name": "validAfter", "type": "uint256"},
+    {"name": "validBefore", "type": "uint256"},
+    {"name": "nonce", "type": "bytes32"},
+]
+
+
+def chain_id_of(requirements: PaymentRequirements, url: str) -> int:
+    """The chain id of an `eip155:<id>` network (and of `extra.chainId`, which must agree)."""
+    prefix, _, number = requirements.network.partition(":")
+    extra_chain = requirements.extra.get("chainId")
+    if prefix != "eip155" or not number.isdigit() or (extra_chain is not None and extra_chain != int(number)):
+        raise NoPaymentOption(url, requirements.scheme, requirements.network, "not an EVM network this client signs for")
+    return int(number)
+
+
+def _address(requirements: PaymentRequirements, key: str, url: str) -> str:
+    value = requirements.extra.get(key)
+    if not isinstance(value, str) or not Web3.is_address(value):
+        raise NoPaymentOption(url, requirements.scheme, f"extra.{key}={value!r}", "the offer names no valid contract")
+    return Web3.to_checksum_address(value)
+
+
+def channel_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, channel_id: int,
+                    amount: int) -> dict[str, str]:
+    """A voucher for the cumulative `amount` on `channel_id`, in the escrow's domain."""
+    domain = VoucherDomain(chain_id_of(requirements, url), _address(requirements, "escrow", url))
+    return voucher_payload(channel_id, amount, sign_voucher(account, domain, channel_id, amount))
+
+
+def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, now: int) -> dict[str, Any]:
+    """An EIP-3009 transfer of exactly the price to `payTo`, valid from now for `maxTimeoutSeconds`."""
+    name, version = requirements.extra.get("name"), requirements.extra.get("version")
+    if not isinstance(name, str) or not isinstance(version, str) or not Web3.is_address(requirements.asset):
+        raise NoPaymentOption(url, "exact", requirements.extra, "the offer lacks the token's EIP-712 name/version")
+    authorization = {
+        "from": account.address,
+        "to": Web3.to_checksum_address(requirements.pay_to),
+        "value": requirements.amount,
+        "validAfter": 0,
+        "validBefore": now + requirements.max_timeout_seconds,
+        "nonce": os.urandom(32),
+    }
+    signed = account.sign_typed_data(
+        {"name": name, "version": version, "chainId": chain_id_of(requirements, url),
+         "verifyingContract": Web3.to_checksum_address(requirements.asset)},
+        {"TransferWithAuthorization": _TRANSFER_WITH_AUTHORIZATION},
+        authorization,
+    )
+    return {
+        "signature": "0x" + bytes(signed.signature).hex(),
+        "authorization": {key: ("0x" + value.hex() if isinstance(value, bytes) else str(value))
+                          for key, value in authorization.items()},
+    }
+
+
+def license_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, license_id: int,
+                    body: bytes, now: int) -> dict[str, str]:
+    """A LicenseAccess signature opening this one request body, valid for half the allowed window."""
+    model = requirements.extra.get("modelId")
+    if not isinstance(model, str) or len(model) != 66:
+        raise NoPaymentOption(url, "license", requirements.extra, "the offer names no model")
+    window = requirements.extra.get("maxWindowSeconds")
+    window = window if isinstance(window, int) and window > 0 else 600
+    return sign_license_access(account, chain_id=chain_id_of(requirements, url),
+                               licenses=_address(requirements, "licenses", url), license_id=license_id,
+                               model_id=bytes.fromhex(model[2:]), body=body, deadline=now + max(window // 2, 1))

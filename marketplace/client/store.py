@@ -1,0 +1,234 @@
+"""The consumer's durable record of its payment channels: a small SQLite file, keyed by channel id.
+
+Per channel it keeps the fixed terms (chain, escrow, payer, signer, payee, model, salt), what the
+chain said (deposit, expiry) and the daemon's view of the channel's credit: `authorized` (the
+highest voucher the daemon holds) and `consumed` (what its calls used). The SDK changes the credit
+fields only from what a daemon said, a PAYMENT-RESPONSE or the `extra.channel` of a 402, and only
+forward (`observe`); `resync` takes a view as the whole truth (tools, tests).
+
+Every change is committed before the method returns (WAL, `synchronous=FULL`: on disk once
+COMMIT returns), so a crash right after a paid call loses nothing. Several processes may share the
+file: each change is one short write transaction under SQLite's lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Self
+
+from web3 import Web3
+
+from marketplace.chain.contracts import ChannelTerms
+from marketplace.config import data_dir
+from marketplace.types import ChannelId, ModelId, TokenAmount
+
+__all__ = ["ChannelRecord", "ChannelStore", "default_store_path"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS channel (
+    channel_id TEXT PRIMARY KEY,          -- 0x + 64 hex digits
+    chain_id   INTEGER NOT NULL,
+    escrow     TEXT NOT NULL,             -- PaymentChannels address, lowercase
+    payer      TEXT NOT NULL,
+    signer     TEXT NOT NULL,
+    payee      TEXT NOT NULL,
+    model_id   TEXT NOT NULL,             -- 0x + 64 hex digits
+    salt       TEXT NOT NULL,             -- decimal
+    deposit    TEXT NOT NULL,             -- decimal token units (uint256 as text)
+    expiry     INTEGER NOT NULL,
+    authorized TEXT NOT NULL,             -- the daemon's view: highest voucher it holds
+    consumed   TEXT NOT NULL,             -- the daemon's view: what its calls used
+    updated_at REAL NOT NULL
+)
+"""
+_COLUMNS = ("channel_id", "chain_id", "escrow", "payer", "signer", "payee", "model_id", "salt", "deposit", "expiry",
+            "authorized", "consumed", "updated_at")
+
+
+def default_store_path() -> Path:
+    """`<data dir>/client/channels.db` ($MARKETPLACE_DATA_DIR overrides the data dir)."""
+    return data_dir() / "client" / "channels.db"
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    channel_id: ChannelId
+    chain_id: int
+    escrow: str
+    payer: str
+    signer: str
+    payee: str
+    model_id: bytes
+    salt: int = 0
+    deposit: TokenAmount = TokenAmount(0)  # noqa: RUF009 - a NewType call is the value itself
+    expiry: int = 0
+    authorized: TokenAmount = TokenAmount(0)  # noqa: RUF009
+    consumed: TokenAmount = TokenAmount(0)  # noqa: RUF009
+    updated_at: float = 0.0
+
+    @classmethod
+    def opened(cls, chain_id: int, escrow: str, terms: ChannelTerms, deposit: int, expiry: int) -> ChannelRecord:
+        """The record of a channel just opened with `terms` (no credit used yet)."""
+        return cls(terms.channel_id, chain_id, escrow.lower(), terms.payer, terms.signer, terms.payee,
+                   bytes(terms.model_id), terms.salt, TokenAmount(deposit), expiry)
+
+    @property
+    def terms(self) -> ChannelTerms:
+        return ChannelTerms(Web3.to_checksum_address(self.payer), Web3.to_checksum_address(self.signer),
+                            Web3.to_checksum_address(self.payee), ModelId(self.model_id), self.salt)
+
+    @property
+    def available(self) -> int:
+        """Deposit not yet promised to the daemon."""
+        return max(self.deposit - max(self.authorized, self.consumed), 0)
+
+
+def _row(record: ChannelRecord) -> tuple[Any, ...]:
+    return (f"0x{record.channel_id:064x}", record.chain_id, record.escrow.lower(), record.payer, record.signer,
+            record.payee, "0x" + bytes(record.model_id).hex(), str(record.salt), str(record.deposit), record.expiry,
+            str(record.authorized), str(record.consumed), record.updated_at)
+
+
+def _record(row: tuple[Any, ...]) -> ChannelRecord:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    return ChannelRecord(
+        channel_id=ChannelId(int(values["channel_id"], 16)), chain_id=int(values["chain_id"]),
+        escrow=values["escrow"], payer=values["payer"], signer=values["signer"], payee=values["payee"],
+        model_id=bytes.fromhex(values["model_id"][2:]), salt=int(values["salt"]),
+        deposit=TokenAmount(int(values["deposit"])), expiry=int(values["expiry"]),
+        authorized=TokenAmount(int(values["authorized"])), consumed=TokenAmount(int(values["consumed"])),
+        updated_at=float(values["updated_at"]),
+    )
+
+
+def _uint(view: Mapping[str, Any], key: str) -> int | None:
+    value = view.get(key)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+class ChannelStore:
+    """The channels of one consumer (see the module doc). Thread-safe; one connection per store."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_store_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def get(self, channel_id: int) -> ChannelRecord | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channel WHERE channel_id = ?",
+                                   (f"0x{channel_id:064x}",)).fetchone()
+        return _record(row) if row else None
+
+    def all(self) -> list[ChannelRecord]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channel ORDER BY updated_at").fetchall()
+        return [_record(row) for row in rows]
+
+    def find(self, model_id: bytes, signer: str, *, chain_id: int | None = None, escrow: str | None = None,
+             now: float | None = None) -> ChannelRecord | None:
+        """The channel to pay `model_id` with as `signer`: unexpired, the most deposit left."""
+        moment = time.time() if now is None else now
+        candidates = [
+            record for record in self.all()
+            if record.model_id == bytes(model_id) and record.signer.lower() == signer.lower()
+            and (chain_id is None or record.chain_id == chain_id)
+            and (escrow is None or record.escrow == escrow.lower())
+            and record.expiry > moment
+        ]
+        return max(candidates, key=lambda record: (record.available, record.updated_at), default=None)
+
+    # --- writes (each committed before returning) ----------------------------------------------
+
+    def remember(self, record: ChannelRecord) -> ChannelRecord:
+        """Insert a channel, or update its chain facts (deposit, expiry only grow; credit is kept)."""
+        with self._lock, self._transaction():
+            existing = self._read(record.channel_id)
+            if existing is not None:
+                record = replace(existing, deposit=TokenAmount(max(existing.deposit, record.deposit)),
+                                 expiry=max(existing.expiry, record.expiry))
+            record = replace(record, updated_at=time.time())
+            self._db.execute(f"INSERT OR REPLACE INTO channel ({', '.join(_COLUMNS)}) VALUES "
+                             f"({', '.join('?' * len(_COLUMNS))})", _row(record))
+        return record
+
+    def observe(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
+        """A PAYMENT-RESPONSE's `extra.channel`: move the credit (and chain facts) forward, never back."""
+        return self._update(channel_id, view, exact=False)
+
+    def resync(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
+        """A 402's `extra.channel`: the daemon's `authorized`/`consumed` replace ours."""
+        return self._update(channel_id, view, exact=True)
+
+    def _update(self, channel_id: int, view: Mapping[str, Any], *, exact: bool) -> ChannelRecord | None:
+        authorized, consumed = _uint(view, "authorized"), _uint(view, "consumed")
+        deposit, expiry = _uint(view, "deposit"), _uint(view, "expiry")
+        with self._lock, self._transaction():
+            record = self._read(channel_id)
+            if record is None:
+                return None
+            changes: dict[str, Any] = {"updated_at": time.time()}
+            if authorized is not None:
+                changes["authorized"] = authorized if exact else max(record.authorized, authorized)
+            if consumed is not None:
+                changes["consumed"] = consumed if exact else max(record.consumed, consumed)
+            if deposit is not None:
+                changes["deposit"] = max(record.deposit, deposit)
+            if expiry is not None and not view.get("reclaimed"):
+                changes["expiry"] = max(record.expiry, expiry)
+            if view.get("reclaimed"):
+                changes["expiry"] = 0
+            record = replace(record, **changes)
+            self._db.execute(
+                "UPDATE channel SET authorized = ?, consumed = ?, deposit = ?, expiry = ?, updated_at = ? "
+                "WHERE channel_id = ?",
+                (str(record.authorized), str(record.consumed), str(record.deposit), record.expiry, record.updated_at,
+                 f"0x{channel_id:064x}"),
+            )
+        return record
+
+    def _read(self, channel_id: int) -> ChannelRecord | None:
+        row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM channel WHERE channel_id = ?",
+                               (f"0x{channel_id:064x}",)).fetchone()
+        return _record(row) if row else None
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one write transaction, durable on COMMIT."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,71 @@
+"""The channel store's rules (forward-only observations, durable on return) and the CLI's units."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from marketplace.chain.contracts import ChannelTerms
+from marketplace.chain.market import format_tokens, parse_tokens
+from marketplace.cli.account import parse_duration
+from marketplace.client import ChannelRecord, ChannelStore
+from marketplace.errors import ConfigError
+
+PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
+PAYEE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
+ESCROW = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
+
+
+def record(model: bytes = b"\x01" * 32, deposit: int = 100, expiry: int | None = None) -> ChannelRecord:
+    terms = ChannelTerms.new(PAYER, PAYEE, model)
+    return ChannelRecord.opened(31337, ESCROW, terms, deposit, expiry or int(time.time()) + 3600)
+
+
+def test_observations_only_move_forward_and_are_on_disk_when_they_return(tmp_path: Path) -> None:
+    path = tmp_path / "channels.db"
+    store = ChannelStore(path)
+    channel = store.remember(record())
+    store.observe(channel.channel_id, {"authorized": "30", "consumed": "20", "deposit": "150"})
+    store.observe(channel.channel_id, {"authorized": "10", "consumed": "10", "deposit": "100"})  # an older answer
+    seen = ChannelStore(path).get(channel.channel_id)  # another connection, as after a crash
+    assert seen is not None and (seen.authorized, seen.consumed, seen.deposit) == (30, 20, 150)
+    assert seen.terms == channel.terms and seen.terms.channel_id == channel.channel_id
+    store.resync(channel.channel_id, {"authorized": "5", "consumed": "5"})  # the whole truth, for tools
+    assert (store.get(channel.channel_id).authorized, store.get(channel.channel_id).consumed) == (5, 5)  # type: ignore[union-attr]
+    assert store.observe(12345, {"authorized": "1"}) is None  # unknown channels are not invented
+    store.remember(record())  # remembering terms again keeps the credit
+    assert store.get(channel.channel_id).authorized == 5  # type: ignore[union-attr]
+
+
+def test_find_picks_an_unexpired_channel_of_the_model_with_the_most_left(tmp_path: Path) -> None:
+    store = ChannelStore(tmp_path / "channels.db")
+    model = b"\x07" * 32
+    small, big = store.remember(record(model, 10)), store.remember(record(model, 50))
+    store.remember(record(model, 500, expiry=int(time.time()) - 1))  # expired
+    store.remember(record(b"\x08" * 32, 900))  # another model
+    assert store.find(model, PAYER.lower()).channel_id == big.channel_id  # type: ignore[union-attr]
+    store.observe(big.channel_id, {"authorized": "45", "consumed": "45"})
+    assert store.find(model, PAYER, escrow=ESCROW, chain_id=31337).channel_id == small.channel_id  # type: ignore[union-attr]
+    assert store.find(model, PAYEE) is None and store.find(model, PAYER, chain_id=1) is None
+
+
+@pytest.mark.parametrize(("text", "units"), [("0.002", 2 * 10**15), ("5", 5 * 10**18), ("1e-18", 1),
+                                             (" 1.5 ", 15 * 10**17), ("79228162514.264337593543950335", 2**96 - 1)])
+def test_token_amounts_are_exact(text: str, units: int) -> None:
+    assert parse_tokens(text) == units
+    assert parse_tokens(format_tokens(units)) == units
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "0.0000000000000000001", "nan", "inf", "79228162515"])
+def test_bad_token_amounts_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_tokens(text, what="--price")
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("3600", "30m", "12h", "7d", "2w", "90s")] == [3600, 1800, 43200, 604800,
+                                                                                   1209600, 90]
+    with pytest.raises(ConfigError, match="7d"):
+        parse_duration("a week")
