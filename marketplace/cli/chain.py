@@ -36,7 +36,7 @@ def deploy(
         typer.Option(help=f"Encrypted keystore (v3 JSON) of the deployer; password from ${PASSWORD_ENV} or a prompt."),
     ] = None,
     deployments_dir: Annotated[
-        Path | None, typer.Option(help="Where to write <chainId>.json [default: the data dir's deployments/].")
+        Path | None, typer.Option(help="Where to write <chainId>.json (default: the data dir's deployments/).")
     ] = None,
 ) -> None:
     """Deploy MarketToken, ModelRegistry, PaymentChannels and Licenses to any node.

@@ -1,7 +1,13 @@
-"""How every command ends: a MarketplaceError is one red line on stderr and exit status 1."""
+"""How every command ends: an error is one red line on stderr and a non-zero exit, never a traceback.
+
+A MarketplaceError (bad input, a refused payment, an unreachable node named as such) exits 1.
+Anything else escaping a command (a node dying mid-transaction, a bug) exits 2 with its type and
+message; MARKETPLACE_DEBUG=1 shows the traceback instead.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -13,9 +19,16 @@ __all__ = ["run"]
 
 
 def run(typer_app: typer.Typer) -> None:
-    """Run a typer app; a MarketplaceError becomes one red line on stderr and exit status 1."""
+    """Run a typer app, turning errors into one line on stderr."""
+    stderr = Console(stderr=True)
     try:
         typer_app()
     except MarketplaceError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(1)
+    except Exception as error:  # noqa: BLE001 - the last resort of a command line: one line, no traceback
+        if os.environ.get("MARKETPLACE_DEBUG"):
+            raise
+        stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error} "
+                     "(set MARKETPLACE_DEBUG=1 for a traceback)", highlight=False, soft_wrap=True)
+        sys.exit(2)

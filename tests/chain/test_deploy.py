@@ -101,3 +101,27 @@ def test_insufficient_funds(anvil: Anvil, tmp_path: Path) -> None:
     pauper = Account.create()
     result = run_deploy("--rpc-url", anvil.url, env={PRIVATE_KEY_ENV: pauper.key.to_0x_hex()}, tmp=tmp_path)
     assert_one_line_error(result, pauper.address, "holds 0 wei")
+
+
+def test_an_unexpected_failure_is_one_line_too(tmp_path: Path) -> None:
+    # a node that accepts the connection but answers garbage: not a MarketplaceError, still no traceback
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+
+    def answer_garbage() -> None:
+        for _ in range(4):
+            connection, _ = server.accept()
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"x\": 1}")
+            connection.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    result = run_deploy("--rpc-url", f"http://127.0.0.1:{port}", env={PRIVATE_KEY_ENV: "0x" + "11" * 32}, tmp=tmp_path)
+    server.close()
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error:")
