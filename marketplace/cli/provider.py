@@ -43,11 +43,11 @@ from marketplace.ipfs import (
     DEFAULT_PROFILE,
     PROFILES,
     StoreKind,
-    add_bytes,
     add_path,
     open_store,
 )
-from marketplace.ipfs.cid import CID
+from marketplace.listing import GAS_PROBE_CID
+from marketplace.listing import list_model as publish_model
 from marketplace.metadata import ModelMetadata
 from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import open_ledger
@@ -62,7 +62,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_PLACEHOLDER = CID(1, 0x55, b"\x01" * 32)  # a CID for estimating gas before anything is imported
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 
@@ -147,13 +146,12 @@ def list_model(
     market = session.market
     payee_address = Web3.to_checksum_address(payee) if payee else market.address
     registry = market.registry
-    market.require_gas(registry.register_fn(salt=salt_bytes, payee=payee_address, price=units, metadata=_PLACEHOLDER,
-                                            artifact=_PLACEHOLDER, endpoint=endpoint), "registerModel")
+    market.require_gas(registry.register_fn(salt=salt_bytes, payee=payee_address, price=units, metadata=GAS_PROBE_CID,
+                                            artifact=GAS_PROBE_CID, endpoint=endpoint), "registerModel")
     with _store(store, api, data_dir_) as blocks:
-        artifact = add_path(blocks, artifact_path, PROFILES[DEFAULT_PROFILE]).cid
-        meta_cid = add_bytes(blocks, metadata.to_json_bytes(), PROFILES[DEFAULT_PROFILE]).cid
-    sent = registry.register_model(salt=salt_bytes, payee=payee_address, price=units, metadata=meta_cid,
-                                   artifact=artifact, endpoint=endpoint)
+        listed = publish_model(market, blocks, artifact_path, metadata, price=units, payee=payee_address,
+                            endpoint=endpoint, salt=salt_bytes)
+    artifact, meta_cid, sent = listed.artifact, listed.metadata, listed.sent
     model_hex = "0x" + sent.value.hex()
     out.print(f"listed model [bold]{model_hex}[/]")
     out.print(f"  artifact   {artifact}  (version 1)")
@@ -191,7 +189,7 @@ def update_model(
     """Publish PATH as the model's next artifact version (earlier versions stay in the history)."""
     model_id, artifact_path = model_id_arg(model), _artifact(path)
     market = open_session(rpc_url, account, deployments_dir=deployments_dir).market
-    fn = market.registry.contract.functions.publishArtifact(model_id, (_PLACEHOLDER.codec, _PLACEHOLDER.digest))
+    fn = market.registry.contract.functions.publishArtifact(model_id, (GAS_PROBE_CID.codec, GAS_PROBE_CID.digest))
     market.require_gas(fn, "publishArtifact")
     with _store(store, api, data_dir_) as blocks:
         artifact = add_path(blocks, artifact_path, PROFILES[DEFAULT_PROFILE]).cid
