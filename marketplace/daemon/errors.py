@@ -13,7 +13,7 @@ from starlette.responses import Response
 from marketplace.daemon.observability import request_id
 from marketplace.errors import ChainError, MarketplaceError
 
-__all__ = ["ApiError", "error_response", "install_error_handlers"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "response_for"]
 
 log = logging.getLogger("marketplace.daemon")
 
@@ -35,20 +35,27 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, error: ApiError) -> Response:
+def response_for(error: Exception) -> Response:
+    """The JSON error response of an exception raised while answering a request (one mapping for
+    the exception handlers and for the paid route's fast path in app.py)."""
+    if isinstance(error, ApiError):
         return error_response(error.http_status, error.code, error.detail)
-
-    @app.exception_handler(ChainError)
-    async def _chain(_: Request, error: ChainError) -> Response:
+    if isinstance(error, ChainError):
         return error_response(503, "chain_unavailable", str(error))
-
-    @app.exception_handler(MarketplaceError)
-    async def _domain(_: Request, error: MarketplaceError) -> Response:
+    if isinstance(error, MarketplaceError):
         status = getattr(error, "http_status", 500)
         code = getattr(error, "code", "internal_error")
         return error_response(status, code, getattr(error, "detail", None) or str(error))
+    log.error("unexpected error", exc_info=error)
+    return error_response(500, "internal_error", f"unexpected error; request id {request_id.get()}")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def _mapped(_: Request, error: Exception) -> Response:
+        return response_for(error)
+
+    for kind in (ApiError, ChainError, MarketplaceError, Exception):
+        app.add_exception_handler(kind, _mapped)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> Response:
@@ -59,8 +66,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(error.status_code, code, str(error.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, error: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response(500, "internal_error", f"unexpected error; request id {request_id.get()}")

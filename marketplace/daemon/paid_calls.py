@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -63,6 +62,8 @@ class PaidCalls:
     def __init__(self, services: Services) -> None:
         self.services = services
         self._accepted = frozenset(services.schemes)
+        self._latency = services.metrics.latency.labels("infer")
+        self._counters: dict[tuple[bytes, str, bool], tuple[Any, Any]] = {}
 
     async def handle(self, request: Request, model_text: str) -> Response:
         started = time.perf_counter()
@@ -81,7 +82,7 @@ class PaidCalls:
                 response = await self._license_call(request, model, body, proof)
         except PaymentRejected as rejection:
             response = await self._refused(request, model, rejection)
-        services.metrics.observe("infer", started)
+        self._latency.observe(time.perf_counter() - started)
         return response
 
     # --- the three schemes ---------------------------------------------------------------------
@@ -95,14 +96,19 @@ class PaidCalls:
             return await self._refused(request, model, rejection, channel_id=voucher.channel_id)
         try:
             answer = await self._run(model, request, body)
+            receipt = self._receipt(model, body, answer, "channel", channel_id=voucher.channel_id,
+                                    amount=model.price, cumulative=credit.authorized)
+            settlement = services.channel.response(voucher, model.price, credit=credit, receipt=receipt)
+            response = self._answer(answer, settlement.header(),
+                                    on_broken_stream=lambda: services.ledger.refund(voucher.channel_id, model.price))
         except RunnerError as failure:
             await services.ledger.refund(voucher.channel_id, model.price)
             return self._runner_failed(failure)
-        receipt = self._receipt(model, body, answer, "channel", channel_id=voucher.channel_id,
-                                amount=model.price, cumulative=credit.authorized)
+        except Exception:  # a bug, not the consumer's doing: nothing is sent, so nothing is charged
+            await services.ledger.refund(voucher.channel_id, model.price)
+            raise
         self._count(model, "channel", model.price)
-        settlement = services.channel.response(voucher, model.price, credit=credit, receipt=receipt)
-        return self._answer(answer, settlement.header())
+        return response
 
     async def _exact_call(self, request: Request, model: ModelInfo, body: bytes, auth: VerifiedAuthorization) -> Response:
         exact = self.services.exact
@@ -111,6 +117,9 @@ class PaidCalls:
         except RunnerError as failure:
             exact.release(auth)
             return self._runner_failed(failure)
+        except Exception:
+            exact.release(auth)
+            raise
         if await request.is_disconnected():  # nobody would receive what we settle
             exact.release(auth)
             await answer.aclose()
@@ -172,16 +181,26 @@ class PaidCalls:
         return self.services.receipts.sign(Receipt.for_call(model, body, response_body, scheme, **fields))
 
     def _count(self, model: ModelInfo, scheme: str, amount: int) -> None:
-        metrics, label = self.services.metrics, "0x" + model.model_id.hex()
-        metrics.calls.labels(label, scheme).inc()
-        if amount:
-            metrics.revenue.labels(label, scheme).inc(amount / _TOKEN)
+        key = (model.model_id, scheme, amount > 0)
+        counters = self._counters.get(key)
+        if counters is None:  # label lookups cost more than the increments: done once per series
+            metrics, label = self.services.metrics, "0x" + model.model_id.hex()
+            counters = self._counters[key] = (
+                metrics.calls.labels(label, scheme), metrics.revenue.labels(label, scheme) if amount else None)
+        counters[0].inc()
+        if counters[1] is not None:
+            counters[1].inc(amount / _TOKEN)
 
-    def _answer(self, answer: RunnerResponse, payment_response: str) -> Response:
+    def _answer(
+        self,
+        answer: RunnerResponse,
+        payment_response: str,
+        on_broken_stream: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Response:
         headers = [(name, value) for name, value in answer.headers if name != "content-type"]
         headers.append((PAYMENT_RESPONSE_HEADER.lower(), payment_response))
         if answer.stream is not None:
-            response: Response = StreamingResponse(_chunks(answer), status_code=answer.status,
+            response: Response = StreamingResponse(_chunks(answer, on_broken_stream), status_code=answer.status,
                                                    media_type=answer.content_type)
         else:
             response = Response(answer.body, status_code=answer.status, media_type=answer.content_type)
@@ -229,10 +248,17 @@ class PaidCalls:
         return payment_required(resource, accepts, rejection).header()
 
 
-async def _chunks(answer: RunnerResponse) -> AsyncIterator[bytes]:
+async def _chunks(answer: RunnerResponse, on_broken: Callable[[], Awaitable[Any]] | None) -> AsyncIterator[bytes]:
+    """The streamed answer; if the stream breaks after its status line went out, the response is
+    cut (the error propagates to the server) and `on_broken` gives the price back."""
     assert answer.stream is not None
     try:
         async for chunk in answer.stream:
             yield chunk
+    except RunnerError as failure:
+        log.warning("streamed model answer broke off: %s", failure)
+        if on_broken is not None:
+            await on_broken()
+        raise
     finally:
         await answer.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from marketplace.ipfs import PROFILES
 from marketplace.ipfs.artifacts import add_bytes, add_path, open_store
 from marketplace.metadata import ModelMetadata
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
+from marketplace.payments.x402 import PaymentPayload, PaymentRequirements, parse_payment_required
 from marketplace.runners.demo_models import ModelSpec, train_iris_classifier
 
 PRICE = 2 * 10**15  # 0.002 MKT per call
@@ -45,27 +47,46 @@ class Listing:
         return "0x" + self.model_id.hex()
 
 
-@pytest.fixture(scope="module")
-def listing(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], tmp_path_factory: pytest.TempPathFactory) -> Listing:
-    """Provider dev_accounts[1] lists an iris classifier (artifact + metadata in a local IPFS store)."""
-    data_dir = tmp_path_factory.mktemp("daemon-data")
+def register_model(
+    w3: Web3,
+    registry: Any,
+    provider: LocalAccount,
+    *,
+    price: int = PRICE,
+    metadata: tuple[int, bytes] = (0x55, b"\x01" * 32),
+    artifact: tuple[int, bytes] = (0x55, b"\x02" * 32),
+    endpoint: str = "http://127.0.0.1/daemon",
+) -> bytes:
+    """Register a model owned and paid to `provider`; its id. The default CIDs point nowhere:
+    enough for a model served by an upstream runner, which never reads IPFS."""
+    salt = os.urandom(32)
+    Sender(w3, provider).transact(registry.functions.registerModel(salt, provider.address, price, metadata, artifact,
+                                                                   endpoint))
+    return bytes(registry.functions.modelIdOf(provider.address, salt).call())
+
+
+def list_iris(w3: Web3, contracts: Any, provider: LocalAccount, data_dir: Path) -> Listing:
+    """`provider` lists an iris classifier: artifact and metadata in a local IPFS store under
+    `data_dir`, the deployment record in `data_dir/deployments` (what a daemon's settings name)."""
     spec = train_iris_classifier(data_dir / "iris.onnx")
     store = open_store("local", data_dir=data_dir / "ipfs")
     with store:
         artifact = add_path(store, spec.path, PROFILES["kubo-v1"]).cid
         metadata = ModelMetadata.model_validate(spec.metadata())
         meta_cid = add_bytes(store, metadata.to_json_bytes(), PROFILES["kubo-v1"]).cid
-    provider = dev_accounts[1]
-    salt = os.urandom(32)
-    registry = contracts.registry
-    Sender(w3, provider).transact(registry.functions.registerModel(
-        salt, provider.address, PRICE, (meta_cid.codec, meta_cid.digest), (artifact.codec, artifact.digest),
-        "http://127.0.0.1/daemon",
-    ))
-    model_id = registry.functions.modelIdOf(provider.address, salt).call()
+    model_id = register_model(w3, contracts.registry, provider, metadata=(meta_cid.codec, meta_cid.digest),
+                              artifact=(artifact.codec, artifact.digest))
     deployments_dir = data_dir / "deployments"
     contracts.deployment.save(deployments_dir)
     return Listing(model_id, spec, provider, data_dir, deployments_dir)
+
+
+@pytest.fixture(scope="module")
+def listing(
+    w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], tmp_path_factory: pytest.TempPathFactory
+) -> Listing:
+    """Provider dev_accounts[1] lists an iris classifier (artifact + metadata in a local IPFS store)."""
+    return list_iris(w3, contracts, dev_accounts[1], tmp_path_factory.mktemp("daemon-data"))
 
 
 @dataclass
@@ -80,23 +101,37 @@ class Channel:
         return {"channelId": f"0x{self.channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
 
 
+def open_channel_on(
+    w3: Web3,
+    contracts: Any,
+    minter: LocalAccount,
+    payer: LocalAccount,
+    payee: str,
+    model_id: bytes,
+    deposit: int,
+    *,
+    lifetime: int = 86_400,
+) -> Channel:
+    """`minter` (the token's owner) funds `payer`, who opens a channel to `payee` for `model_id`."""
+    Sender(w3, minter).transact(contracts.token.functions.mint(payer.address, deposit))
+    sender = Sender(w3, payer)
+    sender.transact(contracts.token.functions.approve(contracts.channels.address, deposit))
+    terms = (payer.address, payer.address, payee, model_id, int.from_bytes(os.urandom(8), "big"))
+    expiry = w3.eth.get_block("latest")["timestamp"] + lifetime
+    sender.transact(contracts.channels.functions.open(terms, deposit, expiry))
+    channel_id = contracts.channels.functions.channelIdOf(terms).call()
+    return Channel(channel_id, payer, deposit, VoucherDomain(w3.eth.chain_id, contracts.channels.address))
+
+
 @pytest.fixture(scope="module")
 def open_channel(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> Callable[..., Channel]:
     """Open a channel from `payer` (default dev_accounts[2]) to the model's payee."""
-    owner = Sender(w3, dev_accounts[0])
 
     def _open(deposit: int = 10 * PRICE, *, payer: LocalAccount | None = None, lifetime: int = 86_400,
               model_id: bytes | None = None, payee: str | None = None) -> Channel:
-        payer = payer or dev_accounts[2]
-        owner.transact(contracts.token.functions.mint(payer.address, deposit))
-        sender = Sender(w3, payer)
-        sender.transact(contracts.token.functions.approve(contracts.channels.address, deposit))
-        terms = (payer.address, payer.address, payee or listing.provider.address, model_id or listing.model_id,
-                 int.from_bytes(os.urandom(8), "big"))
-        expiry = w3.eth.get_block("latest")["timestamp"] + lifetime
-        sender.transact(contracts.channels.functions.open(terms, deposit, expiry))
-        channel_id = contracts.channels.functions.channelIdOf(terms).call()
-        return Channel(channel_id, payer, deposit, VoucherDomain(w3.eth.chain_id, contracts.channels.address))
+        return open_channel_on(w3, contracts, dev_accounts[0], payer or dev_accounts[2],
+                               payee or listing.provider.address, model_id or listing.model_id, deposit,
+                               lifetime=lifetime)
 
     return _open
 
@@ -117,15 +152,34 @@ def settings(anvil: Any, listing: Listing, tmp_path_factory: pytest.TempPathFact
     )
 
 
-@pytest.fixture(scope="module")
-async def daemon(settings: DaemonSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the daemon app in-process (startup and shutdown run)."""
+@asynccontextmanager
+async def running_daemon(settings: DaemonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to a daemon app in-process (startup and shutdown run); the app is
+    `client.app`, its services `client.app.state.services`."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://daemon.test") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+@pytest.fixture(scope="module")
+async def daemon(settings: DaemonSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the daemon app in-process (startup and shutdown run)."""
+    async with running_daemon(settings) as client:
+        yield client
+
+
+def pay_header(requirements: PaymentRequirements, payload: dict[str, Any]) -> str:
+    """A PAYMENT-SIGNATURE value: `payload` under the `accepts` entry the client chose."""
+    return PaymentPayload(accepted=requirements, payload=payload).header()
+
+
+def requirements_of(response: httpx.Response, scheme: str) -> PaymentRequirements:
+    """The `accepts` entry of `scheme` in a 402's PAYMENT-REQUIRED."""
+    required = parse_payment_required(response.headers["PAYMENT-REQUIRED"])
+    return next(r for r in required.accepts if r.scheme == scheme)
 
 
 async def wait_for_channel(client: httpx.AsyncClient, channel_id: int, timeout: float = 10.0) -> None:

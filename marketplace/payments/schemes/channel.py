@@ -20,6 +20,7 @@ carries `authorized`, `consumed` (and the stored voucher) so a client can resync
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +112,7 @@ class ChannelScheme(PaymentScheme):
         self.refresh_interval = refresh_interval
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._last_refresh: dict[int, float] = {}
+        self._refreshing: dict[int, asyncio.Future[ChannelInfo | None]] = {}
         self._last_good: dict[int, tuple[int, bytes, str]] = {}  # channel -> last voucher proven good
         typed = self.domain.typed_data(0, 0)
         self._voucher_eip712 = {
@@ -259,16 +261,29 @@ class ChannelScheme(PaymentScheme):
         self._last_good[channel_id] = (amount, signature, channel.signer)
 
     async def _refresh(self, channel_id: int) -> ChannelInfo | None:
-        """At most one `refresh_channel` per channel per `refresh_interval`; else the cached view."""
-        now = time.monotonic()
-        last = self._last_refresh.get(channel_id)
-        if last is not None and now - last < self.refresh_interval:
-            return self.state.channel(channel_id)
-        if len(self._last_refresh) >= _MAX_TRACKED:
-            horizon = now - self.refresh_interval
-            self._last_refresh = {k: t for k, t in self._last_refresh.items() if t > horizon}
-        self._last_refresh[channel_id] = now
+        """At most one `refresh_channel` per channel per `refresh_interval`; else the cached view.
+
+        Calls arriving while a refresh of their channel is in flight wait for it rather than read
+        the cache it has not filled yet (a burst of first calls on a new channel is all served)."""
+        pending = self._refreshing.get(channel_id)
+        if pending is None:
+            now = time.monotonic()
+            last = self._last_refresh.get(channel_id)
+            if last is not None and now - last < self.refresh_interval:
+                return self.state.channel(channel_id)
+            if len(self._last_refresh) >= _MAX_TRACKED:
+                horizon = now - self.refresh_interval
+                self._last_refresh = {k: t for k, t in self._last_refresh.items() if t > horizon}
+            self._last_refresh[channel_id] = now
+            pending = asyncio.ensure_future(self.state.refresh_channel(channel_id))
+            self._refreshing[channel_id] = pending
+            pending.add_done_callback(lambda done: self._refresh_done(channel_id, done))
         try:
-            return await self.state.refresh_channel(channel_id)
+            return await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
         except (ChainError, OSError, TimeoutError) as error:
             raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None
+
+    def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None]) -> None:
+        self._refreshing.pop(channel_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have been cancelled

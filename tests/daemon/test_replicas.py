@@ -1,0 +1,78 @@
+"""Two `marketplace serve` replicas on one PostgreSQL ledger: 64 concurrent calls on one channel
+whose voucher covers exactly K calls are admitted exactly K times, whichever replica they reach."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
+from daemon_process import DaemonProcess, fresh_postgres_database, write_config
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+CALLS = 64
+K = 10  # calls the one voucher pays for
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    with fresh_postgres_database() as url:
+        yield url
+
+
+async def test_64_concurrent_calls_across_two_replicas_admit_exactly_what_the_voucher_covers(
+    anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
+    postgres_url: str,
+) -> None:
+    config = write_config(tmp_path / "replica.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
+                          deployments_dir=listing.deployments_dir, database_url=postgres_url,
+                          models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
+                          claim_interval_seconds=3600.0)
+    key = listing.provider.key.to_0x_hex()
+    replicas = [DaemonProcess(config, key, log=tmp_path / f"replica-{n}.log").start() for n in (1, 2)]
+    try:
+        async with anyio.create_task_group() as starting:
+            for replica in replicas:
+                starting.start_soon(replica.wait_ready)
+        channel = open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[3], listing.provider.address,
+                                  listing.model_id, 2 * K * PRICE)  # the deposit would allow more: the voucher does not
+        path = f"/v1/models/{listing.model_hex}/infer"
+        clients = [httpx.AsyncClient(base_url=r.url, timeout=30.0, limits=httpx.Limits(max_connections=CALLS))
+                   for r in replicas]
+        try:
+            requirements = requirements_of(await clients[0].post(path, content=BODY), "channel")
+            header = pay_header(requirements, channel.voucher(K * PRICE))  # pre-authorizes exactly K calls
+            results: list[tuple[int, int, str | None]] = []
+
+            async def call(n: int) -> None:
+                response = await clients[n % 2].post(path, content=BODY, headers={
+                    "content-type": "application/json", "PAYMENT-SIGNATURE": header})
+                error = response.json().get("error") if response.status_code != 200 else None
+                results.append((n % 2, response.status_code, error))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as calls:
+                    for n in range(CALLS):
+                        calls.start_soon(call, n)
+
+            outcomes = Counter((status, error) for _, status, error in results)
+            assert outcomes == {(200, None): K, (402, "insufficient_credit"): CALLS - K}, outcomes
+            for client in clients:  # both replicas read the one ledger
+                view = (await client.get(f"/v1/channels/0x{channel.channel_id:064x}")).json()["view"]
+                assert (int(view["authorized"]), int(view["consumed"])) == (K * PRICE, K * PRICE)
+        finally:
+            for client in clients:
+                await client.aclose()
+    finally:
+        for replica in replicas:
+            replica.stop()
