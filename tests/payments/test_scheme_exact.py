@@ -271,3 +271,13 @@ def test_cheats(setup: Setup) -> None:
     assert code_of(setup, setup.payment({"permit2Authorization": {}, "signature": "0x00"})) == "invalid_payload"
     assert code_of(setup, setup.payment({"signature": good["signature"]})) == "invalid_payload"
     assert setup.scheme._inflight == {}  # nothing stays reserved after a refusal
+
+
+def test_settlement_survives_another_sender_of_the_same_key(setup: Setup, dev_accounts: list[LocalAccount]) -> None:
+    """The claimer signs with the daemon's key too: a nonce it used must not fail the next settlement."""
+    settler = dev_accounts[7]
+    run(setup.scheme.settle(setup.verify(setup.payment(setup.authorization()))))
+    Sender(setup.w3, settler).transact(setup.contracts.token.functions.approve(settler.address, 1))  # "the claimer"
+    before = setup.balance(setup.payee.address)
+    settlement = run(setup.scheme.settle(setup.verify(setup.payment(setup.authorization()))))
+    assert setup.balance(setup.payee.address) - before == PRICE and settlement.amount == PRICE

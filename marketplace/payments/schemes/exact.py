@@ -282,25 +282,30 @@ class ExactScheme(PaymentScheme):
             verified.signature,
         )
         sender = self._settler.address
-        try:
-            if self._next_nonce is None:
-                self._next_nonce = self._w3.eth.get_transaction_count(sender, "pending")
-            tx = fn.build_transaction({"from": sender, "nonce": self._next_nonce})  # estimates: a revert shows here
-        except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
-            name, args = decode_revert(self._abi, getattr(error, "data", None))
-            shown = ", ".join(f"{k}={v}" for k, v in args.items())
-            raise PaymentRejected(
-                "settlement_failed", f"transferWithAuthorization would revert: {name}({shown})"
-            ) from None
-        except _CHAIN_ERRORS as error:
-            raise PaymentRejected("chain_unavailable", f"could not prepare the settlement: {error}") from None
-        try:
-            tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
-        except _CHAIN_ERRORS as error:
-            self._next_nonce = None  # re-read from the node next time
-            raise PaymentRejected("settlement_failed", f"the node refused the settlement: {error}") from None
-        self._next_nonce += 1
-        return "0x" + bytes(tx_hash).hex()
+        for _ in range(2):
+            cached = self._next_nonce is not None
+            try:
+                if self._next_nonce is None:
+                    self._next_nonce = self._w3.eth.get_transaction_count(sender, "pending")
+                tx = fn.build_transaction({"from": sender, "nonce": self._next_nonce})  # estimates: a revert shows here
+            except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
+                name, args = decode_revert(self._abi, getattr(error, "data", None))
+                shown = ", ".join(f"{k}={v}" for k, v in args.items())
+                raise PaymentRejected(
+                    "settlement_failed", f"transferWithAuthorization would revert: {name}({shown})"
+                ) from None
+            except _CHAIN_ERRORS as error:
+                raise PaymentRejected("chain_unavailable", f"could not prepare the settlement: {error}") from None
+            try:
+                tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
+            except _CHAIN_ERRORS as error:
+                self._next_nonce = None  # re-read from the node next time
+                if cached:  # another sender of this key (the claimer) used that nonce: retry with the node's
+                    continue
+                raise PaymentRejected("settlement_failed", f"the node refused the settlement: {error}") from None
+            self._next_nonce += 1
+            return "0x" + bytes(tx_hash).hex()
+        raise PaymentRejected("settlement_failed", "the node refused the settlement twice")
 
     def _wait(self, tx_hash: str) -> Any:
         try:
