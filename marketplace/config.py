@@ -10,7 +10,9 @@ import platformdirs
 
 from marketplace.errors import ToolchainError
 
-__all__ = ["data_dir", "project_root", "node_tool"]
+__all__ = ["DEFAULT_RPC_URL", "data_dir", "node_tool", "project_root"]
+
+DEFAULT_RPC_URL = "http://127.0.0.1:8545"  # a local Anvil, as `marketplace up` starts it
 
 
 def data_dir() -> Path:

@@ -113,6 +113,7 @@ class ChainStateCache:
             [
                 EventSource.of(deployment, "PaymentChannels", _CHANNEL_EVENTS),
                 EventSource.of(deployment, "ModelRegistry", _MODEL_EVENTS),
+                EventSource.of(deployment, "Licenses", ["Transfer"]),
             ],
             chunk_size=chunk_size,
         )
@@ -125,6 +126,7 @@ class ChainStateCache:
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._owns_provider = False
+        self._license_listeners: list[Callable[[int | None], None]] = []
 
     @classmethod
     def connect(cls, url: str, deployment: Deployment, *, timeout: float = 5.0, **options: Any) -> ChainStateCache:
@@ -273,14 +275,28 @@ class ChainStateCache:
             while self.block_number < number:
                 await self._progress.wait()
 
+    def on_license_change(self, listener: Callable[[int | None], None]) -> None:
+        """Call `listener(license_id)` when a license NFT moves, `listener(None)` when any may have
+        changed validity (a model retired, the chain rewound): for caches of license checks."""
+        self._license_listeners.append(listener)
+
+    def _license_changed(self, license_id: int | None) -> None:
+        for listener in self._license_listeners:
+            listener(license_id)
+
     def _apply(self, batch: EventBatch) -> None:
         if batch.rewound:
             self._channels, self._models, self._anchor = {}, {}, None
+            self._license_changed(None)
         for event in batch.events:
             if event.contract == "PaymentChannels":
                 self._apply_channel_event(event)
+            elif event.contract == "Licenses":
+                self._license_changed(int(event.args["tokenId"]))
             else:
                 self._apply_model_event(event)
+                if event.name == "ModelRetired":
+                    self._license_changed(None)
         self._see_head(batch.head.hash, batch.head.timestamp)
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()

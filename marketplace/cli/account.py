@@ -32,6 +32,7 @@ from marketplace.chain.deploy import Deployment, default_deployments_dir
 from marketplace.chain.devkeys import DEV_CHAIN_ID, dev_account
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
 from marketplace.chain.market import Market, format_tokens, parse_tokens
+from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError, DevAccountRefused
 from marketplace.types import ChannelId, ModelId
 
@@ -61,7 +62,6 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 
 AccountOption = Annotated[
     str | None,

@@ -9,7 +9,11 @@ import typer
 from rich.console import Console
 
 from marketplace.chain.connection import connect
-from marketplace.chain.deploy import Deployment, default_deployments_dir, deploy_contracts
+from marketplace.chain.deploy import (
+    Deployment,
+    default_deployments_dir,
+    deploy_contracts,
+)
 from marketplace.chain.keys import PASSWORD_ENV, load_account
 
 __all__ = ["app", "print_deployment"]

@@ -39,7 +39,7 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.client import SCHEMES, ChannelRecord, ChannelStore, MarketplaceClient
-from marketplace.config import data_dir
+from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
 from marketplace.metadata import ModelMetadata, parse_metadata
@@ -52,7 +52,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 ChannelArgument = Annotated[str, typer.Argument(metavar="CHANNEL", help="Channel id (0x-hex or decimal).")]
 

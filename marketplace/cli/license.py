@@ -23,6 +23,7 @@ from marketplace.cli.account import (
     open_session,
     out,
 )
+from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError
 
 __all__ = ["app"]
@@ -32,7 +33,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 LicenseArgument = Annotated[int, typer.Argument(metavar="LICENSE", min=1, help="License id.")]
 
 

@@ -37,7 +37,7 @@ from marketplace.cli.account import (
     read_json_argument,
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
-from marketplace.config import data_dir
+from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ConfigError
 from marketplace.ipfs import (
     DEFAULT_PROFILE,
@@ -63,7 +63,6 @@ app = typer.Typer(
 )
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
-DEFAULT_RPC_URL = "http://127.0.0.1:8545"
 
 
 def _store(kind: StoreKind, api: str | None, directory: Path | None) -> Any:

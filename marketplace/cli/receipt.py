@@ -14,7 +14,7 @@ from rich.console import Console
 from marketplace.errors import ReceiptInvalid
 from marketplace.payments.receipts import body_hash, load_receipt, verify_receipt
 
-__all__ = ["app", "verify", "read_receipt_argument"]
+__all__ = ["app", "read_receipt_argument", "verify"]
 
 app = typer.Typer(help="Check receipts of paid calls.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)

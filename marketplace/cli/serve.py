@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import ConfigError
 
-__all__ = ["serve", "load_settings"]
+__all__ = ["load_settings", "serve"]
 
 
 def load_settings(config: Path | None) -> DaemonSettings:

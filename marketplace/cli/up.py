@@ -28,7 +28,7 @@ from marketplace.chain.deploy import (
 from marketplace.chain.devkeys import dev_accounts
 from marketplace.chain.market import Market, parse_tokens
 from marketplace.cli.chain import print_deployment
-from marketplace.config import data_dir
+from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ChainError, DeploymentNotFound, ToolchainError
 
 __all__ = ["up"]
@@ -115,11 +115,11 @@ def up(
         stack.callback(thread.join, 15)
         stack.callback(setattr, server, "should_exit", True)
         _wait_started(server, thread)
-        _print_welcome(daemon_url, "0x" + listed.model_id.hex(), str(listed.artifact), spec.example_input)
-        if exit_after_start:
-            return
-        out.print("[bold green]marketplace is up[/] — press Ctrl-C to stop")
-        _wait_for_interrupt()
+        _print_welcome(daemon_url, node_url, settings.database_url, "0x" + listed.model_id.hex(),
+                       str(listed.artifact), spec.example_input)
+        if not exit_after_start:
+            out.print("[bold green]marketplace is up[/] — press Ctrl-C to stop")
+            _wait_for_interrupt()
     out.print("stopped")
 
 
@@ -133,8 +133,9 @@ def _wait_started(server: object, thread: threading.Thread) -> None:
     raise ChainError("the daemon did not start within 30 s")
 
 
-def _print_welcome(url: str, model: str, artifact: str, example: object) -> None:
+def _print_welcome(url: str, rpc_url: str, database_url: str, model: str, artifact: str, example: object) -> None:
     body = json.dumps(example)
+    chain = "" if rpc_url == DEFAULT_RPC_URL else f" --rpc-url {rpc_url}"
     out.print(f"\ncatalog    {url}/")
     out.print(f"API docs   {url}/docs")
     out.print(f"model      {model}  (iris classifier, {DEMO_PRICE} MKT per call, artifact {artifact})",
@@ -143,9 +144,12 @@ def _print_welcome(url: str, model: str, artifact: str, example: object) -> None
     out.print(f"  curl -i -X POST {url}/v1/models/{model}/infer -H 'content-type: application/json' "
               f"-d {shlex.quote(body)}", soft_wrap=True, highlight=False)
     out.print("pay for one inference as Anvil dev account 2 (a channel first, then calls):")
-    out.print(f"  marketplace consumer open-channel {model} --deposit 1 --expires 1d --account dev2",
+    out.print(f"  marketplace consumer open-channel {model} --deposit 1 --expires 1d --account dev2{chain}",
               soft_wrap=True, highlight=False)
-    out.print(f"  marketplace consumer call {model} --input {shlex.quote(body)} --account dev2",
+    out.print(f"  marketplace consumer call {model} --input {shlex.quote(body)} --account dev2{chain}",
+              soft_wrap=True, highlight=False)
+    out.print("claim the provider's earnings (dev account 1 lists the demo model):")
+    out.print(f"  marketplace provider claim --account dev1 --database-url {database_url}{chain}",
               soft_wrap=True, highlight=False)
 
 

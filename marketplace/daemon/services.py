@@ -145,5 +145,6 @@ async def start_services(settings: DaemonSettings) -> Services:
         runners=runners,
         claimer=Claimer(ledger, state, Sender(w3, account), policy),
     )
+    state.on_license_change(services.license.invalidate)
     services.claimer.start()
     return services

@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
-from marketplace.config import data_dir
+from marketplace.config import DEFAULT_RPC_URL, data_dir
 
-__all__ = ["DaemonSettings", "ServedModel", "OnnxRunnerConfig", "UpstreamRunnerConfig"]
+__all__ = ["DaemonSettings", "OnnxRunnerConfig", "ServedModel", "UpstreamRunnerConfig"]
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
 
@@ -44,7 +49,7 @@ class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MARKETPLACE_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(default_factory=data_dir, description="embedded IPFS store and model cache")
-    rpc_url: str = "http://127.0.0.1:8545"
+    rpc_url: str = DEFAULT_RPC_URL
     chain_id: int | None = None
     deployments_dir: Path = Field(default_factory=lambda: data_dir() / "deployments")
     database_url: str = Field(default_factory=lambda: f"sqlite:///{data_dir() / 'ledger.db'}")
@@ -71,7 +76,7 @@ class DaemonSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _one_key_source(self) -> "DaemonSettings":
+    def _one_key_source(self) -> DaemonSettings:
         if self.keystore is not None and self.private_key is not None:
             raise ValueError("set either keystore or private_key for the daemon key, not both")
         return self

@@ -1,9 +1,10 @@
-"""`marketplace up` starts a chain, deploys, funds the dev accounts, and stops cleanly."""
+"""`marketplace up` starts a chain, deploys, lists the demo model, serves it, and stops cleanly."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,16 @@ from pathlib import Path
 from marketplace.chain.compiled import CONTRACT_NAMES
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "marketplace.cli", "up", "--anvil-port", "0", "--exit-after-start"],
+        [sys.executable, "-m", "marketplace.cli", "up", "--anvil-port", "0", "--port", str(free_port()),
+         "--exit-after-start"],
         env=os.environ | {"MARKETPLACE_DATA_DIR": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
     )
@@ -23,3 +31,8 @@ def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
     for name in CONTRACT_NAMES:
         assert f"{name:<16} {record['addresses'][name]}" in result.stdout
     assert "funded 10 Anvil dev accounts" in result.stdout
+    rpc_url = result.stdout.split("rpc ", 1)[1].split()[0]
+    # the printed commands work as printed: they name the node `up` started on a free port
+    assert f"--account dev2 --rpc-url {rpc_url}" in result.stdout
+    assert f"provider claim --account dev1 --database-url sqlite:///{tmp_path}/up/ledger.db" in result.stdout
+    assert result.stdout.rstrip().endswith("stopped")

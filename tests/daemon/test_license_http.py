@@ -84,12 +84,11 @@ async def test_license_holder_is_served_free_others_are_refused(
     assert set(wrong.json()) == {"error", "detail"} and "PAYMENT-RESPONSE" not in wrong.headers
 
     # Sold on: the old holder's signature no longer opens anything, the new holder's does.
-    Sender(w3, holder).transact(contracts.licenses.functions.transferFrom(holder.address, buyer.address, license_id))
-    # The scheme caches the license (owner = holder, read for the first call) for 30 s, and a cached
-    # owner that agrees with the signer is not re-read. The daemon does not follow the Licenses
-    # Transfer events yet (docs/payment-protocol.md section 4 says it calls invalidate on them),
-    # so the test plays that part; without it the old holder would be served for up to 30 s.
-    services.license.invalidate(license_id)
+    receipt = Sender(w3, holder).transact(
+        contracts.licenses.functions.transferFrom(holder.address, buyer.address, license_id))
+    # The scheme caches a license check for 30 s; the daemon's chain cache follows the Licenses
+    # Transfer events and drops the cached check as soon as it sees the transfer.
+    await services.state.wait_for_block(receipt["blockNumber"])
     stale = await ask(daemon, listing, access(w3, contracts, requirements, holder, license_id, listing.model_id))
     assert (stale.status_code, stale.json()["error"]) == (402, "not_license_holder")
     assert set(stale.json()) == {"error", "detail"} and "PAYMENT-RESPONSE" not in stale.headers
