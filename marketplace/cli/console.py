@@ -26,7 +26,7 @@ def run(typer_app: typer.Typer) -> None:
     except MarketplaceError as error:
         stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(1)
-    except Exception as error:
+    except Exception as error:  # the last resort of a command line: one line, no traceback
         if os.environ.get("MARKETPLACE_DEBUG"):
             raise
         stderr.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {error} "
