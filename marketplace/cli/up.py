@@ -154,9 +154,9 @@ def _print_welcome(url: str, rpc_url: str, database_url: str, model: str, artifa
 
 
 def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM, whatever dispositions the process inherited."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):  # a timed wait lets the main thread run the signal handler promptly
         pass
