@@ -60,9 +60,11 @@ def test_private_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_account().address == Account.from_key(KEY).address
 
 
-@pytest.mark.parametrize("value", ["", "0x1234", "not hex at all"])
-def test_absent_or_invalid_env_key(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+@pytest.mark.parametrize(("value", "reason"), [("", "no signing key"), ("0x1234", "not hold a valid"),
+                                               ("not hex at all", "not hold a valid")])
+def test_absent_or_invalid_env_key(monkeypatch: pytest.MonkeyPatch, value: str, reason: str) -> None:
     monkeypatch.setenv(PRIVATE_KEY_ENV, value)
-    with pytest.raises(MissingKey) as caught:
+    with pytest.raises(MissingKey, match=reason) as caught:
         load_account()
-    assert value not in str(caught.value) or value == ""  # the key itself is never echoed
+    if value:
+        assert value not in str(caught.value)  # the key material is never echoed
