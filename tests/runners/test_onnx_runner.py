@@ -329,3 +329,33 @@ async def test_a_closed_runner_refuses_calls(iris: ModelSpec) -> None:
     await runner.aclose()
     with pytest.raises(ModelLoadFailed):
         await call(runner, {"inputs": [ROW]})
+
+
+def test_a_tiny_model_runs_on_the_event_loop_once_measured_cheap(tmp_path) -> None:
+    """The first call goes to a worker thread and is timed; cheap ones then run inline, big bodies never."""
+    import asyncio
+    import threading
+
+    from marketplace.runners import OnnxRunner, RunnerRequest
+    from marketplace.runners.demo_models import train_iris_classifier
+
+    spec = train_iris_classifier(tmp_path / "iris.onnx")
+    runner = OnnxRunner(spec.path, spec.input_schema, inline_below_seconds=1.0, inline_max_body=200)
+    threads: list[str] = []
+    original = runner.infer_bytes
+
+    def recording(body: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return original(body)
+
+    runner.infer_bytes = recording  # type: ignore[method-assign]
+    small = RunnerRequest(body=b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}')
+    big = RunnerRequest(body=b'{"inputs": [' + b",".join([b"[5.1, 3.5, 1.4, 0.2]"] * 20) + b"]}")
+
+    async def calls() -> None:
+        for request in (small, small, big):
+            assert (await runner.infer(request)).status == 200
+        await runner.aclose()
+
+    asyncio.run(calls())
+    assert threads[0].startswith("onnx-") and threads[1] == "MainThread" and threads[2].startswith("onnx-")
