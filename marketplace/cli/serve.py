@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -11,7 +12,9 @@ from pydantic import ValidationError
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import ConfigError
 
-__all__ = ["load_settings", "serve"]
+__all__ = ["app_from_environment", "load_settings", "serve"]
+
+_LOG_LEVEL_ENV = "MARKETPLACE_LOG_LEVEL"
 
 
 def load_settings(config: Path | None) -> DaemonSettings:
@@ -32,6 +35,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Worker processes, each a whole daemon on the shared ledger "
+                                 "(SQLite file on local disk, or PostgreSQL)."),
+    ] = 1,
 ) -> None:
     """Serve paid inference for the models in the settings (x402: channel, exact, license).
 
@@ -45,6 +53,23 @@ def serve(
 
     settings = load_settings(config)
     preflight(settings)
-    configure_logging(log_level)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
+                               "timeout_graceful_shutdown": 10}
+    if workers == 1:
+        configure_logging(log_level)
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Worker processes import the app afresh: they read the same variables and file themselves.
+    if config is not None:
+        os.environ["MARKETPLACE_CONFIG_FILE"] = str(config.resolve())
+    os.environ[_LOG_LEVEL_ENV] = log_level
+    uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **options)
+
+
+def app_from_environment() -> Any:
+    """The app of one `serve --workers N` worker: settings from MARKETPLACE_* and the file they name."""
+    from marketplace.daemon.app import create_app
+    from marketplace.daemon.observability import configure_logging
+
+    configure_logging(os.environ.get(_LOG_LEVEL_ENV, "info"))
+    return create_app(load_settings(None))

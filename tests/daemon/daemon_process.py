@@ -76,8 +76,10 @@ class DaemonProcess:
 
     The daemon key comes from `private_key` through MARKETPLACE_PRIVATE_KEY, not the file."""
 
-    def __init__(self, config: Path, private_key: str, *, port: int | None = None, log: Path | None = None) -> None:
+    def __init__(self, config: Path, private_key: str, *, port: int | None = None, log: Path | None = None,
+                 workers: int = 1) -> None:
         self.config = config
+        self.workers = workers
         self.port = port or free_port()
         self.log = log or config.with_suffix(f".{self.port}.log")
         self._private_key = private_key
@@ -93,7 +95,7 @@ class DaemonProcess:
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
                 [str(MARKETPLACE), "serve", "--config", str(self.config), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"],
+                 "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers)],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )

@@ -1,5 +1,6 @@
-"""Two `marketplace serve` replicas on one PostgreSQL ledger: 64 concurrent calls on one channel
-whose voucher covers exactly K calls are admitted exactly K times, whichever replica they reach."""
+"""Several daemon processes on one ledger — two `marketplace serve` replicas on one PostgreSQL, or
+one `marketplace serve --workers 2` on one SQLite file: 64 concurrent calls on one channel whose
+voucher covers exactly K calls are admitted exactly K times, whichever process they reach."""
 
 from __future__ import annotations
 
@@ -24,22 +25,28 @@ CALLS = 64
 K = 10  # calls the one voucher pays for
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    with fresh_postgres_database() as url:
-        yield url
+@pytest.fixture(params=["two replicas, PostgreSQL", "two workers, SQLite"])
+def deployment_shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, int, int]]:
+    """(ledger URL, processes started, uvicorn workers each)."""
+    if request.param.endswith("PostgreSQL"):
+        with fresh_postgres_database() as url:
+            yield url, 2, 1
+    else:
+        yield f"sqlite:///{tmp_path / 'ledger.db'}", 1, 2
 
 
-async def test_64_concurrent_calls_across_two_replicas_admit_exactly_what_the_voucher_covers(
+async def test_64_concurrent_calls_across_processes_admit_exactly_what_the_voucher_covers(
     anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
-    postgres_url: str,
+    deployment_shape: tuple[str, int, int],
 ) -> None:
+    database_url, processes, workers = deployment_shape
     config = write_config(tmp_path / "replica.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
-                          deployments_dir=listing.deployments_dir, database_url=postgres_url,
+                          deployments_dir=listing.deployments_dir, database_url=database_url,
                           models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
                           claim_interval_seconds=3600.0)
     key = listing.provider.key.to_0x_hex()
-    replicas = [DaemonProcess(config, key, log=tmp_path / f"replica-{n}.log").start() for n in (1, 2)]
+    replicas = [DaemonProcess(config, key, log=tmp_path / f"replica-{n}.log", workers=workers).start()
+                for n in range(processes)]
     try:
         async with anyio.create_task_group() as starting:
             for replica in replicas:
@@ -47,8 +54,8 @@ async def test_64_concurrent_calls_across_two_replicas_admit_exactly_what_the_vo
         channel = open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[3], listing.provider.address,
                                   listing.model_id, 2 * K * PRICE)  # the deposit would allow more: the voucher does not
         path = f"/v1/models/{listing.model_hex}/infer"
-        clients = [httpx.AsyncClient(base_url=r.url, timeout=30.0, limits=httpx.Limits(max_connections=CALLS))
-                   for r in replicas]
+        clients = [httpx.AsyncClient(base_url=replicas[n % processes].url, timeout=30.0,
+                                     limits=httpx.Limits(max_connections=CALLS)) for n in range(2)]
         try:
             requirements = requirements_of(await clients[0].post(path, content=BODY), "channel")
             header = pay_header(requirements, channel.voucher(K * PRICE))  # pre-authorizes exactly K calls
