@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from marketplace.chain.contracts import Offer
 from marketplace.chain.events import Event, EventReader, EventSource
 from marketplace.chain.market import ArtifactVersion
 from marketplace.chain.views import ChannelInfo, ModelInfo
@@ -28,7 +29,7 @@ from marketplace.ipfs import CID, DagReader
 from marketplace.ipfs.artifacts import open_store
 from marketplace.metadata import ModelMetadata, parse_metadata
 
-__all__ = ["MAX_METADATA_BYTES", "ExpiringChannel", "LicenseOffer", "ModelEntry", "WebCatalog"]
+__all__ = ["MAX_METADATA_BYTES", "ExpiringChannel", "ModelEntry", "WebCatalog"]
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +40,6 @@ _HISTORY_EVENTS = {"ModelRegistry": ("ArtifactPublished",),
 
 
 @dataclass(frozen=True)
-class LicenseOffer:
-    offer_id: int
-    tier: str
-    price: int  # token units
-    duration: int  # seconds; 0 = perpetual
-    max_supply: int  # 0 = unlimited
-    sold: int
-    transferable: bool
-    active: bool
-    royalty_bps: int
-
-
-@dataclass(frozen=True)
 class ModelEntry:
     """One served model as the pages show it."""
 
@@ -59,7 +47,7 @@ class ModelEntry:
     metadata: ModelMetadata | None
     metadata_problem: str | None  # why `metadata` is None
     versions: tuple[ArtifactVersion, ...]
-    offers: tuple[LicenseOffer, ...]
+    offers: tuple[Offer, ...]
     calls: int  # served since this daemon started
     revenue: float  # whole tokens, since this daemon started
 
@@ -91,7 +79,7 @@ class ExpiringChannel:
 class _History:
     block: int
     versions: dict[bytes, tuple[ArtifactVersion, ...]]
-    offers: dict[bytes, tuple[LicenseOffer, ...]]
+    offers: dict[bytes, tuple[Offer, ...]]
 
 
 def _fold_history(block: int, events: list[Event]) -> _History:
@@ -105,7 +93,7 @@ def _fold_history(block: int, events: list[Event]) -> _History:
                 ArtifactVersion(int(args["version"]), cid, event.block_number, event.transaction_hash))
         elif event.name == "OfferCreated":
             offers[int(args["offerId"])] = {
-                "model": bytes(args["modelId"]), "offer_id": int(args["offerId"]),
+                "model_id": bytes(args["modelId"]), "offer_id": int(args["offerId"]),
                 "tier": bytes(args["tier"]).rstrip(b"\0").decode(errors="replace"), "price": int(args["price"]),
                 "duration": int(args["duration"]), "max_supply": int(args["maxSupply"]), "sold": 0,
                 "transferable": bool(args["transferable"]), "active": True, "royalty_bps": int(args["royaltyBps"]),
@@ -115,10 +103,9 @@ def _fold_history(block: int, events: list[Event]) -> _History:
                 offer.update(price=int(args["price"]), active=bool(args["active"]))
             else:  # LicensePurchased
                 offer["sold"] += 1
-    by_model: dict[bytes, list[LicenseOffer]] = {}
+    by_model: dict[bytes, list[Offer]] = {}
     for fields in offers.values():
-        model = fields.pop("model")
-        by_model.setdefault(model, []).append(LicenseOffer(**fields))
+        by_model.setdefault(fields["model_id"], []).append(Offer(**fields))
     return _History(block, {k: tuple(v) for k, v in versions.items()}, {k: tuple(v) for k, v in by_model.items()})
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from marketplace.chain.contracts import Offer
 from marketplace.chain.market import ArtifactVersion, format_tokens
-from marketplace.web.catalog import ExpiringChannel, LicenseOffer, ModelEntry
+from marketplace.web.catalog import ExpiringChannel, ModelEntry
 from marketplace.web.render import Html, escape, render, table
 
 __all__ = ["Earnings", "Site", "catalog_page", "dashboard_page", "model_page", "not_found_page"]
@@ -96,7 +97,7 @@ def _versions(versions: Iterable[ArtifactVersion]) -> Html:
     return table(("version", "artifact CID", "block", "transaction"), rows, empty="no artifact published yet")
 
 
-def _offers(offers: Iterable[LicenseOffer]) -> Html:
+def _offers(offers: Iterable[Offer]) -> Html:
     rows = [
         (offer.offer_id, offer.tier, f"{_tokens(offer.price)} MKT" if offer.price else "free", _duration(offer.duration),
          "yes" if offer.transferable else "no",
