@@ -33,7 +33,10 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-__all__ = ["OPERATIONS", "measure", "render_table", "main"]
+from marketplace.payments.claimer import compact_signature
+from marketplace.payments.vouchers import VoucherDomain, sign_voucher
+
+__all__ = ["OPERATIONS", "main", "measure", "render_table"]
 
 # operation -> (SingularityNET gasUsed, our target), both from DESIGN.md / the task.
 OPERATIONS: dict[str, tuple[int, int]] = {
@@ -71,35 +74,8 @@ def _at(env: _Env, timestamp: int) -> None:
     env.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
 
 
-def _sign_voucher(env: _Env, key: bytes, channel_id: int, amount: int) -> bytes:
-    message = encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Voucher": [{"name": "channelId", "type": "uint256"}, {"name": "amount", "type": "uint256"}],
-            },
-            "primaryType": "Voucher",
-            "domain": {
-                "name": "ModelMarketplace",
-                "version": "1",
-                "chainId": env.w3.eth.chain_id,
-                "verifyingContract": env.channels.address,
-            },
-            "message": {"channelId": channel_id, "amount": amount},
-        }
-    )
-    return bytes(Account.sign_message(message, key).signature)
-
-
-def _compact(signature: bytes) -> tuple[bytes, bytes]:
-    """65-byte r||s||v -> ERC-2098 (r, yParityAndS)."""
-    r, s, v = signature[:32], int.from_bytes(signature[32:64], "big"), signature[64]
-    return r, ((v - 27) << 255 | s).to_bytes(32, "big")
+def _sign_voucher(env: _Env, signer: LocalAccount, channel_id: int, amount: int) -> bytes:
+    return sign_voucher(signer, VoucherDomain(env.w3.eth.chain_id, env.channels.address), channel_id, amount)
 
 
 def _permit_signature(env: _Env, owner: LocalAccount, spender: str, value: int, deadline: int) -> Any:
@@ -193,13 +169,13 @@ def measure(
     gas["top up"] = _send(env, channels.functions.topUp(channel_id, deposit), payer)["gasUsed"]
 
     # A first claim on the channel, then the measured one (the channel and the payee are both not fresh).
-    first = _sign_voucher(env, signer.key, channel_id, 2 * 10**15)
+    first = _sign_voucher(env, signer, channel_id, 2 * 10**15)
     _send(env, channels.functions.claim(terms, 2 * 10**15, first), provider)
-    voucher = b"".join(_compact(_sign_voucher(env, signer.key, channel_id, 3 * 10**15)))
+    voucher = b"".join(compact_signature(_sign_voucher(env, signer, channel_id, 3 * 10**15)))
     gas["claim one voucher, payee already holds tokens"] = _send(
         env, channels.functions.claim(terms, 3 * 10**15, voucher), provider
     )["gasUsed"]
-    long_form = _sign_voucher(env, signer.key, channel_id, 4 * 10**15)  # 65 bytes r || s || v
+    long_form = _sign_voucher(env, signer, channel_id, 4 * 10**15)  # 65 bytes r || s || v
     gas["(extra) the same claim with a 65-byte signature"] = _send(
         env, channels.functions.claim(terms, 4 * 10**15, long_form), provider
     )["gasUsed"]
@@ -209,7 +185,7 @@ def measure(
         fresh = _terms(payer, signer.address, payee, model_id, salt)
         _send(env, channels.functions.open(fresh, deposit, expiry), payer)
         fresh_id = channels.functions.channelIdOf(fresh).call()
-        r, vs = _compact(_sign_voucher(env, signer.key, fresh_id, 10**15))
+        r, vs = compact_signature(_sign_voucher(env, signer, fresh_id, 10**15))
         batch.append((payer, signer.address, model_id, salt, 10**15, r, vs))
     gas["claimMany, 10 fresh channels, one payee"] = _send(env, channels.functions.claimMany(payee, batch), provider)[
         "gasUsed"
