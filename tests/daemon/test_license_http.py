@@ -33,7 +33,7 @@ def buy_license(w3: Web3, contracts: Any, minter: LocalAccount, provider: LocalA
     Sender(w3, minter).transact(contracts.token.functions.mint(buyer.address, LICENSE_PRICE))
     sender = Sender(w3, buyer)
     sender.transact(contracts.token.functions.approve(licenses.address, LICENSE_PRICE))
-    bought = sender.transact(licenses.functions.buy(offer_id, buyer.address))
+    bought = sender.transact(licenses.functions.buy(offer_id, buyer.address, LICENSE_PRICE))
     return int(licenses.events.LicensePurchased().process_receipt(bought, errors=DISCARD)[0]["args"]["licenseId"])
 
 

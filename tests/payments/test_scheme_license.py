@@ -46,7 +46,7 @@ class Setup:
         buyer = buyer or self.holder
         sender = Sender(self.w3, buyer)
         sender.transact(self.contracts.token.functions.approve(licenses.address, LICENSE_PRICE))
-        sender.transact(licenses.functions.buy(offer_id, buyer.address))
+        sender.transact(licenses.functions.buy(offer_id, buyer.address, LICENSE_PRICE))
         return int(licenses.functions.totalSupply().call())  # ids count from 1; the newest is the total
 
     def payload(
