@@ -163,7 +163,7 @@ async def test_an_access_header_opens_only_the_request_it_names(
     assert "POST " + infer_path(listing) in other_path.json()["detail"]
 
     payment = parse_payment_signature(header, schemes=("license",))
-    relabelled = pay_header(requirements, payment.payload | {"path": upper})  # the claim no longer matches the signature
+    relabelled = pay_header(requirements, payment.payload | {"path": upper})  # claims what it did not sign
     lied = await ask(daemon, listing, relabelled, path=upper)
     assert (lied.status_code, lied.json()["error"]) == (402, "not_license_holder")
 

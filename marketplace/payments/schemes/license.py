@@ -112,13 +112,11 @@ def sign_license_access(
     path: str,
     body: bytes,
     deadline: int,
-    nonce: int | None = None,
 ) -> dict[str, str]:
     """The PAYMENT-SIGNATURE `payload` opening one request (method, URL path, body) once with a
-    license (client side); the nonce is random unless given."""
+    license (client side), under a fresh random nonce."""
     access = LicenseAccess(
-        license_id, model_id, method.upper(), path, body_hash(body),
-        secrets.randbits(256) if nonce is None else nonce, deadline,
+        license_id, model_id, method.upper(), path, body_hash(body), secrets.randbits(256), deadline
     )
     digest = license_access_digest(chain_id, licenses, access)
     signature = bytes(account.unsafe_sign_hash(Hash32(digest)).signature)
