@@ -94,11 +94,17 @@ contract Licenses is ILicenses, ERC721Enumerable, IERC2981, ReentrancyGuardTrans
     }
 
     /// @inheritdoc ILicenses
-    function buy(uint256 offerId, address recipient) external nonReentrant returns (uint256 licenseId) {
+    function buy(
+        uint256 offerId,
+        address recipient,
+        uint96 maxPrice
+    ) external nonReentrant returns (uint256 licenseId) {
         Offer storage offer = _offers[offerId];
         bytes32 modelId = offer.modelId;
         if (modelId == bytes32(0)) revert LicensesUnknownOffer(offerId);
         if (!offer.active) revert LicensesOfferInactive(offerId);
+        uint96 price = offer.price;
+        if (price > maxPrice) revert LicensesPriceAboveMax(offerId, price, maxPrice);
         uint32 sold = offer.sold;
         if (offer.maxSupply != 0 && sold >= offer.maxSupply) revert LicensesSoldOut(offerId, offer.maxSupply);
         IModelRegistry.Model memory model = _registry.getModel(modelId);
@@ -109,7 +115,6 @@ contract Licenses is ILicenses, ERC721Enumerable, IERC2981, ReentrancyGuardTrans
         licenseId = ++_licenseCount;
         _licenses[licenseId] = LicenseRecord({offerId: offerId.toUint64(), expiresAt: expiresAt});
         _mint(recipient, licenseId);
-        uint96 price = offer.price;
         emit LicensePurchased(licenseId, offerId, modelId, msg.sender, recipient, price, expiresAt);
         if (price != 0) _token.safeTransferFrom(msg.sender, model.payee, price);
     }

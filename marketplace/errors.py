@@ -450,6 +450,7 @@ REJECTION_STATUS: dict[str, int] = {
     "access_expired": 402,
     "access_window_too_long": 402,
     "request_mismatch": 402,
+    "access_replayed": 402,  # this (licenseId, nonce) already opened a request, on some replica
 }
 
 

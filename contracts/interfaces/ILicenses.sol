@@ -73,6 +73,8 @@ interface ILicenses {
     error LicensesActiveUnchanged(uint256 offerId, bool active);
     /// @notice The license is not transferable (it can only be burned).
     error LicensesNonTransferable(uint256 licenseId);
+    /// @notice The offer's `price` exceeds the buyer's `maxPrice` (the price was raised after the buyer saw it).
+    error LicensesPriceAboveMax(uint256 offerId, uint96 price, uint96 maxPrice);
 
     /// @notice Publishes an offer for a model the caller owns (the model must not be retired).
     function createOffer(
@@ -91,8 +93,10 @@ interface ILicenses {
     /// @notice Changes an offer's price (licenses already sold are unaffected); the model's current owner only.
     function setOfferPrice(uint256 offerId, uint96 price) external;
 
-    /// @notice Buys a license of an active offer of an active model for `recipient`, paying the model's payee.
-    function buy(uint256 offerId, address recipient) external returns (uint256 licenseId);
+    /// @notice Buys a license of an active offer of an active model for `recipient`, paying the model's payee
+    /// the offer's price, which must not exceed `maxPrice` (the price the buyer agreed to: a price raised in the
+    /// meantime, e.g. by a seller front-running the purchase, reverts instead of being charged).
+    function buy(uint256 offerId, address recipient, uint96 maxPrice) external returns (uint256 licenseId);
 
     /// @notice Burns a license; its holder or an approved operator only.
     function burn(uint256 licenseId) external;

@@ -353,12 +353,13 @@ class Licenses(_Wrapper):
         events = self.market.events(self.name, ["OfferCreated"], [None, "0x" + bytes(model_id).hex()])
         return [self.offer(int(event.args["offerId"])) for event in events]
 
-    def buy(self, offer_id: int, recipient: str | None = None) -> Sent[LicenseId]:
-        """Buy a license (approving the offer's price first if needed) for `recipient` (default: us)."""
-        offer = self.offer(offer_id)
-        receipts = self.market.token.ensure_allowance(self.address, offer.price) if offer.price else ()
+    def buy(self, offer_id: int, recipient: str | None = None, *, max_price: int) -> Sent[LicenseId]:
+        """Buy a license for `recipient` (default: us) at the offer's price, at most `max_price` (the
+        price the buyer agreed to; approved first if needed): a price raised meanwhile reverts with
+        LicensesPriceAboveMax instead of being charged."""
+        receipts = self.market.token.ensure_allowance(self.address, max_price) if max_price else ()
         to = Web3.to_checksum_address(recipient or self.market.address)
-        receipt = self._send(self.contract.functions.buy(offer_id, to))
+        receipt = self._send(self.contract.functions.buy(offer_id, to, max_price))
         license_id = LicenseId(int(self._logs(receipt, "LicensePurchased")[0]["args"]["licenseId"]))
         return Sent(license_id, (*receipts, receipt))
 

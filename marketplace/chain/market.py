@@ -3,7 +3,7 @@
     market = Market(w3, deployment, account)           # account=None: reads only
     sent = market.registry.register_model(salt=salt, payee=..., price=..., metadata=cid, artifact=cid)
     sent = market.channels.open_with_permit(terms, deposit, expiry)   # ONE transaction (ERC-2612 permit)
-    sent = market.licenses.buy(offer_id)
+    sent = market.licenses.buy(offer_id, max_price=offer.price)    # never more than the price agreed to
     market.catalog()                                    # every model (endpoint, versions) and channel
 
 The typed contract wrappers are in `marketplace.chain.contracts`. The catalog is folded from events

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from marketplace.chain.contracts import License, Offer
-from marketplace.chain.market import Market, format_tokens
+from marketplace.chain.market import Market, format_tokens, parse_tokens
 from marketplace.cli.account import (
     AccountOption,
     DeploymentsDirOption,
@@ -78,15 +78,25 @@ def buy(
     offer: Annotated[int | None, typer.Option(help="The offer to buy (default: the model's only active one).")] = None,
     tier: Annotated[str | None, typer.Option(help="Choose the active offer of this tier.")] = None,
     recipient: Annotated[str | None, typer.Option(help="Who receives the license (default: you).")] = None,
+    max_price: Annotated[
+        str | None,
+        typer.Option(help="Pay at most this many tokens, e.g. the price `license offers` showed you "
+                          "(default: the offer's price as read now); a higher price reverts."),
+    ] = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Buy a license of a model (approving its price first if needed); prints the license id."""
+    """Buy a license of a model (approving its price first if needed); prints the license id.
+
+    The purchase is bound to the price shown: if the seller raised it meanwhile, it reverts with
+    LicensesPriceAboveMax and nothing is paid."""
     model_id = model_id_arg(model)
+    cap = parse_tokens(max_price, what="--max-price", allow_zero=True) if max_price is not None else None
     market = open_session(rpc_url, account, deployments_dir=deployments_dir).market
     chosen = _choose(market.licenses.offers_for(model_id), offer, tier, model)
-    sent = market.licenses.buy(chosen.offer_id, recipient)
+    agreed = chosen.price if cap is None else cap
+    sent = market.licenses.buy(chosen.offer_id, recipient, max_price=agreed)
     bought = market.licenses.license_of(sent.value)
     out.print(f"bought license [bold]{sent.value}[/] of model {model}: tier {chosen.tier}, "
               f"{format_tokens(chosen.price)} MKT, expires {_expiry(bought)}")

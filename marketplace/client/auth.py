@@ -285,7 +285,7 @@ class ChannelAuth(httpx.Auth):
         else:
             license_id = self._license_for(requirements)
             assert license_id is not None
-            payload = license_payload(self.account, requirements, url, license_id, request.content, now)
+            payload = license_payload(self.account, requirements, url, license_id, request, now)
         request.headers[PAYMENT_SIGNATURE_HEADER] = PaymentPayload(accepted=requirements, payload=payload).header()
         return attempt
 

@@ -2,7 +2,7 @@
 
     channel  voucher_payload(...)       a cumulative EIP-712 voucher (marketplace.payments.vouchers)
     exact    exact_payload(...)         an EIP-3009 TransferWithAuthorization, as x402 clients sign it
-    license  license_payload(...)       a LicenseAccess message for one request body
+    license  license_payload(...)       a single-use LicenseAccess message for one request
 
 Each reads the domain it signs in from the requirements (`extra`) and checks it first, so a daemon
 cannot get a signature for another chain than the one it names.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import httpx
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
@@ -84,13 +85,15 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
 
 
 def license_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, license_id: int,
-                    body: bytes, now: int) -> dict[str, str]:
-    """A LicenseAccess signature opening this one request body, valid for half the allowed window."""
+                    request: httpx.Request, now: int) -> dict[str, str]:
+    """A LicenseAccess signature opening this one request (method, URL path, body) once, with a
+    fresh random nonce, valid for half the allowed window."""
     model = requirements.extra.get("modelId")
     if not isinstance(model, str) or len(model) != 66:
         raise NoPaymentOption(url, "license", requirements.extra, "the offer names no model")
     window = requirements.extra.get("maxWindowSeconds")
-    window = window if isinstance(window, int) and window > 0 else 600
+    window = window if isinstance(window, int) and window > 0 else 300
     return sign_license_access(account, chain_id=chain_id_of(requirements, url),
                                licenses=_address(requirements, "licenses", url), license_id=license_id,
-                               model_id=bytes.fromhex(model[2:]), body=body, deadline=now + max(window // 2, 1))
+                               model_id=bytes.fromhex(model[2:]), method=request.method, path=request.url.path,
+                               body=request.content, deadline=now + max(window // 2, 1))

@@ -6,7 +6,7 @@
     channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded
     exact    : verify -> run -> settle on chain -> receipt; the answer is held until settled, so a
                failed run is never charged and an unsettled payment is never served
-    license  : verify -> run -> receipt; nothing charged
+    license  : verify -> use the access nonce (once, across replicas) -> run -> receipt; nothing charged
 
 Every refusal is JSON `{"error": code, "detail": ...}`.
 """
@@ -73,7 +73,8 @@ class PaidCalls:
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
             payment = parse_payment_signature(header, schemes=self._accepted)
-            proof = await services.schemes[payment.scheme].verify(payment, PaidRequest(model, body))
+            paid = PaidRequest(model, body, request.method, request.url.path)
+            proof = await services.schemes[payment.scheme].verify(payment, paid)
             if isinstance(proof, VerifiedVoucher):
                 response = await self._channel_call(request, model, body, proof)
             elif isinstance(proof, VerifiedAuthorization):
@@ -136,13 +137,18 @@ class PaidCalls:
         return self._answer(answer, exact.response(settlement, receipt=receipt).header())
 
     async def _license_call(self, request: Request, model: ModelInfo, body: bytes, lic: VerifiedLicense) -> Response:
+        services = self.services
+        if not await services.access.use(lic.license_id, lic.nonce, lic.deadline, now=services.state.now()):
+            rejection = PaymentRejected(
+                "access_replayed", f"nonce {lic.nonce} of license {lic.license_id} already opened a request")
+            return await self._refused(request, model, rejection)
         try:
             answer = await self._run(model, request, body)
         except RunnerError as failure:
             return self._runner_failed(failure)
         receipt = self._receipt(model, body, answer, "license", license_id=lic.license_id)
         self._count(model, "license", 0)
-        return self._answer(answer, self.services.license.response(lic, receipt=receipt).header())
+        return self._answer(answer, services.license.response(lic, receipt=receipt).header())
 
     # --- pieces --------------------------------------------------------------------------------
 

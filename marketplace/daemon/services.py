@@ -25,6 +25,7 @@ from marketplace.ipfs.artifacts import get as fetch_artifact, open_store
 from marketplace.metadata import parse_metadata
 from marketplace.payments.claimer import ClaimPolicy, Claimer
 from marketplace.payments.ledger import CreditLedger, open_ledger
+from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
@@ -44,6 +45,7 @@ class Services:
     account: LocalAccount
     state: ChainStateCache
     ledger: CreditLedger
+    access: AccessNonces  # used license-access nonces, in the ledger's database
     channel: ChannelScheme
     exact: ExactScheme
     license: LicenseScheme
@@ -61,6 +63,7 @@ class Services:
         for runner in self.runners.values():
             await runner.aclose()
         await self.state.stop()
+        await self.access.close()
         await self.ledger.close()
 
 
@@ -114,7 +117,9 @@ async def start_services(settings: DaemonSettings) -> Services:
     state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
+    access: AccessNonces | None = None
     try:
+        access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
@@ -126,6 +131,8 @@ async def start_services(settings: DaemonSettings) -> Services:
         for runner in runners.values():
             await runner.aclose()
         await state.stop()
+        if access is not None:
+            await access.close()
         await ledger.close()
         raise
     policy = ClaimPolicy(
@@ -138,6 +145,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         account=account,
         state=state,
         ledger=ledger,
+        access=access,
         channel=ChannelScheme(state, min_remaining_seconds=settings.min_channel_lifetime_seconds),
         exact=ExactScheme(state, w3, account),
         license=LicenseScheme(state, w3),

@@ -81,7 +81,11 @@ def test_licenses_are_offered_bought_used_for_calls_and_transferred(
     offer = find(r"license offer (\d+)", offered)
     assert "pro" in cli("license", "offers", listing.model_hex).stdout
     cli("account", "fund", "dev7", "--tokens", "10", "--eth", "0")
-    bought = cli("license", "buy", listing.model_hex, "--offer", offer, "--account", "dev7").stdout
+    too_dear = cli.fails("license", "buy", listing.model_hex, "--offer", offer, "--max-price", "0.5",
+                         "--account", "dev7", error=ContractReverted)
+    assert too_dear.error == "LicensesPriceAboveMax"
+    assert too_dear.values == {"offerId": int(offer), "price": 10**18, "maxPrice": 5 * 10**17}
+    bought = cli("license", "buy", listing.model_hex, "--offer", offer, "--max-price", "1", "--account", "dev7").stdout
     license_id = find(r"bought license (\d+)", bought)
     assert "2 transaction(s)" in bought  # approve, then buy
     held = cli("license", "list", "--account", "dev7").stdout

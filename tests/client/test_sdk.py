@@ -170,7 +170,7 @@ async def test_a_license_holder_calls_without_paying(
     provider, buyer = market_of(listing.provider), market_of(consumer)
     offer_id = provider.licenses.create_offer(listing.model_id, tier="pro", price=5 * PRICE, duration=86_400).value
     before = buyer.token.balance(consumer.address)
-    license_id = buyer.licenses.buy(offer_id).value
+    license_id = buyer.licenses.buy(offer_id, max_price=5 * PRICE).value
     assert buyer.token.balance(consumer.address) == before - 5 * PRICE
     assert buyer.licenses.valid_license_of(consumer.address, listing.model_id) == license_id
     sdk, recorder = client(daemon, consumer, store, schemes=("license",), license_id=license_id)

@@ -48,10 +48,15 @@ class Shop:
         send(fn, self.owner)
         return int(offer_id)
 
-    def buy(self, offer_id: int, recipient: str | None = None, buyer: str | None = None) -> tuple[int, Any]:
+    def buy(
+        self, offer_id: int, recipient: str | None = None, buyer: str | None = None, max_price: int | None = None
+    ) -> tuple[int, Any]:
+        """Buy with a generous allowance, agreeing to `max_price` (default: the offer's current price)."""
         buyer = buyer or self.buyer
         send(self.token.functions.approve(self.licenses.address, 10**24), buyer)
-        fn = self.licenses.functions.buy(offer_id, recipient or buyer)
+        if max_price is None:
+            max_price = self.licenses.functions.offers(offer_id).call()[2]
+        fn = self.licenses.functions.buy(offer_id, recipient or buyer, max_price)
         license_id = fn.call({"from": buyer})
         return int(license_id), send(fn, buyer)
 
@@ -203,6 +208,31 @@ def test_buy_follows_the_current_payee(shop: Shop, accounts: list[str]) -> None:
     assert shop.balance(accounts[8]) == before + TOKEN
 
 
+def test_a_price_raised_before_the_buy_reverts_with_both_prices(shop: Shop) -> None:
+    """The seller front-runs a buyer who agreed to 5 MKT (and approved far more) with a raise to 50."""
+    offer_id = shop.offer(price=5 * TOKEN)
+    send(shop.licenses.functions.setOfferPrice(offer_id, 50 * TOKEN), shop.owner)
+    buyer_before, payee_before = shop.balance(shop.buyer), shop.balance(shop.payee)
+
+    with expect_revert("LicensesPriceAboveMax", offer_id, 50 * TOKEN, 5 * TOKEN):
+        shop.buy(offer_id, max_price=5 * TOKEN)
+
+    assert (shop.balance(shop.buyer), shop.balance(shop.payee)) == (buyer_before, payee_before)
+    assert shop.licenses.functions.balanceOf(shop.buyer).call() == 0
+    assert shop.licenses.functions.offers(offer_id).call()[5] == 0  # nothing sold
+
+
+def test_a_price_at_or_under_the_maximum_is_charged_as_listed(shop: Shop) -> None:
+    offer_id = shop.offer(price=5 * TOKEN)
+    before = shop.balance(shop.buyer)
+    shop.buy(offer_id, max_price=5 * TOKEN)  # exactly the agreed price
+    assert shop.balance(shop.buyer) == before - 5 * TOKEN
+    send(shop.licenses.functions.setOfferPrice(offer_id, 2 * TOKEN), shop.owner)
+    _, receipt = shop.buy(offer_id, max_price=5 * TOKEN)  # a price cut in the meantime: the buyer pays less
+    assert events(shop.licenses, "LicensePurchased", receipt)[0]["price"] == 2 * TOKEN
+    assert shop.balance(shop.buyer) == before - 7 * TOKEN
+
+
 def test_buy_refusals(shop: Shop) -> None:
     with expect_revert("LicensesUnknownOffer", 42):
         shop.buy(42)
@@ -214,7 +244,7 @@ def test_buy_refusals(shop: Shop) -> None:
     with expect_revert("ERC721InvalidReceiver", ZERO):
         shop.buy(offer_id, recipient=ZERO)
     with expect_revert("ERC20InsufficientAllowance", shop.licenses.address, 0, 5 * TOKEN):
-        send(shop.licenses.functions.buy(offer_id, shop.stranger), shop.stranger)
+        send(shop.licenses.functions.buy(offer_id, shop.stranger, 5 * TOKEN), shop.stranger)
     send(shop.licenses.functions.setOfferActive(offer_id, False), shop.owner)
     with expect_revert("LicensesOfferInactive", offer_id):
         shop.buy(offer_id)

@@ -16,9 +16,15 @@ from marketplace.chain.views import ModelInfo
 from marketplace.errors import PaymentRejected
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes import LicenseScheme, PaidRequest, VerifiedLicense
-from marketplace.payments.schemes.license import license_access_digest, sign_license_access
+from marketplace.payments.schemes.license import (
+    LICENSE_ACCESS_TYPE,
+    LicenseAccess,
+    license_access_digest,
+    sign_license_access,
+)
 
 BODY = json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode()
+PATH = "/v1/models/0xaa/infer"
 LICENSE_PRICE = 5 * TOKENS
 
 
@@ -46,7 +52,7 @@ class Setup:
         buyer = buyer or self.holder
         sender = Sender(self.w3, buyer)
         sender.transact(self.contracts.token.functions.approve(licenses.address, LICENSE_PRICE))
-        sender.transact(licenses.functions.buy(offer_id, buyer.address))
+        sender.transact(licenses.functions.buy(offer_id, buyer.address, LICENSE_PRICE))
         return int(licenses.functions.totalSupply().call())  # ids count from 1; the newest is the total
 
     def payload(
@@ -56,6 +62,8 @@ class Setup:
         signer: LocalAccount | None = None,
         model: ModelInfo | None = None,
         body: bytes = BODY,
+        method: str = "POST",
+        path: str = PATH,
         deadline: int | None = None,
     ) -> dict[str, str]:
         return sign_license_access(
@@ -64,13 +72,24 @@ class Setup:
             licenses=self.scheme.licenses,
             license_id=license_id,
             model_id=(model or self.model).model_id,
+            method=method,
+            path=path,
             body=body,
             deadline=chain_time(self.w3) + 120 if deadline is None else deadline,
         )
 
-    def verify(self, payload: dict[str, str], *, model: ModelInfo | None = None, body: bytes = BODY) -> VerifiedLicense:
+    def verify(
+        self,
+        payload: dict[str, str],
+        *,
+        model: ModelInfo | None = None,
+        body: bytes = BODY,
+        method: str = "POST",
+        path: str = PATH,
+    ) -> VerifiedLicense:
         model = model or self.model
-        return run(self.scheme.verify(paid(self.scheme.requirements(model), payload), PaidRequest(model, body)))
+        request = PaidRequest(model, body, method, path)
+        return run(self.scheme.verify(paid(self.scheme.requirements(model), payload), request))
 
     def code_of(self, payload: dict[str, str], **kwargs: Any) -> str:
         with pytest.raises(PaymentRejected) as caught:
@@ -117,8 +136,9 @@ def test_the_holder_is_served(setup: Setup) -> None:
 
 def test_an_access_message_signed_by_ethers(setup: Setup) -> None:
     license_id = setup.buy(setup.model)
-    deadline = chain_time(setup.w3) + 60
+    deadline, nonce = chain_time(setup.w3) + 60, 2**255 + 7
     access = setup.scheme.requirements(setup.model).extra["access"]
+    assert access["type"] == LICENSE_ACCESS_TYPE
     request_hash = body_hash(BODY)
     typed = {
         "domain": access["domain"],
@@ -127,21 +147,30 @@ def test_an_access_message_signed_by_ethers(setup: Setup) -> None:
         "message": {
             "licenseId": license_id,
             "modelId": "0x" + setup.model.model_id.hex(),
-            "deadline": deadline,
+            "method": "POST",
+            "path": PATH,
             "requestHash": "0x" + request_hash.hex(),
+            "nonce": nonce,
+            "deadline": deadline,
         },
     }
     signature, digest = ethers_sign(setup.holder, typed)
     assert digest == license_access_digest(
-        31337, setup.scheme.licenses, license_id, setup.model.model_id, deadline, request_hash
+        31337,
+        setup.scheme.licenses,
+        LicenseAccess(license_id, setup.model.model_id, "POST", PATH, request_hash, nonce, deadline),
     )
     payload = {
         "licenseId": str(license_id),
+        "nonce": str(nonce),
         "deadline": str(deadline),
+        "method": "POST",
+        "path": PATH,
         "requestHash": "0x" + request_hash.hex(),
         "signature": "0x" + signature.hex(),
     }
-    assert setup.verify(payload).holder == setup.holder.address
+    verified = setup.verify(payload)
+    assert (verified.holder, verified.nonce, verified.deadline) == (setup.holder.address, nonce, deadline)
 
 
 def test_license_of_another_model(setup: Setup) -> None:
@@ -201,12 +230,23 @@ def test_deadline_and_request_binding(setup: Setup) -> None:
     now = chain_time(setup.w3)
     assert setup.code_of(setup.payload(license_id, deadline=now)) == "access_expired"
     assert setup.code_of(setup.payload(license_id, deadline=now - 10)) == "access_expired"
-    assert setup.code_of(setup.payload(license_id, deadline=now + 601)) == "access_window_too_long"
+    assert setup.code_of(setup.payload(license_id, deadline=now + 301)) == "access_window_too_long"
     assert setup.code_of(setup.payload(license_id), body=BODY + b" ") == "request_mismatch"
     assert setup.code_of(setup.payload(license_id, body=b"{}")) == "request_mismatch"
-    tampered = setup.payload(license_id)
-    tampered["deadline"] = str(int(tampered["deadline"]) + 1)
-    assert setup.code_of(tampered) == "not_license_holder"  # recovers to some other key
+    # Signed for POST <PATH>: refused on another path or with another method.
+    assert setup.code_of(setup.payload(license_id), path="/v1/models/0xaa/infer/stream") == "request_mismatch"
+    assert setup.code_of(setup.payload(license_id), method="PUT") == "request_mismatch"
+    for field, value in (("deadline", None), ("nonce", None), ("path", "/v1/models/0xbb/infer"), ("method", "PUT")):
+        tampered = setup.payload(license_id)
+        tampered[field] = str(int(tampered[field]) + 1) if value is None else value
+        path, method = tampered["path"], tampered["method"]  # the request matches the tampered claim...
+        assert setup.code_of(tampered, path=path, method=method) == "not_license_holder"  # ...not the signature
+
+
+def test_each_access_message_carries_a_fresh_nonce(setup: Setup) -> None:
+    license_id = setup.buy(setup.model)
+    nonces = {setup.verify(setup.payload(license_id)).nonce for _ in range(3)}
+    assert len(nonces) == 3 and all(0 <= n < 2**256 for n in nonces)
 
 
 def test_the_license_cache_saves_rpc(setup: Setup) -> None:

@@ -66,7 +66,7 @@ def web_market(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listi
                                             max_supply=100, transferable=True, royalty_bps=250).value
     buyer = dev_accounts[5]
     Sender(w3, dev_accounts[0]).transact(contracts.token.functions.mint(buyer.address, OFFER_PRICE))
-    Market(w3, contracts.deployment, buyer).licenses.buy(offer_id)
+    Market(w3, contracts.deployment, buyer).licenses.buy(offer_id, max_price=OFFER_PRICE)
     return WebMarket(listing, first_cid, second, hostile_id, offer_id)
 
 

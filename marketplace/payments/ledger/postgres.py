@@ -45,7 +45,7 @@ from marketplace.payments.ledger.batching import Admit, BatchedLedger, Change, O
 from marketplace.payments.ledger.migrations import POSTGRES_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
-__all__ = ["PostgresLedger"]
+__all__ = ["PostgresLedger", "driver_reason", "open_pool"]
 
 _COLUMNS = "authorized, consumed, claimed, signature"
 _NO_MINIMUM = TokenAmount(0)
@@ -75,10 +75,32 @@ async def _configure(connection: psycopg.AsyncConnection[Any]) -> None:
         await connection.execute("SET synchronous_commit = on")
 
 
-def _reason(error: BaseException) -> str:
+def driver_reason(error: BaseException) -> str:
     """A driver error on one line (libpq's messages span several)."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def open_pool(
+    conninfo: str, url: str, *, size: int, timeout: float, name: str
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """An open pool of durable autocommit connections; LedgerUnavailable (naming `url`) if it cannot."""
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+        conninfo,
+        min_size=1,
+        max_size=size,
+        kwargs={"autocommit": True},
+        configure=_configure,
+        timeout=timeout,
+        open=False,
+        name=name,
+    )
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except psycopg.Error as error:
+        await pool.close()
+        raise LedgerUnavailable(url, driver_reason(error)) from None
+    return pool
 
 
 def _credit(channel_id: int, row: Sequence[Any]) -> Credit:
@@ -110,7 +132,7 @@ class PostgresLedger(BatchedLedger):
             with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
                 migrate(db, schema, self.url)
         except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, _reason(error)) from None
+            raise LedgerUnavailable(self.url, driver_reason(error)) from None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._pool_lock = asyncio.Lock()
 
@@ -118,22 +140,9 @@ class PostgresLedger(BatchedLedger):
         if self._pool is None:
             async with self._pool_lock:
                 if self._pool is None:
-                    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-                        self._conninfo,
-                        min_size=1,
-                        max_size=self._pool_size,
-                        kwargs={"autocommit": True},
-                        configure=_configure,
-                        timeout=self._timeout,
-                        open=False,
-                        name="credit-ledger",
+                    self._pool = await open_pool(
+                        self._conninfo, self.url, size=self._pool_size, timeout=self._timeout, name="credit-ledger"
                     )
-                    try:
-                        await pool.open(wait=True, timeout=self._timeout)
-                    except psycopg.Error as error:
-                        await pool.close()
-                        raise LedgerUnavailable(self.url, _reason(error)) from None
-                    self._pool = pool
         return self._pool
 
     # --- writes: one batch, one statement ---------------------------------------------------------
@@ -149,9 +158,9 @@ class PostgresLedger(BatchedLedger):
                 break
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as error:
                 if attempt == _RETRIES:
-                    raise LedgerUnavailable(self.url, _reason(error)) from error
+                    raise LedgerUnavailable(self.url, driver_reason(error)) from error
             except psycopg.Error as error:
-                raise LedgerUnavailable(self.url, _reason(error)) from error
+                raise LedgerUnavailable(self.url, driver_reason(error)) from error
         outcomes: list[Outcome] = [None] * len(changes)
         for position, index in enumerate(order):
             outcomes[index] = applied[position]
@@ -212,7 +221,7 @@ class PostgresLedger(BatchedLedger):
                     return [row] if row is not None else []
                 return await cursor.fetchall()
         except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, _reason(error)) from error
+            raise LedgerUnavailable(self.url, driver_reason(error)) from error
 
     async def _close_backend(self) -> None:
         if self._pool is not None:

@@ -41,7 +41,7 @@ from marketplace.payments.ledger.batching import Admit, BatchedLedger, Change, O
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
-__all__ = ["SqliteLedger", "sqlite_path"]
+__all__ = ["SqliteLedger", "connect_sqlite", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -105,6 +105,21 @@ def sqlite_path(url: str) -> Path:
     return Path(path)
 
 
+def connect_sqlite(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """A durable autocommit connection: WAL, synchronous=FULL, waiting `busy_timeout` for locks."""
+    db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+    try:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"cannot use write-ahead logging (journal_mode is {mode})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class SqliteLedger(BatchedLedger):
     """The credit ledger in a SQLite file (created with its parent folder if missing)."""
 
@@ -140,13 +155,8 @@ class SqliteLedger(BatchedLedger):
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite-reader")
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        db = connect_sqlite(self.path, busy_timeout)
         try:
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise sqlite3.OperationalError(f"cannot use write-ahead logging (journal_mode is {mode})")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             db.create_function("u256_add", 2, _u256_add, deterministic=True)
             db.create_function("u256_sub_or_zero", 2, _u256_sub_or_zero, deterministic=True)
         except BaseException:

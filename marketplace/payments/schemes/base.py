@@ -44,10 +44,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class PaidRequest:
-    """The call a payment is offered for: the model (as the chain view has it) and the raw body."""
+    """The call a payment is offered for: the model (as the chain view has it), the raw body, the
+    HTTP method and the URL path (without the query string)."""
 
     model: ModelInfo
     body: bytes = b""
+    method: str = "POST"
+    path: str = ""
 
 
 class PaymentScheme(abc.ABC):

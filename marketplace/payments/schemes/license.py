@@ -3,28 +3,34 @@
 The holder signs an EIP-712 access message in the domain
 ``{name: "ModelMarketplace", version: "1", chainId, verifyingContract: Licenses}``:
 
-    LicenseAccess(uint256 licenseId,bytes32 modelId,uint256 deadline,bytes32 requestHash)
+    LicenseAccess(uint256 licenseId,bytes32 modelId,string method,string path,bytes32 requestHash,
+                  uint256 nonce,uint256 deadline)
 
-    payload = {"licenseId": "<decimal>", "deadline": "<unix seconds>",
+    payload = {"licenseId": "<decimal>", "nonce": "<decimal uint256>", "deadline": "<unix seconds>",
+               "method": "POST", "path": "/v1/models/0x…/infer",
                "requestHash": "0x<sha256 of the request body>", "signature": "0x<65 bytes>"}
 
-`requestHash` is SHA-256 of the exact request body (the digest receipts carry), so a signature
-opens one request and nothing else; the model id comes from the URL being called, so a signature
-for another model does not recover to the holder.
+The message names one request: the HTTP method, the URL path (no query string) and SHA-256 of the
+exact body (the digest receipts carry); the model id comes from the URL being called, so a
+signature for another model does not recover to the holder. `nonce` makes it single-use: after
+`verify`, the daemon records (licenseId, nonce) in the shared ledger (`ledger.access`) and refuses
+the pair a second time on any replica ("access_replayed").
 
 Checks, in order: deadline in the future ("access_expired") and at most `max_window_seconds` away
-("access_window_too_long"), body hash ("request_mismatch"), signature ("bad_signature"), then the
-license as the chain has it, cached for `cache_ttl` seconds (call `invalidate` on its Transfer
-events): it exists ("license_invalid"), is for this model ("license_wrong_model"), has not
-expired ("license_expired"), is valid (model not retired, "license_invalid"), and the signer owns
-it ("not_license_holder"). A cached entry that disagrees with the signer (no such license, another
-owner) is re-read, at most once per `refresh_interval`, since the license may just have been bought
-or transferred to the signer; the throttle keeps strangers from turning signatures into RPC calls.
+("access_window_too_long"), method, path and body hash ("request_mismatch"), signature
+("bad_signature"), then the license as the chain has it, cached for `cache_ttl` seconds (call
+`invalidate` on its Transfer events): it exists ("license_invalid"), is for this model
+("license_wrong_model"), has not expired ("license_expired"), is valid (model not retired,
+"license_invalid"), and the signer owns it ("not_license_holder"). A cached entry that disagrees
+with the signer (no such license, another owner) is re-read, at most once per `refresh_interval`,
+since the license may just have been bought or transferred to the signer; the throttle keeps
+strangers from turning signatures into RPC calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -47,6 +53,7 @@ from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirement
 
 __all__ = [
     "LICENSE_ACCESS_TYPE",
+    "LicenseAccess",
     "VerifiedLicense",
     "LicenseRecord",
     "LicenseScheme",
@@ -54,7 +61,10 @@ __all__ = [
     "sign_license_access",
 ]
 
-LICENSE_ACCESS_TYPE = "LicenseAccess(uint256 licenseId,bytes32 modelId,uint256 deadline,bytes32 requestHash)"
+LICENSE_ACCESS_TYPE = (
+    "LicenseAccess(uint256 licenseId,bytes32 modelId,string method,string path,bytes32 requestHash,"
+    "uint256 nonce,uint256 deadline)"
+)
 _TYPEHASH = keccak256(LICENSE_ACCESS_TYPE.encode())
 _MAX_CACHED = 16_384
 
@@ -63,17 +73,32 @@ def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
-def license_access_digest(
-    chain_id: int, licenses: str, license_id: int, model_id: bytes, deadline: int, request_hash: bytes
-) -> bytes:
+@dataclass(frozen=True, slots=True)
+class LicenseAccess:
+    """What one LicenseAccess message says: which license opens which request, once, until when."""
+
+    license_id: int
+    model_id: bytes
+    method: str
+    path: str
+    request_hash: bytes  # SHA-256 of the body
+    nonce: int
+    deadline: int
+
+    def struct_hash(self) -> bytes:
+        return keccak256(
+            _TYPEHASH + _word(self.license_id) + self.model_id + keccak256(self.method.encode())
+            + keccak256(self.path.encode()) + self.request_hash + _word(self.nonce) + _word(self.deadline)
+        )
+
+
+def license_access_digest(chain_id: int, licenses: str, access: LicenseAccess) -> bytes:
     """The EIP-712 hash a LicenseAccess signature signs."""
-    separator = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, licenses)
-    return _digest(separator, license_id, model_id, deadline, request_hash)
+    return _digest(domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, licenses), access)
 
 
-def _digest(separator: bytes, license_id: int, model_id: bytes, deadline: int, request_hash: bytes) -> bytes:
-    struct_hash = keccak256(_TYPEHASH + _word(license_id) + model_id + _word(deadline) + request_hash)
-    return keccak256(b"\x19\x01" + separator + struct_hash)
+def _digest(separator: bytes, access: LicenseAccess) -> bytes:
+    return keccak256(b"\x19\x01" + separator + access.struct_hash())
 
 
 def sign_license_access(
@@ -83,17 +108,25 @@ def sign_license_access(
     licenses: str,
     license_id: int,
     model_id: bytes,
+    method: str,
+    path: str,
     body: bytes,
     deadline: int,
 ) -> dict[str, str]:
-    """The PAYMENT-SIGNATURE `payload` opening one request with a license (client side)."""
-    request_hash = body_hash(body)
-    digest = license_access_digest(chain_id, licenses, license_id, model_id, deadline, request_hash)
+    """The PAYMENT-SIGNATURE `payload` opening one request (method, URL path, body) once with a
+    license (client side), under a fresh random nonce."""
+    access = LicenseAccess(
+        license_id, model_id, method.upper(), path, body_hash(body), secrets.randbits(256), deadline
+    )
+    digest = license_access_digest(chain_id, licenses, access)
     signature = bytes(account.unsafe_sign_hash(Hash32(digest)).signature)
     return {
         "licenseId": str(license_id),
+        "nonce": str(access.nonce),
         "deadline": str(deadline),
-        "requestHash": "0x" + request_hash.hex(),
+        "method": access.method,
+        "path": path,
+        "requestHash": "0x" + access.request_hash.hex(),
         "signature": "0x" + signature.hex(),
     }
 
@@ -119,6 +152,8 @@ class VerifiedLicense:
     holder: str  # checksummed
     model_id: bytes
     expires_at: int
+    nonce: int  # the daemon uses (license_id, nonce) once: ledger.access
+    deadline: int  # chain time until which the message is accepted
 
 
 class LicenseScheme(PaymentScheme):
@@ -131,7 +166,7 @@ class LicenseScheme(PaymentScheme):
         state: ChainState,
         w3: Web3,
         *,
-        max_window_seconds: int = 600,
+        max_window_seconds: int = 300,
         cache_ttl: float = 30.0,
         refresh_interval: float = 2.0,
         clock: Callable[[], float] | None = None,
@@ -175,8 +210,11 @@ class LicenseScheme(PaymentScheme):
                         "LicenseAccess": [
                             {"name": "licenseId", "type": "uint256"},
                             {"name": "modelId", "type": "bytes32"},
-                            {"name": "deadline", "type": "uint256"},
+                            {"name": "method", "type": "string"},
+                            {"name": "path", "type": "string"},
                             {"name": "requestHash", "type": "bytes32"},
+                            {"name": "nonce", "type": "uint256"},
+                            {"name": "deadline", "type": "uint256"},
                         ]
                     },
                     "primaryType": "LicenseAccess",
@@ -206,9 +244,11 @@ class LicenseScheme(PaymentScheme):
         model = request.model
         self.check_accepted(payment)
         fields = Fields(payment.payload, "payment.payload")
-        license_id = fields.uint("licenseId")
-        deadline = fields.uint("deadline")
-        request_hash = fields.hex_bytes("requestHash", 32)
+        access = LicenseAccess(
+            fields.uint("licenseId"), model.model_id, fields.text("method"), fields.text("path"),
+            fields.hex_bytes("requestHash", 32), fields.uint("nonce"), fields.uint("deadline"),
+        )
+        license_id, deadline = access.license_id, access.deadline
         signature = read_signature(fields)
 
         now = int(self._clock())
@@ -219,11 +259,15 @@ class LicenseScheme(PaymentScheme):
                 "access_window_too_long",
                 f"the deadline is {deadline - now} s away; at most {self.max_window_seconds} s are accepted",
             )
-        if request_hash != body_hash(request.body):
+        if (access.method, access.path) != (request.method, request.path):
+            raise PaymentRejected(
+                "request_mismatch",
+                f"the access message opens {access.method[:16]} {access.path[:200]}, "
+                f"not {request.method} {request.path}",
+            )
+        if access.request_hash != body_hash(request.body):
             raise PaymentRejected("request_mismatch", "requestHash is not the SHA-256 of this request's body")
-        signer = recover_or_reject(
-            _digest(self.separator, license_id, model.model_id, deadline, request_hash), signature
-        )
+        signer = recover_or_reject(_digest(self.separator, access), signature)
         signer_hex = "0x" + signer.hex()
 
         record = await self._record(license_id, signer_hex)
@@ -244,7 +288,9 @@ class LicenseScheme(PaymentScheme):
                 f"the access message is signed by {checksum_address(signer)}, "
                 f"not by the holder of license {license_id}",
             )
-        return VerifiedLicense(license_id, checksum_address(signer), record.model_id, record.expires_at)
+        return VerifiedLicense(
+            license_id, checksum_address(signer), record.model_id, record.expires_at, access.nonce, deadline
+        )
 
     async def _record(self, license_id: int, signer: str) -> LicenseRecord | None:
         """The license from the cache, or read from the chain when not cached (or older than
