@@ -10,12 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from client_fixtures import consumed_on_the_daemon
 from daemon_fixtures import PRICE, Listing
 from eth_account.signers.local import LocalAccount
 
 from marketplace.client import ChannelRecord, ChannelStore, MarketplaceClient
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.payments.ledger import open_ledger
 
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 
@@ -33,20 +33,6 @@ CHILD = textwrap.dedent("""
         print("paid", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)  # no close, no cleanup: the state must already be on disk
 """)
-
-
-def consumed_on_the_daemon(settings: DaemonSettings, channel_id: int) -> int:
-    import asyncio
-
-    async def read() -> int:
-        ledger = await asyncio.to_thread(open_ledger, settings.database_url)
-        try:
-            credit = await ledger.credit(channel_id)
-            return credit.consumed if credit else 0
-        finally:
-            await ledger.close()
-
-    return asyncio.run(read())
 
 
 def test_the_channel_state_survives_a_sigkill_and_the_next_call_continues_from_it(
