@@ -237,7 +237,8 @@ def call(
     model: ModelArgument,
     input_: Annotated[str, typer.Option("--input", help="Request body: JSON text, @file, or @- for stdin.")],
     max_price: Annotated[
-        str | None, typer.Option(help="Refuse to pay more than this many tokens per call (nothing is signed).")
+        str | None, typer.Option(help="Refuse to pay more than this many tokens per call (nothing is signed) "
+                                      "(default: the model's price on chain).")
     ] = None,
     daemon: Annotated[
         str | None, typer.Option(help="Daemon base URL (default: the model's endpoint on chain).")
@@ -261,6 +262,8 @@ def call(
     cap = parse_tokens(max_price, what="--max-price", allow_zero=True) if max_price is not None else None
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
+    if cap is None:  # a daemon asking more than the model's listed price is refused
+        cap = market.registry.get_model(model_id).price
     url = daemon or _endpoint(market.catalog(), model_id, session.chain_id)
     license_id = None
     if "license" in schemes:

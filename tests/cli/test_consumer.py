@@ -157,4 +157,9 @@ def test_a_lying_daemon_is_a_dispute_that_the_user_settles_with_consumer_resolve
         output, _ = call(cli, listing, proxy.url, "dev3")
         assert output["outputs"]["label"] == [0, 2]
         assert proxy.amounts() == [PRICE, 7 * PRICE]  # nothing signed in the dispute; then the accepted view + 1
+        proxy.price = 3 * PRICE  # it now asks more than the model's price on chain
+        asked = cli.fails("consumer", "call", listing.model_hex, "--input", INPUT, "--daemon", proxy.url,
+                          "--account", "dev3", error=PriceAboveMax)
+        assert "asks 0.006 tokens per call (channel), above your maximum of 0.002" in str(asked)
+        assert proxy.amounts() == [PRICE, 7 * PRICE]
     assert "has no dispute" in str(cli.fails("consumer", "resolve", channel, "--keep-ours", error=ConfigError))

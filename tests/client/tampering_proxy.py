@@ -1,7 +1,8 @@
 """A dishonest daemon for the SDK's tests: a real HTTP server in front of a real daemon that forwards
 every request, keeps every PAYMENT-SIGNATURE it receives, and lies about the channel in the views it
 passes back (the 402's `extra.channel` and the PAYMENT-RESPONSE's): `consumed` plus `inflate`,
-`authorized` raised to match, and no `signature` (daemons stop publishing it)."""
+`authorized` raised to match, and no `signature` (daemons stop publishing it); `price`, when set,
+replaces the price its 402s ask."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class TamperingProxy:
         self.upstream = upstream
         self.url = ""
         self.inflate = 0
+        self.price: int | None = None
         self.payments: list[dict[str, Any]] = []
         self.app = Starlette(routes=[Route("/{path:path}", self._forward, methods=["GET", "POST"])])
 
@@ -52,6 +54,8 @@ class TamperingProxy:
 
     def _tamper(self, header: str) -> str:
         message = json.loads(base64.b64decode(header))
+        for entry in message.get("accepts", []):
+            entry["amount"] = str(self.price) if self.price is not None else entry["amount"]
         extras = [entry.get("extra") or {} for entry in message.get("accepts", [])] + [message.get("extra") or {}]
         for view in (extra.get("channel") for extra in extras):
             if isinstance(view, dict):
