@@ -73,7 +73,7 @@ _MODEL_IN_PATH = re.compile(r"/v1/models/(0x[0-9a-fA-F]{64})(?:/|$)")
 
 @dataclass
 class _Book:
-    """One channel in memory: its stored record (as last read) and the calls in flight on it."""
+    """One channel in memory: its record (for its fixed terms) and the calls in flight on it."""
 
     record: ChannelRecord
     high: int = 0  # the highest cumulative amount reserved by the current run of overlapping calls
@@ -192,7 +192,7 @@ class ChannelAuth(httpx.Auth):
                 model_id=bytes.fromhex(str(requirements.extra.get("modelId", "0x" + "00" * 32))[2:])))
             view = requirements.extra.get("channel")
             if isinstance(view, dict) and _hex_id(view.get("channelId")) == channel_id:
-                record = self.store.observe(channel_id, view) or record  # the daemon's view came with the offer
+                self.store.observe(channel_id, view)  # the daemon's view came with the offer
             book = self._books[channel_id] = _Book(record)
         record = book.record
         if (record.chain_id, record.escrow) != (chain_id_of(requirements, url),
@@ -208,7 +208,7 @@ class ChannelAuth(httpx.Auth):
             self._check_budget(url, requirements)
             reservation = self.store.reserve(channel_id, requirements.amount, book.high if book.in_flight else 0)
             self._committed += reservation.added
-            book.record, book.high = reservation.record, reservation.amount
+            book.high = reservation.amount
             book.in_flight += 1
             return reservation.amount
 
@@ -237,13 +237,8 @@ class ChannelAuth(httpx.Auth):
         for requirements in required.accepts:
             view = requirements.extra.get("channel") if requirements.scheme == "channel" else None
             channel_id = _hex_id(view.get("channelId")) if isinstance(view, dict) else None
-            if channel_id is None or not isinstance(view, dict):
-                continue
-            with self._lock:
-                stored = self.store.observe(channel_id, view)
-                book = self._books.get(channel_id)
-                if book is not None and stored is not None:
-                    book.record = stored
+            if channel_id is not None and isinstance(view, dict):
+                self.store.observe(channel_id, view)
         return required.accepts
 
     # --- paying -------------------------------------------------------------------------------
@@ -316,11 +311,7 @@ class ChannelAuth(httpx.Auth):
             settlement = parse_payment_response(header)
             view = (settlement.extra or {}).get("channel")
             if attempt.channel_id is not None and isinstance(view, dict):
-                with self._lock:
-                    record = self.store.observe(attempt.channel_id, view)
-                    book = self._books.get(attempt.channel_id)
-                    if book is not None and record is not None:
-                        book.record = record
+                self.store.observe(attempt.channel_id, view)  # on disk before the caller sees the answer
             self._paid[url] = (attempt.requirements, attempt.channel_id)
         self._release(attempt)
 
