@@ -312,7 +312,8 @@ def channels(
             state = "reclaimed" if info.reclaimed else "expired" if info.expiry <= now else "open"
             if local is not None and local.dispute is not None:
                 state += ", disputed (consumer resolve)"
-            signed, used = (format_tokens(local.signed), format_tokens(local.consumed)) if local is not None else ("?", "?")
+            signed, used = ((format_tokens(local.signed), format_tokens(local.consumed)) if local is not None
+                            else ("?", "?"))
             table.add_row(f"0x{info.channel_id:064x}", "0x" + info.model_id.hex()[:12] + "…", format_tokens(info.deposit),
                           signed, used, format_tokens(info.claimed), format_time(info.expiry), state)
     out.print(table if mine else f"{market.address} has opened no channel")
@@ -347,7 +348,8 @@ def _figures(view: ChannelRecord | DaemonView) -> str:
 def resolve(
     channel: ChannelArgument,
     accept_daemon_view: Annotated[bool, typer.Option(
-        "--accept-daemon-view", help="The daemon's figures become yours (you paid from this channel elsewhere).")] = False,
+        "--accept-daemon-view", help="The daemon's figures become yours (you paid from this channel elsewhere).",
+    )] = False,
     keep_ours: Annotated[bool, typer.Option(
         "--keep-ours", help="Drop the daemon's figures; the next call checks them again.")] = False,
 ) -> None:

@@ -142,7 +142,8 @@ def _record(row: tuple[Any, ...]) -> ChannelRecord:
         deposit=TokenAmount(int(values["deposit"])), expiry=int(values["expiry"]),
         authorized=TokenAmount(int(values["authorized"])), consumed=TokenAmount(int(values["consumed"])),
         updated_at=float(values["updated_at"]), signed=TokenAmount(int(values["signed"])),
-        dispute=DaemonView(TokenAmount(int(values["disputed_authorized"])), TokenAmount(int(values["disputed_consumed"])))
+        dispute=DaemonView(TokenAmount(int(values["disputed_authorized"])),
+                           TokenAmount(int(values["disputed_consumed"])))
         if values["disputed_authorized"] is not None else None,
     )
 
