@@ -48,6 +48,8 @@
     │       ├── PriceAboveMax        the price asked is above the caller's max_price
     │       ├── NoPaymentOption      no scheme the caller allows is offered and usable
     │       ├── ChannelExhausted     the channel's deposit cannot cover the next call
+    │       ├── ChannelDispute       the daemon claims more of a channel than the client ever signed
+    │       ├── BudgetExceeded       the next call would take the client over its total budget
     │       └── PaymentRefused       the daemon refused the payment even after one retry (code)
     └── ClientError                  the consumer SDK talking to a daemon
         ├── DaemonUnreachable        no daemon answers at the URL
@@ -489,6 +491,8 @@ __all__ += [
     "PriceAboveMax",
     "NoPaymentOption",
     "ChannelExhausted",
+    "ChannelDispute",
+    "BudgetExceeded",
     "PaymentRefused",
     "ClientError",
     "DaemonUnreachable",
@@ -501,6 +505,11 @@ def _tokens(units: int) -> str:
     whole, fraction = divmod(units, 10**18)
     decimals = f"{fraction:018d}".rstrip("0")
     return f"{whole}.{decimals}" if decimals else str(whole)
+
+
+def _amount(units: int) -> str:
+    """Token units as tokens with the exact units: "0.002 tokens (2000000000000000 units)"."""
+    return f"{_tokens(units)} tokens ({units} units)"
 
 
 class AccountError(ConfigError):
@@ -569,6 +578,30 @@ class ChannelExhausted(ClientPaymentError):
         super().__init__(
             f"channel {channel_id:#x} holds a deposit of {_tokens(deposit)} tokens but the next call needs a voucher "
             f"for {_tokens(needed)}: top it up (`marketplace consumer top-up`) or open another"
+        )
+
+
+class ChannelDispute(ClientPaymentError):
+    """A daemon's view of a channel claims more than the client's own record of what it signed."""
+
+    def __init__(self, channel_id: int, signed: int, authorized: int, consumed: int) -> None:
+        self.channel_id, self.signed, self.authorized, self.consumed = channel_id, signed, authorized, consumed
+        channel = f"0x{channel_id:064x}"
+        super().__init__(
+            f"channel {channel} is disputed: the daemon says {_amount(consumed)} consumed and "
+            f"{_amount(authorized)} authorized, but this client has signed vouchers for at most {_amount(signed)}; "
+            f"nothing was signed. If you paid from this channel elsewhere (another machine, a restored backup), "
+            f"accept the daemon's view: `marketplace consumer resolve {channel} --accept-daemon-view`; "
+            f"otherwise keep yours (`--keep-ours`) and stop using this daemon"
+        )
+
+
+class BudgetExceeded(ClientPaymentError):
+    def __init__(self, url: str, price: int, committed: int, budget: int) -> None:
+        self.url, self.price, self.committed, self.budget = url, price, committed, budget
+        super().__init__(
+            f"{url} asks {_tokens(price)} tokens but this client has committed {_tokens(committed)} of its budget "
+            f"of {_tokens(budget)} tokens: nothing was signed"
         )
 
 

@@ -2,7 +2,8 @@
 
 The catalog comes from chain events (and each model's metadata from IPFS when the store has it).
 Channels opened here are remembered in the SDK's channel store (`<data dir>/client/channels.db`),
-which `consumer call` pays from; receipts of calls go to `<data dir>/receipts/`.
+which `consumer call` pays from; receipts of calls go to `<data dir>/receipts/`. A daemon claiming
+more of a channel than this client ever signed is a dispute that `consumer resolve` settles.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.client import SCHEMES, ChannelRecord, ChannelStore, MarketplaceClient
+from marketplace.client.store import DaemonView
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
@@ -235,7 +237,8 @@ def call(
     model: ModelArgument,
     input_: Annotated[str, typer.Option("--input", help="Request body: JSON text, @file, or @- for stdin.")],
     max_price: Annotated[
-        str | None, typer.Option(help="Refuse to pay more than this many tokens per call (nothing is signed).")
+        str | None, typer.Option(help="Refuse to pay more than this many tokens per call (nothing is signed) "
+                                      "(default: the model's price on chain).")
     ] = None,
     daemon: Annotated[
         str | None, typer.Option(help="Daemon base URL (default: the model's endpoint on chain).")
@@ -259,6 +262,8 @@ def call(
     cap = parse_tokens(max_price, what="--max-price", allow_zero=True) if max_price is not None else None
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
+    if cap is None:  # a daemon asking more than the model's listed price is refused
+        cap = market.registry.get_model(model_id).price
     url = daemon or _endpoint(market.catalog(), model_id, session.chain_id)
     license_id = None
     if "license" in schemes:
@@ -293,21 +298,24 @@ def channels(
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Your channels: deposit, what the daemon says you used, what was claimed, expiry."""
+    """Your channels: deposit, what you signed, what the daemon says you used, what was claimed, expiry."""
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
     catalog = market.catalog()
     now = market.now()
-    table = Table("channel", "model", "deposit", "used", "claimed", "expires", "state",
+    table = Table("channel", "model", "deposit", "signed", "used", "claimed", "expires", "state",
                   title=f"channels of {market.address} (MKT)")
     mine = [c for c in catalog.channels.values() if c.payer.lower() == market.address.lower()]
     with ChannelStore() as store:
         for info in mine:
             local = store.get(info.channel_id)
             state = "reclaimed" if info.reclaimed else "expired" if info.expiry <= now else "open"
-            used = format_tokens(local.consumed) if local is not None else "?"
+            if local is not None and local.dispute is not None:
+                state += ", disputed (consumer resolve)"
+            signed, used = ((format_tokens(local.signed), format_tokens(local.consumed)) if local is not None
+                            else ("?", "?"))
             table.add_row(f"0x{info.channel_id:064x}", "0x" + info.model_id.hex()[:12] + "…", format_tokens(info.deposit),
-                          used, format_tokens(info.claimed), format_time(info.expiry), state)
+                          signed, used, format_tokens(info.claimed), format_time(info.expiry), state)
     out.print(table if mine else f"{market.address} has opened no channel")
 
 
@@ -329,3 +337,43 @@ def reclaim(
     out.print(f"channel {channel} reclaimed: {format_tokens(sent.value)} MKT refunded to {terms.payer}")
     out.print(f"  tx         {sent.transaction_hash} (gas {sent.gas_used:,})")
 
+
+
+def _figures(view: ChannelRecord | DaemonView) -> str:
+    return (f"consumed {format_tokens(view.consumed)} MKT ({view.consumed} units), "
+            f"authorized {format_tokens(view.authorized)} MKT ({view.authorized} units)")
+
+
+@app.command()
+def resolve(
+    channel: ChannelArgument,
+    accept_daemon_view: Annotated[bool, typer.Option(
+        "--accept-daemon-view", help="The daemon's figures become yours (you paid from this channel elsewhere).",
+    )] = False,
+    keep_ours: Annotated[bool, typer.Option(
+        "--keep-ours", help="Drop the daemon's figures; the next call checks them again.")] = False,
+) -> None:
+    """Show a channel's dispute (a daemon claiming more than you ever signed), or settle it."""
+    if accept_daemon_view and keep_ours:
+        raise ConfigError("choose one of --accept-daemon-view and --keep-ours")
+    channel_id = channel_id_arg(channel)
+    with ChannelStore() as store:
+        record = store.get(channel_id)
+        if record is None:
+            raise ConfigError(f"channel {channel} is not in the channel store {store.path}")
+        if accept_daemon_view:
+            record = store.accept_view(channel_id)
+            out.print(f"channel 0x{channel_id:064x}: the daemon's view is now yours")
+        elif keep_ours:
+            record = store.keep_own_view(channel_id)
+            out.print(f"channel 0x{channel_id:064x}: the daemon's view is dropped; yours stands")
+        else:
+            out.print(f"channel 0x{channel_id:064x}")
+    out.print(f"  signed     {format_tokens(record.signed)} MKT ({record.signed} units): the most you ever signed")
+    out.print(f"  daemon     {_figures(record)} (as last heard, within your record)")
+    if record.dispute is None:
+        out.print("  no dispute")
+        return
+    out.print(f"  disputed   {_figures(record.dispute)} (what the daemon claims)")
+    out.print(f"  settle it: `marketplace consumer resolve 0x{channel_id:064x} --accept-daemon-view` if you paid "
+              "from this channel elsewhere, else `--keep-ours` (and stop using that daemon)")

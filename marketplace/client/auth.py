@@ -1,24 +1,32 @@
 """`ChannelAuth`: an `httpx.Auth` that pays a marketplace daemon for each call (x402 v2).
 
-    auth = ChannelAuth(account, store=ChannelStore(), max_price=parse_tokens("0.01"))
+    auth = ChannelAuth(account, store=ChannelStore(), max_price=parse_tokens("0.01"), budget=parse_tokens("1"))
     httpx.Client(auth=auth).post(f"{daemon}/v1/models/{model}/infer", json=...)       # or httpx.AsyncClient
 
 One generator (`auth_flow`) serves both the sync and the async httpx clients:
 
 1. A URL paid before is paid upfront with the same offer; otherwise the request goes out unpaid,
    naming our channel in `PAYMENT-CHANNEL` so that the daemon's 402 carries its view of it.
-2. On a 402, when the daemon's view of the channel (`extra.channel`) is ahead of ours (we crashed
-   before saving an answer, restored an old file, or another process paid from the same channel),
-   ours catches up with it; then the first scheme the caller allows that is offered and usable is paid, and the request is
-   sent again, once. A price above `max_price` aborts before anything is signed.
+2. On a 402 (the upfront offer is forgotten: its price may have changed), the daemon's view of the
+   channel (`extra.channel`) is checked against our own record; then the first scheme the caller
+   allows that is offered and usable is paid, and the request is sent again, once. A price above
+   `max_price`, or one that would take the client past its `budget`, aborts before anything is signed.
 3. A 2xx with PAYMENT-RESPONSE moves the channel's state forward (`ChannelStore.observe`,
-   committed to disk before the caller sees the answer). Nothing else moves it.
+   committed to disk before the caller sees the answer).
+
+The daemon's numbers are never trusted. The store keeps our own record of the highest cumulative
+amount ever signed on each channel (`signed`), raised on disk before a voucher leaves the process,
+and no voucher is above `signed + price`. A view whose `authorized` or `consumed` is above
+`signed` is a dispute (`ChannelDispute`): nothing is signed on that channel until the user
+resolves it (`ChannelStore.accept_view` / `keep_own_view`, `marketplace consumer resolve`).
 
 Concurrent calls on one channel each reserve a distinct cumulative amount under a lock: while
 calls are in flight each new voucher is the highest reserved so far plus the price; when none is,
 the next starts from what the daemon says was consumed (so credit given back for a failed call is
-used again). Every voucher of a run of overlapping calls is at least `price` above the previous
-one, so the daemon's rule `max(authorized, voucher) - consumed >= price` admits them in any order.
+used again, below our record). Every voucher of a run of overlapping calls is at least `price` above
+the previous one, so the daemon's rule `max(authorized, voucher) - consumed >= price` admits them in
+any order. Processes sharing the store see each other's `signed`; two of them starting from the same
+`consumed` may sign the same amount, and the one refused pays again one price higher after the 402.
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ from marketplace.client.signing import (
 )
 from marketplace.client.store import ChannelRecord, ChannelStore
 from marketplace.errors import (
+    BudgetExceeded,
     ChannelExhausted,
-    ClientPaymentError,
     NoPaymentOption,
     PriceAboveMax,
 )
@@ -65,7 +73,7 @@ _MODEL_IN_PATH = re.compile(r"/v1/models/(0x[0-9a-fA-F]{64})(?:/|$)")
 
 @dataclass
 class _Book:
-    """One channel in memory: its stored record and the calls in flight on it."""
+    """One channel in memory: its record (for its fixed terms) and the calls in flight on it."""
 
     record: ChannelRecord
     high: int = 0  # the highest cumulative amount reserved by the current run of overlapping calls
@@ -99,8 +107,9 @@ class ChannelAuth(httpx.Auth):
 
     `schemes` is the caller's order of preference among "channel", "exact" and "license".
     `channel_id` pins the channel; otherwise the store's best unexpired channel for the model is
-    used. `license_id` (or `licenses`, per model id) enables "license". `max_price` is in token
-    units. `store` keeps channel state on disk (default `<data dir>/client/channels.db`).
+    used. `license_id` (or `licenses`, per model id) enables "license". `max_price` (per call) and
+    `budget` (in total: what this client's signatures can cost, see `committed`) are in token units.
+    `store` keeps channel state on disk (default `<data dir>/client/channels.db`).
     """
 
     requires_request_body = True
@@ -116,6 +125,7 @@ class ChannelAuth(httpx.Auth):
         license_id: int | None = None,
         licenses: Mapping[bytes, int] | None = None,
         max_price: int | None = None,
+        budget: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
@@ -128,6 +138,8 @@ class ChannelAuth(httpx.Auth):
         self.license_id = LicenseId(license_id) if license_id is not None else None
         self.licenses = {bytes(model): LicenseId(lic) for model, lic in (licenses or {}).items()}
         self.max_price = TokenAmount(max_price) if max_price is not None else None
+        self.budget = TokenAmount(budget) if budget is not None else None
+        self._committed = 0
         self._clock = clock
         self._lock = threading.Lock()
         self._books: dict[int, _Book] = {}
@@ -143,6 +155,7 @@ class ChannelAuth(httpx.Auth):
             if response.status_code == 402 and PAYMENT_REQUIRED_HEADER in response.headers:
                 self._release(attempt)
                 attempt = None
+                self._paid.pop(url, None)  # the offer paid upfront may be outdated (a new price)
                 accepts = self._resync(response)
                 attempt = self._pay(request, url, accepts)
                 response = yield request
@@ -159,8 +172,14 @@ class ChannelAuth(httpx.Auth):
     # --- state --------------------------------------------------------------------------------
 
     def channel_state(self, channel_id: int) -> ChannelRecord | None:
-        """The stored state of a channel (the daemon's view as last heard)."""
+        """The stored state of a channel (our own record and the daemon's view as last heard)."""
         return self.store.get(channel_id)
+
+    @property
+    def committed(self) -> int:
+        """What this client's signatures can cost, in token units: each `exact` transfer signed, plus
+        how far its vouchers raised each channel's record of what was signed (credit reused costs 0)."""
+        return self._committed
 
     def _book(self, channel_id: int, requirements: PaymentRequirements, url: str) -> _Book:
         """The channel's book (lock held); its record is created from the offer when unknown."""
@@ -173,7 +192,7 @@ class ChannelAuth(httpx.Auth):
                 model_id=bytes.fromhex(str(requirements.extra.get("modelId", "0x" + "00" * 32))[2:])))
             view = requirements.extra.get("channel")
             if isinstance(view, dict) and _hex_id(view.get("channelId")) == channel_id:
-                record = self.store.observe(channel_id, view) or record  # the daemon's view came with the offer
+                self.store.observe(channel_id, view)  # the daemon's view came with the offer
             book = self._books[channel_id] = _Book(record)
         record = book.record
         if (record.chain_id, record.escrow) != (chain_id_of(requirements, url),
@@ -183,21 +202,20 @@ class ChannelAuth(httpx.Auth):
         return book
 
     def _reserve(self, channel_id: int, requirements: PaymentRequirements, url: str) -> int:
-        """A cumulative amount for one more call, distinct from every other call in flight."""
-        price = requirements.amount
+        """A cumulative amount for one more call, distinct from every other call in flight, on disk as signed."""
         with self._lock:
             book = self._book(channel_id, requirements, url)
-            if book.in_flight == 0:  # another process may have paid from this channel since
-                book.record = self.store.get(channel_id) or book.record
-                base: int = book.record.consumed
-            else:
-                base = max(book.high, book.record.consumed)
-            amount = base + price
-            if book.record.deposit and amount > book.record.deposit:
-                raise ChannelExhausted(channel_id, amount, book.record.deposit)
-            book.high = amount
+            self._check_budget(url, requirements)
+            reservation = self.store.reserve(channel_id, requirements.amount, book.high if book.in_flight else 0)
+            self._committed += reservation.added
+            book.high = reservation.amount
             book.in_flight += 1
-            return amount
+            return reservation.amount
+
+    def _check_budget(self, url: str, requirements: PaymentRequirements) -> None:
+        """Refuse a price that would take `committed` past the budget (lock held)."""
+        if self.budget is not None and self._committed + requirements.amount > self.budget:
+            raise BudgetExceeded(url, requirements.amount, self._committed, self.budget)
 
     def _release(self, attempt: _Attempt | None) -> None:
         if attempt is None or attempt.channel_id is None:
@@ -209,27 +227,18 @@ class ChannelAuth(httpx.Auth):
         attempt.channel_id = None  # released once
 
     def _resync(self, response: httpx.Response) -> tuple[PaymentRequirements, ...]:
-        """The offers of a 402; when the daemon's view of our channel is ahead of ours, ours catches up.
+        """The offers of a 402; the daemon's view of our channel moves ours forward (`ChannelStore.observe`).
 
-        Never back: a view behind ours predates answers we already have (concurrent calls), or the
-        daemon forgot vouchers it was paid with; cumulative vouchers make the higher amount right
-        either way (a voucher pays only what is above the chain's `claimed`)."""
+        A view above our own record raises `ChannelDispute`. A view behind ours never moves it back:
+        it predates answers we already have, or the daemon forgot vouchers it was paid with;
+        cumulative vouchers make the higher amount right either way (a voucher pays only what is
+        above the chain's `claimed`)."""
         required = parse_payment_required(response.headers[PAYMENT_REQUIRED_HEADER])
         for requirements in required.accepts:
             view = requirements.extra.get("channel") if requirements.scheme == "channel" else None
             channel_id = _hex_id(view.get("channelId")) if isinstance(view, dict) else None
-            if channel_id is None or not isinstance(view, dict):
-                continue
-            with self._lock:
-                book = self._books.get(channel_id)
-                stored = self.store.get(channel_id)
-                if stored is None:
-                    continue
-                if (str(stored.authorized), str(stored.consumed)) != (view.get("authorized"), view.get("consumed")) \
-                        or str(stored.deposit) != str(view.get("deposit", stored.deposit)):
-                    stored = self.store.observe(channel_id, view) or stored
-                if book is not None:
-                    book.record = stored
+            if channel_id is not None and isinstance(view, dict):
+                self.store.observe(channel_id, view)
         return required.accepts
 
     # --- paying -------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class ChannelAuth(httpx.Auth):
         if known is not None:
             try:
                 return self._sign(request, url, *known)
-            except ClientPaymentError:  # e.g. the deposit looks spent: ask the daemon first
+            except ChannelExhausted:  # the deposit looks spent: ask the daemon first (a top-up?)
                 pass
         channel_id = self._channel_for(url, None)
         if "channel" in self.schemes and channel_id is not None:
@@ -254,8 +263,6 @@ class ChannelAuth(httpx.Auth):
             if requirements is None:
                 reasons.append(f"{scheme} is not offered")
                 continue
-            if self.max_price is not None and requirements.amount > self.max_price:
-                raise PriceAboveMax(url, scheme, requirements.amount, self.max_price)
             channel_id = self._channel_for(url, requirements) if scheme == "channel" else None
             if scheme == "channel" and channel_id is None:
                 reasons.append(f"no open channel for this model in {self.store.path}")
@@ -268,6 +275,9 @@ class ChannelAuth(httpx.Auth):
 
     def _sign(self, request: httpx.Request, url: str, requirements: PaymentRequirements,
               channel_id: int | None) -> _Attempt:
+        """Sign `requirements` for this request (every payment goes through here: `max_price` and the budget)."""
+        if self.max_price is not None and requirements.amount > self.max_price:
+            raise PriceAboveMax(url, requirements.scheme, requirements.amount, self.max_price)
         now = int(self._clock())
         attempt = _Attempt(requirements)
         if requirements.scheme == "channel":
@@ -281,7 +291,10 @@ class ChannelAuth(httpx.Auth):
                 raise
             request.headers[CHANNEL_HEADER] = f"0x{channel_id:064x}"
         elif requirements.scheme == "exact":
-            payload = exact_payload(self.account, requirements, url, now)
+            with self._lock:  # a signed transfer may be settled even if refused: it counts at once
+                self._check_budget(url, requirements)
+                payload = exact_payload(self.account, requirements, url, now)
+                self._committed += requirements.amount
         else:
             license_id = self._license_for(requirements)
             assert license_id is not None
@@ -298,11 +311,7 @@ class ChannelAuth(httpx.Auth):
             settlement = parse_payment_response(header)
             view = (settlement.extra or {}).get("channel")
             if attempt.channel_id is not None and isinstance(view, dict):
-                with self._lock:
-                    record = self.store.observe(attempt.channel_id, view)
-                    book = self._books.get(attempt.channel_id)
-                    if book is not None and record is not None:
-                        book.record = record
+                self.store.observe(attempt.channel_id, view)  # on disk before the caller sees the answer
             self._paid[url] = (attempt.requirements, attempt.channel_id)
         self._release(attempt)
 

@@ -134,12 +134,13 @@ class MarketplaceClient:
         schemes: Sequence[str] = ("channel",),
         license_id: int | None = None,
         max_price: int | None = None,
+        budget: int | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         auth: ChannelAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price})
+                                          "license_id": license_id, "max_price": max_price, "budget": budget})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any) -> CallResult:
@@ -179,12 +180,13 @@ class AsyncMarketplaceClient:
         schemes: Sequence[str] = ("channel",),
         license_id: int | None = None,
         max_price: int | None = None,
+        budget: int | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: ChannelAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price})
+                                          "license_id": license_id, "max_price": max_price, "budget": budget})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

@@ -1,14 +1,21 @@
 """The consumer's durable record of its payment channels: a small SQLite file, keyed by channel id.
 
 Per channel it keeps the fixed terms (chain, escrow, payer, signer, payee, model, salt), what the
-chain said (deposit, expiry) and the daemon's view of the channel's credit: `authorized` (the
-highest voucher the daemon holds) and `consumed` (what its calls used). The SDK changes the credit
-fields only from what a daemon said, a PAYMENT-RESPONSE or the `extra.channel` of a 402, and only
-forward (`observe`); `resync` takes a view as the whole truth (tools, tests).
+chain said (deposit, expiry), the daemon's view of the channel's credit, `authorized` (the
+highest voucher the daemon holds) and `consumed` (what its calls used), and the client's own
+record, `signed`: the highest cumulative amount it ever signed on the channel.
+
+`signed` is what the client trusts. `reserve` picks the amount of the next voucher and raises
+`signed` to it in the same transaction, so the record is on disk before the voucher leaves the
+process, and no voucher is ever above `signed + price`. The daemon's view moves forward only
+(`observe`), and only while it stays within `signed`: a view claiming more is a dispute, recorded
+(`dispute`) and raised as `ChannelDispute`; the channel signs nothing more until the user resolves
+it (`accept_view`: the daemon's figures become ours; `keep_own_view`: they are dropped). `resync`
+takes a view as the whole truth for the credit fields (tools, tests); it never touches `signed`.
 
 Every change is committed before the method returns (WAL, `synchronous=FULL`: on disk once
-COMMIT returns), so a crash right after a paid call loses nothing. Several processes may share the
-file: each change is one short write transaction under SQLite's lock.
+COMMIT returns), so a crash right after signing or after a paid call loses nothing. Several
+processes may share the file: each change is one short write transaction under SQLite's lock.
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from web3 import Web3
 
 from marketplace.chain.contracts import ChannelTerms
 from marketplace.config import data_dir
+from marketplace.errors import ChannelDispute, ChannelExhausted, ConfigError
 from marketplace.types import ChannelId, ModelId, TokenAmount
 
-__all__ = ["ChannelRecord", "ChannelStore", "default_store_path"]
+__all__ = ["ChannelRecord", "ChannelStore", "DaemonView", "Reservation", "default_store_path"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS channel (
@@ -46,13 +54,26 @@ CREATE TABLE IF NOT EXISTS channel (
     updated_at REAL NOT NULL
 )
 """
+_ADDED = {  # columns added since the first release (`_migrate` adds them to every file)
+    "signed": "TEXT NOT NULL DEFAULT '0'",  # ours: the highest cumulative amount ever signed
+    "disputed_authorized": "TEXT",  # a daemon's view above `signed`, until the user resolves it (else NULL)
+    "disputed_consumed": "TEXT",
+}
 _COLUMNS = ("channel_id", "chain_id", "escrow", "payer", "signer", "payee", "model_id", "salt", "deposit", "expiry",
-            "authorized", "consumed", "updated_at")
+            "authorized", "consumed", "updated_at", *_ADDED)
 
 
 def default_store_path() -> Path:
     """`<data dir>/client/channels.db` ($MARKETPLACE_DATA_DIR overrides the data dir)."""
     return data_dir() / "client" / "channels.db"
+
+
+@dataclass(frozen=True)
+class DaemonView:
+    """A daemon's figures for a channel: the highest voucher it holds and what its calls used."""
+
+    authorized: TokenAmount
+    consumed: TokenAmount
 
 
 @dataclass(frozen=True)
@@ -70,6 +91,8 @@ class ChannelRecord:
     authorized: TokenAmount = TokenAmount(0)  # noqa: RUF009
     consumed: TokenAmount = TokenAmount(0)  # noqa: RUF009
     updated_at: float = 0.0
+    signed: TokenAmount = TokenAmount(0)  # noqa: RUF009 - ours: the highest voucher ever signed
+    dispute: DaemonView | None = None  # a daemon's view above `signed`, until the user resolves it
 
     @classmethod
     def opened(cls, chain_id: int, escrow: str, terms: ChannelTerms, deposit: int, expiry: int) -> ChannelRecord:
@@ -85,13 +108,29 @@ class ChannelRecord:
     @property
     def available(self) -> int:
         """Deposit not yet promised to the daemon."""
-        return max(self.deposit - max(self.authorized, self.consumed), 0)
+        return max(self.deposit - max(self.authorized, self.consumed, self.signed), 0)
+
+    def check_dispute(self) -> None:
+        """Raise `ChannelDispute` when a daemon's view awaits the user's decision."""
+        if self.dispute is not None:
+            raise ChannelDispute(self.channel_id, self.signed, self.dispute.authorized, self.dispute.consumed)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """The cumulative amount of the next voucher, how much it raised our record, and the record after."""
+
+    amount: TokenAmount
+    added: TokenAmount
+    record: ChannelRecord
 
 
 def _row(record: ChannelRecord) -> tuple[Any, ...]:
+    dispute = record.dispute
     return (f"0x{record.channel_id:064x}", record.chain_id, record.escrow.lower(), record.payer, record.signer,
             record.payee, "0x" + bytes(record.model_id).hex(), str(record.salt), str(record.deposit), record.expiry,
-            str(record.authorized), str(record.consumed), record.updated_at)
+            str(record.authorized), str(record.consumed), record.updated_at, str(record.signed),
+            str(dispute.authorized) if dispute else None, str(dispute.consumed) if dispute else None)
 
 
 def _record(row: tuple[Any, ...]) -> ChannelRecord:
@@ -102,8 +141,33 @@ def _record(row: tuple[Any, ...]) -> ChannelRecord:
         model_id=bytes.fromhex(values["model_id"][2:]), salt=int(values["salt"]),
         deposit=TokenAmount(int(values["deposit"])), expiry=int(values["expiry"]),
         authorized=TokenAmount(int(values["authorized"])), consumed=TokenAmount(int(values["consumed"])),
-        updated_at=float(values["updated_at"]),
+        updated_at=float(values["updated_at"]), signed=TokenAmount(int(values["signed"])),
+        dispute=DaemonView(TokenAmount(int(values["disputed_authorized"])),
+                           TokenAmount(int(values["disputed_consumed"])))
+        if values["disputed_authorized"] is not None else None,
     )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns a file of an older release lacks; its `signed` starts at the daemon's view as last
+    heard (what that release trusted)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(channel)")}
+    missing = [name for name in _ADDED if name not in present]
+    if not missing:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for name in missing:
+            db.execute(f"ALTER TABLE channel ADD COLUMN {name} {_ADDED[name]}")
+        if "signed" in missing:
+            for channel_id, authorized, consumed in db.execute(
+                    "SELECT channel_id, authorized, consumed FROM channel").fetchall():
+                db.execute("UPDATE channel SET signed = ? WHERE channel_id = ?",
+                           (str(max(int(authorized), int(consumed))), channel_id))
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _uint(view: Mapping[str, Any], key: str) -> int | None:
@@ -126,6 +190,7 @@ class ChannelStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
+        _migrate(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -172,44 +237,94 @@ class ChannelStore:
             if existing is not None:
                 record = replace(existing, deposit=TokenAmount(max(existing.deposit, record.deposit)),
                                  expiry=max(existing.expiry, record.expiry))
-            record = replace(record, updated_at=time.time())
-            self._db.execute(f"INSERT OR REPLACE INTO channel ({', '.join(_COLUMNS)}) VALUES "
-                             f"({', '.join('?' * len(_COLUMNS))})", _row(record))
+            record = self._write(record)
         return record
 
     def observe(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
-        """A PAYMENT-RESPONSE's `extra.channel`: move the credit (and chain facts) forward, never back."""
-        return self._update(channel_id, view, exact=False)
+        """A daemon's `extra.channel`: move the credit (and chain facts) forward, never back.
 
-    def resync(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
-        """A 402's `extra.channel`: the daemon's `authorized`/`consumed` replace ours."""
-        return self._update(channel_id, view, exact=True)
-
-    def _update(self, channel_id: int, view: Mapping[str, Any], *, exact: bool) -> ChannelRecord | None:
-        authorized, consumed = _uint(view, "authorized"), _uint(view, "consumed")
-        deposit, expiry = _uint(view, "deposit"), _uint(view, "expiry")
+        A view whose `authorized` or `consumed` is above our `signed` is not applied: it is recorded
+        as the channel's dispute and `ChannelDispute` is raised."""
+        claimed = DaemonView(TokenAmount(_uint(view, "authorized") or 0), TokenAmount(_uint(view, "consumed") or 0))
         with self._lock, self._transaction():
             record = self._read(channel_id)
             if record is None:
                 return None
-            changes: dict[str, Any] = {"updated_at": time.time()}
-            if authorized is not None:
-                changes["authorized"] = authorized if exact else max(record.authorized, authorized)
-            if consumed is not None:
-                changes["consumed"] = consumed if exact else max(record.consumed, consumed)
-            if deposit is not None:
-                changes["deposit"] = max(record.deposit, deposit)
-            if expiry is not None and not view.get("reclaimed"):
-                changes["expiry"] = max(record.expiry, expiry)
-            if view.get("reclaimed"):
-                changes["expiry"] = 0
-            record = replace(record, **changes)
-            self._db.execute(
-                "UPDATE channel SET authorized = ?, consumed = ?, deposit = ?, expiry = ?, updated_at = ? "
-                "WHERE channel_id = ?",
-                (str(record.authorized), str(record.consumed), str(record.deposit), record.expiry, record.updated_at,
-                 f"0x{channel_id:064x}"),
-            )
+            disputed = max(claimed.authorized, claimed.consumed) > record.signed
+            observed = replace(record, dispute=claimed) if disputed else self._applied(record, view, exact=False)
+            if observed != record:
+                record = self._write(observed)
+        if disputed:
+            record.check_dispute()
+        return record
+
+    def resync(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
+        """A view taken as the whole truth: the daemon's `authorized`/`consumed` replace ours (never `signed`)."""
+        with self._lock, self._transaction():
+            record = self._read(channel_id)
+            return self._write(self._applied(record, view, exact=True)) if record is not None else None
+
+    def reserve(self, channel_id: int, price: int, floor: int = 0) -> Reservation:
+        """The next voucher for a call at `price`: `max(floor, consumed) + price`, recorded as signed.
+
+        `floor` is the highest amount reserved by calls still in flight (0 when none is). Refused
+        with `ChannelDispute` when a dispute awaits the user or the amount would pass `signed + price`,
+        with `ChannelExhausted` when it would pass the deposit."""
+        with self._lock, self._transaction():
+            record = self._read(channel_id)
+            if record is None:
+                raise ConfigError(f"channel {channel_id:#x} is not in the channel store {self.path}")
+            record.check_dispute()
+            amount = TokenAmount(max(floor, record.consumed) + price)
+            if amount > record.signed + price:  # a daemon view written past our record (`resync`)
+                raise ChannelDispute(channel_id, record.signed, record.authorized, record.consumed)
+            if record.deposit and amount > record.deposit:
+                raise ChannelExhausted(channel_id, amount, record.deposit)
+            added = TokenAmount(max(amount - record.signed, 0))
+            if added:
+                record = self._write(replace(record, signed=amount))
+        return Reservation(amount, added, record)
+
+    def accept_view(self, channel_id: int) -> ChannelRecord:
+        """Resolve a dispute for the daemon: its figures become ours (and `signed` rises to them)."""
+        with self._lock, self._transaction():
+            record, view = self._disputed(channel_id)
+            return self._write(replace(record, authorized=view.authorized, consumed=view.consumed, dispute=None,
+                                       signed=TokenAmount(max(record.signed, view.authorized, view.consumed))))
+
+    def keep_own_view(self, channel_id: int) -> ChannelRecord:
+        """Resolve a dispute for us: the daemon's figures are dropped; the next call checks them again."""
+        with self._lock, self._transaction():
+            record, _ = self._disputed(channel_id)
+            return self._write(replace(record, dispute=None))
+
+    def _disputed(self, channel_id: int) -> tuple[ChannelRecord, DaemonView]:
+        record = self._read(channel_id)
+        if record is None or record.dispute is None:
+            raise ConfigError(f"channel {channel_id:#x} has no dispute in the channel store {self.path}")
+        return record, record.dispute
+
+    @staticmethod
+    def _applied(record: ChannelRecord, view: Mapping[str, Any], *, exact: bool) -> ChannelRecord:
+        authorized, consumed = _uint(view, "authorized"), _uint(view, "consumed")
+        deposit, expiry = _uint(view, "deposit"), _uint(view, "expiry")
+        changes: dict[str, Any] = {}
+        if authorized is not None:
+            changes["authorized"] = authorized if exact else max(record.authorized, authorized)
+        if consumed is not None:
+            changes["consumed"] = consumed if exact else max(record.consumed, consumed)
+        if deposit is not None:
+            changes["deposit"] = max(record.deposit, deposit)
+        if expiry is not None and not view.get("reclaimed"):
+            changes["expiry"] = max(record.expiry, expiry)
+        if view.get("reclaimed"):
+            changes["expiry"] = 0
+        return replace(record, **changes)
+
+    def _write(self, record: ChannelRecord) -> ChannelRecord:
+        record = replace(record, updated_at=time.time())
+        self._db.execute(f"INSERT OR REPLACE INTO channel ({', '.join(_COLUMNS)}) VALUES "
+                         f"({', '.join('?' * len(_COLUMNS))})", _row(record))
         return record
 
     def _read(self, channel_id: int) -> ChannelRecord | None:

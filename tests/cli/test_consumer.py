@@ -1,19 +1,24 @@
 """`marketplace consumer ...` and `marketplace license ...` against a real daemon over HTTP: a channel
-opened in one transaction, paid calls with receipts, earnings and claims, licenses, reclaim."""
+opened in one transaction, paid calls with receipts, earnings and claims, licenses, reclaim, and a
+lying daemon's dispute settled with `consumer resolve`."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from cli_fixtures import Cli, find
-from daemon_fixtures import Listing
+from daemon_fixtures import PRICE, Listing
+from tampering_proxy import tampering_proxy
 from web3 import Web3
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import ContractReverted, PriceAboveMax
+from marketplace.errors import ConfigError, ContractReverted, PriceAboveMax
 
 INPUT = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
 
@@ -122,3 +127,43 @@ def test_reclaim_is_refused_before_expiry_and_refunds_after(
     reclaimed = cli("consumer", "reclaim", channel, "--account", "dev9").stdout
     assert "2 MKT refunded" in reclaimed
     assert "reclaimed" in cli("consumer", "channels", "--account", "dev9").stdout
+
+
+def test_a_lying_daemon_is_a_dispute_that_the_user_settles_with_consumer_resolve(
+    cli: Cli, listing: Listing, live_url: str,
+) -> None:
+    cli("account", "fund", "dev3", "--tokens", "10", "--eth", "0")
+    opened = cli("consumer", "open-channel", listing.model_hex, "--deposit", "0.1", "--account", "dev3").stdout
+    channel = find(r"opened channel (0x[0-9a-f]{64})", opened)
+    with tampering_proxy(live_url) as proxy:
+        call(cli, listing, proxy.url, "dev3")
+        proxy.inflate = 5 * PRICE
+        refused = subprocess.run(  # the real command
+            [sys.executable, "-m", "marketplace.cli", "consumer", "call", listing.model_hex, "--input", INPUT,
+             "--daemon", proxy.url, "--account", "dev3"],
+            env=os.environ | {k: v for k, v in cli.env.items() if v is not None}, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr + refused.stdout
+        error = refused.stderr.strip().splitlines()[-1]  # (the line before says dev3 is a public key)
+        assert error.startswith(f"error: channel {channel} is disputed: the daemon says 0.012 tokens "
+                                "(12000000000000000 units) consumed")
+        assert "at most 0.002 tokens (2000000000000000 units)" in error
+        assert f"marketplace consumer resolve {channel} --accept-daemon-view" in error
+        assert "disputed (consumer resolve)" in cli("consumer", "channels", "--account", "dev3").stdout
+
+        shown = cli("consumer", "resolve", channel).stdout
+        assert "signed     0.002 MKT (2000000000000000 units)" in shown
+        assert "disputed   consumed 0.012 MKT (12000000000000000 units)" in shown
+        cli.fails("consumer", "resolve", channel, "--accept-daemon-view", "--keep-ours", error=ConfigError)
+        accepted = cli("consumer", "resolve", channel, "--accept-daemon-view").stdout
+        assert "signed     0.012 MKT" in accepted and "no dispute" in accepted
+        output, _ = call(cli, listing, proxy.url, "dev3")
+        assert output["outputs"]["label"] == [0, 2]
+        assert proxy.amounts() == [PRICE, 7 * PRICE]  # nothing signed in the dispute; then the accepted view + 1
+        proxy.price = 3 * PRICE  # it now asks more than the model's price on chain
+        asked = cli.fails("consumer", "call", listing.model_hex, "--input", INPUT, "--daemon", proxy.url,
+                          "--account", "dev3", error=PriceAboveMax)
+        assert "asks 0.006 tokens per call (channel), above your maximum of 0.002" in str(asked)
+        assert proxy.amounts() == [PRICE, 7 * PRICE]
+    assert "has no dispute" in str(cli.fails("consumer", "resolve", channel, "--keep-ours", error=ConfigError))

@@ -17,6 +17,7 @@ from marketplace.chain.contracts import ChannelTerms
 from marketplace.chain.market import Market
 from marketplace.client import ChannelRecord, ChannelStore
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.payments.ledger import open_ledger
 
 TOKENS = 10**18
 
@@ -26,6 +27,21 @@ def fund(w3: Web3, contracts: Any, minter: LocalAccount, address: str, *, eth: i
     w3.provider.make_request("anvil_setBalance", [address, hex(eth * TOKENS)])  # type: ignore[arg-type]
     if tokens:
         Market(w3, contracts.deployment, minter).token.mint(address, tokens * TOKENS)
+
+
+def consumed_on_the_daemon(settings: DaemonSettings, channel_id: int) -> int:
+    """What the daemon's ledger says the channel consumed (read from its database)."""
+    import asyncio
+
+    async def read() -> int:
+        ledger = await asyncio.to_thread(open_ledger, settings.database_url)
+        try:
+            credit = await ledger.credit(channel_id)
+            return credit.consumed if credit else 0
+        finally:
+            await ledger.close()
+
+    return asyncio.run(read())
 
 
 @pytest.fixture(scope="module")

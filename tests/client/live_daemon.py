@@ -1,6 +1,6 @@
-"""The daemon app served over real HTTP by uvicorn on a thread of the test process, for the SDK's
-sync client, the CLI and crash tests in child processes (the in-process `daemon` fixture of
-tests/daemon speaks ASGI only)."""
+"""The daemon app (or any ASGI app) served over real HTTP by uvicorn on a thread of the test process,
+for the SDK's sync client, the CLI and crash tests in child processes (the in-process `daemon`
+fixture of tests/daemon speaks ASGI only)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -16,7 +17,7 @@ import uvicorn
 from marketplace.daemon.app import create_app
 from marketplace.daemon.settings import DaemonSettings
 
-__all__ = ["live_daemon"]
+__all__ = ["live_daemon", "serve"]
 
 
 def _free_port() -> int:
@@ -28,8 +29,15 @@ def _free_port() -> int:
 @contextmanager
 def live_daemon(settings: DaemonSettings, timeout: float = 60.0) -> Iterator[str]:
     """Serve `create_app(settings)` on 127.0.0.1; yields its base URL once /readyz answers 200."""
+    with serve(create_app(settings), timeout) as url:
+        yield url
+
+
+@contextmanager
+def serve(app: Any, timeout: float = 60.0) -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1; yields its base URL once its /readyz answers 200."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name=f"daemon-{port}", daemon=True)
     thread.start()

@@ -1,11 +1,12 @@
 """The consumer SDK against the real daemon app (in-process, ASGI) on a real Anvil: paid calls on one
-channel, concurrency, resynchronisation, max price, licenses and `exact` payments."""
+channel, concurrency, resynchronisation, disputes, max price, budget, licenses and `exact` payments."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ from marketplace.client import (
     ChannelRecord,
     ChannelStore,
 )
-from marketplace.errors import ChannelExhausted, NoPaymentOption, PriceAboveMax
+from marketplace.errors import BudgetExceeded, ChannelDispute, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.payments.receipts import verify_receipt
 
 pytestmark = pytest.mark.anyio
@@ -86,7 +87,7 @@ async def test_twenty_paid_calls_ten_of_them_concurrent_each_pay_a_distinct_cumu
     assert recorder.requests == 21
 
 
-async def test_a_client_whose_state_is_behind_resyncs_from_the_daemons_view(
+async def test_a_client_whose_view_is_behind_its_own_record_resyncs_from_the_daemons_view(
     daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore,
     open_paid_channel: Callable[..., ChannelRecord],
 ) -> None:
@@ -95,7 +96,7 @@ async def test_a_client_whose_state_is_behind_resyncs_from_the_daemons_view(
     async with first:
         for _ in range(3):
             await first.infer(listing.model_id, INPUT)
-    # the local state goes back to before those calls (a restored backup, another machine...)
+    # the daemon's view as last heard goes back (answers never recorded); what we signed is still on disk
     store.resync(channel.channel_id, {"authorized": "0", "consumed": "0"})
     second, recorder = client(daemon, consumer, store)
     async with second:
@@ -106,6 +107,29 @@ async def test_a_client_whose_state_is_behind_resyncs_from_the_daemons_view(
     assert (credit.authorized, credit.consumed) == (5 * PRICE, 5 * PRICE)
     local = store.get(channel.channel_id)
     assert local is not None and (local.authorized, local.consumed) == (5 * PRICE, 5 * PRICE)
+
+
+async def test_calls_paid_from_another_store_are_a_dispute_until_the_user_accepts_the_daemons_view(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore, tmp_path: Path,
+    open_paid_channel: Callable[..., ChannelRecord],
+) -> None:
+    channel = open_paid_channel(store, 20 * PRICE)
+    with ChannelStore(tmp_path / "another-machine.db") as elsewhere:
+        elsewhere.remember(channel)
+        other, _ = client(daemon, consumer, elsewhere)
+        async with other:
+            for _ in range(3):
+                await other.infer(listing.model_id, INPUT)
+    here, recorder = client(daemon, consumer, store)
+    async with here:
+        with pytest.raises(ChannelDispute, match="accept-daemon-view") as raised:
+            await here.infer(listing.model_id, INPUT)
+        assert (raised.value.signed, raised.value.authorized, raised.value.consumed) == (0, 3 * PRICE, 3 * PRICE)
+        assert recorder.payments == []  # nothing signed
+        store.accept_view(channel.channel_id)
+        await here.infer(listing.model_id, INPUT)
+    assert recorder.amounts() == [4 * PRICE]
+    assert (await ledger(daemon, channel.channel_id)).consumed == 4 * PRICE
 
 
 async def test_a_stale_upfront_payment_is_refused_then_resynced_and_retried_once(
@@ -138,6 +162,46 @@ async def test_a_price_above_max_price_aborts_before_anything_is_signed(
     assert recorder.payments == []  # nothing was signed, nothing sent
     assert await ledger(daemon, channel.channel_id) is None
     assert store.get(channel.channel_id) == channel
+
+
+async def test_exact_above_max_price_signs_no_transfer(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore,
+    market_of: Callable[[LocalAccount | None], Market],
+) -> None:
+    market = market_of(None)
+    before = market.token.balance(consumer.address)
+    sdk, recorder = client(daemon, consumer, store, schemes=("exact",), max_price=PRICE - 1)
+    async with sdk:
+        with pytest.raises(PriceAboveMax, match=r"\(exact\), above your maximum"):
+            await sdk.infer(listing.model_id, INPUT)
+    assert recorder.payments == []
+    assert market.token.balance(consumer.address) == before
+
+
+async def test_a_budget_stops_the_call_that_would_pass_it_before_anything_is_signed(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore,
+    open_paid_channel: Callable[..., ChannelRecord], market_of: Callable[[LocalAccount | None], Market],
+) -> None:
+    channel = open_paid_channel(store, 20 * PRICE)
+    sdk, recorder = client(daemon, consumer, store, budget=3 * PRICE)
+    async with sdk:
+        for _ in range(3):
+            await sdk.infer(listing.model_id, INPUT)
+        with pytest.raises(BudgetExceeded, match="committed 0.006 of its budget of 0.006 tokens"):
+            await sdk.infer(listing.model_id, INPUT)
+    assert sdk.auth.committed == 3 * PRICE
+    assert recorder.amounts() == [PRICE, 2 * PRICE, 3 * PRICE]
+    assert (await ledger(daemon, channel.channel_id)).consumed == 3 * PRICE
+
+    market = market_of(None)
+    before = market.token.balance(consumer.address)
+    exact, recorder = client(daemon, consumer, store, schemes=("exact",), budget=PRICE)  # transfers count too
+    async with exact:
+        await exact.infer(listing.model_id, INPUT)
+        with pytest.raises(BudgetExceeded):
+            await exact.infer(listing.model_id, INPUT)
+    assert len(recorder.payments) == 1 and exact.auth.committed == PRICE
+    assert market.token.balance(consumer.address) == before - PRICE
 
 
 async def test_a_spent_deposit_stops_before_signing_and_says_top_up(
