@@ -66,6 +66,8 @@ class DaemonSettings(BaseSettings):
     claim_expiry_margin_seconds: int = 3600
     claim_interval_seconds: float = 30.0
     chain_poll_seconds: float = 0.5
+    channel_lookup_burst: int = Field(10, ge=1, description="unknown-channel look-ups a client may make at once")
+    channel_lookups_per_second: float = Field(2.0, gt=0, description="then this many per second, per client")
     config_file: Path | None = None
 
     @field_validator("password", "private_key")

@@ -44,10 +44,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class PaidRequest:
-    """The call a payment is offered for: the model (as the chain view has it) and the raw body."""
+    """The call a payment is offered for: the model (as the chain view has it), the raw body, and
+    the caller's address (its peer, for per-client limits on what it may make the daemon read)."""
 
     model: ModelInfo
     body: bytes = b""
+    client: str | None = None
 
 
 class PaymentScheme(abc.ABC):
