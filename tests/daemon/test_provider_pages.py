@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from pydantic import SecretStr, ValidationError
 from marketplace.daemon.settings import DaemonSettings
 
 from daemon_fixtures import Listing, running_daemon
+from daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.anyio
 PROVIDER_PAGES = ("/dashboard", "/metrics")
@@ -105,6 +108,37 @@ async def test_a_browser_opens_the_dashboard_once_with_the_token_then_with_a_coo
         name, _, value = cookie.split(";")[0].partition("=")
         stranger.cookies.set(name, value[:-4] + ("0000" if value[-4:] != "0000" else "1111"))  # forged
         assert_refused(await stranger.get("/dashboard"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("admin_token", [None, TOKEN])
+async def test_a_real_server_tells_the_provider_how_to_open_its_pages_and_keeps_them_closed(
+    anvil: Any, listing: Listing, tmp_path: Path, admin_token: str | None
+) -> None:
+    """Over real sockets: uvicorn takes X-Forwarded-For from a proxy on 127.0.0.1 as the peer,
+    and a relayed stranger is refused either way."""
+    settings: dict[str, Any] = dict(
+        data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337, deployments_dir=listing.deployments_dir,
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", models=[{"model_id": listing.model_hex}],
+        claim_interval_seconds=3600.0)
+    if admin_token is not None:
+        settings["admin_token"] = admin_token
+    daemon = DaemonProcess(write_config(tmp_path / "daemon.toml", **settings), listing.provider.key.to_0x_hex())
+    daemon.start()
+    try:
+        await daemon.wait_ready()
+        bearer = {"Authorization": f"Bearer {TOKEN}"} if admin_token else {}
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=10.0) as client:
+            for path in PROVIDER_PAGES:
+                assert (await client.get(path, headers=bearer)).status_code == 200
+                if admin_token:
+                    assert_refused(await client.get(path), 401, "unauthorized")
+                else:
+                    assert_refused(await client.get(path, headers={"X-Forwarded-For": STRANGER}), 403, "forbidden")
+        hint = "/dashboard?token=<MARKETPLACE_ADMIN_TOKEN>" if admin_token else "/dashboard  (from this machine only"
+        assert f"dashboard  {daemon.url}{hint}" in daemon.log.read_text()
+        assert TOKEN not in daemon.log.read_text()
+    finally:
+        daemon.stop()
 
 
 @pytest.mark.parametrize("token", ["changeme", "secret", "", "short-token"])
