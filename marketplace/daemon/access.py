@@ -2,12 +2,14 @@
 
 With the `admin_token` setting: every request needs `Authorization: Bearer <token>` (compared in
 constant time), or the cookie a browser gets by opening `/dashboard?token=<token>` once (HttpOnly,
-SameSite=Strict, 12 hours; its value is an HMAC of the token, so it never holds the token and a new token
-voids it). Anything else is 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+SameSite=Strict, 12 hours; its value is an HMAC of the token, so it never holds the token and a
+new token voids it). Anything else is 401 `unauthorized` with `WWW-Authenticate: Bearer`.
 
 Without it: only a loopback peer (127.0.0.0/8, ::1) that relays nobody (no X-Forwarded-For,
 Forwarded or X-Real-IP header: a reverse proxy on this machine would otherwise make every visitor
-local); anyone else is 403 `forbidden`.
+local) and names a host of ours (localhost, a loopback address or the host of `public_url`: a web
+page the provider visits could otherwise point its own name at 127.0.0.1, DNS rebinding, and read
+the answer); anyone else is 403 `forbidden`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from starlette.requests import Request
@@ -35,7 +38,11 @@ def provider_only(request: Request) -> None:
     """FastAPI dependency: the provider passes; anyone else is refused (401 or 403, see the module)."""
     token: SecretStr | None = request.app.state.services.settings.admin_token
     if token is None:
-        if _is_loopback(peer_address(request)) and not any(name in request.headers for name in _RELAY_HEADERS):
+        if (
+            _is_loopback(peer_address(request))
+            and not any(name in request.headers for name in _RELAY_HEADERS)
+            and _names_us(request.url.hostname, request.app.state.services.settings.public_url)
+        ):
             return
         raise ApiError(403, "forbidden", "the provider's pages are open to this machine only; to open them from "
                                          "elsewhere set MARKETPLACE_ADMIN_TOKEN and send it as a Bearer token")
@@ -69,6 +76,15 @@ def _same(presented: str, expected: str) -> bool:
 
 def _cookie_value(token: SecretStr) -> str:
     return hmac.new(token.get_secret_value().encode(), b"marketplace provider cookie v1", hashlib.sha256).hexdigest()
+
+
+def _names_us(hostname: str | None, public_url: str) -> bool:
+    """The Host a request names is this machine or the daemon's public name (not a rebound one)."""
+    if not hostname:
+        return False
+    hostname = hostname.lower()
+    return (hostname == "localhost" or hostname.endswith(".localhost") or _is_loopback(hostname)
+            or hostname == (urlsplit(public_url).hostname or "").lower())
 
 
 def _is_loopback(host: str | None) -> bool:

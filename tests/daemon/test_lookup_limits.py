@@ -49,6 +49,7 @@ def settings(proxy: CountingRpcProxy, listing: Listing, tmp_path_factory: pytest
         data_dir=listing.data_dir, rpc_url=proxy.url, chain_id=31337, deployments_dir=listing.deployments_dir,
         database_url=f"sqlite:///{db}", private_key=listing.provider.key.to_0x_hex(),
         models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.1, claim_interval_seconds=3600,
+        public_url="http://daemon.test",
     )
 
 

@@ -65,6 +65,11 @@ async def test_without_a_token_only_this_machine_sees_the_provider_pages(
             for relayed in ({"X-Forwarded-For": STRANGER}, {"Forwarded": f"for={STRANGER}"},
                             {"X-Real-IP": STRANGER}):  # a reverse proxy on this machine relaying a stranger
                 assert_refused(await at(LOOPBACK).get(path, headers=relayed), 403, "forbidden")
+            # DNS rebinding: a web page the provider visits points its own name at 127.0.0.1 and
+            # reads the answer; the request comes from this machine but names a host that is not ours.
+            assert_refused(await at(LOOPBACK).get(path, headers={"Host": "rebound.example:8000"}), 403, "forbidden")
+            for ours in ("localhost:8000", "127.0.0.1", "[::1]:8000", "daemon.test"):  # daemon.test: public_url
+                assert (await at(LOOPBACK).get(path, headers={"Host": ours})).status_code == 200, ours
         dashboard = await at(LOOPBACK).get("/dashboard")
         assert listing.provider.address in dashboard.text
         assert "marketplace_paid_calls" in (await at(LOOPBACK).get("/metrics")).text
