@@ -61,7 +61,8 @@ def serve(
 
     settings = load_settings(config)
     preflight(settings)
-    typer.echo(f"dashboard  {dashboard_hint(f'http://{host}:{port}', settings)}", err=True)
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    typer.echo(f"dashboard  {dashboard_hint(f'http://{shown}:{port}', settings)}", err=True)
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                                "timeout_graceful_shutdown": 10}
     if workers == 1:
