@@ -8,14 +8,16 @@ refilled are forgotten (they hold nothing a new bucket would not).
 
 from __future__ import annotations
 
-import ipaddress
 import math
+import socket
 import time
 from collections.abc import Callable
 
 from starlette.requests import HTTPConnection
 
 __all__ = ["ClientBuckets", "client_key", "peer_address"]
+
+_IPV4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 
 
 def peer_address(connection: HTTPConnection) -> str | None:
@@ -28,15 +30,15 @@ def client_key(host: str | None) -> str:
     """The key a peer address is limited under: the IPv4 address, the IPv6 /64, or the text as given."""
     if not host:
         return "-"
+    if ":" not in host:
+        return host  # IPv4 (or a test transport's name)
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a unix socket path or a test transport's name
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        return host
+    if packed[:12] == _IPV4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 class ClientBuckets:
