@@ -409,7 +409,8 @@ class LogQueryRefused(ChainError):
 # schemes/). ``code`` is stable: it goes into the JSON error body ``{"error": code, "detail": ...}``
 # and into the 402's PAYMENT-REQUIRED ``error``. ``http_status`` is 400 when the PAYMENT-SIGNATURE
 # header cannot be read at all, 402 when a readable payment is refused (the client may pay again),
-# 503/504 when the chain cannot be asked or does not answer in time. docs/payment-protocol.md
+# 429 when the client asks too often (``retry_after`` says when to come back), 503/504 when the
+# chain cannot be asked or does not answer in time. docs/payment-protocol.md
 # lists every code. (The credit ledger's refusal is InsufficientCredit, code
 # ``insufficient_credit``, 402.)
 
@@ -436,6 +437,7 @@ REJECTION_STATUS: dict[str, int] = {
     "channel_expiring": 402,
     "amount_exceeds_deposit": 402,
     "insufficient_credit": 402,  # the ledger's refusal: max(authorized, voucher) - consumed < price
+    "too_many_lookups": 429,  # this client named too many unknown channels; Retry-After says when
     # exact (EIP-3009)
     "amount_too_low": 402,
     "authorization_not_yet_valid": 402,
@@ -457,12 +459,15 @@ REJECTION_STATUS: dict[str, int] = {
 
 
 class PaymentRejected(PaymentError):
-    """A payment offered over HTTP was refused; nothing is served and nothing is charged."""
+    """A payment offered over HTTP was refused; nothing is served and nothing is charged.
 
-    def __init__(self, code: str, detail: str) -> None:
+    ``retry_after``: seconds after which the same request may succeed (sent as `Retry-After`)."""
+
+    def __init__(self, code: str, detail: str, *, retry_after: int | None = None) -> None:
         if code not in REJECTION_STATUS:
             raise ValueError(f"unknown payment rejection code {code!r}")
         self.code, self.detail, self.http_status = code, detail, REJECTION_STATUS[code]
+        self.retry_after = retry_after
         super().__init__(f"payment rejected ({code}): {detail}")
 
     def to_json(self) -> dict[str, str]:

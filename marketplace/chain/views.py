@@ -67,6 +67,11 @@ class ChainState(Protocol):
         """Read one channel from the chain now (a voucher above the cached deposit, an unknown id)."""
         ...
 
+    @property
+    def block_number(self) -> int:
+        """The last block the view holds (a channel absent from it may be opened in a later one)."""
+        ...
+
     def now(self) -> int:
         """The chain's time (unix seconds) for expiry checks: latest block timestamp + wall time since."""
         ...

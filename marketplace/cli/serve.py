@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import ConfigError
 
-__all__ = ["app_from_environment", "load_settings", "serve"]
+__all__ = ["app_from_environment", "dashboard_hint", "load_settings", "serve"]
 
 _LOG_LEVEL_ENV = "MARKETPLACE_LOG_LEVEL"
 
@@ -24,6 +24,14 @@ def load_settings(config: Path | None) -> DaemonSettings:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False))
         raise ConfigError(f"invalid daemon settings: {problems}") from None
+
+
+def dashboard_hint(url: str, settings: DaemonSettings) -> str:
+    """How the provider opens the dashboard of a daemon at `url` with these settings (one line)."""
+    if settings.admin_token is not None:
+        return (f"{url}/dashboard?token=<MARKETPLACE_ADMIN_TOKEN>  (once per browser; /metrics takes "
+                "Authorization: Bearer <token>)")
+    return f"{url}/dashboard  (from this machine only; set MARKETPLACE_ADMIN_TOKEN to open it from elsewhere)"
 
 
 def serve(
@@ -53,6 +61,8 @@ def serve(
 
     settings = load_settings(config)
     preflight(settings)
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    typer.echo(f"dashboard  {dashboard_hint(f'http://{shown}:{port}', settings)}", err=True)
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                                "timeout_graceful_shutdown": 10}
     if workers == 1:

@@ -28,6 +28,7 @@ from marketplace.chain.deploy import (
 from marketplace.chain.devkeys import dev_accounts
 from marketplace.chain.market import Market, parse_tokens
 from marketplace.cli.chain import print_deployment
+from marketplace.cli.serve import dashboard_hint
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ChainError, DeploymentNotFound, ToolchainError
 
@@ -116,7 +117,7 @@ def up(
         stack.callback(setattr, server, "should_exit", True)
         _wait_started(server, thread)
         _print_welcome(daemon_url, node_url, settings.database_url, "0x" + listed.model_id.hex(),
-                       str(listed.artifact), spec.example_input)
+                       str(listed.artifact), spec.example_input, dashboard_hint(daemon_url, settings))
         if not exit_after_start:
             out.print("[bold green]marketplace is up[/] — press Ctrl-C to stop")
             _wait_for_interrupt()
@@ -133,10 +134,13 @@ def _wait_started(server: object, thread: threading.Thread) -> None:
     raise ChainError("the daemon did not start within 30 s")
 
 
-def _print_welcome(url: str, rpc_url: str, database_url: str, model: str, artifact: str, example: object) -> None:
+def _print_welcome(
+    url: str, rpc_url: str, database_url: str, model: str, artifact: str, example: object, dashboard: str
+) -> None:
     body = json.dumps(example)
     chain = "" if rpc_url == DEFAULT_RPC_URL else f" --rpc-url {rpc_url}"
     out.print(f"\ncatalog    {url}/")
+    out.print(f"dashboard  {dashboard}", soft_wrap=True, highlight=False)
     out.print(f"API docs   {url}/docs")
     out.print(f"model      {model}  (iris classifier, {DEMO_PRICE} MKT per call, artifact {artifact})",
               soft_wrap=True, highlight=False)

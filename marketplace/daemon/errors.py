@@ -13,16 +13,17 @@ from starlette.responses import Response
 from marketplace.daemon.observability import request_id
 from marketplace.errors import ChainError, MarketplaceError
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "response_for"]
+__all__ = ["ApiError", "error_response", "install_error_handlers", "response_for", "retry_headers"]
 
 log = logging.getLogger("marketplace.daemon")
 
 
 class ApiError(MarketplaceError):
-    """An HTTP-level refusal that is not a payment or runner error (unknown model, body too large)."""
+    """An HTTP-level refusal that is not a payment or runner error (unknown model, body too large);
+    `headers` go with the response (e.g. WWW-Authenticate)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        self.http_status, self.code, self.detail = status, code, detail
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.http_status, self.code, self.detail, self.headers = status, code, detail, headers
         super().__init__(detail)
 
 
@@ -35,17 +36,23 @@ def error_response(status: int, code: str, detail: str, headers: dict[str, str] 
     )
 
 
+def retry_headers(error: Exception) -> dict[str, str] | None:
+    """`Retry-After` for an error that says when to come back (`retry_after` seconds), else None."""
+    retry_after = getattr(error, "retry_after", None)
+    return {"Retry-After": str(retry_after)} if retry_after is not None else None
+
+
 def response_for(error: Exception) -> Response:
     """The JSON error response of an exception raised while answering a request (one mapping for
     the exception handlers and for the paid route's fast path in app.py)."""
     if isinstance(error, ApiError):
-        return error_response(error.http_status, error.code, error.detail)
+        return error_response(error.http_status, error.code, error.detail, error.headers)
     if isinstance(error, ChainError):
         return error_response(503, "chain_unavailable", str(error))
     if isinstance(error, MarketplaceError):
         status = getattr(error, "http_status", 500)
         code = getattr(error, "code", "internal_error")
-        return error_response(status, code, getattr(error, "detail", None) or str(error))
+        return error_response(status, code, getattr(error, "detail", None) or str(error), retry_headers(error))
     log.error("unexpected error", exc_info=error)
     return error_response(500, "internal_error", f"unexpected error; request id {request_id.get()}")
 

@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from marketplace.chain.views import ModelInfo, ModelStatus
-from marketplace.daemon.errors import ApiError, error_response
+from marketplace.daemon.errors import ApiError, error_response, retry_headers
+from marketplace.daemon.limits import peer_address
 from marketplace.daemon.services import Services
 from marketplace.errors import InsufficientCredit, PaymentRejected, RunnerError
 from marketplace.payments.receipts import Receipt
@@ -73,7 +74,7 @@ class PaidCalls:
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
             payment = parse_payment_signature(header, schemes=self._accepted)
-            paid = PaidRequest(model, body, request.method, request.url.path)
+            paid = PaidRequest(model, body, request.method, request.url.path, peer_address(request))
             proof = await services.schemes[payment.scheme].verify(payment, paid)
             if isinstance(proof, VerifiedVoucher):
                 response = await self._channel_call(request, model, body, proof)
@@ -231,7 +232,8 @@ class PaidCalls:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
         self.services.metrics.rejections.labels(rejection.code).inc()
         if rejection.http_status != 402:
-            return error_response(rejection.http_status, rejection.code, rejection.detail, extra_headers)
+            headers = (retry_headers(rejection) or {}) | (extra_headers or {})
+            return error_response(rejection.http_status, rejection.code, rejection.detail, headers)
         required = await self.payment_required(request, model, rejection, channel_id=channel_id)
         headers = {PAYMENT_REQUIRED_HEADER: required} | (extra_headers or {})
         return error_response(402, rejection.code, rejection.detail, headers)

@@ -17,6 +17,7 @@ from marketplace.chain.keys import account_from_hex, load_account
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
+from marketplace.daemon.limits import ClientBuckets
 from marketplace.daemon.observability import Metrics
 from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
 from marketplace.errors import ConfigError, MissingKey
@@ -146,7 +147,11 @@ async def start_services(settings: DaemonSettings) -> Services:
         state=state,
         ledger=ledger,
         access=access,
-        channel=ChannelScheme(state, min_remaining_seconds=settings.min_channel_lifetime_seconds),
+        channel=ChannelScheme(
+            state,
+            min_remaining_seconds=settings.min_channel_lifetime_seconds,
+            lookup_budget=ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second),
+        ),
         exact=ExactScheme(state, w3, account),
         license=LicenseScheme(state, w3),
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),

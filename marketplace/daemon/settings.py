@@ -20,6 +20,7 @@ from marketplace.config import DEFAULT_RPC_URL, data_dir
 
 __all__ = ["DaemonSettings", "OnnxRunnerConfig", "ServedModel", "UpstreamRunnerConfig"]
 
+_MIN_ADMIN_TOKEN = 24
 _PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
 
 
@@ -66,13 +67,24 @@ class DaemonSettings(BaseSettings):
     claim_expiry_margin_seconds: int = 3600
     claim_interval_seconds: float = 30.0
     chain_poll_seconds: float = 0.5
+    admin_token: SecretStr | None = Field(None, description="opens /dashboard and /metrics (else: loopback only)")
+    channel_lookup_burst: int = Field(10, ge=1, description="unknown-channel look-ups a client may make at once")
+    channel_lookups_per_second: float = Field(2.0, gt=0, description="then this many per second, per client")
     config_file: Path | None = None
 
-    @field_validator("password", "private_key")
+    @field_validator("password", "private_key", "admin_token")
     @classmethod
     def _no_placeholder_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
             raise ValueError("is a placeholder; set a real secret or leave it unset")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _long_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < _MIN_ADMIN_TOKEN:
+            raise ValueError(f"is shorter than {_MIN_ADMIN_TOKEN} characters; make one with "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return value
 
     @model_validator(mode="after")

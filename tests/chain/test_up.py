@@ -19,8 +19,9 @@ def free_port() -> int:
 
 
 def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
+    port = free_port()
     result = subprocess.run(
-        [sys.executable, "-m", "marketplace.cli", "up", "--anvil-port", "0", "--port", str(free_port()),
+        [sys.executable, "-m", "marketplace.cli", "up", "--anvil-port", "0", "--port", str(port),
          "--exit-after-start"],
         env=os.environ | {"MARKETPLACE_DATA_DIR": str(tmp_path)},
         capture_output=True, text=True, timeout=120,
@@ -31,6 +32,7 @@ def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
     for name in CONTRACT_NAMES:
         assert f"{name:<16} {record['addresses'][name]}" in result.stdout
     assert "funded 10 Anvil dev accounts" in result.stdout
+    assert f"dashboard  http://127.0.0.1:{port}/dashboard  (from this machine only" in result.stdout
     rpc_url = result.stdout.split("rpc ", 1)[1].split()[0]
     # the printed commands work as printed: they name the node `up` started on a free port
     assert f"--account dev2 --rpc-url {rpc_url}" in result.stdout

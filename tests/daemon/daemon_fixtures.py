@@ -149,6 +149,7 @@ def settings(anvil: Any, listing: Listing, tmp_path_factory: pytest.TempPathFact
         models=[{"model_id": listing.model_hex}],
         chain_poll_seconds=0.1,
         claim_interval_seconds=3600,
+        public_url="http://daemon.test",  # the name the tests' HTTP client reaches the app under
     )
 
 

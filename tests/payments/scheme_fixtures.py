@@ -71,6 +71,7 @@ class FakeChainState:
     models: dict[bytes, ModelInfo] = field(default_factory=dict)
     refreshes: list[int] = field(default_factory=list)
     time: int | None = None  # chain time; None: the wall clock
+    block_number: int = 0  # the block the cached view holds
 
     def now(self) -> int:
         return int(_time.time()) if self.time is None else self.time
@@ -199,6 +200,10 @@ class DeployedChainState:
 
     def now(self) -> int:
         return chain_time(self.w3)
+
+    @property
+    def block_number(self) -> int:
+        return int(self.w3.eth.block_number)
 
     def channel(self, channel_id: int) -> ChannelInfo | None:
         return self.cached.get(channel_id)

@@ -115,6 +115,49 @@ def test_unknown_channel_refreshes_are_throttled(setup: Setup) -> None:
     assert setup.state.refreshes == [0xDEAD]
 
 
+def test_an_id_found_absent_is_asked_again_only_once_the_view_moves(setup: Setup) -> None:
+    for _ in range(3):
+        assert code_of(setup, channel_id=0xDEAD) == "unknown_channel"
+    assert setup.state.refreshes == [0xDEAD]  # refresh_interval is 0: the negative cache answered
+    setup.state.put(
+        make_channel(0xDEAD, payer=PAYER.address, signer=SIGNER.address, payee=PAYEE.address, expiry=NOW + 86400),
+        on_chain_only=True,
+    )
+    setup.state.block_number += 1  # the daemon's view moved past the block it was absent in
+    assert offer(setup, channel_id=0xDEAD).channel_id == 0xDEAD
+    assert setup.state.refreshes == [0xDEAD, 0xDEAD]
+
+
+class OneLookup:
+    """A look-up budget of one, then a wait of 7 s."""
+
+    def __init__(self) -> None:
+        self.spent: list[str | None] = []
+
+    def take(self, client: str | None) -> int:
+        self.spent.append(client)
+        return 0 if len(self.spent) == 1 else 7
+
+
+def test_only_lookups_that_reach_the_chain_spend_the_clients_budget(setup: Setup) -> None:
+    budget = setup.scheme.lookup_budget = OneLookup()
+    payment = paid(setup.scheme.requirements(setup.model_a),
+                   voucher_payload(0xBEEF, PRICE, sign_voucher(SIGNER, setup.domain, 0xBEEF, PRICE)))
+    request = PaidRequest(setup.model_a, client="203.0.113.7")
+    for _ in range(2):  # the second is answered by the negative cache
+        with pytest.raises(PaymentRejected) as caught:
+            run(setup.scheme.verify(payment, request))
+        assert caught.value.code == "unknown_channel"
+    assert offer(setup).channel_id == CHANNEL  # a known channel costs nothing
+    assert budget.spent == ["203.0.113.7"]
+    other = paid(setup.scheme.requirements(setup.model_a),
+                 voucher_payload(0xF00D, PRICE, sign_voucher(SIGNER, setup.domain, 0xF00D, PRICE)))
+    with pytest.raises(PaymentRejected) as caught:
+        run(setup.scheme.verify(other, request))
+    assert (caught.value.code, caught.value.http_status, caught.value.retry_after) == ("too_many_lookups", 429, 7)
+    assert setup.state.refreshes == [0xBEEF]
+
+
 def test_voucher_for_another_payee(setup: Setup) -> None:
     setup.state.put(
         make_channel(8, payer=PAYER.address, signer=SIGNER.address, payee=OTHER.address, expiry=NOW + 86400)

@@ -214,7 +214,7 @@ def test_amounts_are_strict_decimal_uint256(amount: object) -> None:
 def test_every_code_has_a_status_and_is_documented() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "payment-protocol.md").read_text()
     for code, status in REJECTION_STATUS.items():
-        assert status in (400, 402, 503, 504)
+        assert status in (400, 402, 429, 503, 504)
         assert f"`{code}`" in doc, code
     assert "`insufficient_credit`" in doc
     with pytest.raises(ValueError):

@@ -13,11 +13,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 from web_fixtures import HOSTILE_NAME, WebMarket
 
 from marketplace.daemon.app import create_app
@@ -37,13 +39,13 @@ def chromium() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def served(web_settings: DaemonSettings) -> Iterator[str]:
+@contextmanager
+def serving(settings: DaemonSettings) -> Iterator[str]:
     """The daemon over real HTTP: uvicorn on 127.0.0.1, a free port, in a thread of this process."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(web_settings), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, name="web-daemon", daemon=True)
     thread.start()
@@ -59,6 +61,12 @@ def served(web_settings: DaemonSettings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def served(web_settings: DaemonSettings) -> Iterator[str]:
+    with serving(web_settings) as base:
+        yield base
 
 
 def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -79,3 +87,17 @@ def test_chromium_renders_the_page(served: str, web_market: WebMarket, path: str
     browse(url, tmp_path / "profile", "--virtual-time-budget=2000", f"--screenshot={shot}")
     assert shot.stat().st_size > 10_000, "the screenshot is nearly empty"
     print(f"\nscreenshot of {url}: {shot}")
+
+
+def test_chromium_opens_the_dashboard_with_the_admin_token_once(
+    web_settings: DaemonSettings, web_market: WebMarket, tmp_path: Path
+) -> None:
+    token = "browser-test-admin-token-0123456789"
+    with serving(web_settings.model_copy(update={"admin_token": SecretStr(token)})) as base:
+        profile = tmp_path / "profile"
+        assert httpx.get(f"{base}/dashboard").status_code == 401
+        dom = browse(f"{base}/dashboard?token={token}", profile, "--dump-dom").stdout
+        assert web_market.listing.spec.name in dom  # redirected to /dashboard, the cookie let it in
+        dom = browse(f"{base}/dashboard", profile, "--dump-dom").stdout  # the same browser profile, no token
+        assert web_market.listing.spec.name in dom and "Provider dashboard" in dom
+        assert web_market.listing.spec.name not in browse(f"{base}/dashboard", tmp_path / "other", "--dump-dom").stdout

@@ -85,6 +85,7 @@ def web_settings(anvil: Any, web_market: WebMarket, tmp_path_factory: pytest.Tem
         models=[{"model_id": listing.model_hex}, {"model_id": web_market.hostile_hex}],
         chain_poll_seconds=0.1,
         claim_interval_seconds=3600,
+        public_url="http://daemon.test",  # the name the in-process HTTP client reaches the app under
     )
 
 

@@ -9,7 +9,9 @@ from pydantic import BaseModel
 
 from marketplace.chain.views import ModelInfo
 from marketplace.daemon.errors import ApiError
+from marketplace.daemon.limits import peer_address
 from marketplace.daemon.paid_calls import parse_model_id
+from marketplace.errors import PaymentRejected
 from marketplace.ipfs import CID
 
 __all__ = ["router"]
@@ -74,7 +76,12 @@ async def show_channel(channel_id: str, request: Request) -> ChannelView:
         number = int(channel_id, 16) if channel_id[:2] in ("0x", "0X") else int(channel_id)
     except ValueError:
         raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id") from None
-    if services.state.channel(number) is None and await services.state.refresh_channel(number) is None:
+    try:
+        channel = await services.channel.find(number, peer_address(request))
+    except PaymentRejected as refusal:  # too_many_lookups (429) or chain_unavailable (503)
+        services.metrics.rejections.labels(refusal.code).inc()
+        raise
+    if channel is None:
         raise ApiError(404, "unknown_channel", f"no channel {channel_id} on chain {services.state.chain_id}")
     credit = await services.ledger.credit(number)
     return ChannelView(channel_id=f"0x{number:064x}", view=services.channel.channel_view(number, credit))

@@ -1,10 +1,12 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness and readiness (public), Prometheus metrics (the provider's only: see daemon/access.py)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
+
+from marketplace.daemon.access import provider_only
 
 __all__ = ["router"]
 
@@ -31,7 +33,13 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if not problems else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (provider only: admin token, or loopback when none is set)",
+    response_class=Response,
+    dependencies=[Depends(provider_only)],
+    responses={401: {"description": "unauthorized"}, 403: {"description": "forbidden"}},
+)
 async def metrics(request: Request) -> Response:
     services = request.app.state.services
     unclaimed = sum(credit.unclaimed for credit in await services.ledger.claimable())

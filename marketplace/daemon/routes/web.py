@@ -1,4 +1,6 @@
-"""The web catalog (HTML, not in the OpenAPI schema): `/`, `/models/{id}`, `/dashboard`, `/static/style.css`."""
+"""The web catalog (HTML, not in the OpenAPI schema): `/`, `/models/{id}`, `/dashboard`, `/static/style.css`.
+
+`/dashboard` is the provider's only (daemon/access.py); the others are public."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import HTMLResponse, Response
 
+from marketplace.daemon.access import open_dashboard, provider_only
 from marketplace.web import (
     WebCatalog,
     catalog_page,
@@ -91,7 +94,11 @@ async def model(model_id: str, request: Request, catalog: Catalog) -> HTMLRespon
 
 
 @router.get("/dashboard", name="web_dashboard", response_class=HTMLResponse)
-async def dashboard(request: Request, catalog: Catalog) -> HTMLResponse:
+async def dashboard(request: Request, catalog: Catalog, token: str | None = None) -> Response:
+    opened = open_dashboard(request, token) if token is not None else None
+    if opened is not None:
+        return opened
+    provider_only(request)
     services = catalog.services
     entries = await catalog.entries()
     unclaimed = await catalog.unclaimed_by_channel()

@@ -45,12 +45,14 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class PaidRequest:
     """The call a payment is offered for: the model (as the chain view has it), the raw body, the
-    HTTP method and the URL path (without the query string)."""
+    HTTP method and the URL path (without the query string), and the caller's address (its peer,
+    for per-client limits on what it may make the daemon read)."""
 
     model: ModelInfo
     body: bytes = b""
     method: str = "POST"
     path: str = ""
+    client: str | None = None
 
 
 class PaymentScheme(abc.ABC):

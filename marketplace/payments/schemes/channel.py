@@ -4,7 +4,8 @@
 
 Checked against the daemon's cached chain view, in this order, cheapest first (codes in quotes):
 the channel is known ("unknown_channel"; an unknown id costs at most one `refresh_channel` per
-`refresh_interval`), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
+`refresh_interval`, none while it is known absent at the daemon's block, and a token of the
+client's look-up budget: "too_many_lookups" when spent), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
 is not reclaimed ("channel_reclaimed") and has at least `min_remaining_seconds` left
 ("channel_expiring"), the amount is within the deposit ("amount_exceeds_deposit", after ONE
 refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
@@ -35,6 +36,7 @@ from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirement
 __all__ = [
     "CHANNEL_HEADER",
     "CreditView",
+    "LookupBudget",
     "VerifiedVoucher",
     "ChannelScheme",
     "voucher_payload",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 CHANNEL_HEADER = "PAYMENT-CHANNEL"
-_MAX_TRACKED = 65_536  # refresh timestamps kept for throttling
+_MAX_TRACKED = 65_536  # refresh timestamps, absent ids and proven vouchers kept
 
 
 class CreditView(Protocol):
@@ -54,6 +56,14 @@ class CreditView(Protocol):
     def consumed(self) -> int: ...
     @property
     def signature(self) -> bytes | None: ...
+
+
+class LookupBudget(Protocol):
+    """How often a client may make the daemon look up unknown channels (daemon.limits.ClientBuckets)."""
+
+    def take(self, client: str | None) -> int:
+        """0 when `client` may make one more look-up now, else the whole seconds to wait."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,7 @@ class ChannelScheme(PaymentScheme):
         min_remaining_seconds: int = 3600,
         max_timeout_seconds: int = 60,
         refresh_interval: float = 1.0,
+        lookup_budget: LookupBudget | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(state)
@@ -113,6 +124,9 @@ class ChannelScheme(PaymentScheme):
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._last_refresh: dict[int, float] = {}
         self._refreshing: dict[int, asyncio.Future[ChannelInfo | None]] = {}
+        self.lookup_budget = lookup_budget
+        self._absent: set[int] = set()  # unknown ids the chain did not have as of `_absent_block`
+        self._absent_block = -1
         self._last_good: dict[int, tuple[int, bytes, str]] = {}  # channel -> last voucher proven good
         typed = self.domain.typed_data(0, 0)
         self._voucher_eip712 = {
@@ -202,7 +216,7 @@ class ChannelScheme(PaymentScheme):
 
         channel = self.state.channel(channel_id)
         if channel is None:
-            channel = await self._refresh(channel_id)
+            channel = await self._refresh(channel_id, request.client)
             if channel is None:
                 raise PaymentRejected("unknown_channel", f"no channel {channel_id:#x} on chain {self.chain_id}")
         self._check_terms(channel, model, now)
@@ -260,9 +274,19 @@ class ChannelScheme(PaymentScheme):
             self._last_good.clear()
         self._last_good[channel_id] = (amount, signature, channel.signer)
 
-    async def _refresh(self, channel_id: int) -> ChannelInfo | None:
+    async def find(self, channel_id: int, client: str | None = None) -> ChannelInfo | None:
+        """The channel as cached, else as read from the chain now on behalf of `client` (the
+        look-up rules of `_refresh`); None if there is no such channel."""
+        return self.state.channel(channel_id) or await self._refresh(channel_id, client)
+
+    async def _refresh(self, channel_id: int, client: str | None = None) -> ChannelInfo | None:
         """At most one `refresh_channel` per channel per `refresh_interval`; else the cached view.
 
+        Anyone can name fresh ids, so an unknown channel is looked up with more care: one the
+        chain did not have is not asked again while the daemon's view stays at the block it was
+        absent in (a channel opened since is found once the poller sees its block; a new id is
+        asked at once), and each look-up that reaches the chain spends a token of `client`'s
+        `lookup_budget` ("too_many_lookups", 429 with the seconds to wait, when none is left).
         Calls arriving while a refresh of their channel is in flight wait for it rather than read
         the cache it has not filled yet (a burst of first calls on a new channel is all served)."""
         pending = self._refreshing.get(channel_id)
@@ -271,19 +295,38 @@ class ChannelScheme(PaymentScheme):
             last = self._last_refresh.get(channel_id)
             if last is not None and now - last < self.refresh_interval:
                 return self.state.channel(channel_id)
+            block = self.state.block_number
+            if self.state.channel(channel_id) is None:
+                if self._absent_block == block and channel_id in self._absent:
+                    return None
+                self._spend_lookup(client)
             if len(self._last_refresh) >= _MAX_TRACKED:
                 horizon = now - self.refresh_interval
                 self._last_refresh = {k: t for k, t in self._last_refresh.items() if t > horizon}
             self._last_refresh[channel_id] = now
             pending = asyncio.ensure_future(self.state.refresh_channel(channel_id))
             self._refreshing[channel_id] = pending
-            pending.add_done_callback(lambda done: self._refresh_done(channel_id, done))
+            pending.add_done_callback(lambda done: self._refresh_done(channel_id, done, block))
         try:
             return await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
         except (ChainError, OSError, TimeoutError) as error:
             raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None
 
-    def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None]) -> None:
+    def _spend_lookup(self, client: str | None) -> None:
+        wait = self.lookup_budget.take(client) if self.lookup_budget is not None else 0
+        if wait:
+            raise PaymentRejected(
+                "too_many_lookups",
+                f"too many look-ups of unknown channels from this address; retry in {wait} s",
+                retry_after=wait,
+            )
+
+    def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None], block: int) -> None:
         self._refreshing.pop(channel_id, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: every waiter may have been cancelled
+        if done.cancelled() or done.exception() is not None:  # retrieved: every waiter may have been cancelled
+            return
+        if done.result() is None and self.state.block_number == block:  # absent as of `block`
+            if self._absent_block != block:
+                self._absent, self._absent_block = set(), block
+            if len(self._absent) < _MAX_TRACKED:
+                self._absent.add(channel_id)
