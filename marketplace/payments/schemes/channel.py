@@ -193,6 +193,7 @@ class ChannelScheme(PaymentScheme):
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
         model = request.model
         self.check_accepted(payment, asset=self._token_lower)
+        self.check_price(payment, model)  # the call is charged model.price: at most what the client accepted
         fields = Fields(payment.payload, "payment.payload")
         channel_id = int.from_bytes(fields.hex_bytes("channelId", 32), "big")
         amount = fields.uint("amount")
