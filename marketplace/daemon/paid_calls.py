@@ -38,11 +38,13 @@ from marketplace.payments.x402 import (
     parse_payment_signature,
 )
 from marketplace.runners import RunnerRequest, RunnerResponse
+from marketplace.types import ModelArtifact
 
 __all__ = ["PaidCalls", "parse_model_id"]
 
 log = logging.getLogger("marketplace.daemon")
 _TOKEN = 10**18
+_UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
 
 
 def parse_model_id(text: str) -> bytes:
@@ -178,7 +180,11 @@ class PaidCalls:
     def _receipt(self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, **fields: Any) -> dict[str, Any]:
         # A streamed answer is not known when the headers go out: its receipt covers the request only.
         response_body = answer.body if answer.body is not None else b""
-        return self.services.receipts.sign(Receipt.for_call(model, body, response_body, scheme, **fields))
+        # The artifact the runner loaded and ran, not the registry's latest (update-model does not
+        # reload a running daemon).
+        artifact = self.services.runners[model.model_id].artifact or _UNKNOWN_ARTIFACT
+        receipt = Receipt.for_call(model.model_id, artifact, body, response_body, scheme, **fields)
+        return self.services.receipts.sign(receipt)
 
     def _count(self, model: ModelInfo, scheme: str, amount: int) -> None:
         key = (model.model_id, scheme, amount > 0)

@@ -33,6 +33,7 @@ from marketplace.runners.headers import (
     request_headers,
     response_headers,
 )
+from marketplace.types import ModelArtifact
 
 __all__ = ["STREAM_CONTENT_TYPES", "MiB", "UpstreamRunner"]
 
@@ -110,8 +111,10 @@ class UpstreamRunner(Runner):
         keepalive_timeout: float = 4.0,
         upstream_headers: Mapping[str, str] | None = None,
         stream_content_types: frozenset[str] = STREAM_CONTENT_TYPES,
+        artifact: ModelArtifact | None = None,
     ) -> None:
         self.url = str(url)
+        self.artifact = artifact  # registered when the daemon configured this runner
         self._url = _check_upstream(self.url)
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
         self.timeout = _positive("timeout", timeout)
