@@ -3,7 +3,8 @@
     no header              -> 402 + PAYMENT-REQUIRED (channel, exact, license offered)
     header unreadable      -> 400 (code), nothing charged
     payment refused        -> 402 + PAYMENT-REQUIRED whose `error` is the code, nothing charged
-    channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded
+    channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded;
+               a stream is charged once its status line went out, unless the model breaks it off
     exact    : verify -> run -> settle on chain -> receipt; the answer is held until settled, so a
                failed run is never charged and an unsettled payment is never served
     license  : verify -> run -> receipt; nothing charged
@@ -255,8 +256,10 @@ class PaidCalls:
 
 
 async def _chunks(answer: RunnerResponse, on_broken: Callable[[], Awaitable[Any]] | None) -> AsyncIterator[bytes]:
-    """The streamed answer; if the stream breaks after its status line went out, the response is
-    cut (the error propagates to the server) and `on_broken` gives the price back."""
+    """The streamed answer. Output delivered is charged: a consumer who hangs up (the server
+    cancels or stops iterating this) keeps the charge. Only the model's own failure, a RunnerError
+    from its stream (broken off, too large, silent too long), cuts the response (the error
+    propagates to the server) and has `on_broken` give the price back."""
     assert answer.stream is not None
     try:
         async for chunk in answer.stream:

@@ -80,6 +80,7 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
         return UpstreamRunner(
             served.runner.url,
             timeout=served.runner.timeout_seconds,
+            stream_timeout=served.runner.stream_timeout_seconds,
             max_request_bytes=settings.max_request_bytes,
             max_response_bytes=served.runner.max_response_bytes,
             artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
