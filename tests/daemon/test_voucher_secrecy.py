@@ -73,4 +73,6 @@ async def test_no_voucher_signature_is_published_and_what_is_public_pays_nothing
         payload = {"channelId": channel_hex, "amount": view["authorized"], "signature": "0x" + candidate}
         replay = await call(payload)
         assert replay.status_code == 402 and replay.json()["error"] == "bad_signature", candidate
-    assert (await ledger.credit(channel.channel_id)).consumed == consumed == 2 * PRICE
+    stored = await ledger.credit(channel.channel_id)
+    assert stored.consumed == consumed == 2 * PRICE
+    assert "signature" not in repr(stored)  # what a log line or an exception message could show

@@ -92,6 +92,7 @@ def test_a_valid_voucher_needs_no_rpc(setup: Setup) -> None:
     verified = offer(setup, amount=3 * PRICE)
     assert (verified.channel_id, verified.amount, verified.payer) == (CHANNEL, 3 * PRICE, PAYER.address)
     assert verified.signature == sign_voucher(SIGNER, setup.domain, CHANNEL, 3 * PRICE)
+    assert "signature" not in repr(verified)  # a bearer credential stays out of logs and messages
     assert setup.state.refreshes == []
 
 
