@@ -430,6 +430,7 @@ REJECTION_STATUS: dict[str, int] = {
     "wrong_payee": 402,
     "bad_signature": 402,
     "chain_unavailable": 503,
+    "price_changed": 402,  # the client accepted less than the current price (the provider repriced)
     # channel
     "unknown_channel": 402,
     "wrong_model": 402,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NewType
 
 from eth_typing import ChecksumAddress
 
-__all__ = ["Address", "ModelId", "ChannelId", "LicenseId", "TokenAmount", "Wei"]
+__all__ = ["Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
 
 Address = ChecksumAddress
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256(abi.encode(owner, salt))
@@ -14,3 +15,12 @@ ChannelId = NewType("ChannelId", int)  # uint256(keccak256(abi.encode(ChannelTer
 LicenseId = NewType("LicenseId", int)  # ERC-721 token id
 TokenAmount = NewType("TokenAmount", int)  # smallest units of the payment token
 Wei = NewType("Wei", int)  # native currency, for gas
+
+
+@dataclass(frozen=True, slots=True)
+class ModelArtifact:
+    """One version of a model's artifact as the ModelRegistry names it: CIDv1 codec, sha2-256 digest."""
+
+    codec: int
+    digest: bytes  # 32 bytes
+    version: int  # ModelRegistry's artifact version, from 1

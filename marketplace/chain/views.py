@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from marketplace.types import ModelArtifact
+
 __all__ = ["ModelStatus", "ChannelInfo", "ModelInfo", "ChainState"]
 
 
@@ -49,6 +51,11 @@ class ModelInfo:
     artifact_digest: bytes
     artifact_version: int
     endpoint: str
+
+    @property
+    def artifact(self) -> ModelArtifact:
+        """The artifact the registry names now (a running daemon may still serve an older one)."""
+        return ModelArtifact(self.artifact_codec, self.artifact_digest, self.artifact_version)
 
 
 class ChainState(Protocol):

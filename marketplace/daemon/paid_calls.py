@@ -3,7 +3,8 @@
     no header              -> 402 + PAYMENT-REQUIRED (channel, exact, license offered)
     header unreadable      -> 400 (code), nothing charged
     payment refused        -> 402 + PAYMENT-REQUIRED whose `error` is the code, nothing charged
-    channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded
+    channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded;
+               a stream is charged once its status line went out, unless the model breaks it off
     exact    : verify -> run -> settle on chain -> receipt; the answer is held until settled, so a
                failed run is never charged and an unsettled payment is never served
     license  : verify -> use the access nonce (once, across replicas) -> run -> receipt; nothing charged
@@ -39,11 +40,13 @@ from marketplace.payments.x402 import (
     parse_payment_signature,
 )
 from marketplace.runners import RunnerRequest, RunnerResponse
+from marketplace.types import ModelArtifact
 
 __all__ = ["PaidCalls", "parse_model_id"]
 
 log = logging.getLogger("marketplace.daemon")
 _TOKEN = 10**18
+_UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
 
 
 def parse_model_id(text: str) -> bytes:
@@ -185,7 +188,11 @@ class PaidCalls:
     def _receipt(self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, **fields: Any) -> dict[str, Any]:
         # A streamed answer is not known when the headers go out: its receipt covers the request only.
         response_body = answer.body if answer.body is not None else b""
-        return self.services.receipts.sign(Receipt.for_call(model, body, response_body, scheme, **fields))
+        # The artifact the runner loaded and ran, not the registry's latest (update-model does not
+        # reload a running daemon).
+        artifact = self.services.runners[model.model_id].artifact or _UNKNOWN_ARTIFACT
+        receipt = Receipt.for_call(model.model_id, artifact, body, response_body, scheme, **fields)
+        return self.services.receipts.sign(receipt)
 
     def _count(self, model: ModelInfo, scheme: str, amount: int) -> None:
         key = (model.model_id, scheme, amount > 0)
@@ -257,8 +264,10 @@ class PaidCalls:
 
 
 async def _chunks(answer: RunnerResponse, on_broken: Callable[[], Awaitable[Any]] | None) -> AsyncIterator[bytes]:
-    """The streamed answer; if the stream breaks after its status line went out, the response is
-    cut (the error propagates to the server) and `on_broken` gives the price back."""
+    """The streamed answer. Output delivered is charged: a consumer who hangs up (the server
+    cancels or stops iterating this) keeps the charge. Only the model's own failure, a RunnerError
+    from its stream (broken off, too large, silent too long), cuts the response (the error
+    propagates to the server) and has `on_broken` give the price back."""
     assert answer.stream is not None
     try:
         async for chunk in answer.stream:

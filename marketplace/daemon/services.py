@@ -84,8 +84,10 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
         return UpstreamRunner(
             served.runner.url,
             timeout=served.runner.timeout_seconds,
+            stream_timeout=served.runner.stream_timeout_seconds,
             max_request_bytes=settings.max_request_bytes,
             max_response_bytes=served.runner.max_response_bytes,
+            artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
         )
     store = open_store(settings.ipfs_store, api=settings.ipfs_api, data_dir=settings.data_dir / "ipfs")
     with store, DagReader(store) as reader:
@@ -101,6 +103,7 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
         model_name=metadata.name,
         model_version=str(model.artifact_version),
         max_request_bytes=settings.max_request_bytes,
+        artifact=model.artifact,
     )
 
 

@@ -36,6 +36,7 @@ class UpstreamRunnerConfig(BaseModel):
     kind: Literal["upstream"] = "upstream"
     url: str
     timeout_seconds: float = 30.0
+    stream_timeout_seconds: float = 600.0  # a streamed answer: the time spent waiting for the model server
     max_response_bytes: int = 16 * 1024 * 1024
 
 

@@ -8,6 +8,9 @@ model id means), primary type:
             bytes32 responseHash,string scheme,uint256 channelId,uint256 licenseId,uint256 amount,
             uint256 cumulative,bytes32 transaction,uint64 issuedAt)
 
+`artifactDigest`/`artifactVersion` name the artifact that answered: the one the daemon's runner
+loaded and ran (for a model served by the provider's own server, the artifact registered when the
+daemon configured that runner), not the registry's latest; `amount` is what the call was charged.
 `requestHash` and `responseHash` are SHA-256 of the exact request and response bodies (the same
 `body_hash` the `license` scheme signs). `channelId`/`cumulative` are set for `channel`,
 `transaction` (the settlement tx hash) for `exact`, `licenseId` for `license`; unused fields are 0.
@@ -27,7 +30,6 @@ from typing import Any
 from coincurve import PrivateKey
 from eth_account.signers.local import LocalAccount
 
-from marketplace.chain.views import ModelInfo
 from marketplace.errors import PaymentRejected, ReceiptInvalid
 from marketplace.payments.vouchers import (
     InvalidSignature,
@@ -37,6 +39,7 @@ from marketplace.payments.vouchers import (
     recover_address,
 )
 from marketplace.payments.x402 import Fields
+from marketplace.types import ModelArtifact
 
 __all__ = [
     "RECEIPT_DOMAIN_NAME",
@@ -124,7 +127,8 @@ class Receipt:
     @classmethod
     def for_call(
         cls,
-        model: ModelInfo,
+        model_id: bytes,
+        artifact: ModelArtifact,
         request_body: bytes,
         response_body: bytes,
         scheme: str,
@@ -136,11 +140,12 @@ class Receipt:
         transaction: bytes = bytes(32),
         issued_at: int | None = None,
     ) -> Receipt:
-        """The receipt of one answered call of `model` (its current artifact)."""
+        """The receipt of one answered call of model `model_id`, answered by `artifact` (the one the
+        runner loaded, which need not be the registry's latest), `amount` being what was charged."""
         return cls(
-            model_id=model.model_id,
-            artifact_digest=model.artifact_digest,
-            artifact_version=model.artifact_version,
+            model_id=model_id,
+            artifact_digest=artifact.digest,
+            artifact_version=artifact.version,
             request_hash=body_hash(request_body),
             response_hash=body_hash(response_body),
             scheme=scheme,

@@ -12,6 +12,10 @@ A runner turns one admitted request into one answer. The contract with the daemo
   stops iterating early (client gone), which releases the upstream connection.
 
 Runners are async and used from one event loop; ``aclose`` releases what they hold.
+
+``Runner.artifact`` names what answers, for receipts: the artifact an ONNX runner was loaded from;
+for a runner proxying to the provider's own server (which the daemon cannot inspect), the artifact
+registered on chain when the daemon configured it. A later ``update-model`` does not change it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
+
+from marketplace.types import ModelArtifact
 
 __all__ = ["Runner", "RunnerRequest", "RunnerResponse"]
 
@@ -72,6 +78,8 @@ class RunnerResponse:
 
 class Runner(abc.ABC):
     """Runs one model. Construct it once, call ``infer`` concurrently, ``aclose`` at shutdown."""
+
+    artifact: ModelArtifact | None = None  # what answers (see the module's docstring); None: not known
 
     @abc.abstractmethod
     async def infer(self, request: RunnerRequest) -> RunnerResponse:

@@ -42,6 +42,7 @@ from marketplace.errors import (
 from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse
 from marketplace.runners.tensors import TensorSpec, input_schema_for, nest, to_array
 from marketplace.runners.threads import WorkerThreads
+from marketplace.types import ModelArtifact
 
 __all__ = ["OnnxRunner", "compile_validator"]
 
@@ -140,8 +141,10 @@ class OnnxRunner(Runner):
         intra_op_threads: int = 1,
         inline_below_seconds: float = 0.0002,
         inline_max_body: int = 4096,
+        artifact: ModelArtifact | None = None,
     ) -> None:
         self.path = Path(path)
+        self.artifact = artifact  # the registry's name for the file at `path`
         self.model_name = model_name or self.path.stem
         self.model_version = model_version
         self.max_batch = max_batch

@@ -33,6 +33,7 @@ from marketplace.runners.headers import (
     request_headers,
     response_headers,
 )
+from marketplace.types import ModelArtifact
 
 __all__ = ["STREAM_CONTENT_TYPES", "MiB", "UpstreamRunner"]
 
@@ -88,7 +89,9 @@ class UpstreamRunner(Runner):
 
     ``timeout`` bounds a whole buffered call (connect, send, wait, read); for a streamed answer it
     bounds the wait for the response headers, then ``stream_idle_timeout`` bounds each silence
-    between chunks and ``stream_timeout`` the whole call. Answers whose content type is in
+    between chunks and ``stream_timeout`` the whole time spent waiting for the upstream (headers
+    and chunks). Time the consumer takes to read is not counted: a slow reader holds the answer
+    back, it does not make the upstream late (which would refund it). Answers whose content type is in
     ``stream_content_types`` are streamed through as they arrive; others are buffered, up to
     ``max_response_bytes``. ``upstream_headers`` (e.g. the model server's own API key) are added
     to every request after the consumer's headers are filtered. ``keepalive_timeout`` should stay
@@ -110,8 +113,10 @@ class UpstreamRunner(Runner):
         keepalive_timeout: float = 4.0,
         upstream_headers: Mapping[str, str] | None = None,
         stream_content_types: frozenset[str] = STREAM_CONTENT_TYPES,
+        artifact: ModelArtifact | None = None,
     ) -> None:
         self.url = str(url)
+        self.artifact = artifact  # registered when the daemon configured this runner
         self._url = _check_upstream(self.url)
         self.connect_timeout = _positive("connect_timeout", connect_timeout)
         self.timeout = _positive("timeout", timeout)
@@ -183,7 +188,7 @@ class UpstreamRunner(Runner):
                 if status >= 300:
                     raise await self._failure(response)
                 if response.content_type in self._stream_types:
-                    stream = _UpstreamStream(self, response, started + self.stream_timeout)
+                    stream = _UpstreamStream(self, response, self.stream_timeout - (loop.time() - started))
                     response = None  # the stream owns it now
                     return RunnerResponse(status, response_headers(stream.raw_headers), stream=stream)
                 body = await self._read_body(response)
@@ -236,12 +241,14 @@ class UpstreamRunner(Runner):
 
 
 class _UpstreamStream:
-    """The chunks of a streamed upstream answer, as they arrive, within the runner's limits."""
+    """The chunks of a streamed upstream answer, as they arrive, within the runner's limits.
 
-    __slots__ = ("_deadline", "_done", "_received", "_response", "_runner", "raw_headers")
+    `budget` is the time left to wait for the upstream: only the waits for its chunks spend it."""
 
-    def __init__(self, runner: UpstreamRunner, response: aiohttp.ClientResponse, deadline: float) -> None:
-        self._runner, self._response, self._deadline = runner, response, deadline
+    __slots__ = ("_budget", "_done", "_received", "_response", "_runner", "raw_headers")
+
+    def __init__(self, runner: UpstreamRunner, response: aiohttp.ClientResponse, budget: float) -> None:
+        self._runner, self._response, self._budget = runner, response, budget
         self.raw_headers = response.raw_headers
         self._received = 0
         self._done = False
@@ -253,13 +260,15 @@ class _UpstreamStream:
         if self._done:
             raise StopAsyncIteration
         runner = self._runner
-        left = self._deadline - asyncio.get_running_loop().time()
-        wait = min(runner.stream_idle_timeout, left)
+        loop = asyncio.get_running_loop()
+        wait = min(runner.stream_idle_timeout, self._budget)
+        started = loop.time()
         try:
             if wait <= 0:
                 raise TimeoutError
             async with asyncio.timeout(wait):
                 chunk = await self._response.content.readany()
+            self._budget -= loop.time() - started
         except TimeoutError as exc:
             self._abort()
             if wait < runner.stream_idle_timeout:

@@ -24,8 +24,10 @@ RESPONSE = b'{"outputs": [[0.25, 0.75]]}'
 
 
 def receipt(**changes: object) -> Receipt:
+    model = make_model(payee=PAYEE.address)
     base = Receipt.for_call(
-        make_model(payee=PAYEE.address),
+        model.model_id,
+        model.artifact,
         REQUEST,
         RESPONSE,
         "channel",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, replace
 
 import pytest
@@ -91,6 +92,7 @@ def test_a_valid_voucher_needs_no_rpc(setup: Setup) -> None:
     verified = offer(setup, amount=3 * PRICE)
     assert (verified.channel_id, verified.amount, verified.payer) == (CHANNEL, 3 * PRICE, PAYER.address)
     assert verified.signature == sign_voucher(SIGNER, setup.domain, CHANNEL, 3 * PRICE)
+    assert "signature" not in repr(verified)  # a bearer credential stays out of logs and messages
     assert setup.state.refreshes == []
 
 
@@ -276,7 +278,7 @@ def test_requirements_for_another_network_or_asset(setup: Setup) -> None:
     assert code_of(setup, requirements=replace(base, scheme="exact")) == "unsupported_scheme"
 
 
-def test_the_402_names_the_escrow_and_the_daemons_view_of_a_channel(setup: Setup) -> None:
+def test_the_402_names_the_escrow_and_the_daemons_view_of_a_channel_but_never_its_voucher(setup: Setup) -> None:
     @dataclass
     class Credit:
         authorized: int
@@ -291,11 +293,10 @@ def test_the_402_names_the_escrow_and_the_daemons_view_of_a_channel(setup: Setup
     assert extra["escrow"] == ESCROW and extra["chainId"] == CHAIN_ID and extra["payee"] == PAYEE.address
     assert extra["modelId"] == "0x" + MODEL_A.hex() and extra["minRemainingSeconds"] == 3600
     assert extra["voucher"]["primaryType"] == "Voucher" and extra["voucher"]["domain"]["verifyingContract"] == ESCROW
-    assert extra["channel"] == {
+    assert extra["channel"] == {  # the stored voucher is a bearer credential: amounts only
         "channelId": f"0x{CHANNEL:064x}",
         "authorized": str(5 * PRICE),
         "consumed": str(4 * PRICE),
-        "signature": "0x" + stored.hex(),
         "deposit": str(DEPOSIT),
         "claimed": "0",
         "expiry": NOW + 86400,
@@ -320,6 +321,7 @@ def test_the_payment_response_carries_the_receipt_and_the_channel_as_admitted(se
     decoded = parse_payment_response(response.header())
     assert decoded.success and decoded.transaction == "" and decoded.amount == PRICE and decoded.payer == PAYER.address
     assert decoded.extra["scheme"] == "channel" and decoded.extra["receipt"] == {"r": 1}
+    assert verified.signature.hex() not in base64.b64decode(response.header()).decode()
     assert decoded.extra["channel"]["authorized"] == str(3 * PRICE) and decoded.extra["channel"]["consumed"] == str(
         PRICE
     )

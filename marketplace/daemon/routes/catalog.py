@@ -26,8 +26,10 @@ class ModelCard(BaseModel):
     price: str
     status: str
     metadata_cid: str
-    artifact_cid: str
+    artifact_cid: str  # the registry's latest artifact
     artifact_version: int
+    served_artifact_cid: str | None  # the artifact this daemon loaded and runs: what its receipts name
+    served_artifact_version: int | None
     endpoint: str
     infer_url: str
 
@@ -39,6 +41,7 @@ class ChannelView(BaseModel):
 
 def _card(request: Request, model: ModelInfo) -> ModelCard:
     model_hex = "0x" + model.model_id.hex()
+    served = request.app.state.services.runners[model.model_id].artifact
     return ModelCard(
         model_id=model_hex,
         owner=model.owner,
@@ -48,6 +51,8 @@ def _card(request: Request, model: ModelInfo) -> ModelCard:
         metadata_cid=str(CID(1, model.metadata_codec, model.metadata_digest)),
         artifact_cid=str(CID(1, model.artifact_codec, model.artifact_digest)),
         artifact_version=model.artifact_version,
+        served_artifact_cid=str(CID(1, served.codec, served.digest)) if served else None,
+        served_artifact_version=served.version if served else None,
         endpoint=model.endpoint,
         infer_url=str(request.url_for("infer", model_id=model_hex)),
     )

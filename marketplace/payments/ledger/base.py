@@ -10,7 +10,7 @@ channel's state on-chain and ``A <= deposit`` are checked by the caller before i
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from marketplace.types import ChannelId, TokenAmount
@@ -38,7 +38,9 @@ class Credit:
     authorized: TokenAmount  # the highest voucher amount accepted
     consumed: TokenAmount  # the sum of the prices of the calls admitted and not refunded
     claimed: TokenAmount  # what has been claimed on-chain, as recorded by the claimer
-    signature: bytes | None  # the voucher signature for `authorized`; None until a voucher raised it
+    # the voucher signature for `authorized`; None until a voucher raised it. A bearer credential
+    # for `authorized - consumed`: only the claimer reads it, nothing shows it (not even repr).
+    signature: bytes | None = field(repr=False)
 
     @property
     def available(self) -> TokenAmount:

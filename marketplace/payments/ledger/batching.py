@@ -22,7 +22,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
 from marketplace.errors import LedgerUnavailable
@@ -50,7 +50,7 @@ ResultT = TypeVar("ResultT")
 class Admit:
     channel_id: ChannelId
     amount: TokenAmount
-    signature: bytes
+    signature: bytes = field(repr=False)  # a bearer credential: never in logs
     price: TokenAmount
 
 

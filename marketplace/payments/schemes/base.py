@@ -87,6 +87,17 @@ class PaymentScheme(abc.ABC):
         if pay_to is not None and accepted.pay_to.lower() != pay_to:
             raise PaymentRejected("wrong_payee", f"payTo {accepted.pay_to!r} is not {checksum_address(pay_to)}")
 
+    @staticmethod
+    def check_price(payment: PaymentPayload, model: ModelInfo) -> None:
+        """The client accepted (`accepted.amount`) at least the model's current price; else
+        `price_changed`: the provider repriced since the client read the requirements."""
+        accepted = payment.accepted.amount
+        if accepted < model.price:
+            raise PaymentRejected(
+                "price_changed",
+                f"the price of model 0x{model.model_id.hex()} is now {model.price}; you accepted {accepted}",
+            )
+
 
 def payment_required(
     resource: ResourceInfo, accepts: Iterable[PaymentRequirements], rejection: PaymentRejected | None = None

@@ -16,7 +16,8 @@ chain or escrow fails here). The result goes to `CreditLedger.admit`, whose refu
 
 A client names a channel it wants the daemon's view of with the request header
 ``PAYMENT-CHANNEL: 0x<channel id>`` (see `parse_channel_hint`); the 402's `extra.channel` then
-carries `authorized`, `consumed` (and the stored voucher) so a client can resynchronise.
+carries `authorized` and `consumed` so a client can resynchronise. Never a signature: a
+voucher is a bearer credential for the channel's unused credit (see `channel_view`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
@@ -54,8 +55,6 @@ class CreditView(Protocol):
     def authorized(self) -> int: ...
     @property
     def consumed(self) -> int: ...
-    @property
-    def signature(self) -> bytes | None: ...
 
 
 class LookupBudget(Protocol):
@@ -73,7 +72,7 @@ class VerifiedVoucher:
     scheme: ClassVar[str] = "channel"
     channel_id: int
     amount: int  # cumulative
-    signature: bytes
+    signature: bytes = field(repr=False)  # a bearer credential: never shown
     channel: ChannelInfo  # as seen when verified
 
     @property
@@ -165,15 +164,15 @@ class ChannelScheme(PaymentScheme):
     def channel_view(self, channel_id: int, credit: CreditView | None) -> dict[str, Any]:
         """The daemon's view of a channel: the ledger's `authorized`/`consumed` and the chain's state.
 
-        Used in a 402's `extra.channel` and in PAYMENT-RESPONSE `extra.channel`.
+        Used in a 402's `extra.channel`, in PAYMENT-RESPONSE `extra.channel` and by
+        `GET /v1/channels/{id}`. Amounts only, never the stored voucher's signature: a voucher is a
+        bearer credential for `authorized - consumed`, and anyone may read this view.
         """
         view: dict[str, Any] = {"channelId": f"0x{channel_id:064x}"}
         authorized = credit.authorized if credit is not None else 0
         consumed = credit.consumed if credit is not None else 0
         view["authorized"] = str(authorized)
         view["consumed"] = str(consumed)
-        if credit is not None and credit.signature is not None:
-            view["signature"] = "0x" + credit.signature.hex()  # the voucher for `authorized`
         channel = self.state.channel(channel_id)
         if channel is not None:
             view["deposit"] = str(channel.deposit)
@@ -208,6 +207,7 @@ class ChannelScheme(PaymentScheme):
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
         model = request.model
         self.check_accepted(payment, asset=self._token_lower)
+        self.check_price(payment, model)  # the call is charged model.price: at most what the client accepted
         fields = Fields(payment.payload, "payment.payload")
         channel_id = int.from_bytes(fields.hex_bytes("channelId", 32), "big")
         amount = fields.uint("amount")

@@ -165,6 +165,7 @@ class ExactScheme(PaymentScheme):
         model = request.model
         payee = model.payee.lower()
         self.check_accepted(payment, asset=self._token_lower, pay_to=payee)
+        self.check_price(payment, model)
         fields = Fields(payment.payload, "payment.payload")
         if "permit2Authorization" in fields.obj:
             raise PaymentRejected("invalid_payload", "only EIP-3009 authorizations are accepted, not Permit2")
