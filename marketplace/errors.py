@@ -384,7 +384,7 @@ class UpstreamRejected(UpstreamFailed):
 
 # --- chain state / claims ----------------------------------------------------------------------
 
-__all__ += ["ChainUnavailable", "LogQueryRefused"]
+__all__ += ["ChainUnavailable", "ChannelUnconfirmed", "LogQueryRefused"]
 
 class ChainUnavailable(ChainError):
     """The node did not answer (refused, timed out, HTTP error): cached state still serves, reads fail."""
@@ -392,6 +392,16 @@ class ChainUnavailable(ChainError):
     def __init__(self, url: str, action: str, reason: str) -> None:
         self.url, self.action, self.reason = url, action, reason
         super().__init__(f"cannot {action}: the chain node at {url} is unavailable ({reason})")
+
+
+class ChannelUnconfirmed(ChainError):
+    """The channel is opened on chain, but not yet as many blocks deep as the daemon requires."""
+
+    def __init__(self, channel_id: int, confirmations: int) -> None:
+        self.channel_id, self.confirmations = channel_id, confirmations
+        super().__init__(
+            f"channel {channel_id:#x} is opened but not yet {confirmations} blocks deep; pay again once it is"
+        )
 
 
 class LogQueryRefused(ChainError):
@@ -429,6 +439,7 @@ REJECTION_STATUS: dict[str, int] = {
     "chain_unavailable": 503,
     # channel
     "unknown_channel": 402,
+    "channel_unconfirmed": 402,  # opened, but not yet `confirmations` blocks deep
     "wrong_model": 402,
     "channel_reclaimed": 402,
     "channel_expiring": 402,
