@@ -194,15 +194,24 @@ class PaymentError(MarketplaceError):
 
 class InsufficientCredit(PaymentError):
     def __init__(
-        self, channel_id: int, authorized: int, consumed: int, price: int, amount: int | None = None
+        self,
+        channel_id: int,
+        authorized: int,
+        consumed: int,
+        price: int,
+        amount: int | None = None,
+        deposit: int | None = None,
     ) -> None:
         self.channel_id, self.authorized, self.consumed, self.price = channel_id, authorized, consumed, price
         self.amount = amount  # the voucher offered with the call, if any
-        self.available = max(authorized, amount or 0) - consumed
+        self.deposit = deposit  # the channel's deposit on chain, which caps the credit, if known
+        cap = max(authorized, amount or 0) if deposit is None else min(max(authorized, amount or 0), deposit)
+        self.available = max(cap - consumed, 0)
         voucher = f", voucher {amount}" if amount is not None else ""
+        on_chain = f", deposit {deposit}: top the channel up" if deposit is not None and deposit < authorized else ""
         super().__init__(
             f"channel {channel_id:#x} has {self.available} of credit left (authorized {authorized}, "
-            f"consumed {consumed}{voucher}); the call costs {price}"
+            f"consumed {consumed}{voucher}{on_chain}); the call costs {price}"
         )
 
 
