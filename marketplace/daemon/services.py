@@ -111,7 +111,12 @@ def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]
 async def start_services(settings: DaemonSettings) -> Services:
     """Connect to the chain and the ledger, load every served model, start the claimer."""
     w3, deployment, account = await asyncio.to_thread(preflight, settings)
-    state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
+    state = await ChainStateCache.connect(
+        settings.rpc_url,
+        deployment,
+        poll_interval=settings.chain_poll_seconds,
+        confirmations=settings.confirmations_on(deployment.chain_id),
+    ).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
     try:

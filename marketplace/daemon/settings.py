@@ -16,11 +16,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from marketplace.chain.devkeys import DEV_CHAIN_ID
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 
 __all__ = ["DaemonSettings", "OnnxRunnerConfig", "ServedModel", "UpstreamRunnerConfig"]
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
+# Blocks a deposit, top-up or claim must be buried under before it counts, off the dev chain:
+# on Ethereum mainnet and its L2s, reorgs of 1 block happen daily and of 2 rarely; 3 covers them
+# for ~36 s of delay on a new channel (docs/chain-state.md).
+DEFAULT_CONFIRMATIONS = 3
 
 
 class OnnxRunnerConfig(BaseModel):
@@ -66,6 +71,9 @@ class DaemonSettings(BaseSettings):
     claim_expiry_margin_seconds: int = 3600
     claim_interval_seconds: float = 30.0
     chain_poll_seconds: float = 0.5
+    confirmations: int | None = Field(
+        default=None, ge=0, description="blocks deep before chain state counts; default 0 on 31337, else 3"
+    )
     config_file: Path | None = None
 
     @field_validator("password", "private_key")
@@ -74,6 +82,12 @@ class DaemonSettings(BaseSettings):
         if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
             raise ValueError("is a placeholder; set a real secret or leave it unset")
         return value
+
+    def confirmations_on(self, chain_id: int) -> int:
+        """The `confirmations` to use on `chain_id`: as set, else 0 on the dev chain, else 3."""
+        if self.confirmations is not None:
+            return self.confirmations
+        return 0 if chain_id == DEV_CHAIN_ID else DEFAULT_CONFIRMATIONS
 
     @model_validator(mode="after")
     def _one_key_source(self) -> DaemonSettings:
