@@ -124,7 +124,8 @@ async def start_services(settings: DaemonSettings) -> Services:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
             if model is None:
-                raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}")
+                deep = f" (at least {state.confirmations} blocks deep)" if state.confirmations else ""
+                raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}{deep}")
             runners[model_id] = await asyncio.to_thread(_load_runner, served, model, settings)
             log.info("serving model %s with %r", served.model_id, runners[model_id])
     except BaseException:

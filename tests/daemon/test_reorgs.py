@@ -21,6 +21,7 @@ from marketplace.daemon.settings import DaemonSettings
 from marketplace.types import ChannelId
 
 from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
+from daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
@@ -215,3 +216,36 @@ async def test_with_confirmations_an_open_and_a_top_up_count_only_that_deep(
         w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]
         await client.wait_for(lambda: state.channel(channel.channel_id).deposit == 10 * PRICE)  # type: ignore[union-attr]
         assert (await client.pay(channel, 6 * PRICE)).status_code == 200
+
+
+async def test_serve_confirmations_flag_holds_a_new_channel_until_deep_enough(
+    anvil: Any, w3: Web3, listing: Listing, open_channel: Callable[..., Channel], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "deep.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
+                          deployments_dir=listing.deployments_dir, database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+                          models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
+                          claim_interval_seconds=3600.0)
+    w3.provider.make_request("anvil_mine", ["0x3"])  # type: ignore[attr-defined]  # the model's registration is deep
+    daemon = DaemonProcess(config, listing.provider.key.to_0x_hex(), options=("--confirmations", "3")).start()
+    try:
+        await daemon.wait_ready()
+        async with httpx.AsyncClient(base_url=daemon.url, timeout=30.0) as http:
+            channel = open_channel(5 * PRICE)
+            path = f"/v1/models/{listing.model_hex}/infer"
+            requirements = requirements_of(await http.post(path, content=BODY), "channel")
+
+            async def pay() -> httpx.Response:
+                return await http.post(path, content=BODY, headers={
+                    "content-type": "application/json",
+                    "PAYMENT-SIGNATURE": pay_header(requirements, channel.voucher(PRICE))})
+
+            refusal = await pay()
+            assert (refusal.status_code, refusal.json()["error"]) == (402, "channel_unconfirmed")
+            assert "3 blocks deep" in refusal.json()["detail"]
+            w3.provider.make_request("anvil_mine", ["0x3"])  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 10
+            while (response := await pay()).status_code != 200:
+                assert time.monotonic() < deadline, response.text
+                await _sleep(0.2)
+    finally:
+        daemon.stop()
