@@ -267,17 +267,17 @@ async def test_credit_above_the_deposit_on_chain_stops_when_a_reorg_lowers_it(le
     assert credit.consumed == tokens(6)
 
 
-async def test_the_best_voucher_within_a_deposit_is_kept_until_a_higher_claim(ledger: CreditLedger) -> None:
-    for amount in (2, 5, 4, 10, 10):  # 4 and the second 10 raise nothing: not kept twice
-        await ledger.admit(CHANNEL, tokens(amount), sig(tokens(amount)), P)
+async def test_the_best_voucher_under_each_deposit_is_kept_until_a_higher_claim(ledger: CreditLedger) -> None:
+    for amount, deposit in ((2, 5), (5, 5), (4, 5), (7, 10), (10, 10), (10, 10), (12, 20)):
+        await ledger.admit(CHANNEL, tokens(amount), sig(tokens(amount)), P, deposit=tokens(deposit))
+    assert await ledger.best_voucher(CHANNEL, tokens(20)) == (tokens(12), sig(tokens(12)))
     assert await ledger.best_voucher(CHANNEL, tokens(10)) == (tokens(10), sig(tokens(10)))
     assert await ledger.best_voucher(CHANNEL, TokenAmount(tokens(10) - 1)) == (tokens(5), sig(tokens(5)))
-    assert await ledger.best_voucher(CHANNEL, tokens(4)) == (tokens(2), sig(tokens(2)))
-    assert await ledger.best_voucher(CHANNEL, TokenAmount(tokens(2) - 1)) is None
+    assert await ledger.best_voucher(CHANNEL, tokens(4)) is None  # 2 was bettered under the same deposit
     assert await ledger.best_voucher(OTHER, tokens(10)) is None
-    await ledger.record_claim(CHANNEL, tokens(5))  # confirmed: vouchers below it can pay nothing more
-    assert await ledger.best_voucher(CHANNEL, tokens(4)) is None
-    assert await ledger.best_voucher(CHANNEL, tokens(7)) == (tokens(5), sig(tokens(5)))
+    await ledger.record_claim(CHANNEL, tokens(10))  # confirmed: vouchers below it can pay nothing more
+    assert await ledger.best_voucher(CHANNEL, tokens(9)) is None
+    assert await ledger.best_voucher(CHANNEL, tokens(11)) == (tokens(10), sig(tokens(10)))
 
 
 async def test_reset_claim_puts_a_rolled_back_claim_back_in_the_claimable_list(ledger: CreditLedger) -> None:

@@ -1,8 +1,8 @@
 """The credit ledger's interface: what the paid-inference daemon asks of its voucher store.
 
 Per payment channel the ledger keeps `authorized` (the highest voucher amount seen, with its
-signature), every voucher that raised it (so the claimer can pay the best one within the deposit
-after a reorg rolled a top-up back), `consumed` (the sum of the prices of the calls served) and
+signature), per deposit seen the highest voucher accepted under it (so the claimer can pay the
+best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the prices of the calls served) and
 `claimed` (what the claimer has claimed on-chain, confirmed). A call with a voucher for the
 cumulative amount A and a price P, on a channel whose deposit on chain is D, is admitted iff
 ``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4); the signature, the channel's
@@ -72,8 +72,8 @@ class CreditLedger(abc.ABC):
     ) -> Credit:
         """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
 
-        Raises `authorized` to `amount` (storing `signature`, and keeping the voucher among the
-        channel's vouchers) when higher and adds `price` to `consumed`, iff
+        Raises `authorized` to `amount` (storing `signature`, and keeping the voucher as the best
+        under `deposit`) when higher and adds `price` to `consumed`, iff
         ``min(max(authorized, amount), deposit) - consumed >= price`` (`deposit`: the channel's
         deposit on chain now; None: no cap); otherwise changes nothing and raises
         InsufficientCredit with the values. The channel's row is created on first use.
@@ -100,8 +100,8 @@ class CreditLedger(abc.ABC):
 
     @abc.abstractmethod
     async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:
-        """The highest voucher kept for the channel whose amount is at most `at_most` (the
-        deposit on chain), as (amount, signature); None if there is none."""
+        """The highest voucher kept for the channel (the best under each deposit seen) whose
+        amount is at most `at_most` (the deposit on chain), as (amount, signature); None if none."""
 
     @abc.abstractmethod
     async def record_claim(self, channel_id: ChannelId, amount: TokenAmount) -> None:

@@ -44,8 +44,9 @@ def _sqlite_u256(column: str) -> str:
     return f"length({column}) = {SQLITE_DIGITS} AND {column} NOT GLOB '*[^0-9]*'"
 
 
-_COPY_VOUCHERS = """INSERT INTO channel_voucher (channel_id, amount, signature)
-    SELECT channel_id, authorized, signature FROM channel_credit WHERE signature IS NOT NULL"""
+# The deposit a stored voucher was accepted under is unknown: its own amount is a lower bound.
+_COPY_VOUCHERS = """INSERT INTO channel_voucher (channel_id, deposit, amount, signature)
+    SELECT channel_id, authorized, authorized, signature FROM channel_credit WHERE signature IS NOT NULL"""
 
 SQLITE_SCHEMA = Schema(
     backend="sqlite",
@@ -60,12 +61,13 @@ SQLITE_SCHEMA = Schema(
                 CHECK (consumed <= authorized)
             ) STRICT, WITHOUT ROWID""",
         ),
-        (  # 2: every voucher that raised `authorized`, for claims within a deposit a reorg lowered
+        (  # 2: per deposit seen, the highest voucher: claims within a deposit a reorg lowered
             f"""CREATE TABLE channel_voucher (
                 channel_id TEXT NOT NULL CHECK ({_sqlite_u256("channel_id")}),
+                deposit    TEXT NOT NULL CHECK ({_sqlite_u256("deposit")}),
                 amount     TEXT NOT NULL CHECK ({_sqlite_u256("amount")}),
                 signature  BLOB NOT NULL CHECK (length(signature) = 65),
-                PRIMARY KEY (channel_id, amount)
+                PRIMARY KEY (channel_id, deposit)
             ) STRICT, WITHOUT ROWID""",
             _COPY_VOUCHERS,
         ),
@@ -169,8 +171,10 @@ BEGIN
                 END IF;
             END LOOP;
             IF ok AND out_authorized = change.amount AND out_signature = change.signature THEN
-                INSERT INTO channel_voucher (channel_id, amount, signature)
-                VALUES (change.channel_id, change.amount, change.signature) ON CONFLICT DO NOTHING;
+                INSERT INTO channel_voucher AS v (channel_id, deposit, amount, signature)
+                VALUES (change.channel_id, change.deposit, change.amount, change.signature)
+                ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+                WHERE excluded.amount > v.amount;
             END IF;
         ELSIF change.kind = 'refund' THEN
             UPDATE channel_credit AS c SET consumed = greatest(c.consumed - change.price, 0)
@@ -210,9 +214,10 @@ POSTGRES_SCHEMA = Schema(
         (
             """CREATE TABLE channel_voucher (
                 channel_id NUMERIC(78, 0) NOT NULL CHECK (channel_id >= 0),
+                deposit    NUMERIC(78, 0) NOT NULL CHECK (deposit >= 0),
                 amount     NUMERIC(78, 0) NOT NULL CHECK (amount >= 0),
                 signature  BYTEA NOT NULL CHECK (length(signature) = 65),
-                PRIMARY KEY (channel_id, amount)
+                PRIMARY KEY (channel_id, deposit)
             )""",
             _COPY_VOUCHERS,
             "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[])",

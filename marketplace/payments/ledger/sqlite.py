@@ -16,7 +16,8 @@ conditional UPDATE that SQLite evaluates atomically:
      WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 
 (``min(max(authorized, A), D) - consumed >= P`` rewritten without a subtraction that could go
-negative), followed, when it raised `authorized` to A, by one INSERT of the voucher.
+negative), followed, when it raised `authorized` to A, by one upsert of the voucher as the best
+under the deposit D (`channel_voucher`, one row per channel and deposit seen).
 Other readers (the sqlite3 shell, a backup script) see the numbers as plain decimal text.
 
 Concurrency and durability. One writer thread owns the write connection; the GroupCommitter
@@ -66,7 +67,10 @@ UPDATE channel_credit SET
     consumed = u256_add(consumed, :price)
 WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 RETURNING {_COLUMNS}"""
-_KEEP_VOUCHER = "INSERT OR IGNORE INTO channel_voucher (channel_id, amount, signature) VALUES (?, ?, ?)"
+_KEEP_VOUCHER = """
+INSERT INTO channel_voucher (channel_id, deposit, amount, signature) VALUES (:channel, :deposit, :amount, :signature)
+ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+WHERE excluded.amount > amount"""
 _CREATE = "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (?, ?, ?, ?)"
 _REFUND = f"""
 UPDATE channel_credit SET consumed = u256_sub_or_zero(consumed, :price)
@@ -223,8 +227,8 @@ class SqliteLedger(BatchedLedger):
             row = db.execute(_ADMIT, params).fetchone()
             if row is None:
                 return change.refusal(0, 0)
-        if row[0] == amount and row[3] == change.signature:  # this voucher is (now) the highest: keep it
-            db.execute(_KEEP_VOUCHER, (channel, amount, change.signature))
+        if row[0] == amount and row[3] == change.signature:  # the highest voucher: the best at this deposit
+            db.execute(_KEEP_VOUCHER, params)
         return _credit(change.channel_id, row)
 
     # --- reads: on the reader thread, never blocked by the writer (WAL) ------------------------
