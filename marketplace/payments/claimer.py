@@ -210,7 +210,8 @@ class Claimer:
 
     async def _awaiting_confirmations(self, info: ChannelInfo, report: ClaimReport) -> bool:
         """True while a claim mined for the channel is not yet as deep as the chain state looks;
-        once it is: recorded if the chain state shows it, forgotten (to claim again) if not."""
+        once it is: recorded if the chain state shows it, forgotten (to claim again) if not, and
+        the channel is considered like any other."""
         channel_id = info.channel_id
         mined = self._mined.get(channel_id)
         if mined is None:
@@ -222,7 +223,7 @@ class Claimer:
         del self._mined[channel_id]
         if info.claimed >= amount:
             await self._record(channel_id, amount, report)
-            return True
+            return False
         log.warning("claim of %d on channel %#x (block %d) was rolled back by a reorg; claiming again",
                     amount, channel_id, block)
         return False
