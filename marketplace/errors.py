@@ -453,7 +453,7 @@ REJECTION_STATUS: dict[str, int] = {
     "channel_reclaimed": 402,
     "channel_expiring": 402,
     "amount_exceeds_deposit": 402,
-    "insufficient_credit": 402,  # the ledger's refusal: max(authorized, voucher) - consumed < price
+    "insufficient_credit": 402,  # the ledger: min(max(authorized, voucher), deposit) - consumed < price
     # exact (EIP-3009)
     "amount_too_low": 402,
     "authorization_not_yet_valid": 402,

@@ -1,4 +1,4 @@
-"""The credit rule, on SQLite and PostgreSQL: admit iff max(authorized, A) - consumed >= P."""
+"""The credit rule, on SQLite and PostgreSQL: admit iff min(max(authorized, A), deposit) - consumed >= P."""
 
 from __future__ import annotations
 
