@@ -9,10 +9,11 @@ is halved and retried, down to one block, and grows back after a run of successe
 head and hands the batch to a handler before the cursor moves (at-least-once, in order; polls are
 serialized). `follow()` polls forever, backing off while the node is down and logging once per
 outage. The follower follows blocks by hash: it remembers the hashes of recent blocks it saw
-(heads, blocks with events, and those a consumer read state at, `observe()`); when one changed (a reorg, an `evm_revert`, a restarted
-Anvil) it finds the fork point and delivers a batch with `forked_at` = the first block replaced,
-read again from there; if even the oldest remembered block changed, a batch with `rewound=True`
-starts again from the first block, so its consumer rebuilds from scratch.
+(heads, blocks with events, and those a consumer read state at, `observe()`); when one changed
+(a reorg, an `evm_revert`, a restarted Anvil) it finds the fork point and delivers a batch with
+`forked_at` = the first block replaced, read again from there; if even the oldest remembered
+block changed, a batch with `rewound=True` starts again from the first block, so its consumer
+rebuilds from scratch.
 """
 
 from __future__ import annotations

@@ -228,7 +228,9 @@ class Claimer:
                     amount, channel_id, block)
         return False
 
-    async def _claimable_voucher(self, credit: Credit, info: ChannelInfo, report: ClaimReport) -> tuple[int, bytes] | None:
+    async def _claimable_voucher(
+        self, credit: Credit, info: ChannelInfo, report: ClaimReport
+    ) -> tuple[int, bytes] | None:
         """The voucher to claim: the highest, unless it exceeds the deposit (a reorg rolled a top-up
         back): then the highest one kept within the deposit, if it pays anything."""
         assert credit.signature is not None

@@ -49,7 +49,9 @@ class Client:
         return await self.daemon.post(self.path, content=BODY,
                                       headers={"content-type": "application/json", "PAYMENT-SIGNATURE": header})
 
-    async def until_refused(self, channel: Channel, amount: int, timeout: float = 10.0) -> tuple[float, int, httpx.Response]:
+    async def until_refused(
+        self, channel: Channel, amount: int, timeout: float = 10.0
+    ) -> tuple[float, int, httpx.Response]:
         """Pay with the same voucher until a call is refused: (seconds, calls served, refusal)."""
         started, served = time.monotonic(), 0
         while time.monotonic() - started < timeout:

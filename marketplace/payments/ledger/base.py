@@ -2,11 +2,12 @@
 
 Per payment channel the ledger keeps `authorized` (the highest voucher amount seen, with its
 signature), per deposit seen the highest voucher accepted under it (so the claimer can pay the
-best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the prices of the calls served) and
-`claimed` (what the claimer has claimed on-chain, confirmed). A call with a voucher for the
-cumulative amount A and a price P, on a channel whose deposit on chain is D, is admitted iff
-``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4); the signature, the channel's
-state on-chain and ``A <= D`` are checked by the caller before it asks.
+best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the
+prices of the calls served) and `claimed` (what the claimer has claimed on-chain, confirmed).
+A call with a voucher for the cumulative amount A and a price P, on a channel whose deposit on
+chain is D, is admitted iff ``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4,
+capped by the deposit); the signature, the channel's state on-chain and ``A <= D`` are checked by
+the caller before it asks.
 """
 
 from __future__ import annotations
