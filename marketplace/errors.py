@@ -196,15 +196,24 @@ class PaymentError(MarketplaceError):
 
 class InsufficientCredit(PaymentError):
     def __init__(
-        self, channel_id: int, authorized: int, consumed: int, price: int, amount: int | None = None
+        self,
+        channel_id: int,
+        authorized: int,
+        consumed: int,
+        price: int,
+        amount: int | None = None,
+        deposit: int | None = None,
     ) -> None:
         self.channel_id, self.authorized, self.consumed, self.price = channel_id, authorized, consumed, price
         self.amount = amount  # the voucher offered with the call, if any
-        self.available = max(authorized, amount or 0) - consumed
+        self.deposit = deposit  # the channel's deposit on chain, which caps the credit, if known
+        cap = max(authorized, amount or 0) if deposit is None else min(max(authorized, amount or 0), deposit)
+        self.available = max(cap - consumed, 0)
         voucher = f", voucher {amount}" if amount is not None else ""
+        on_chain = f", deposit {deposit}: top the channel up" if deposit is not None and deposit < authorized else ""
         super().__init__(
             f"channel {channel_id:#x} has {self.available} of credit left (authorized {authorized}, "
-            f"consumed {consumed}{voucher}); the call costs {price}"
+            f"consumed {consumed}{voucher}{on_chain}); the call costs {price}"
         )
 
 
@@ -386,7 +395,7 @@ class UpstreamRejected(UpstreamFailed):
 
 # --- chain state / claims ----------------------------------------------------------------------
 
-__all__ += ["ChainUnavailable", "LogQueryRefused"]
+__all__ += ["ChainUnavailable", "ChannelUnconfirmed", "LogQueryRefused"]
 
 class ChainUnavailable(ChainError):
     """The node did not answer (refused, timed out, HTTP error): cached state still serves, reads fail."""
@@ -394,6 +403,16 @@ class ChainUnavailable(ChainError):
     def __init__(self, url: str, action: str, reason: str) -> None:
         self.url, self.action, self.reason = url, action, reason
         super().__init__(f"cannot {action}: the chain node at {url} is unavailable ({reason})")
+
+
+class ChannelUnconfirmed(ChainError):
+    """The channel is opened on chain, but not yet as many blocks deep as the daemon requires."""
+
+    def __init__(self, channel_id: int, confirmations: int) -> None:
+        self.channel_id, self.confirmations = channel_id, confirmations
+        super().__init__(
+            f"channel {channel_id:#x} is opened but not yet {confirmations} blocks deep; pay again once it is"
+        )
 
 
 class LogQueryRefused(ChainError):
@@ -433,11 +452,12 @@ REJECTION_STATUS: dict[str, int] = {
     "price_changed": 402,  # the client accepted less than the current price (the provider repriced)
     # channel
     "unknown_channel": 402,
+    "channel_unconfirmed": 402,  # opened, but not yet `confirmations` blocks deep
     "wrong_model": 402,
     "channel_reclaimed": 402,
     "channel_expiring": 402,
     "amount_exceeds_deposit": 402,
-    "insufficient_credit": 402,  # the ledger's refusal: max(authorized, voucher) - consumed < price
+    "insufficient_credit": 402,  # the ledger: min(max(authorized, voucher), deposit) - consumed < price
     "too_many_lookups": 429,  # this client named too many unknown channels; Retry-After says when
     # exact (EIP-3009)
     "amount_too_low": 402,

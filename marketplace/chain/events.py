@@ -8,9 +8,12 @@ is halved and retried, down to one block, and grows back after a run of successe
 `EventFollower` turns a reader into a stream: each `poll()` reads from its cursor to the chain's
 head and hands the batch to a handler before the cursor moves (at-least-once, in order; polls are
 serialized). `follow()` polls forever, backing off while the node is down and logging once per
-outage. Local chains do not reorg, but they are reset and reverted (`evm_revert`, a restarted
-Anvil): a head below the last one seen, or a block hash that changed, is reported as a batch with
-`rewound=True` that starts again from the first block, so its consumer rebuilds from scratch.
+outage. The follower follows blocks by hash: it remembers the hashes of recent blocks it saw
+(heads, blocks with events, and those a consumer read state at, `observe()`); when one changed
+(a reorg, an `evm_revert`, a restarted Anvil) it finds the fork point and delivers a batch with
+`forked_at` = the first block replaced, read again from there; if even the oldest remembered
+block changed, a batch with `rewound=True` starts again from the first block, so its consumer
+rebuilds from scratch.
 """
 
 from __future__ import annotations
@@ -122,14 +125,17 @@ class Head:
     number: int
     hash: str
     timestamp: int
+    parent_hash: str = ""
 
 
 @dataclass(frozen=True)
 class EventBatch:
     """The events of blocks `from_block..to_block` (empty range when nothing new), read at `head`.
 
-    `rewound`: the chain went back under the follower (reset, `evm_revert`); forget everything
-    earlier batches said, this batch starts again at the follower's first block.
+    `forked_at`: blocks from this number on were replaced (a reorg): what earlier batches (or
+    reads the consumer `observe`d) said of them is void; the batch reads again from there on.
+    `rewound`: the chain changed below every block remembered (a reset, a deep `evm_revert`):
+    forget everything earlier batches said, this batch starts again at the follower's first block.
     `caught_up`: the batch reaches the head (minus confirmations); otherwise more is to come at once.
     """
 
@@ -139,6 +145,7 @@ class EventBatch:
     events: tuple[Event, ...]
     rewound: bool = False
     caught_up: bool = True
+    forked_at: int | None = None
 
 
 def _plain(value: Any) -> Any:
@@ -202,7 +209,12 @@ class EventReader:
 
     async def block(self, number: int | str) -> Head:
         block = await node_call(self.url, f"read block {number}", self.w3.eth.get_block(number))  # type: ignore[arg-type]
-        return Head(int(block["number"]), HexBytes(block["hash"]).to_0x_hex(), int(block["timestamp"]))
+        return Head(
+            int(block["number"]),
+            HexBytes(block["hash"]).to_0x_hex(),
+            int(block["timestamp"]),
+            HexBytes(block["parentHash"]).to_0x_hex(),
+        )
 
     async def read(
         self, from_block: int, to_block: int | None = None, *, topics: Sequence[str | Sequence[str] | None] = ()
@@ -290,18 +302,31 @@ Handler = Callable[[EventBatch], Awaitable[None] | None]
 
 
 class EventFollower:
-    """Reads the events of every new block, from `start_block` on, one `poll()` at a time."""
+    """Reads the events of every new block, from `start_block` on, one `poll()` at a time.
+
+    With `confirmations` N the follower stays N blocks behind the head: the events of a block
+    are delivered once N more blocks were mined on top of it.
+    """
 
     def __init__(
-        self, reader: EventReader, start_block: int, *, confirmations: int = 0, max_range: int = 100_000
+        self,
+        reader: EventReader,
+        start_block: int,
+        *,
+        confirmations: int = 0,
+        max_range: int = 100_000,
+        remember: int = 128,
     ) -> None:
+        if confirmations < 0:
+            raise ValueError(f"confirmations must be at least 0, got {confirmations}")
         self.reader = reader
         self.start_block = start_block
         self.cursor = start_block  # the next block to read
         self.confirmations = confirmations
         self.max_range = max_range
+        self.remember = remember
         self.last_error: BaseException | None = None
-        self._last: Head | None = None
+        self._hashes: dict[int, str] = {}  # block number -> hash, of recent blocks seen
         self._lock = asyncio.Lock()
 
     @property
@@ -309,36 +334,72 @@ class EventFollower:
         """False while the last poll failed (the node is down or refusing)."""
         return self.last_error is None
 
+    def observe(self, number: int, block_hash: str) -> None:
+        """Remember that block `number` had `block_hash` (a consumer read state there): the next
+        poll checks that it is still on the chain and reports a fork below it if it is not."""
+        if number >= self.start_block:
+            self._hashes[number] = block_hash
+            self._forget_old()
+
     async def poll(self, handle: Handler | None = None) -> EventBatch:
         """Read from the cursor to the head; `handle` the batch; only then move the cursor."""
         async with self._lock:
             head = await self.reader.head()
-            rewound = await self._rewound(head)
-            cursor = self.start_block if rewound else self.cursor
+            fork = await self._fork_point(head)
+            rewound = fork is not None and fork <= self.start_block
+            cursor = self.start_block if rewound else self.cursor if fork is None else min(self.cursor, fork)
+            forked_at = None if rewound else fork
             target = head.number - self.confirmations
             end = min(target, cursor + self.max_range - 1)
             events = await self.reader.read(cursor, end) if end >= cursor else []
-            batch = EventBatch(cursor, max(end, cursor - 1), head, tuple(events), rewound, caught_up=end >= target)
+            batch = EventBatch(cursor, max(end, cursor - 1), head, tuple(events), rewound,
+                               caught_up=end >= target, forked_at=forked_at)  # fmt: skip
             if handle is not None:
                 result = handle(batch)
                 if inspect.isawaitable(result):
                     await result
-            if rewound:
-                log.warning("the chain at %s went back (head %d); reading again from block %d",
-                            self.reader.url, head.number, self.start_block)
+            if fork is not None:
+                log.warning("the chain at %s changed from block %d on (head %d); reading again from block %d",
+                            self.reader.url, fork, head.number, cursor)
+                self._hashes = {number: known for number, known in self._hashes.items() if number < fork}
             self.cursor = batch.to_block + 1
-            self._last = head
+            self._hashes.update((event.block_number, event.block_hash) for event in events[-self.remember :])
+            self._hashes[head.number] = head.hash
+            self._forget_old()
             return batch
 
-    async def _rewound(self, head: Head) -> bool:
-        last = self._last
-        if last is None:
+    def _forget_old(self) -> None:
+        if len(self._hashes) > self.remember:
+            for number in sorted(self._hashes)[: len(self._hashes) - self.remember]:
+                del self._hashes[number]
+
+    async def _fork_point(self, head: Head) -> int | None:
+        """None if every block remembered is still on the chain; else the first block that may
+        have changed: the one after the highest remembered block still there (or `start_block`)."""
+        if not self._hashes:
+            return None
+        numbers = sorted(self._hashes)
+        if await self._still_there(numbers[-1], head):
+            return None
+        # A block still there means all below it are (each names its parent): bisect.
+        low, high, found = 0, len(numbers) - 1, -1
+        while low < high:
+            middle = (low + high) // 2
+            if await self._still_there(numbers[middle], head):
+                found, low = middle, middle + 1
+            else:
+                high = middle
+        return numbers[found] + 1 if found >= 0 else self.start_block
+
+    async def _still_there(self, number: int, head: Head) -> bool:
+        known = self._hashes[number]
+        if number > head.number:
             return False
-        if head.number < last.number:
-            return True
-        if head.number == last.number:
-            return head.hash != last.hash
-        return (await self.reader.block(last.number)).hash != last.hash
+        if number == head.number:
+            return head.hash == known
+        if number == head.number - 1 and head.parent_hash:
+            return head.parent_hash == known
+        return (await self.reader.block(number)).hash == known
 
     async def follow(self, handle: Handler, *, interval: float = 1.0, max_backoff: float = 30.0) -> NoReturn:
         """Poll forever, `interval` seconds apart; while polls fail, retry with exponential

@@ -3,14 +3,19 @@
 `ChainStateCache` implements `ChainState`. It reads every PaymentChannels and ModelRegistry event
 from the deployment's first block, then polls new blocks in a background task. `channel()` and
 `model()` are dict lookups: no RPC on the paid path. `refresh_channel()` reads one channel now.
+With `confirmations` N, the cache sees only blocks N deep: a deposit or top-up counts once N
+blocks were mined on top of it (docs/chain-state.md).
 
-Channel state only ever moves forward (deposit, claimed and expiry grow; a reclaim is final), so
-every update, from an event or from a `getChannel` read, is merged monotonically: a refresh that
-read a newer block than the poller has reached is never undone by the poller's older events.
+On one chain, channel state only moves forward (deposit, claimed and expiry grow; a reclaim is
+final), so updates from events and reads are merged monotonically: a refresh that read a newer
+block than the poller has reached is never undone by the poller's older events. A reorg is the
+exception: the follower reports the first block replaced, and every channel and model observed at
+or after it is read again at the new chain's block and REPLACED (a channel whose open vanished
+is forgotten). `on_channel_reorg` listeners hear of each channel read again.
 
 While the node is down the cache keeps serving what it knows, `refresh_channel` raises
 ChainUnavailable and the poller retries with backoff (see `EventFollower.follow`). If the chain
-goes back (a reset or `evm_revert` on a dev chain), the state is rebuilt from the first block.
+changed below every block remembered (a reset node), the state is rebuilt from the first block.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ from marketplace.chain.events import (
     EventFollower,
     EventReader,
     EventSource,
+    Head,
     node_call,
     uint_topic,
 )
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
-from marketplace.errors import ChainError, WrongChain
+from marketplace.errors import ChainError, ChannelUnconfirmed, WrongChain
 
 __all__ = ["ChainStateCache", "RECLAIMED_EXPIRY"]
 
@@ -96,6 +102,7 @@ class ChainStateCache:
         poll_interval: float = 0.5,
         max_backoff: float = 10.0,
         chunk_size: int = DEFAULT_CHUNK,
+        confirmations: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.w3 = w3
@@ -117,11 +124,17 @@ class ChainStateCache:
             ],
             chunk_size=chunk_size,
         )
-        self._follower = EventFollower(reader, deployment.start_block)
+        self._follower = EventFollower(reader, deployment.start_block, confirmations=confirmations)
         self._opened = EventReader(w3, [EventSource.of(deployment, "PaymentChannels", ["ChannelOpened"])])
         self._escrow = w3.eth.contract(address=self.escrow, abi=load_compiled("PaymentChannels").abi)
+        self._registry = w3.eth.contract(address=self.registry, abi=load_compiled("ModelRegistry").abi)
         self._channels: dict[int, ChannelInfo] = {}
         self._models: dict[bytes, ModelInfo] = {}
+        # The last block each channel and model was observed at (an event, a read): a reorg from
+        # block F on invalidates exactly those observed at F or later.
+        self._channel_seen: dict[int, int] = {}
+        self._model_seen: dict[bytes, int] = {}
+        self._reorg_listeners: list[Callable[[int], None]] = []
         self._anchor: tuple[str, float, float] | None = None  # (head hash, chain time, clock when seen)
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -144,6 +157,11 @@ class ChainStateCache:
     @property
     def url(self) -> str:
         return self._follower.reader.url
+
+    @property
+    def confirmations(self) -> int:
+        """How deep a block must be before the cache takes it into account."""
+        return self._follower.confirmations
 
     # --- lookups (no RPC) -------------------------------------------------------------------
 
@@ -184,12 +202,16 @@ class ChainStateCache:
     # --- reads -------------------------------------------------------------------------------
 
     async def refresh_channel(self, channel_id: int) -> ChannelInfo | None:
-        """Read the channel from the chain now (its terms too, for a channel never seen) and
-        update the cache; None if no such channel. Raises ChainUnavailable when the node is down."""
-        read = node_call(self.url, f"read channel {channel_id:#x}", self._escrow.functions.getChannel(channel_id).call())
+        """Read the channel now, at the newest block `confirmations` deep (its terms too, for a
+        channel never seen), and update the cache; None if no such channel. Raises
+        ChainUnavailable when the node is down, ChannelUnconfirmed for a channel opened in a block
+        not yet deep enough. The block read is watched like the poller's: if a reorg replaces it,
+        the channel is read again."""
+        block = await self._confirmed_block()
+        read = self._read_channel(channel_id, block.number)
         if channel_id in self._channels:
-            deposit, claimed, expiry = await read
-            return self._merge_state(channel_id, deposit, claimed, expiry)
+            state = await read
+            return self._merge_state(channel_id, *state, seen=block)
         # Never seen: its ChannelOpened can only be in blocks the poller has not read yet.
         since = self._follower.cursor
         reading = asyncio.ensure_future(read)  # both reads at once
@@ -202,6 +224,8 @@ class ChainStateCache:
             raise
         deposit, claimed, expiry = await reading
         if expiry == 0:
+            if opened is not None and self.confirmations:
+                raise ChannelUnconfirmed(channel_id, self.confirmations)
             return None
         if opened is None:  # the getChannel read saw a block the log read had not: read the logs again
             opened = await self._find_opened(channel_id, since)
@@ -209,19 +233,32 @@ class ChainStateCache:
                 raise ChainError(f"channel {channel_id:#x} exists but no ChannelOpened was found from block {since}")
         if channel_id not in self._channels:  # the poller may have applied it in the meantime
             self._channels[channel_id] = opened
-        return self._merge_state(channel_id, deposit, claimed, expiry)
+        return self._merge_state(channel_id, deposit, claimed, expiry, seen=block)
+
+    async def _confirmed_block(self) -> Head:
+        reader = self._follower.reader
+        head = await reader.head()
+        return head if self.confirmations == 0 else await reader.block(max(head.number - self.confirmations, 0))
+
+    async def _read_channel(self, channel_id: int, block: int) -> tuple[int, int, int]:
+        """(deposit, claimed, expiry) of the channel at `block` (expiry 0: no such channel)."""
+        call = self._escrow.functions.getChannel(channel_id).call(block_identifier=block)
+        deposit, claimed, expiry = await node_call(self.url, f"read channel {channel_id:#x}", call)
+        return int(deposit), int(claimed), int(expiry)
 
     async def _find_opened(self, channel_id: int, since: int) -> ChannelInfo | None:
         events = await self._opened.read(since, None, topics=[uint_topic(channel_id)])
         return _opened(events[0]) if events else None
 
-    def _merge_state(self, channel_id: int, deposit: int, claimed: int, expiry: int) -> ChannelInfo:
+    def _merge_state(self, channel_id: int, deposit: int, claimed: int, expiry: int, *, seen: Head) -> ChannelInfo:
         info = self._channels[channel_id]
         if expiry == RECLAIMED_EXPIRY:
             info = _advance(info, claimed=claimed, reclaimed=True)
-        elif expiry != 0:  # 0: the chain went back under us; the poller will rebuild
+        elif expiry != 0:  # 0: a reorg under us; the poller reads it again
             info = _advance(info, deposit=deposit, claimed=claimed, expiry=expiry)
         self._channels[channel_id] = info
+        self._channel_seen[channel_id] = max(self._channel_seen.get(channel_id, 0), seen.number)
+        self._follower.observe(seen.number, seen.hash)
         return info
 
     # --- polling -----------------------------------------------------------------------------
@@ -284,10 +321,21 @@ class ChainStateCache:
         for listener in self._license_listeners:
             listener(license_id)
 
-    def _apply(self, batch: EventBatch) -> None:
+    def on_channel_reorg(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(channel_id)` for each channel read again after a reorg (its state, now
+        `channel(channel_id)`, may have gone back or vanished): to reconcile what was derived."""
+        self._reorg_listeners.append(listener)
+
+    async def _apply(self, batch: EventBatch) -> None:
         if batch.rewound:
             self._channels, self._models, self._anchor = {}, {}, None
+            self._channel_seen, self._model_seen = {}, {}
             self._license_changed(None)
+        stale_channels: list[int] = []
+        stale_models: list[bytes] = []
+        if batch.forked_at is not None:
+            stale_channels = [c for c, seen in self._channel_seen.items() if seen >= batch.forked_at]
+            stale_models = [m for m, seen in self._model_seen.items() if seen >= batch.forked_at]
         for event in batch.events:
             if event.contract == "PaymentChannels":
                 self._apply_channel_event(event)
@@ -297,9 +345,56 @@ class ChainStateCache:
                 self._apply_model_event(event)
                 if event.name == "ModelRetired":
                     self._license_changed(None)
+        if stale_channels or stale_models:
+            await self._read_again(stale_channels, stale_models, batch.to_block)
         self._see_head(batch.head.hash, batch.head.timestamp)
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
+
+    async def _read_again(self, channels: list[int], models: list[bytes], block: int) -> None:
+        """After a reorg: replace these channels and models with their state at `block`."""
+        states = await asyncio.gather(*(self._read_channel(channel_id, block) for channel_id in channels))
+        raws = await asyncio.gather(*(self._read_model(model_id, block) for model_id in models))
+        for channel_id, (deposit, claimed, expiry) in zip(channels, states, strict=True):
+            self._replace_channel(channel_id, deposit, claimed, expiry, block)
+        for model_id, raw in zip(models, raws, strict=True):
+            self._replace_model(model_id, raw, block)
+        log.warning("reorg: read %d channels and %d models again at block %d", len(channels), len(models), block)
+        self._license_changed(None)
+        for channel_id in channels:
+            for listener in self._reorg_listeners:
+                listener(channel_id)
+
+    def _replace_channel(self, channel_id: int, deposit: int, claimed: int, expiry: int, block: int) -> None:
+        info = self._channels.get(channel_id)
+        if expiry == 0 or info is None:  # the open was rolled back
+            self._channels.pop(channel_id, None)
+            self._channel_seen.pop(channel_id, None)
+            return
+        if expiry == RECLAIMED_EXPIRY:
+            info = dataclasses.replace(info, deposit=claimed, claimed=claimed, reclaimed=True)
+        else:
+            info = dataclasses.replace(info, deposit=deposit, claimed=claimed, expiry=expiry, reclaimed=False)
+        self._channels[channel_id] = info
+        self._channel_seen[channel_id] = block
+
+    async def _read_model(self, model_id: bytes, block: int) -> Any:
+        call = self._registry.functions.getModel(model_id).call(block_identifier=block)
+        return await node_call(self.url, f"read model 0x{model_id.hex()}", call)
+
+    def _replace_model(self, model_id: bytes, raw: Any, block: int) -> None:
+        owner, price, payee, metadata_codec, artifact_codec, version, status, metadata_digest, artifact_digest = raw
+        model = self._models.get(model_id)
+        if status == ModelStatus.NONE or model is None:  # its registration was rolled back
+            self._models.pop(model_id, None)
+            self._model_seen.pop(model_id, None)
+            return
+        self._models[model_id] = dataclasses.replace(  # the endpoint lives only in events: kept
+            model, owner=owner, payee=payee, price=int(price), status=ModelStatus(status),
+            metadata_codec=int(metadata_codec), metadata_digest=bytes(metadata_digest),
+            artifact_codec=int(artifact_codec), artifact_digest=bytes(artifact_digest), artifact_version=int(version),
+        )  # fmt: skip
+        self._model_seen[model_id] = block
 
     def _see_head(self, block_hash: str, timestamp: int) -> None:
         if self._anchor is not None and self._anchor[0] == block_hash:
@@ -310,6 +405,7 @@ class ChainStateCache:
     def _apply_channel_event(self, event: Event) -> None:
         args = event.args
         channel_id = int(args["channelId"])
+        self._channel_seen[channel_id] = max(self._channel_seen.get(channel_id, 0), event.block_number)
         if event.name == "ChannelOpened":
             opened = _opened(event)
             known = self._channels.get(channel_id)
@@ -332,6 +428,7 @@ class ChainStateCache:
     def _apply_model_event(self, event: Event) -> None:
         args = event.args
         model_id = bytes(args["modelId"])
+        self._model_seen[model_id] = max(self._model_seen.get(model_id, 0), event.block_number)
         if event.name == "ModelRegistered":
             self._models[model_id] = ModelInfo(
                 model_id=model_id,

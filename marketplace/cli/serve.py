@@ -15,6 +15,7 @@ from marketplace.errors import ConfigError
 __all__ = ["app_from_environment", "dashboard_hint", "load_settings", "serve"]
 
 _LOG_LEVEL_ENV = "MARKETPLACE_LOG_LEVEL"
+_CONFIRMATIONS_ENV = "MARKETPLACE_CONFIRMATIONS"
 
 
 def load_settings(config: Path | None) -> DaemonSettings:
@@ -48,6 +49,11 @@ def serve(
         typer.Option(min=1, help="Worker processes, each a whole daemon on the shared ledger "
                                  "(SQLite file on local disk, or PostgreSQL)."),
     ] = 1,
+    confirmations: Annotated[
+        int | None,
+        typer.Option(min=0, help="Blocks deep a deposit, top-up or claim must be before it counts "
+                                 "(default: 0 on the dev chain 31337, else 3)."),
+    ] = None,
 ) -> None:
     """Serve paid inference for the models in the settings (x402: channel, exact, license).
 
@@ -59,6 +65,8 @@ def serve(
     from marketplace.daemon.observability import configure_logging
     from marketplace.daemon.services import preflight
 
+    if confirmations is not None:  # as a variable, so that worker processes read it too
+        os.environ[_CONFIRMATIONS_ENV] = str(confirmations)
     settings = load_settings(config)
     preflight(settings)
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)

@@ -95,7 +95,8 @@ class PaidCalls:
     async def _channel_call(self, request: Request, model: ModelInfo, body: bytes, voucher: VerifiedVoucher) -> Response:
         services = self.services
         try:
-            credit = await services.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, model.price)
+            credit = await services.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, model.price,
+                                                 deposit=voucher.channel.deposit)
         except InsufficientCredit as refusal:
             rejection = PaymentRejected("insufficient_credit", str(refusal))
             return await self._refused(request, model, rejection, channel_id=voucher.channel_id)

@@ -118,7 +118,12 @@ def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]
 async def start_services(settings: DaemonSettings) -> Services:
     """Connect to the chain and the ledger, load every served model, start the claimer."""
     w3, deployment, account = await asyncio.to_thread(preflight, settings)
-    state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
+    state = await ChainStateCache.connect(
+        settings.rpc_url,
+        deployment,
+        poll_interval=settings.chain_poll_seconds,
+        confirmations=settings.confirmations_on(deployment.chain_id),
+    ).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
     access: AccessNonces | None = None
@@ -128,7 +133,8 @@ async def start_services(settings: DaemonSettings) -> Services:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
             if model is None:
-                raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}")
+                deep = f" (at least {state.confirmations} blocks deep)" if state.confirmations else ""
+                raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}{deep}")
             runners[model_id] = await asyncio.to_thread(_load_runner, served, model, settings)
             log.info("serving model %s with %r", served.model_id, runners[model_id])
     except BaseException:

@@ -16,12 +16,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from marketplace.chain.devkeys import DEV_CHAIN_ID
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 
 __all__ = ["DaemonSettings", "OnnxRunnerConfig", "ServedModel", "UpstreamRunnerConfig"]
 
 _MIN_ADMIN_TOKEN = 24
 _PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
+# Blocks a deposit, top-up or claim must be buried under before it counts, off the dev chain:
+# on Ethereum mainnet and its L2s, reorgs of 1 block happen daily and of 2 rarely; 3 covers them
+# for ~36 s of delay on a new channel (docs/chain-state.md).
+DEFAULT_CONFIRMATIONS = 3
 
 
 class OnnxRunnerConfig(BaseModel):
@@ -71,6 +76,9 @@ class DaemonSettings(BaseSettings):
     admin_token: SecretStr | None = Field(None, description="opens /dashboard and /metrics (else: loopback only)")
     channel_lookup_burst: int = Field(10, ge=1, description="unknown-channel look-ups a client may make at once")
     channel_lookups_per_second: float = Field(2.0, gt=0, description="then this many per second, per client")
+    confirmations: int | None = Field(
+        default=None, ge=0, description="blocks deep before chain state counts; default 0 on 31337, else 3"
+    )
     config_file: Path | None = None
 
     @field_validator("password", "private_key", "admin_token")
@@ -87,6 +95,12 @@ class DaemonSettings(BaseSettings):
             raise ValueError(f"is shorter than {_MIN_ADMIN_TOKEN} characters; make one with "
                              "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return value
+
+    def confirmations_on(self, chain_id: int) -> int:
+        """The `confirmations` to use on `chain_id`: as set, else 0 on the dev chain, else 3."""
+        if self.confirmations is not None:
+            return self.confirmations
+        return 0 if chain_id == DEV_CHAIN_ID else DEFAULT_CONFIRMATIONS
 
     @model_validator(mode="after")
     def _one_key_source(self) -> DaemonSettings:

@@ -14,6 +14,15 @@ channel (``claimed >= amount`` means done). `claimMany` is all-or-nothing, so a 
 estimate shows would revert (the channel was reclaimed, already claimed by someone else, ...) is
 taken out of the batch and the rest is sent; a voucher found unclaimable is not tried again until
 the ledger holds a higher one.
+
+The chain can change under a claim (docs/chain-state.md):
+- the voucher claimed is the best one the chain will pay: the highest, or, if a reorg rolled a
+  top-up back so the deposit is below it, the highest voucher the ledger kept within the deposit;
+- with `confirmations` N > 0 a mined claim is recorded in the ledger only once the chain state
+  (which sees blocks N deep) shows it; if that block arrives without it, it was rolled back and
+  the channel is claimed again;
+- a channel the chain state read again after a reorg gets the ledger's `claimed` reset to the
+  chain's on the next run, so a claim rolled back later still is claimed again.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,8 +55,12 @@ class ChannelSource(Protocol):
     """What the claimer needs of the chain state (`ChainStateCache` provides it)."""
 
     escrow: str
+    confirmations: int  # how deep the chain state's view of the chain is
+    block_number: int  # the last block the chain state applied
 
     def channel(self, channel_id: int) -> ChannelInfo | None: ...
+
+    def on_channel_reorg(self, listener: Callable[[int], None]) -> None: ...
 
     async def refresh_channel(self, channel_id: int) -> ChannelInfo | None: ...
 
@@ -91,6 +104,7 @@ class ClaimReport:
 
     batches: list[ClaimedBatch] = field(default_factory=list)
     recorded: dict[int, int] = field(default_factory=dict)  # channel -> amount recorded in the ledger
+    pending: dict[int, int] = field(default_factory=dict)  # channel -> amount mined, awaiting confirmations
     dropped: dict[int, str] = field(default_factory=dict)  # vouchers found unclaimable, with the reason
     deferred: dict[int, str] = field(default_factory=dict)  # to try again on a later run, with the reason
 
@@ -148,18 +162,31 @@ class Claimer:
         self._lock = asyncio.Lock()
         self._dropped: dict[int, int] = {}  # channel -> voucher amount found unclaimable
         self._uncertain: set[int] = set()  # channels whose last send has an unknown outcome
+        self._mined: dict[int, tuple[int, int]] = {}  # channel -> (amount, block) claimed, not yet confirmed
+        self._reorged: set[int] = set()  # channels read again after a reorg: reset the ledger's claimed
         self._task: asyncio.Task[None] | None = None
+        state.on_channel_reorg(self._reorged.add)
 
     async def claim_now(self, *, everything: bool = False) -> ClaimReport:
         """Claim every due voucher now (`everything`: every unclaimed one, whatever the policy)."""
         async with self._lock:
             report = ClaimReport()
+            await self._reset_reorged()
             due = await self._select(report, everything)
             for payee, entries in due.items():
                 entries.sort(key=lambda entry: (entry.channel.expiry, entry.channel.channel_id))
                 for start in range(0, len(entries), self.policy.max_batch):
                     await self._claim_batch(payee, entries[start : start + self.policy.max_batch], report)
             return report
+
+    async def _reset_reorged(self) -> None:
+        """The ledger's `claimed` of channels a reorg changed becomes the chain's again."""
+        while self._reorged:
+            channel_id = self._reorged.pop()
+            info = self.state.channel(channel_id)
+            await self.ledger.reset_claim(ChannelId(channel_id), TokenAmount(info.claimed if info else 0))
+            self._mined.pop(channel_id, None)
+            self._dropped.pop(channel_id, None)
 
     async def _select(self, report: ClaimReport, everything: bool) -> dict[str, list[_Due]]:
         due: dict[str, list[_Due]] = defaultdict(list)
@@ -169,15 +196,53 @@ class Claimer:
             if credit.signature is None or self._dropped.get(channel_id) == credit.authorized:
                 continue
             info = await self._channel(channel_id, report)
-            if info is None:
+            if info is None or await self._awaiting_confirmations(info, report):
                 continue
             if info.claimed >= credit.authorized:  # claimed already (elsewhere, or a lost receipt)
                 await self._record(channel_id, credit.authorized, report)
             elif info.reclaimed:
                 self._drop(channel_id, credit.authorized, "the channel was reclaimed by its payer", report)
             elif everything or self._is_due(credit, info, now):
-                due[info.payee].append(_Due(info, int(credit.authorized), bytes(credit.signature)))
+                voucher = await self._claimable_voucher(credit, info, report)
+                if voucher is not None:
+                    due[info.payee].append(_Due(info, *voucher))
         return due
+
+    async def _awaiting_confirmations(self, info: ChannelInfo, report: ClaimReport) -> bool:
+        """True while a claim mined for the channel is not yet as deep as the chain state looks;
+        once it is: recorded if the chain state shows it, forgotten (to claim again) if not, and
+        the channel is considered like any other."""
+        channel_id = info.channel_id
+        mined = self._mined.get(channel_id)
+        if mined is None:
+            return False
+        amount, block = mined
+        if self.state.block_number < block:
+            report.pending[channel_id] = amount
+            return True
+        del self._mined[channel_id]
+        if info.claimed >= amount:
+            await self._record(channel_id, amount, report)
+            return False
+        log.warning("claim of %d on channel %#x (block %d) was rolled back by a reorg; claiming again",
+                    amount, channel_id, block)
+        return False
+
+    async def _claimable_voucher(
+        self, credit: Credit, info: ChannelInfo, report: ClaimReport
+    ) -> tuple[int, bytes] | None:
+        """The voucher to claim: the highest, unless it exceeds the deposit (a reorg rolled a top-up
+        back): then the highest one kept within the deposit, if it pays anything."""
+        assert credit.signature is not None
+        if credit.authorized <= info.deposit:
+            return int(credit.authorized), bytes(credit.signature)
+        best = await self.ledger.best_voucher(credit.channel_id, TokenAmount(info.deposit))
+        if best is None or best[0] <= info.claimed:
+            report.deferred[info.channel_id] = (
+                f"the best voucher ({credit.authorized}) exceeds the deposit {info.deposit}; none within it pays more"
+            )
+            return None
+        return int(best[0]), best[1]
 
     def _is_due(self, credit: Credit, info: ChannelInfo, now: int) -> bool:
         unclaimed = credit.authorized - max(credit.claimed, info.claimed)
@@ -253,7 +318,11 @@ class Claimer:
             channel_id, amount = int(event["args"]["channelId"]), int(event["args"]["amount"])
             paid = event["args"].get("paid", amount - known_claimed.get(channel_id, 0))  # if the event drops it
             claims.append((channel_id, amount, int(paid)))
-            await self._record(channel_id, amount, report)
+            if self.state.confirmations:
+                self._mined[channel_id] = (amount, int(receipt["blockNumber"]))
+                report.pending[channel_id] = amount
+            else:
+                await self._record(channel_id, amount, report)
         batch = ClaimedBatch(
             payee=payee,
             transaction_hash=receipt["transactionHash"].to_0x_hex(),

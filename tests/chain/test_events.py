@@ -137,11 +137,13 @@ async def test_chunks_halve_when_the_node_refuses_a_range_and_grow_back(
         await EventReader(aw3, all_sources(contracts), chunk_size=8).read(start, end)
 
 
-async def test_follower_polls_new_blocks_and_restarts_after_a_rewind(
+async def test_follower_polls_new_blocks_and_reads_again_from_the_fork_after_a_rewind(
     w3: Web3, aw3: AsyncWeb3, contracts: Any, dev_accounts: list[LocalAccount], snapshot: None
 ) -> None:
     start = contracts.deployment.start_block
     follower = EventFollower(EventReader(aw3, all_sources(contracts), chunk_size=3), start)
+    forgetful = EventFollower(EventReader(aw3, all_sources(contracts)), start, remember=1)
+    await forgetful.poll()
     first = await follower.poll()
     assert first.from_block == start and first.to_block == first.head.number and first.caught_up
     assert follower.cursor == first.head.number + 1 and not first.rewound
@@ -155,8 +157,13 @@ async def test_follower_polls_new_blocks_and_restarts_after_a_rewind(
     assert batch.from_block == first.head.number + 1 and batch.to_block == done["last_block"]
     assert handled == [len(batch.events)] == [7]
 
+    await forgetful.poll()
+
     w3.provider.make_request("evm_revert", [before])  # type: ignore[attr-defined]
-    rewound = await follower.poll()
+    forked = await follower.poll()  # it remembers the block the chain went back to
+    assert forked.forked_at == first.head.number + 1 and not forked.rewound and forked.events == ()
+    assert follower.cursor == first.head.number + 1
+    rewound = await forgetful.poll()  # it remembers only the last head, now gone: from the start
     assert rewound.rewound and rewound.from_block == start and rewound.events == first.events
 
     def failing(_: Any) -> None:
@@ -168,6 +175,23 @@ async def test_follower_polls_new_blocks_and_restarts_after_a_rewind(
         await follower.poll(failing)
     assert follower.cursor == cursor  # not consumed: delivered again
     assert [e.name for e in (await follower.poll()).events] == ["Transfer"]
+
+
+async def test_follower_reports_the_fork_of_a_reorg_that_keeps_the_height(
+    w3: Web3, aw3: AsyncWeb3, contracts: Any, dev_accounts: list[LocalAccount], snapshot: None
+) -> None:
+    follower = EventFollower(EventReader(aw3, all_sources(contracts)), contracts.deployment.start_block)
+    await follower.poll()
+    done = activity(w3, contracts, dev_accounts)
+    applied = await follower.poll()
+    assert len(applied.events) == 7
+    w3.provider.make_request("anvil_reorg", [3, []])  # type: ignore[attr-defined]  # same height, new blocks
+    w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]  # and a longer chain
+    forked = await follower.poll()
+    assert forked.forked_at == done["last_block"] - 2 and not forked.rewound
+    assert forked.from_block == done["last_block"] - 2 and forked.to_block == done["last_block"] + 2
+    assert forked.events == ()  # the replacement blocks are empty
+    assert (await follower.poll()).forked_at is None
 
 
 async def test_max_range_splits_a_long_catch_up(

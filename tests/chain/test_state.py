@@ -227,6 +227,42 @@ async def test_a_rewound_chain_is_rebuilt_from_the_first_block(
     assert cache.channel(channel_id) is None and cache.model(model_id) is None and cache.healthy
 
 
+async def test_a_reorg_replaces_what_it_rolled_back_and_keeps_the_rest(
+    w3: Web3, contracts: Any, anvil: Anvil, market: Market, dev_accounts: list[LocalAccount], snapshot: None
+) -> None:
+    """Same height, new blocks: a top-up, a claim and a price change undone; a model registered and a
+    channel opened in the lost blocks forgotten; the channel opened before them kept."""
+    provider, payer = dev_accounts[1], dev_accounts[2]
+    model_id = market.register(provider, b"\x0a" * 32, price=5)
+    market.fund(payer, 10 * TOKEN)
+    terms, channel_id, _ = market.open(payer, provider.address, model_id, 2 * TOKEN)
+    cache = ChainStateCache.connect(anvil.url, contracts.deployment)
+    await cache.start(follow=False)
+    try:
+        known = cache.channel(channel_id)
+        fork = w3.eth.block_number
+        market.send(payer, "PaymentChannels", "topUp", channel_id, TOKEN)
+        claim = market.voucher(payer, channel_id, TOKEN // 2)
+        market.send(provider, "PaymentChannels", "claim", terms, TOKEN // 2, claim)
+        market.send(provider, "ModelRegistry", "setPrice", model_id, 7)
+        lost_model = market.register(provider, b"\x0b" * 32)
+        _, lost_channel, _ = market.open(payer, provider.address, model_id, TOKEN, salt=2)
+        await cache.sync()
+        assert cache.channel(channel_id).deposit == 3 * TOKEN and cache.channel(channel_id).claimed == TOKEN // 2  # type: ignore[union-attr]
+        assert cache.model(model_id).price == 7 and cache.channel(lost_channel) and cache.model(lost_model)  # type: ignore[union-attr]
+        reorged: list[int] = []
+        cache.on_channel_reorg(reorged.append)
+
+        w3.provider.make_request("anvil_reorg", [w3.eth.block_number - fork, []])  # type: ignore[attr-defined]
+        w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]
+        await cache.sync()
+        assert cache.channel(channel_id) == known and cache.model(model_id).price == 5  # type: ignore[union-attr]
+        assert cache.channel(lost_channel) is None and cache.model(lost_model) is None
+        assert sorted(reorged) == sorted([channel_id, lost_channel])
+    finally:
+        await cache.stop()
+
+
 async def test_start_fails_clearly_when_the_node_is_down(contracts: Any) -> None:
     state = ChainStateCache.connect("http://127.0.0.1:9", contracts.deployment)
     with pytest.raises(ChainUnavailable, match="cannot read the chain id: the chain node at http://127.0.0.1:9"):
@@ -256,7 +292,7 @@ async def test_rpc_down_cached_lookups_work_refresh_fails_and_polling_resumes(
         await asyncio.sleep(0.6)
         assert not cache.healthy and cache.following
         assert cache.channel(channel_id) == known and cache.model(model_id) is not None
-        with pytest.raises(ChainUnavailable, match=f"cannot read channel {channel_id:#x}: the chain node at {node.url}"):
+        with pytest.raises(ChainUnavailable, match=f"cannot read block latest: the chain node at {node.url}"):
             await cache.refresh_channel(channel_id)
         with pytest.raises(ChainUnavailable):
             await cache.refresh_channel(channel_id ^ 1)

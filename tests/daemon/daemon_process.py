@@ -77,9 +77,10 @@ class DaemonProcess:
     The daemon key comes from `private_key` through MARKETPLACE_PRIVATE_KEY, not the file."""
 
     def __init__(self, config: Path, private_key: str, *, port: int | None = None, log: Path | None = None,
-                 workers: int = 1) -> None:
+                 workers: int = 1, options: tuple[str, ...] = ()) -> None:
         self.config = config
         self.workers = workers
+        self.options = options  # more `marketplace serve` options
         self.port = port or free_port()
         self.log = log or config.with_suffix(f".{self.port}.log")
         self._private_key = private_key
@@ -95,7 +96,8 @@ class DaemonProcess:
         with self.log.open("ab") as output:
             self.process = subprocess.Popen(
                 [str(MARKETPLACE), "serve", "--config", str(self.config), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers)],
+                 "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers),
+                 *self.options],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )

@@ -276,3 +276,37 @@ async def test_the_background_loop_claims_on_its_interval(setup: Setup) -> None:
         assert await setup.ledger_claimed(channel_id) == PRICE == setup.claimed(channel_id)
     finally:
         await claimer.stop()
+
+
+async def test_with_confirmations_a_claim_is_recorded_once_deep_and_claimed_again_if_rolled_back(
+    setup: Setup, anvil: Anvil
+) -> None:
+    provider, payer = setup.accounts[1], setup.accounts[2]
+    _, channel_id = setup.open(payer, provider, salt=11)
+    await setup.pay(payer, channel_id, PRICE, 2 * PRICE)
+    deep = ChainStateCache.connect(anvil.url, setup.contracts.deployment, confirmations=2)
+    setup.w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]  # the open is deep
+    await deep.start(follow=False)
+    try:
+        claimer = Claimer(setup.ledger, deep, Sender(setup.w3, setup.daemon), ClaimPolicy(min_unclaimed=1))
+        before, block = setup.balance(provider), setup.w3.eth.block_number
+        first = await claimer.claim_now()
+        assert first.paid == 2 * PRICE and first.pending == {channel_id: 2 * PRICE} and first.recorded == {}
+        assert await setup.ledger_claimed(channel_id) == 0  # mined, not yet confirmed
+        await deep.sync()
+        assert (await claimer.claim_now()).pending == {channel_id: 2 * PRICE}  # 0 blocks deep: still waiting
+
+        setup.w3.provider.make_request("anvil_reorg", [1, []])  # type: ignore[attr-defined]  # the claim is gone
+        setup.w3.provider.make_request("anvil_mine", ["0x3"])  # type: ignore[attr-defined]
+        await deep.sync()
+        assert setup.balance(provider) == before and setup.claimed(channel_id) == 0
+        again = await claimer.claim_now()  # its block is deep now, without the claim: claimed again
+        assert again.paid == 2 * PRICE and again.pending == {channel_id: 2 * PRICE}
+        setup.w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]
+        await deep.sync()
+        done = await claimer.claim_now()
+        assert done.recorded == {channel_id: 2 * PRICE} and done.batches == []
+        assert await setup.ledger_claimed(channel_id) == 2 * PRICE
+        assert setup.balance(provider) - before == 2 * PRICE and setup.w3.eth.block_number > block
+    finally:
+        await deep.stop()

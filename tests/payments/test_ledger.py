@@ -1,4 +1,4 @@
-"""The credit rule, on SQLite and PostgreSQL: admit iff max(authorized, A) - consumed >= P."""
+"""The credit rule, on SQLite and PostgreSQL: admit iff min(max(authorized, A), deposit) - consumed >= P."""
 
 from __future__ import annotations
 
@@ -251,3 +251,42 @@ async def test_a_closed_ledger_refuses_politely(ledger: CreditLedger) -> None:
         await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
     with pytest.raises(LedgerUnavailable, match="closed"):
         await ledger.credit(CHANNEL)
+
+
+async def test_credit_above_the_deposit_on_chain_stops_when_a_reorg_lowers_it(ledger: CreditLedger) -> None:
+    """A top-up rolled back: the vouchers it allowed stay accepted, but only the deposit pays."""
+    await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P, deposit=tokens(5))
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P, deposit=tokens(10))  # after a top-up
+    for consumed in (3, 4, 5):  # the top-up is gone: credit up to the deposit of 5 calls only
+        credit = await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P, deposit=tokens(5))
+        assert (credit.authorized, credit.consumed) == (tokens(10), tokens(consumed))
+    with pytest.raises(InsufficientCredit, match="deposit") as refused:
+        await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P, deposit=tokens(5))
+    assert (refused.value.available, refused.value.deposit) == (0, tokens(5))
+    credit = await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P, deposit=tokens(10))  # topped up again
+    assert credit.consumed == tokens(6)
+
+
+async def test_the_best_voucher_under_each_deposit_is_kept_until_a_higher_claim(ledger: CreditLedger) -> None:
+    for amount, deposit in ((2, 5), (5, 5), (4, 5), (7, 10), (10, 10), (10, 10), (12, 20)):
+        await ledger.admit(CHANNEL, tokens(amount), sig(tokens(amount)), P, deposit=tokens(deposit))
+    assert await ledger.best_voucher(CHANNEL, tokens(20)) == (tokens(12), sig(tokens(12)))
+    assert await ledger.best_voucher(CHANNEL, tokens(10)) == (tokens(10), sig(tokens(10)))
+    assert await ledger.best_voucher(CHANNEL, TokenAmount(tokens(10) - 1)) == (tokens(5), sig(tokens(5)))
+    assert await ledger.best_voucher(CHANNEL, tokens(4)) is None  # 2 was bettered under the same deposit
+    assert await ledger.best_voucher(OTHER, tokens(10)) is None
+    await ledger.record_claim(CHANNEL, tokens(10))  # confirmed: vouchers below it can pay nothing more
+    assert await ledger.best_voucher(CHANNEL, tokens(9)) is None
+    assert await ledger.best_voucher(CHANNEL, tokens(11)) == (tokens(10), sig(tokens(10)))
+
+
+async def test_reset_claim_puts_a_rolled_back_claim_back_in_the_claimable_list(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P)
+    await ledger.record_claim(CHANNEL, tokens(10))
+    assert await ledger.claimable() == []
+    await ledger.reset_claim(CHANNEL, tokens(4))  # the chain says the claim was rolled back to 4
+    assert [(c.channel_id, c.claimed, c.unclaimed) for c in await ledger.claimable()] == [
+        (CHANNEL, tokens(4), tokens(6))
+    ]
+    await ledger.reset_claim(OTHER, tokens(1))  # never seen: nothing to correct
+    assert await ledger.credit(OTHER) is None

@@ -93,3 +93,22 @@ async def test_a_newer_database_is_refused_with_a_clear_error(ledger_url: str) -
     assert f"version {newer}" in message and f"up to version {newer - 1}" in message
     assert "\n" not in message
     assert _version(ledger_url) == newer  # untouched
+
+
+async def test_a_version_1_ledger_keeps_its_best_voucher_claimable_after_the_upgrade(
+    ledger_url: str, open_backend: Callable[..., BatchedLedger]
+) -> None:
+    """Version 2 keeps every voucher that raised `authorized`: the upgrade copies each stored one."""
+    current = _schema(ledger_url)
+    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:1])):
+        pass  # a version 1 database; its row written as version 1 code did
+    sqlite = ledger_url.startswith("sqlite:")
+    amount = 10**18
+    _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
+         "VALUES (%s, %s, %s, %s, %s)",
+         tuple(f"{n:078d}" if sqlite else n for n in (CHANNEL, amount, 0, 0)) + (SIG,))  # fmt: skip
+    async with open_backend(ledger_url) as ledger:
+        assert await ledger.best_voucher(CHANNEL, TokenAmount(amount)) == (amount, SIG)
+        credit = await ledger.admit(CHANNEL, TokenAmount(amount), SIG, TokenAmount(3), deposit=TokenAmount(amount))
+        assert (credit.authorized, credit.consumed) == (amount, 3)
+    assert _version(ledger_url) == current.version

@@ -1,10 +1,13 @@
 """The credit ledger's interface: what the paid-inference daemon asks of its voucher store.
 
 Per payment channel the ledger keeps `authorized` (the highest voucher amount seen, with its
-signature), `consumed` (the sum of the prices of the calls served) and `claimed` (what the claimer
-has already claimed on-chain). A call with a voucher for the cumulative amount A and a price P is
-admitted iff ``max(authorized, A) - consumed >= P`` (DESIGN.md section 4); the signature, the
-channel's state on-chain and ``A <= deposit`` are checked by the caller before it asks.
+signature), per deposit seen the highest voucher accepted under it (so the claimer can pay the
+best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the
+prices of the calls served) and `claimed` (what the claimer has claimed on-chain, confirmed).
+A call with a voucher for the cumulative amount A and a price P, on a channel whose deposit on
+chain is D, is admitted iff ``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4,
+capped by the deposit); the signature, the channel's state on-chain and ``A <= D`` are checked by
+the caller before it asks.
 """
 
 from __future__ import annotations
@@ -61,12 +64,22 @@ class CreditLedger(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def admit(self, channel_id: ChannelId, amount: TokenAmount, signature: bytes, price: TokenAmount) -> Credit:
+    async def admit(
+        self,
+        channel_id: ChannelId,
+        amount: TokenAmount,
+        signature: bytes,
+        price: TokenAmount,
+        *,
+        deposit: TokenAmount | None = None,
+    ) -> Credit:
         """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
 
-        Raises `authorized` to `amount` (storing `signature`) when higher and adds `price` to
-        `consumed`, iff ``max(authorized, amount) - consumed >= price``; otherwise changes nothing
-        and raises InsufficientCredit with the values. The channel's row is created on first use.
+        Raises `authorized` to `amount` (storing `signature`, and keeping the voucher as the best
+        under `deposit`) when higher and adds `price` to `consumed`, iff
+        ``min(max(authorized, amount), deposit) - consumed >= price`` (`deposit`: the channel's
+        deposit on chain now; None: no cap); otherwise changes nothing and raises
+        InsufficientCredit with the values. The channel's row is created on first use.
         If the caller is cancelled while its admission is being committed, the ledger gives the
         price back by itself (the voucher itself stays accepted).
         """
@@ -89,12 +102,23 @@ class CreditLedger(abc.ABC):
         by channel id."""
 
     @abc.abstractmethod
+    async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:
+        """The highest voucher kept for the channel (the best under each deposit seen) whose
+        amount is at most `at_most` (the deposit on chain), as (amount, signature); None if none."""
+
+    @abc.abstractmethod
     async def record_claim(self, channel_id: ChannelId, amount: TokenAmount) -> None:
-        """Record that the voucher for `amount` was claimed: ``claimed = max(claimed, amount)``.
+        """Record that the voucher for `amount` was claimed (confirmed): ``claimed = max(claimed,
+        amount)``, and forget the channel's vouchers below `amount` (they can pay nothing more).
 
         Idempotent and monotone, so the claimer can record a claim again after a crash or learn
         one from chain events; creates the channel's row if needed.
         """
+
+    @abc.abstractmethod
+    async def reset_claim(self, channel_id: ChannelId, claimed: TokenAmount) -> None:
+        """Set `claimed` to what the chain says now, even lower (a reorg rolled a claim back), so
+        the claimer claims again. No-op for a channel the ledger has never seen."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -25,14 +25,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
-from marketplace.errors import LedgerUnavailable
-from marketplace.payments.ledger.base import Credit, CreditLedger, check_signature, check_uint256
+from marketplace.errors import InsufficientCredit, LedgerUnavailable
+from marketplace.payments.ledger.base import UINT256_MAX, Credit, CreditLedger, check_signature, check_uint256
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
     "Admit",
     "Refund",
     "RecordClaim",
+    "ResetClaim",
     "Change",
     "Outcome",
     "BatchStats",
@@ -52,6 +53,12 @@ class Admit:
     amount: TokenAmount
     signature: bytes = field(repr=False)  # a bearer credential: never in logs
     price: TokenAmount
+    deposit: TokenAmount = TokenAmount(UINT256_MAX)  # caps the credit: the channel's deposit on chain
+
+    def refusal(self, authorized: int, consumed: int) -> InsufficientCredit:
+        """The InsufficientCredit this admission earns against a row holding these values."""
+        deposit = self.deposit if self.deposit < UINT256_MAX else None
+        return InsufficientCredit(self.channel_id, authorized, consumed, self.price, self.amount, deposit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +73,14 @@ class RecordClaim:
     amount: TokenAmount
 
 
-Change: TypeAlias = Admit | Refund | RecordClaim
-# What a backend returns for each change: the row after it (None for RecordClaim), or the error
+@dataclass(frozen=True, slots=True)
+class ResetClaim:
+    channel_id: ChannelId
+    amount: TokenAmount
+
+
+Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim
+# What a backend returns for each change: the row after it (None for the claims), or the error
 # that change alone earned (InsufficientCredit, CreditNotFound). A failed batch raises instead.
 Outcome: TypeAlias = Credit | None | Exception
 
@@ -215,12 +228,22 @@ class BatchedLedger(CreditLedger):
     def batch_stats(self) -> BatchStats:
         return self._committer.stats
 
-    async def admit(self, channel_id: ChannelId, amount: TokenAmount, signature: bytes, price: TokenAmount) -> Credit:
+    async def admit(
+        self,
+        channel_id: ChannelId,
+        amount: TokenAmount,
+        signature: bytes,
+        price: TokenAmount,
+        *,
+        deposit: TokenAmount | None = None,
+    ) -> Credit:
         check_uint256("channel_id", channel_id)
         check_uint256("amount", amount)
         check_uint256("price", price)
         check_signature(signature)
-        return await self._submit(Admit(channel_id, amount, bytes(signature), price))
+        cap = TokenAmount(UINT256_MAX) if deposit is None else deposit
+        check_uint256("deposit", cap)
+        return await self._submit(Admit(channel_id, amount, bytes(signature), price, cap))
 
     async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
         check_uint256("channel_id", channel_id)
@@ -231,6 +254,11 @@ class BatchedLedger(CreditLedger):
         check_uint256("channel_id", channel_id)
         check_uint256("amount", amount)
         await self._submit(RecordClaim(channel_id, amount))
+
+    async def reset_claim(self, channel_id: ChannelId, claimed: TokenAmount) -> None:
+        check_uint256("channel_id", channel_id)
+        check_uint256("claimed", claimed)
+        await self._submit(ResetClaim(channel_id, claimed))
 
     async def close(self) -> None:
         if self._closed:
@@ -243,8 +271,8 @@ class BatchedLedger(CreditLedger):
         if self._closed:
             raise LedgerUnavailable(self.url, "the ledger is closed")
         result = await self._committer.submit(change)
-        assert result is not None or isinstance(change, RecordClaim)
-        return result  # type: ignore[return-value]  # None only for RecordClaim
+        assert result is not None or isinstance(change, RecordClaim | ResetClaim)
+        return result  # type: ignore[return-value]  # None only for the claims
 
     def _check_open(self) -> None:
         if self._closed:

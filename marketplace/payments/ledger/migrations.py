@@ -46,6 +46,10 @@ def _sqlite_u256(column: str) -> str:
     return f"length({column}) = {SQLITE_DIGITS} AND {column} NOT GLOB '*[^0-9]*'"
 
 
+# The deposit a stored voucher was accepted under is unknown: its own amount is a lower bound.
+_COPY_VOUCHERS = """INSERT INTO channel_voucher (channel_id, deposit, amount, signature)
+    SELECT channel_id, authorized, authorized, signature FROM channel_credit WHERE signature IS NOT NULL"""
+
 SQLITE_SCHEMA = Schema(
     backend="sqlite",
     steps=(
@@ -58,6 +62,16 @@ SQLITE_SCHEMA = Schema(
                 signature  BLOB CHECK (signature IS NULL OR length(signature) = 65),
                 CHECK (consumed <= authorized)
             ) STRICT, WITHOUT ROWID""",
+        ),
+        (  # 2: per deposit seen, the highest voucher: claims within a deposit a reorg lowered
+            f"""CREATE TABLE channel_voucher (
+                channel_id TEXT NOT NULL CHECK ({_sqlite_u256("channel_id")}),
+                deposit    TEXT NOT NULL CHECK ({_sqlite_u256("deposit")}),
+                amount     TEXT NOT NULL CHECK ({_sqlite_u256("amount")}),
+                signature  BLOB NOT NULL CHECK (length(signature) = 65),
+                PRIMARY KEY (channel_id, deposit)
+            ) STRICT, WITHOUT ROWID""",
+            _COPY_VOUCHERS,
         ),
     ),
     begin=("BEGIN IMMEDIATE",),
@@ -120,6 +134,71 @@ BEGIN
 END
 $$"""
 
+# Version 2: admission capped by the deposit on chain, vouchers kept per channel, claims reset.
+# ok is TRUE (done), FALSE (admission refused: the row as it was) or NULL (refund: no such row).
+_POSTGRES_APPLY_2 = """
+CREATE FUNCTION credit_ledger_apply(
+    kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[], deposits numeric[]
+) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    change record;
+BEGIN
+    FOR change IN
+        SELECT * FROM unnest(kinds, channel_ids, amounts, signatures, prices, deposits)
+            WITH ORDINALITY AS u(kind, channel_id, amount, signature, price, deposit, position)
+        ORDER BY position
+    LOOP
+        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
+        IF change.kind = 'admit' THEN
+            -- The admission: one conditional UPDATE. If it changed nothing, the row may not exist
+            -- yet (first use): create it and try once more; if that fails too, report the row.
+            FOR attempt IN 1 .. 2 LOOP
+                UPDATE channel_credit AS c SET
+                    authorized = greatest(c.authorized, change.amount),
+                    signature = CASE WHEN change.amount > c.authorized THEN change.signature ELSE c.signature END,
+                    consumed = c.consumed + change.price
+                WHERE c.channel_id = change.channel_id
+                    AND least(greatest(c.authorized, change.amount), change.deposit) - c.consumed >= change.price
+                RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature
+                INTO ok, out_authorized, out_consumed, out_claimed, out_signature;
+                EXIT WHEN FOUND;
+                IF attempt = 1 THEN
+                    INSERT INTO channel_credit (channel_id) VALUES (change.channel_id)
+                    ON CONFLICT (channel_id) DO NOTHING;
+                ELSE
+                    SELECT FALSE, c.authorized, c.consumed, c.claimed, c.signature
+                    INTO ok, out_authorized, out_consumed, out_claimed, out_signature
+                    FROM channel_credit AS c WHERE c.channel_id = change.channel_id;
+                END IF;
+            END LOOP;
+            IF ok AND out_authorized = change.amount AND out_signature = change.signature THEN
+                INSERT INTO channel_voucher AS v (channel_id, deposit, amount, signature)
+                VALUES (change.channel_id, change.deposit, change.amount, change.signature)
+                ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+                WHERE excluded.amount > v.amount;
+            END IF;
+        ELSIF change.kind = 'refund' THEN
+            UPDATE channel_credit AS c SET consumed = greatest(c.consumed - change.price, 0)
+            WHERE c.channel_id = change.channel_id
+            RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature;
+        ELSIF change.kind = 'claim' THEN
+            INSERT INTO channel_credit AS c (channel_id, claimed) VALUES (change.channel_id, change.amount)
+            ON CONFLICT (channel_id) DO UPDATE SET claimed = greatest(c.claimed, excluded.claimed);
+            DELETE FROM channel_voucher AS v WHERE v.channel_id = change.channel_id AND v.amount < change.amount;
+            ok := TRUE;
+        ELSIF change.kind = 'reset_claim' THEN
+            UPDATE channel_credit AS c SET claimed = change.amount WHERE c.channel_id = change.channel_id;
+            ok := TRUE;
+        ELSE
+            RAISE EXCEPTION 'credit_ledger_apply: unknown change %', change.kind;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
 POSTGRES_SCHEMA = Schema(
     backend="postgresql",
     steps=(
@@ -133,6 +212,18 @@ POSTGRES_SCHEMA = Schema(
                 CHECK (consumed <= authorized)
             ) WITH (fillfactor = 80)""",  # room for HOT updates: only unindexed columns change
             _POSTGRES_APPLY,
+        ),
+        (
+            """CREATE TABLE channel_voucher (
+                channel_id NUMERIC(78, 0) NOT NULL CHECK (channel_id >= 0),
+                deposit    NUMERIC(78, 0) NOT NULL CHECK (deposit >= 0),
+                amount     NUMERIC(78, 0) NOT NULL CHECK (amount >= 0),
+                signature  BYTEA NOT NULL CHECK (length(signature) = 65),
+                PRIMARY KEY (channel_id, deposit)
+            )""",
+            _COPY_VOUCHERS,
+            "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[])",
+            _POSTGRES_APPLY_2,
         ),
     ),
     # A transaction-scoped advisory lock, so replicas starting together migrate one at a time.

@@ -9,9 +9,10 @@ changed it meanwhile, re-evaluates the WHERE clause on the newest version (READ 
 replicas admitting on the same channel serialize on the row and none can overspend:
 
     UPDATE channel_credit SET authorized = greatest(authorized, $A), consumed = consumed + $P, ...
-     WHERE channel_id = $C AND greatest(authorized, $A) - consumed >= $P RETURNING ...
+     WHERE channel_id = $C AND least(greatest(authorized, $A), $D) - consumed >= $P RETURNING ...
 
-with ``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use.
+with ``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use, and one
+INSERT of the voucher when it raised `authorized`.
 
 Group commit: the shared GroupCommitter hands over every pending change, and they travel as
 arrays to `credit_ledger_apply()` (a PL/pgSQL function created by the schema migration) which
@@ -39,9 +40,17 @@ from psycopg.adapt import Loader
 from psycopg.types.numeric import IntNumericDumper
 from psycopg_pool import AsyncConnectionPool
 
-from marketplace.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
+from marketplace.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, check_uint256, display_url
-from marketplace.payments.ledger.batching import Admit, BatchedLedger, Change, Outcome, RecordClaim, Refund
+from marketplace.payments.ledger.batching import (
+    Admit,
+    BatchedLedger,
+    Change,
+    Outcome,
+    RecordClaim,
+    Refund,
+    ResetClaim,
+)
 from marketplace.payments.ledger.migrations import POSTGRES_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
@@ -49,12 +58,15 @@ __all__ = ["PostgresLedger", "driver_reason", "open_pool"]
 
 _COLUMNS = "authorized, consumed, claimed, signature"
 _NO_MINIMUM = TokenAmount(0)
-_APPLY = "SELECT * FROM credit_ledger_apply(%s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::numeric[])"
+_APPLY = """SELECT * FROM credit_ledger_apply(
+    %s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::numeric[], %s::numeric[])"""
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = %s"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
 WHERE authorized - claimed >= greatest(%s, 1) ORDER BY channel_id"""
-_KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim"}
+_BEST_VOUCHER = """
+SELECT amount, signature FROM channel_voucher WHERE channel_id = %s AND amount <= %s ORDER BY amount DESC LIMIT 1"""
+_KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim"}
 
 _RETRIES = 5  # whole-batch retries after a deadlock or serialization failure
 
@@ -169,14 +181,15 @@ class PostgresLedger(BatchedLedger):
     async def _apply_batch(self, db: psycopg.AsyncConnection[Any], changes: Sequence[Change]) -> list[Outcome]:
         """One statement, so one implicit transaction and one round trip (the connection is in
         autocommit mode): the whole batch commits, or none of it."""
-        kinds, channels, amounts, signatures, prices = [], [], [], [], []
+        kinds, channels, amounts, signatures, prices, deposits = [], [], [], [], [], []
         for change in changes:
             kinds.append(_KINDS[type(change)])
             channels.append(change.channel_id)
-            amounts.append(change.amount if isinstance(change, Admit | RecordClaim) else 0)
+            amounts.append(change.amount if isinstance(change, Admit | RecordClaim | ResetClaim) else 0)
             signatures.append(change.signature if isinstance(change, Admit) else None)
             prices.append(change.price if isinstance(change, Admit | Refund) else 0)
-        cursor = await db.execute(_APPLY, (kinds, channels, amounts, signatures, prices))
+            deposits.append(change.deposit if isinstance(change, Admit) else 0)
+        cursor = await db.execute(_APPLY, (kinds, channels, amounts, signatures, prices, deposits))
         rows = await cursor.fetchall()
         if len(rows) != len(changes):
             raise AssertionError(f"credit_ledger_apply returned {len(rows)} rows for {len(changes)} changes")
@@ -188,9 +201,7 @@ class PostgresLedger(BatchedLedger):
                 elif ok:
                     outcomes.append(_credit(change.channel_id, values))
                 else:
-                    outcomes.append(
-                        InsufficientCredit(change.channel_id, values[0], values[1], change.price, change.amount)
-                    )
+                    outcomes.append(change.refusal(values[0], values[1]))
             elif isinstance(change, Refund):
                 outcomes.append(_credit(change.channel_id, values) if ok else CreditNotFound(change.channel_id))
             else:
@@ -210,6 +221,13 @@ class PostgresLedger(BatchedLedger):
         check_uint256("min_unclaimed", min_unclaimed)
         rows = await self._fetch(_CLAIMABLE, (min_unclaimed,), one=False)
         return [_credit(row[0], row[1:]) for row in rows]
+
+    async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:
+        self._check_open()
+        check_uint256("channel_id", channel_id)
+        check_uint256("at_most", at_most)
+        row = await self._fetch(_BEST_VOUCHER, (channel_id, at_most), one=True)
+        return (TokenAmount(row[0][0]), bytes(row[0][1])) if row else None
 
     async def _fetch(self, query: str, params: tuple[Any, ...], *, one: bool) -> list[Any]:
         pool = await self._connections()

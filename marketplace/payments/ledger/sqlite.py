@@ -13,9 +13,11 @@ conditional UPDATE that SQLite evaluates atomically:
     UPDATE channel_credit SET signature = CASE WHEN :amount > authorized THEN :sig ELSE signature END,
                               authorized = max(authorized, :amount),
                               consumed = u256_add(consumed, :price)
-     WHERE channel_id = :channel AND max(authorized, :amount) >= u256_add(consumed, :price)
+     WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 
-(``max(authorized, A) - consumed >= P`` rewritten without a subtraction that could go negative).
+(``min(max(authorized, A), D) - consumed >= P`` rewritten without a subtraction that could go
+negative), followed, when it raised `authorized` to A, by one upsert of the voucher as the best
+under the deposit D (`channel_voucher`, one row per channel and deposit seen).
 Other readers (the sqlite3 shell, a backup script) see the numbers as plain decimal text.
 
 Concurrency and durability. One writer thread owns the write connection; the GroupCommitter
@@ -35,9 +37,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from marketplace.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
+from marketplace.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, check_uint256, display_url
-from marketplace.payments.ledger.batching import Admit, BatchedLedger, Change, Outcome, RecordClaim, Refund
+from marketplace.payments.ledger.batching import (
+    Admit,
+    BatchedLedger,
+    Change,
+    Outcome,
+    RecordClaim,
+    Refund,
+    ResetClaim,
+)
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
@@ -55,8 +65,12 @@ UPDATE channel_credit SET
     signature = CASE WHEN :amount > authorized THEN :signature ELSE signature END,
     authorized = max(authorized, :amount),
     consumed = u256_add(consumed, :price)
-WHERE channel_id = :channel AND max(authorized, :amount) >= u256_add(consumed, :price)
+WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 RETURNING {_COLUMNS}"""
+_KEEP_VOUCHER = """
+INSERT INTO channel_voucher (channel_id, deposit, amount, signature) VALUES (:channel, :deposit, :amount, :signature)
+ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+WHERE excluded.amount > amount"""
 _CREATE = "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (?, ?, ?, ?)"
 _REFUND = f"""
 UPDATE channel_credit SET consumed = u256_sub_or_zero(consumed, :price)
@@ -64,6 +78,10 @@ WHERE channel_id = :channel RETURNING {_COLUMNS}"""
 _RECORD_CLAIM = """
 INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (:channel, :zero, :zero, :amount)
 ON CONFLICT (channel_id) DO UPDATE SET claimed = max(claimed, excluded.claimed)"""
+_PRUNE_VOUCHERS = "DELETE FROM channel_voucher WHERE channel_id = :channel AND amount < :amount"
+_RESET_CLAIM = "UPDATE channel_credit SET claimed = :amount WHERE channel_id = :channel"
+_BEST_VOUCHER = """
+SELECT amount, signature FROM channel_voucher WHERE channel_id = ? AND amount <= ? ORDER BY amount DESC LIMIT 1"""
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
@@ -187,30 +205,41 @@ class SqliteLedger(BatchedLedger):
     def _apply_one(self, db: sqlite3.Connection, change: Change) -> Outcome:
         channel = _encode(change.channel_id)
         if isinstance(change, Admit):
-            params = {
-                "channel": channel,
-                "amount": _encode(change.amount),
-                "signature": change.signature,
-                "price": _encode(change.price),
-            }
-            row = db.execute(_ADMIT, params).fetchone()
-            if row is not None:
-                return _credit(change.channel_id, row)
-            current = db.execute(_SELECT, (channel,)).fetchone()
-            if current is None:  # first use of the channel: create its row, then try again
-                db.execute(_CREATE, (channel, _ZERO, _ZERO, _ZERO))
-                row = db.execute(_ADMIT, params).fetchone()
-                if row is not None:
-                    return _credit(change.channel_id, row)
-                current = (_ZERO, _ZERO, _ZERO, None)
-            return InsufficientCredit(change.channel_id, int(current[0]), int(current[1]), change.price, change.amount)
+            return self._admit(db, change, channel)
         if isinstance(change, Refund):
             row = db.execute(_REFUND, {"channel": channel, "price": _encode(change.price)}).fetchone()
             return _credit(change.channel_id, row) if row is not None else CreditNotFound(change.channel_id)
         if isinstance(change, RecordClaim):
-            db.execute(_RECORD_CLAIM, {"channel": channel, "zero": _ZERO, "amount": _encode(change.amount)})
+            params = {"channel": channel, "zero": _ZERO, "amount": _encode(change.amount)}
+            db.execute(_RECORD_CLAIM, params)
+            db.execute(_PRUNE_VOUCHERS, params)
+            return None
+        if isinstance(change, ResetClaim):
+            db.execute(_RESET_CLAIM, {"channel": channel, "amount": _encode(change.amount)})
             return None
         raise TypeError(f"unknown change {change!r}")
+
+    def _admit(self, db: sqlite3.Connection, change: Admit, channel: str) -> Outcome:
+        amount = _encode(change.amount)
+        params = {
+            "channel": channel,
+            "amount": amount,
+            "signature": change.signature,
+            "price": _encode(change.price),
+            "deposit": _encode(change.deposit),
+        }
+        row = db.execute(_ADMIT, params).fetchone()
+        if row is None:
+            current = db.execute(_SELECT, (channel,)).fetchone()
+            if current is not None:
+                return change.refusal(int(current[0]), int(current[1]))
+            db.execute(_CREATE, (channel, _ZERO, _ZERO, _ZERO))  # first use: create the row, try again
+            row = db.execute(_ADMIT, params).fetchone()
+            if row is None:
+                return change.refusal(0, 0)
+        if row[0] == amount and row[3] == change.signature:  # the highest voucher: the best at this deposit
+            db.execute(_KEEP_VOUCHER, params)
+        return _credit(change.channel_id, row)
 
     # --- reads: on the reader thread, never blocked by the writer (WAL) ------------------------
 
@@ -227,6 +256,14 @@ class SqliteLedger(BatchedLedger):
             self._reader, lambda: self._read_db.execute(_CLAIMABLE, (_encode(min_unclaimed),)).fetchall()
         )
         return [_credit(int(row[0]), row[1:]) for row in rows]
+
+    async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:
+        self._check_open()
+        check_uint256("channel_id", channel_id)
+        check_uint256("at_most", at_most)
+        query = (_encode(channel_id), _encode(at_most))
+        row = await self._on(self._reader, lambda: self._read_db.execute(_BEST_VOUCHER, query).fetchone())
+        return (TokenAmount(int(row[0])), bytes(row[1])) if row is not None else None
 
     async def _on(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
         try:

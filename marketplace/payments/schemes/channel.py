@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
-from marketplace.errors import ChainError, PaymentRejected
+from marketplace.errors import ChainError, ChannelUnconfirmed, PaymentRejected
 from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
 from marketplace.payments.vouchers import VOUCHER_TYPE, VoucherDomain, checksum_address
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
@@ -309,6 +309,8 @@ class ChannelScheme(PaymentScheme):
             pending.add_done_callback(lambda done: self._refresh_done(channel_id, done, block))
         try:
             return await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
+        except ChannelUnconfirmed as error:
+            raise PaymentRejected("channel_unconfirmed", str(error)) from None
         except (ChainError, OSError, TimeoutError) as error:
             raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None
 
