@@ -1,7 +1,7 @@
 """Versioned schema of the credit ledger, for SQLite and PostgreSQL, upgraded on open.
 
 A `schema_version` table holds one row per component (so other parts of the daemon may keep
-their own tables in the same database); the ledger's is `credit_ledger`. Opening a ledger runs,
+their own tables in the same database); the ledger's is `credit_ledger`, each Schema names its own. Opening a ledger runs,
 in one transaction that holds a lock against other processes opening it at the same time, every
 step between the version found and the version of this code, then records the new version. A
 database whose version is newer than the code is refused (LedgerSchemaTooNew): old code must not
@@ -34,6 +34,7 @@ class Schema:
     steps: tuple[tuple[str, ...], ...]  # steps[i] brings the schema from version i to i + 1
     begin: tuple[str, ...]  # starts a transaction that excludes concurrent migrators
     placeholder: str  # the driver's parameter marker
+    component: str = COMPONENT  # its row in `schema_version`
 
     @property
     def version(self) -> int:
@@ -152,7 +153,7 @@ def migrate(connection: _Connection, schema: Schema, url: str) -> int:
         connection.execute(
             "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
         )
-        row = connection.execute(f"SELECT version FROM schema_version WHERE component = {p}", (COMPONENT,)).fetchone()
+        row = connection.execute(f"SELECT version FROM schema_version WHERE component = {p}", (schema.component,)).fetchone()
         found = int(row[0]) if row else 0
         if found > schema.version:
             raise LedgerSchemaTooNew(url, found, schema.version)
@@ -163,7 +164,7 @@ def migrate(connection: _Connection, schema: Schema, url: str) -> int:
             connection.execute(
                 f"INSERT INTO schema_version (component, version) VALUES ({p}, {p}) "
                 "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                (COMPONENT, schema.version),
+                (schema.component, schema.version),
             )
         connection.execute("COMMIT")
     except BaseException:
