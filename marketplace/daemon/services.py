@@ -11,7 +11,7 @@ from pathlib import Path
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from marketplace.chain.connection import connect
+from marketplace.chain.connection import connect, fail_fast_web3
 from marketplace.chain.deploy import Deployment
 from marketplace.chain.keys import account_from_hex, load_account
 from marketplace.chain.state import ChainStateCache
@@ -25,6 +25,7 @@ from marketplace.ipfs.artifacts import get as fetch_artifact, open_store
 from marketplace.metadata import parse_metadata
 from marketplace.payments.claimer import ClaimPolicy, Claimer
 from marketplace.payments.ledger import CreditLedger, open_ledger
+from marketplace.payments.ledger.holds import ExactHolds, open_holds
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
@@ -44,6 +45,7 @@ class Services:
     account: LocalAccount
     state: ChainStateCache
     ledger: CreditLedger
+    holds: ExactHolds
     channel: ChannelScheme
     exact: ExactScheme
     license: LicenseScheme
@@ -61,6 +63,7 @@ class Services:
         for runner in self.runners.values():
             await runner.aclose()
         await self.state.stop()
+        await self.holds.close()
         await self.ledger.close()
 
 
@@ -113,6 +116,7 @@ async def start_services(settings: DaemonSettings) -> Services:
     w3, deployment, account = await asyncio.to_thread(preflight, settings)
     state = await ChainStateCache.connect(settings.rpc_url, deployment, poll_interval=settings.chain_poll_seconds).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
+    holds = await asyncio.to_thread(open_holds, settings.database_url)
     runners: dict[bytes, Runner] = {}
     try:
         for served in settings.models:
@@ -126,6 +130,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         for runner in runners.values():
             await runner.aclose()
         await state.stop()
+        await holds.close()
         await ledger.close()
         raise
     policy = ClaimPolicy(
@@ -138,8 +143,10 @@ async def start_services(settings: DaemonSettings) -> Services:
         account=account,
         state=state,
         ledger=ledger,
+        holds=holds,
         channel=ChannelScheme(state, min_remaining_seconds=settings.min_channel_lifetime_seconds),
-        exact=ExactScheme(state, w3, account),
+        exact=ExactScheme(state, fail_fast_web3(settings.rpc_url), account, holds,
+                          search_from=deployment.start_block),
         license=LicenseScheme(state, w3),
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
