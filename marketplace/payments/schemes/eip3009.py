@@ -33,6 +33,7 @@ _SUBMIT = {
 _AUTHORIZATION_USED = keccak256(b"AuthorizationUsed(address,bytes32)")
 _TRANSFER_EVENT = keccak256(b"Transfer(address,address,uint256)")
 _CHAIN_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
+_SEND_ATTEMPTS = 4  # replicas and the claimer share the daemon's key: each may take the nonce we read
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +117,7 @@ class TokenClient:
         thread-safe: the caller sends one at a time (nonces are handed out in order)."""
         fn = self._contract.get_function_by_signature(_SUBMIT[primary_type])(*args)
         sender = self._settler.address
-        for _ in range(2):
-            cached = self._next_nonce is not None
+        for _ in range(_SEND_ATTEMPTS):
             try:
                 if self._next_nonce is None:
                     self._next_nonce = self._w3.eth.get_transaction_count(sender, "pending")
@@ -131,13 +131,14 @@ class TokenClient:
             try:
                 tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
             except _CHAIN_ERRORS as error:
-                self._next_nonce = None  # re-read from the node next time
-                if cached:  # another sender of this key (the claimer) used that nonce: retry with the node's
-                    continue
-                raise PaymentRejected("settlement_failed", f"the node refused the settlement: {error}") from None
+                # Mostly "nonce too low": another sender of this key (the claimer, another replica or
+                # worker) took that nonce. Read the node's next one and try again.
+                self._next_nonce = None
+                refusal = error
+                continue
             self._next_nonce += 1
             return "0x" + bytes(tx_hash).hex()
-        raise PaymentRejected("settlement_failed", "the node refused the settlement twice")
+        raise PaymentRejected("settlement_failed", f"the node refused the settlement {_SEND_ATTEMPTS} times: {refusal}")
 
     def wait(self, tx_hash: str) -> Any:
         """The receipt of `tx_hash`; "settlement_pending" if not mined within `receipt_timeout`."""
