@@ -25,7 +25,7 @@ from x402.mechanisms.evm.exact.client import ExactEvmScheme
 
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
-from marketplace.errors import ContractReverted
+from marketplace.errors import ContractReverted, InferenceFailed
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
@@ -380,3 +380,27 @@ async def test_our_sdk_signs_receive_with_authorization_which_nobody_can_front_r
     assert balance(contracts, listing.provider.address) == provider_before + PRICE
     again = await pay(daemon, listing, requirements, payload)
     assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+
+
+async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_same_authorization(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)  # one call's worth: a held one blocks the next
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    real = runners[listing.model_id]
+
+    def fail() -> None:
+        raise InferenceFailed("out of memory")
+
+    monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    failed = await pay(daemon, listing, requirements, payload)
+    assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
+    assert balance(contracts, payer.address) == PRICE  # not charged
+
+    monkeypatch.setitem(runners, listing.model_id, real)
+    served = await pay(daemon, listing, requirements, payload)  # the hold was released: the same one pays
+    assert served.status_code == 200, served.text
+    assert balance(contracts, payer.address) == 0
