@@ -404,3 +404,58 @@ async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_sam
     served = await pay(daemon, listing, requirements, payload)  # the hold was released: the same one pays
     assert served.status_code == 200, served.text
     assert balance(contracts, payer.address) == 0
+
+
+async def test_a_payer_front_run_whose_model_call_failed_is_served_when_it_sends_the_same_authorization_again(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    front_run = submit(w3, contracts, dev_accounts[8], payload)  # the payer has paid, through someone else
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    real = runners[listing.model_id]
+
+    def fail() -> None:
+        raise InferenceFailed("out of memory")
+
+    monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    failed = await pay(daemon, listing, requirements, payload)
+    assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
+
+    monkeypatch.setitem(runners, listing.model_id, real)
+    served = await pay(daemon, listing, requirements, payload)
+    assert served.status_code == 200, served.text
+    assert parse_payment_response(served.headers["PAYMENT-RESPONSE"]).transaction == (
+        front_run["transactionHash"].to_0x_hex())
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")  # served once
+    assert balance(contracts, payer.address) == 0  # charged once
+
+
+async def test_a_settlement_mined_too_late_is_served_when_the_payer_sends_the_same_authorization_again(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    monkeypatch.setattr(daemon.app.state.services.exact.chain, "receipt_timeout", 0.5)  # type: ignore[attr-defined]
+    w3.provider.make_request("evm_setAutomine", [False])  # the settlement stays in the mempool
+    try:
+        pending = await pay(daemon, listing, requirements, payload)
+        assert (pending.status_code, pending.json()["error"]) == (504, "settlement_pending")
+        assert balance(contracts, payer.address) == PRICE
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    assert balance(contracts, payer.address) == 0  # mined after all: the payer has paid
+
+    served = await pay(daemon, listing, requirements, payload)
+    assert served.status_code == 200, served.text
+    settled = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
+    assert w3.eth.get_transaction(settled.transaction)["from"] == listing.provider.address  # the daemon's own
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+    assert balance(contracts, payer.address) == 0

@@ -87,10 +87,29 @@ async def test_a_nonce_is_held_once_and_release_frees_only_an_unsettled_hold(
     await holds.release(first.payer, first.nonce)  # not served: the same authorization may come again
     assert await holds.hold(first.payer, first.nonce) is None
     await holds.record_paid(first, 99)  # someone else submitted it: paid, no balance needed
-    await holds.release(first.payer, first.nonce)
-    assert (await holds.hold(first.payer, first.nonce)).settled_block == 99  # served: stays
     with pytest.raises(AuthorizationHeld):
         await holds.reserve(first, HEAD, balance=10 * VALUE)
+    assert not await holds.adopt(first.payer, first.nonce, 99)  # in flight or served: not for the taking
+
+
+async def test_an_abandoned_hold_keeps_counting_and_is_adopted_once(open_store: Callable[[], ExactHolds]) -> None:
+    holds = open_store()
+    paid_elsewhere, pending = hold(), hold()
+    await holds.record_paid(paid_elsewhere, 99)
+    await holds.release(paid_elsewhere.payer, paid_elsewhere.nonce)  # the model failed: it was paid all the same
+    assert await holds.hold(paid_elsewhere.payer, paid_elsewhere.nonce) == Hold(
+        paid_elsewhere.payer, paid_elsewhere.nonce, VALUE, paid_elsewhere.valid_before, 99, abandoned=True)
+    await holds.reserve(pending, HEAD, balance=VALUE)
+    await holds.abandon(pending.payer, pending.nonce)  # sent, not mined in time
+    with pytest.raises(BalanceCommitted):  # it may still be mined: it keeps counting
+        await holds.reserve(hold(), HEAD, balance=VALUE)
+
+    replicas = [holds, open_store()]
+    adopted = await asyncio.gather(*(replicas[n % 2].adopt(pending.payer, pending.nonce, 101) for n in range(6)))
+    assert sorted(adopted) == [False] * 5 + [True]  # one request serves it
+    assert (await holds.hold(pending.payer, pending.nonce)).settled_block == 101
+    assert await holds.adopt(paid_elsewhere.payer, paid_elsewhere.nonce, 99)
+    assert not (await holds.hold(paid_elsewhere.payer, paid_elsewhere.nonce)).abandoned
 
 
 async def test_rows_are_pruned_only_after_the_retention(open_store: Callable[[], ExactHolds]) -> None:

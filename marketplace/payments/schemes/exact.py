@@ -20,14 +20,16 @@ authorization is HELD against `balanceOf(from)` at N in the shared ledger
 (`marketplace.payments.ledger.holds`): refused "insufficient_funds" when it does not fit beside
 the payer's other holds in flight, "nonce_reused" when (from, nonce) is held already. If the nonce
 is used at N, someone submitted it: when that transaction moved `value` from `from` to the payee,
-the payer has paid and the call is served once (the hold is recorded as settled); otherwise
-(cancelled) "nonce_reused".
+the payer has paid and the call is served once (the hold is recorded as settled, or an abandoned
+one adopted: see below); otherwise (cancelled) "nonce_reused".
 
 Serve/settle order: verify (hold) -> run the model -> `settle` -> answer. `settle` submits the
 authorization from the daemon's key and waits for the receipt; a settlement that would revert or
 reverts because the nonce was used meanwhile looks for that transfer as above and, if the payer
 paid, serves with it. Any other failure releases the hold and serves nothing. A client gone before
-settlement: the app calls `release`.
+settlement: the app calls `release`. A call not served although the payer's transfer is or may be
+on chain (settlement not mined in time; model failed after a front-run) leaves its hold abandoned:
+the same authorization sent again once the transfer is mined adopts it and is served, once.
 """
 
 from __future__ import annotations
@@ -231,9 +233,10 @@ class ExactScheme(PaymentScheme):
                                                   f"chain without paying {verified.value} to {verified.to} (cancelled?)")
         try:
             await self.holds.record_paid(verified.hold(), paid.block_number)
-        except AuthorizationHeld:
-            raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was "
-                                                  "already used and served") from None
+        except AuthorizationHeld:  # served, in flight, or abandoned unserved: then this request takes it over
+            if not await self.holds.adopt(verified.payer_bytes, verified.nonce, paid.block_number):
+                raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was "
+                                                      "already used and served") from None
         return replace(verified, paid=paid)
 
     async def _find_payment(self, verified: VerifiedAuthorization) -> Settlement | None:
@@ -241,7 +244,7 @@ class ExactScheme(PaymentScheme):
                               verified.value)
 
     async def release(self, verified: VerifiedAuthorization) -> None:
-        """Drop the hold of an authorization that will not be settled (idempotent; a paid one stays)."""
+        """The call will not be served: drop the hold, or (paid already) leave it for a retry to adopt."""
         await self.holds.release(verified.payer_bytes, verified.nonce)
 
     # --- settlement --------------------------------------------------------------------------
@@ -251,7 +254,7 @@ class ExactScheme(PaymentScheme):
 
         Raises PaymentRejected "settlement_failed" if it would revert or reverted (and the payer did
         not pay otherwise), "settlement_pending" if it was sent but not mined within the receipt
-        timeout (it may still be mined later: the hold stays until it expires).
+        timeout (it may still be mined later: the hold stays, abandoned, for a retry to adopt).
         """
         if verified.paid is not None:
             return verified.paid
@@ -265,7 +268,8 @@ class ExactScheme(PaymentScheme):
                 raise PaymentRejected("settlement_failed", f"{verified.primary_type} reverted (tx {tx_hash})")
             settlement = Settlement(tx_hash, verified.payer, verified.value, int(receipt["blockNumber"]))
         except PaymentRejected as rejection:
-            if rejection.code == "settlement_pending":
+            if rejection.code == "settlement_pending":  # may still be mined: the same authorization, sent
+                await self.holds.abandon(verified.payer_bytes, verified.nonce)  # again once it is, is served
                 raise
             settlement = await self._paid_meanwhile(verified, rejection)
         await self.holds.settle(verified.payer_bytes, verified.nonce, settlement.block_number)

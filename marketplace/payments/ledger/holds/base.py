@@ -17,6 +17,11 @@ excludes the others of the same payer.
 
 Rows are kept until ``validBefore + retention`` (timestamp of the block judged at), well after
 verification refuses the authorization as expired, so a replay never finds its row gone.
+
+A hold whose call was not served although its transfer may be or was mined (the settlement was
+not mined in time, or the model failed after someone else had submitted the authorization) is
+*abandoned*: it keeps counting as before, and the first request that comes back with the same
+authorization once its transfer is on chain can `adopt` it, exactly once, and be served.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Hold:
     value: int
     valid_before: int  # capped at MAX_VALID_BEFORE
     settled_block: int | None = None  # the block its transfer was mined in, once known
+    abandoned: bool = False  # its call was not served: a request with the same authorization may adopt it
 
     def __post_init__(self) -> None:
         if len(self.payer) != 20 or len(self.nonce) != 32:
@@ -85,7 +91,16 @@ class ExactHolds(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, payer: bytes, nonce: bytes) -> None:
-        """Drop an unsettled hold (its call was not served); a settled one stays. Idempotent."""
+        """Its call was not served and nothing was sent: drop the hold if unsettled, else abandon it."""
+
+    @abc.abstractmethod
+    async def abandon(self, payer: bytes, nonce: bytes) -> None:
+        """Its call was not served, but its transfer may still be mined: keep the hold, abandoned."""
+
+    @abc.abstractmethod
+    async def adopt(self, payer: bytes, nonce: bytes, settled_block: int) -> bool:
+        """Take over an abandoned hold whose transfer was mined in `settled_block`, atomically: True
+        for the one caller that did (it serves the call), False if the hold is not abandoned."""
 
     @abc.abstractmethod
     async def hold(self, payer: bytes, nonce: bytes) -> Hold | None:

@@ -28,8 +28,16 @@ __all__ = ["PostgresHolds"]
 _RESERVE = """SELECT outcome, held FROM exact_hold_reserve(
     %s::bytea, %s::bytea, %s::numeric, %s::bigint, %s::bigint, %s::bigint, %s::numeric, %s::bigint, %s::bigint)"""
 _SETTLE = "UPDATE exact_hold SET settled_block = %s WHERE payer = %s AND nonce = %s"
-_RELEASE = "DELETE FROM exact_hold WHERE payer = %s AND nonce = %s AND settled_block IS NULL"
-_SELECT = "SELECT value, valid_before, settled_block FROM exact_hold WHERE payer = %s AND nonce = %s"
+_RELEASE = """
+WITH dropped AS (DELETE FROM exact_hold WHERE payer = %(payer)s AND nonce = %(nonce)s AND settled_block IS NULL
+                 RETURNING 1)
+UPDATE exact_hold SET abandoned = TRUE
+WHERE payer = %(payer)s AND nonce = %(nonce)s AND NOT EXISTS (SELECT 1 FROM dropped)"""
+_ABANDON = "UPDATE exact_hold SET abandoned = TRUE WHERE payer = %s AND nonce = %s"
+_ADOPT = """
+UPDATE exact_hold SET settled_block = %s, abandoned = FALSE WHERE payer = %s AND nonce = %s AND abandoned
+RETURNING 1"""
+_SELECT = "SELECT value, valid_before, settled_block, abandoned FROM exact_hold WHERE payer = %s AND nonce = %s"
 
 
 class PostgresHolds(ExactHolds):
@@ -57,11 +65,17 @@ class PostgresHolds(ExactHolds):
         await self._execute(_SETTLE, (block, payer, nonce))
 
     async def release(self, payer: bytes, nonce: bytes) -> None:
-        await self._execute(_RELEASE, (payer, nonce))
+        await self._execute(_RELEASE, {"payer": payer, "nonce": nonce})
+
+    async def abandon(self, payer: bytes, nonce: bytes) -> None:
+        await self._execute(_ABANDON, (payer, nonce))
+
+    async def adopt(self, payer: bytes, nonce: bytes, settled_block: int) -> bool:
+        return await self._execute(_ADOPT, (settled_block, payer, nonce)) is not None
 
     async def hold(self, payer: bytes, nonce: bytes) -> Hold | None:
         row = await self._execute(_SELECT, (payer, nonce))
-        return Hold(payer, nonce, row[0], row[1], row[2]) if row is not None else None
+        return Hold(payer, nonce, row[0], row[1], row[2], row[3]) if row is not None else None
 
     async def close(self) -> None:
         self._closed = True
@@ -82,7 +96,7 @@ class PostgresHolds(ExactHolds):
         if outcome == "insufficient":
             raise BalanceCommitted(hold.payer_hex, balance, held, hold.value, head.number)
 
-    async def _execute(self, query: str, params: tuple[Any, ...]) -> Any:
+    async def _execute(self, query: str, params: tuple[Any, ...] | dict[str, Any]) -> Any:
         pool = await self._connections()
         try:
             async with pool.connection() as db:

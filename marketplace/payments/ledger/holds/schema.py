@@ -52,6 +52,7 @@ SQLITE_HOLDS = Schema(
                 value         TEXT NOT NULL CHECK ({sqlite_u256("value")}),
                 valid_before  INTEGER NOT NULL,
                 settled_block INTEGER,
+                abandoned     INTEGER NOT NULL DEFAULT 0 CHECK (abandoned IN (0, 1)),
                 PRIMARY KEY (payer, nonce)
             ) STRICT, WITHOUT ROWID""",
             "CREATE INDEX exact_hold_valid_before ON exact_hold (valid_before)",
@@ -72,6 +73,7 @@ POSTGRES_HOLDS = Schema(
                 value         NUMERIC(78, 0) NOT NULL CHECK (value >= 0),
                 valid_before  BIGINT NOT NULL,
                 settled_block BIGINT,
+                abandoned     BOOLEAN NOT NULL DEFAULT FALSE,
                 PRIMARY KEY (payer, nonce)
             )""",
             "CREATE INDEX exact_hold_valid_before ON exact_hold (valid_before)",

@@ -34,7 +34,9 @@ WHERE payer = :payer AND ((settled_block IS NULL AND valid_before > :time) OR se
 _INSERT = "INSERT INTO exact_hold (payer, nonce, value, valid_before, settled_block) VALUES (?, ?, ?, ?, ?)"
 _SETTLE = "UPDATE exact_hold SET settled_block = ? WHERE payer = ? AND nonce = ?"
 _RELEASE = "DELETE FROM exact_hold WHERE payer = ? AND nonce = ? AND settled_block IS NULL"
-_SELECT = "SELECT value, valid_before, settled_block FROM exact_hold WHERE payer = ? AND nonce = ?"
+_ABANDON = "UPDATE exact_hold SET abandoned = 1 WHERE payer = ? AND nonce = ?"
+_ADOPT = "UPDATE exact_hold SET settled_block = ?, abandoned = 0 WHERE payer = ? AND nonce = ? AND abandoned = 1"
+_SELECT = "SELECT value, valid_before, settled_block, abandoned FROM exact_hold WHERE payer = ? AND nonce = ?"
 
 
 class SqliteHolds(ExactHolds):
@@ -72,11 +74,21 @@ class SqliteHolds(ExactHolds):
         await self._transaction(lambda db: db.execute(_SETTLE, (block, payer, nonce)))
 
     async def release(self, payer: bytes, nonce: bytes) -> None:
-        await self._transaction(lambda db: db.execute(_RELEASE, (payer, nonce)))
+        def release(db: sqlite3.Connection) -> None:
+            if db.execute(_RELEASE, (payer, nonce)).rowcount == 0:
+                db.execute(_ABANDON, (payer, nonce))
+
+        await self._transaction(release)
+
+    async def abandon(self, payer: bytes, nonce: bytes) -> None:
+        await self._transaction(lambda db: db.execute(_ABANDON, (payer, nonce)))
+
+    async def adopt(self, payer: bytes, nonce: bytes, settled_block: int) -> bool:
+        return await self._transaction(lambda db: db.execute(_ADOPT, (settled_block, payer, nonce)).rowcount == 1)
 
     async def hold(self, payer: bytes, nonce: bytes) -> Hold | None:
         row = await self._on(lambda db: db.execute(_SELECT, (payer, nonce)).fetchone())
-        return Hold(payer, nonce, int(row[0]), row[1], row[2]) if row is not None else None
+        return Hold(payer, nonce, int(row[0]), row[1], row[2], bool(row[3])) if row is not None else None
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -99,17 +111,18 @@ class SqliteHolds(ExactHolds):
                 raise BalanceCommitted(hold.payer_hex, balance, held, hold.value, head.number)
         db.execute(_INSERT, (hold.payer, hold.nonce, format(hold.value, _FORMAT), hold.valid_before, settled))
 
-    async def _transaction(self, work: Callable[[sqlite3.Connection], object]) -> None:
-        def run(db: sqlite3.Connection) -> None:
+    async def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run(db: sqlite3.Connection) -> T:
             db.execute("BEGIN IMMEDIATE")
             try:
-                work(db)
+                result = work(db)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            return result
 
-        await self._on(run)
+        return await self._on(run)
 
     async def _on(self, work: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
