@@ -143,7 +143,8 @@ class TokenClient:
     def wait(self, tx_hash: str) -> Any:
         """The receipt of `tx_hash`; "settlement_pending" if not mined within `receipt_timeout`."""
         try:
-            return self._w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)  # type: ignore[arg-type]
+            return self._w3.eth.wait_for_transaction_receipt(
+                tx_hash, timeout=self.receipt_timeout)  # type: ignore[arg-type]
         except TimeExhausted:
             raise PaymentRejected(
                 "settlement_pending", f"settlement {tx_hash} was not mined within {self.receipt_timeout:g} s"

@@ -2,7 +2,7 @@
 
     payload = {"signature": "0x<65 bytes>",
                "authorization": {"from", "to", "value", "validAfter", "validBefore", "nonce"},
-               "primaryType": "ReceiveWithAuthorization"}          # optional; default Transfer...
+               "primaryType": "ReceiveWithAuthorization"}   # optional: TransferWithAuthorization
 
 exactly as the x402 specification and the PyPI `x402` client write it (that client omits
 `primaryType` and signs TransferWithAuthorization); `extra` carries the token's EIP-712 domain
@@ -177,7 +177,8 @@ class ExactScheme(PaymentScheme):
         if used:
             return await self._paid_by_someone(verified)
         if balance < verified.value:
-            raise PaymentRejected("insufficient_funds", f"{verified.payer} holds {balance}, the payment is {verified.value}")
+            raise PaymentRejected("insufficient_funds",
+                                  f"{verified.payer} holds {balance}, the payment is {verified.value}")
         try:
             await self.holds.reserve(verified.hold(), head, balance)
         except AuthorizationHeld:
@@ -229,8 +230,9 @@ class ExactScheme(PaymentScheme):
         """The nonce is used on chain: served once if its transaction paid the payee, else refused."""
         paid = await self._find_payment(verified)
         if paid is None:
-            raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was used on "
-                                                  f"chain without paying {verified.value} to {verified.to} (cancelled?)")
+            raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was used "
+                                                  f"on chain without paying {verified.value} to {verified.to} "
+                                                  "(cancelled?)")
         try:
             await self.holds.record_paid(verified.hold(), paid.block_number)
         except AuthorizationHeld:  # served, in flight, or abandoned unserved: then this request takes it over

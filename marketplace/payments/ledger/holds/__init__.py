@@ -30,4 +30,6 @@ def open_holds(url: str) -> ExactHolds:
         from marketplace.payments.ledger.holds.postgres import PostgresHolds
 
         return PostgresHolds(url)
-    raise LedgerUnavailable(display_url(url), "unsupported URL: use sqlite:///path/to/file.db or postgresql://user@host/db")
+    raise LedgerUnavailable(
+        display_url(url), "unsupported URL: use sqlite:///path/to/file.db or postgresql://user@host/db"
+    )
