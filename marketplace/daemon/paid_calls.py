@@ -226,7 +226,7 @@ class PaidCalls:
     ) -> Response:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
         self.services.metrics.rejections.labels(rejection.code).inc()
-        if rejection.http_status == 503:  # the node or the database is down: worth trying again soon
+        if rejection.http_status == 503:  # the chain node is down: worth trying again soon
             extra_headers = {"Retry-After": _RETRY_AFTER_SECONDS} | (extra_headers or {})
         if rejection.http_status != 402:
             return error_response(rejection.http_status, rejection.code, rejection.detail, extra_headers)
