@@ -42,6 +42,8 @@
     │   ├── CreditNotFound           the ledger has no row for a channel
     │   ├── LedgerUnavailable        the ledger's database cannot be opened or reached
     │   │   └── LedgerSchemaTooNew   the database was written by a newer version
+    │   ├── AuthorizationHeld        an EIP-3009 (payer, nonce) is already held: in flight or served
+    │   ├── BalanceCommitted         a payer's balance is committed to authorizations in flight
     │   ├── PaymentRejected          an x402 payment refused (stable code, http_status; nothing served)
     │   ├── ReceiptInvalid           a receipt whose signature, signer or hashes do not check out
     │   └── ClientPaymentError       the consumer SDK could not pay a call (nothing was charged)
@@ -187,7 +189,15 @@ class DagFormatError(ArtifactError):
 
 # --- payments --------------------------------------------------------------------------------
 
-__all__ += ["PaymentError", "InsufficientCredit", "CreditNotFound", "LedgerUnavailable", "LedgerSchemaTooNew"]
+__all__ += [
+    "PaymentError",
+    "InsufficientCredit",
+    "CreditNotFound",
+    "LedgerUnavailable",
+    "LedgerSchemaTooNew",
+    "AuthorizationHeld",
+    "BalanceCommitted",
+]
 
 
 class PaymentError(MarketplaceError):
@@ -236,6 +246,21 @@ class LedgerSchemaTooNew(LedgerUnavailable):
             url,
             f"its schema is version {found} but this code knows up to version {supported}; "
             "upgrade the marketplace package (downgrading a database is not supported)",
+        )
+
+
+class AuthorizationHeld(PaymentError):
+    def __init__(self, payer: str, nonce: bytes) -> None:
+        self.payer, self.nonce = payer, nonce
+        super().__init__(f"nonce 0x{nonce.hex()} of {payer} is already held: in flight or served")
+
+
+class BalanceCommitted(PaymentError):
+    def __init__(self, payer: str, balance: int, held: int, value: int, block: int) -> None:
+        self.payer, self.balance, self.held, self.value, self.block = payer, balance, held, value, block
+        super().__init__(
+            f"{payer} holds {balance} at block {block}, of which {held} is committed to authorizations "
+            f"in flight; {value} more does not fit"
         )
 
 

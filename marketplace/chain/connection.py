@@ -8,7 +8,7 @@ from web3.exceptions import Web3Exception
 
 from marketplace.errors import ConfigError, RpcUnreachable, WrongChain
 
-__all__ = ["connect"]
+__all__ = ["connect", "fail_fast_web3"]
 
 
 def connect(url: str, *, expected_chain_id: int | None = None, timeout: float = 10.0) -> Web3:
@@ -23,3 +23,9 @@ def connect(url: str, *, expected_chain_id: int | None = None, timeout: float = 
     if expected_chain_id is not None and chain_id != expected_chain_id:
         raise WrongChain(url, expected_chain_id, chain_id)
     return w3
+
+
+def fail_fast_web3(url: str, *, timeout: float = 2.0) -> Web3:
+    """A Web3 whose every request gives up after `timeout` seconds, without retries: for calls a
+    client is waiting on, which must answer "chain unavailable" quickly rather than minutes late."""
+    return Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None))

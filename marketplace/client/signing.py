@@ -1,7 +1,8 @@
 """What the consumer signs for each x402 scheme, from the `accepts` entry the daemon offered.
 
     channel  voucher_payload(...)       a cumulative EIP-712 voucher (marketplace.payments.vouchers)
-    exact    exact_payload(...)         an EIP-3009 TransferWithAuthorization, as x402 clients sign it
+    exact    exact_payload(...)         an EIP-3009 ReceiveWithAuthorization when offered (only the payee
+                                        can submit it), else a TransferWithAuthorization as x402 clients sign it
     license  license_payload(...)       a single-use LicenseAccess message for one request
 
 Each reads the domain it signs in from the requirements (`extra`) and checks it first, so a daemon
@@ -19,13 +20,14 @@ from web3 import Web3
 
 from marketplace.errors import NoPaymentOption
 from marketplace.payments.schemes.channel import voucher_payload
+from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER
 from marketplace.payments.schemes.license import sign_license_access
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.payments.x402 import PaymentRequirements
 
 __all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload"]
 
-_TRANSFER_WITH_AUTHORIZATION = [
+_AUTHORIZATION_FIELDS = [
     {"name": "from", "type": "address"},
     {"name": "to", "type": "address"},
     {"name": "value", "type": "uint256"},
@@ -59,8 +61,13 @@ def channel_payload(account: LocalAccount, requirements: PaymentRequirements, ur
 
 
 def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, now: int) -> dict[str, Any]:
-    """An EIP-3009 transfer of exactly the price to `payTo`, valid from now for `maxTimeoutSeconds`."""
+    """An EIP-3009 transfer of exactly the price to `payTo`, valid from now for `maxTimeoutSeconds`.
+
+    ReceiveWithAuthorization when `extra.authorizationTypes` offers it (nobody but the payee can
+    submit it, so nobody can front-run it), else TransferWithAuthorization."""
     name, version = requirements.extra.get("name"), requirements.extra.get("version")
+    offered = requirements.extra.get("authorizationTypes")
+    primary_type = RECEIVE if isinstance(offered, list) and RECEIVE in offered else TRANSFER
     if not isinstance(name, str) or not isinstance(version, str) or not Web3.is_address(requirements.asset):
         raise NoPaymentOption(url, "exact", requirements.extra, "the offer lacks the token's EIP-712 name/version")
     authorization = {
@@ -74,13 +81,14 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
     signed = account.sign_typed_data(
         {"name": name, "version": version, "chainId": chain_id_of(requirements, url),
          "verifyingContract": Web3.to_checksum_address(requirements.asset)},
-        {"TransferWithAuthorization": _TRANSFER_WITH_AUTHORIZATION},
+        {primary_type: _AUTHORIZATION_FIELDS},
         authorization,
     )
     return {
         "signature": "0x" + bytes(signed.signature).hex(),
         "authorization": {key: ("0x" + value.hex() if isinstance(value, bytes) else str(value))
                           for key, value in authorization.items()},
+        "primaryType": primary_type,
     }
 
 

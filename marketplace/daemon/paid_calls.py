@@ -5,8 +5,9 @@
     payment refused        -> 402 + PAYMENT-REQUIRED whose `error` is the code, nothing charged
     channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded;
                a stream is charged once its status line went out, unless the model breaks it off
-    exact    : verify -> run -> settle on chain -> receipt; the answer is held until settled, so a
-               failed run is never charged and an unsettled payment is never served
+    exact    : verify (hold against the payer's balance) -> run -> settle on chain -> receipt; the
+               answer is held until settled, so a failed run is never charged (the hold is
+               released) and an unsettled payment is never served
     license  : verify -> use the access nonce (once, across replicas) -> run -> receipt; nothing charged
 
 Every refusal is JSON `{"error": code, "detail": ...}`.
@@ -47,6 +48,7 @@ __all__ = ["PaidCalls", "parse_model_id"]
 log = logging.getLogger("marketplace.daemon")
 _TOKEN = 10**18
 _UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
+_RETRY_AFTER_SECONDS = "5"
 
 
 def parse_model_id(text: str) -> bytes:
@@ -121,13 +123,13 @@ class PaidCalls:
         try:
             answer = await self._run(model, request, body)
         except RunnerError as failure:
-            exact.release(auth)
+            await exact.release(auth)
             return self._runner_failed(failure)
         except Exception:
-            exact.release(auth)
+            await exact.release(auth)
             raise
         if await request.is_disconnected():  # nobody would receive what we settle
-            exact.release(auth)
+            await exact.release(auth)
             await answer.aclose()
             return error_response(499, "client_disconnected", "the client went away before settlement")
         try:
@@ -239,6 +241,8 @@ class PaidCalls:
     ) -> Response:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
         self.services.metrics.rejections.labels(rejection.code).inc()
+        if rejection.http_status == 503:  # the chain node is down: worth trying again soon
+            extra_headers = {"Retry-After": _RETRY_AFTER_SECONDS} | (extra_headers or {})
         if rejection.http_status != 402:
             headers = (retry_headers(rejection) or {}) | (extra_headers or {})
             return error_response(rejection.http_status, rejection.code, rejection.detail, headers)

@@ -11,7 +11,7 @@ from pathlib import Path
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from marketplace.chain.connection import connect
+from marketplace.chain.connection import connect, fail_fast_web3
 from marketplace.chain.deploy import Deployment
 from marketplace.chain.keys import account_from_hex, load_account
 from marketplace.chain.state import ChainStateCache
@@ -27,6 +27,7 @@ from marketplace.metadata import parse_metadata
 from marketplace.payments.claimer import ClaimPolicy, Claimer
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
+from marketplace.payments.ledger.holds import ExactHolds, open_holds
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
@@ -47,6 +48,7 @@ class Services:
     state: ChainStateCache
     ledger: CreditLedger
     access: AccessNonces  # used license-access nonces, in the ledger's database
+    holds: ExactHolds  # exact authorizations held against payers' balances
     channel: ChannelScheme
     exact: ExactScheme
     license: LicenseScheme
@@ -65,6 +67,7 @@ class Services:
             await runner.aclose()
         await self.state.stop()
         await self.access.close()
+        await self.holds.close()
         await self.ledger.close()
 
 
@@ -127,8 +130,10 @@ async def start_services(settings: DaemonSettings) -> Services:
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
     access: AccessNonces | None = None
+    holds: ExactHolds | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
+        holds = await asyncio.to_thread(open_holds, settings.database_url)
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
@@ -141,8 +146,9 @@ async def start_services(settings: DaemonSettings) -> Services:
         for runner in runners.values():
             await runner.aclose()
         await state.stop()
-        if access is not None:
-            await access.close()
+        for store in (access, holds):
+            if store is not None:
+                await store.close()
         await ledger.close()
         raise
     policy = ClaimPolicy(
@@ -156,12 +162,14 @@ async def start_services(settings: DaemonSettings) -> Services:
         state=state,
         ledger=ledger,
         access=access,
+        holds=holds,
         channel=ChannelScheme(
             state,
             min_remaining_seconds=settings.min_channel_lifetime_seconds,
             lookup_budget=ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second),
         ),
-        exact=ExactScheme(state, w3, account),
+        exact=ExactScheme(state, fail_fast_web3(settings.rpc_url), account, holds,
+                          search_from=deployment.start_block),
         license=LicenseScheme(state, w3),
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,

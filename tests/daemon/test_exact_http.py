@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.requests import Request
 from web3 import Web3
@@ -23,11 +24,13 @@ from x402.http.x402_http_client import x402HTTPClient
 from x402.mechanisms.evm.exact.client import ExactEvmScheme
 
 from marketplace.chain.transactions import Sender
+from marketplace.client.signing import exact_payload
+from marketplace.errors import ContractReverted, InferenceFailed
 from marketplace.payments.receipts import verify_receipt
-from marketplace.payments.x402 import parse_payment_signature
+from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
 
-from daemon_fixtures import PRICE, TOKENS, Listing
+from daemon_fixtures import PRICE, TOKENS, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
@@ -194,9 +197,265 @@ async def test_a_client_that_disconnected_before_settlement_is_not_settled(
     assert "payment-response" not in response.headers
     assert (balance(contracts, payer.account.address), balance(contracts, listing.provider.address)) == before
     assert not contracts.token.functions.authorizationState(payer.account.address, nonce_of(header)).call()
-    assert services.exact._inflight == {}  # released, not left reserved
+    payer_bytes = bytes.fromhex(payer.account.address[2:])
+    assert await services.holds.hold(payer_bytes, nonce_of(header)) is None  # released, not left held
 
     # Nothing was spent, so the same authorization still pays a client that stays.
     paid = await daemon.post(path, content=BODY, headers={**HEADERS, "PAYMENT-SIGNATURE": header})
     assert paid.status_code == 200, paid.text
     assert balance(contracts, listing.provider.address) == before[1] + PRICE
+
+
+# --- holds: runs never exceed payments; front-running neither serves unpaid nor refuses a payer ------
+
+PATH_ = "/v1/models/{}/infer"
+_TRANSFER = "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+_RECEIVE = "receiveWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+
+
+class Counting(Runner):
+    """Counts the model runs; `during` (if set) runs inside each call, before the model answers."""
+
+    def __init__(self, inner: Runner, during: Any = None) -> None:
+        self.inner, self.during, self.ran = inner, during, 0
+
+    async def infer(self, request: RunnerRequest) -> RunnerResponse:
+        self.ran += 1
+        if self.during is not None:
+            await asyncio.to_thread(self.during)
+        return await self.inner.infer(request)
+
+    async def aclose(self) -> None:  # the daemon closes the real runner
+        pass
+
+
+def funded_stranger(w3: Web3, contracts: Any, minter: LocalAccount, amount: int) -> LocalAccount:
+    """A fresh account holding `amount` tokens and no ether (the daemon pays the gas of `exact`)."""
+    account = Account.create()
+    Sender(w3, minter).transact(contracts.token.functions.mint(account.address, amount))
+    return account
+
+
+async def exact_requirements(daemon: httpx.AsyncClient, listing: Listing) -> PaymentRequirements:
+    return requirements_of(await daemon.post(PATH_.format(listing.model_hex), content=BODY, headers=HEADERS), "exact")
+
+
+def transfer_payload(account: LocalAccount, requirements: PaymentRequirements, w3: Web3) -> dict[str, Any]:
+    """A TransferWithAuthorization, as the PyPI x402 client signs it (it reads only name/version)."""
+    plain = replace(requirements, extra={k: requirements.extra[k] for k in ("name", "version")})
+    return exact_payload(account, plain, "http://daemon.test", int(w3.eth.get_block("latest")["timestamp"]))
+
+
+def submit(w3: Web3, contracts: Any, sender: LocalAccount, payload: dict[str, Any], signature: str = _TRANSFER) -> Any:
+    """`sender` submits the authorization in `payload` to the token itself; the receipt."""
+    auth = payload["authorization"]
+    fn = contracts.token.get_function_by_signature(signature)(
+        auth["from"], auth["to"], int(auth["value"]), int(auth["validAfter"]), int(auth["validBefore"]),
+        bytes.fromhex(auth["nonce"][2:]), bytes.fromhex(payload["signature"][2:]))
+    return Sender(w3, sender).transact(fn)
+
+
+async def pay(daemon: httpx.AsyncClient, listing: Listing, requirements: PaymentRequirements,
+              payload: dict[str, Any]) -> httpx.Response:
+    return await daemon.post(PATH_.format(listing.model_hex), content=BODY,
+                             headers={**HEADERS, "PAYMENT-SIGNATURE": pay_header(requirements, payload)})
+
+
+async def test_ten_concurrent_authorizations_with_a_balance_for_one_run_the_model_once(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    counting = Counting(runners[listing.model_id])
+    monkeypatch.setitem(runners, listing.model_id, counting)
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)  # covers ONE call
+    requirements = await exact_requirements(daemon, listing)
+    payloads = [transfer_payload(payer, requirements, w3) for _ in range(10)]  # ten distinct nonces
+    provider_before = balance(contracts, listing.provider.address)
+
+    responses = await asyncio.gather(*(pay(daemon, listing, requirements, p) for p in payloads))
+
+    outcomes = sorted((r.status_code, r.json().get("error")) for r in responses)
+    assert outcomes == [(200, None)] + [(402, "insufficient_funds")] * 9, outcomes
+    assert counting.ran == 1  # runs never exceed payments
+    assert balance(contracts, listing.provider.address) == provider_before + PRICE
+    assert balance(contracts, payer.address) == 0
+
+
+async def test_an_authorization_front_run_before_the_call_is_served_once_and_names_the_attackers_transaction(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    counting = Counting(runners[listing.model_id])
+    monkeypatch.setitem(runners, listing.model_id, counting)
+    payer = funded_stranger(w3, contracts, dev_accounts[0], 3 * PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    provider_before = balance(contracts, listing.provider.address)
+
+    front_run = submit(w3, contracts, dev_accounts[8], payload)  # whoever saw it submits it first
+
+    served = await pay(daemon, listing, requirements, payload)
+    assert served.status_code == 200, served.text
+    settled = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
+    assert settled.transaction == front_run["transactionHash"].to_0x_hex() and settled.amount == PRICE
+    assert settled.extra["receipt"]["message"]["transaction"] == settled.transaction
+    again = await pay(daemon, listing, requirements, payload)  # the same header again
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+    assert counting.ran == 1
+    assert balance(contracts, listing.provider.address) == provider_before + PRICE  # charged exactly once
+    assert balance(contracts, payer.address) == 2 * PRICE
+
+
+async def test_an_authorization_front_run_while_the_model_runs_is_served_once(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], 3 * PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    front_runs: list[Any] = []
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    counting = Counting(runners[listing.model_id],  # between verification and settlement
+                        during=lambda: front_runs.append(submit(w3, contracts, dev_accounts[8], payload)))
+    monkeypatch.setitem(runners, listing.model_id, counting)
+    provider_before = balance(contracts, listing.provider.address)
+
+    served = await pay(daemon, listing, requirements, payload)
+
+    assert served.status_code == 200, served.text
+    settled = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
+    assert settled.transaction == front_runs[0]["transactionHash"].to_0x_hex()
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+    assert counting.ran == 1
+    assert balance(contracts, listing.provider.address) == provider_before + PRICE
+    assert balance(contracts, payer.address) == 2 * PRICE
+
+
+async def test_a_nonce_used_by_cancel_authorization_is_refused(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    nonce = bytes.fromhex(payload["authorization"]["nonce"][2:])
+    cancel = Account.sign_typed_data(payer.key, {"name": "Market Token", "version": "1", "chainId": 31337,
+                                                 "verifyingContract": contracts.token.address},
+                                     {"CancelAuthorization": [{"name": "authorizer", "type": "address"},
+                                                              {"name": "nonce", "type": "bytes32"}]},
+                                     {"authorizer": payer.address, "nonce": nonce})
+    Sender(w3, dev_accounts[8]).transact(contracts.token.get_function_by_signature(
+        "cancelAuthorization(address,bytes32,bytes)")(payer.address, nonce, bytes(cancel.signature)))
+    provider_before = balance(contracts, listing.provider.address)
+
+    refused = await pay(daemon, listing, requirements, payload)
+
+    assert (refused.status_code, refused.json()["error"]) == (402, "nonce_reused")
+    assert balance(contracts, listing.provider.address) == provider_before
+
+
+async def test_our_sdk_signs_receive_with_authorization_which_nobody_can_front_run(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    assert requirements.extra["name"] == "Market Token" and requirements.extra["version"] == "1"
+    assert requirements.extra["authorizationTypes"][0] == "ReceiveWithAuthorization"
+    payload = exact_payload(payer, requirements, "http://daemon.test", int(w3.eth.get_block("latest")["timestamp"]))
+    assert payload["primaryType"] == "ReceiveWithAuthorization"
+
+    with pytest.raises(ContractReverted) as caught:  # only the payee may submit it
+        submit(w3, contracts, dev_accounts[8], payload, _RECEIVE)
+    assert caught.value.error == "MarketTokenCallerNotPayee"
+    provider_before = balance(contracts, listing.provider.address)
+
+    served = await pay(daemon, listing, requirements, payload)
+
+    assert served.status_code == 200, served.text
+    settled = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
+    tx = w3.eth.get_transaction(settled.transaction)
+    assert bytes(tx["input"][:4]) == Web3.keccak(text=_RECEIVE)[:4] and tx["from"] == listing.provider.address
+    assert balance(contracts, listing.provider.address) == provider_before + PRICE
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+
+
+async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_same_authorization(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)  # one call's worth: a held one blocks the next
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    real = runners[listing.model_id]
+
+    def fail() -> None:
+        raise InferenceFailed("out of memory")
+
+    monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    failed = await pay(daemon, listing, requirements, payload)
+    assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
+    assert balance(contracts, payer.address) == PRICE  # not charged
+
+    monkeypatch.setitem(runners, listing.model_id, real)
+    served = await pay(daemon, listing, requirements, payload)  # the hold was released: the same one pays
+    assert served.status_code == 200, served.text
+    assert balance(contracts, payer.address) == 0
+
+
+async def test_a_payer_front_run_whose_model_call_failed_is_served_when_it_sends_the_same_authorization_again(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    front_run = submit(w3, contracts, dev_accounts[8], payload)  # the payer has paid, through someone else
+    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
+    real = runners[listing.model_id]
+
+    def fail() -> None:
+        raise InferenceFailed("out of memory")
+
+    monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    failed = await pay(daemon, listing, requirements, payload)
+    assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
+
+    monkeypatch.setitem(runners, listing.model_id, real)
+    served = await pay(daemon, listing, requirements, payload)
+    assert served.status_code == 200, served.text
+    assert parse_payment_response(served.headers["PAYMENT-RESPONSE"]).transaction == (
+        front_run["transactionHash"].to_0x_hex())
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")  # served once
+    assert balance(contracts, payer.address) == 0  # charged once
+
+
+async def test_a_settlement_mined_too_late_is_served_when_the_payer_sends_the_same_authorization_again(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    monkeypatch.setattr(daemon.app.state.services.exact.chain, "receipt_timeout", 0.5)  # type: ignore[attr-defined]
+    w3.provider.make_request("evm_setAutomine", [False])  # the settlement stays in the mempool
+    try:
+        pending = await pay(daemon, listing, requirements, payload)
+        assert (pending.status_code, pending.json()["error"]) == (504, "settlement_pending")
+        assert balance(contracts, payer.address) == PRICE
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    assert balance(contracts, payer.address) == 0  # mined after all: the payer has paid
+
+    served = await pay(daemon, listing, requirements, payload)
+    assert served.status_code == 200, served.text
+    settled = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
+    assert w3.eth.get_transaction(settled.transaction)["from"] == listing.provider.address  # the daemon's own
+    again = await pay(daemon, listing, requirements, payload)
+    assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+    assert balance(contracts, payer.address) == 0

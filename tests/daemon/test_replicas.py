@@ -1,6 +1,8 @@
 """Several daemon processes on one ledger — two `marketplace serve` replicas on one PostgreSQL, or
 one `marketplace serve --workers 2` on one SQLite file: 64 concurrent calls on one channel whose
-voucher covers exactly K calls are admitted exactly K times, whichever process they reach."""
+voucher covers exactly K calls are admitted exactly K times, and concurrent `exact` authorizations
+from a payer whose balance covers K calls are served (and settled) exactly K times, whichever
+process they reach."""
 
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+
+from marketplace.chain.transactions import Sender
+from marketplace.client.signing import exact_payload
 
 from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
 from daemon_process import DaemonProcess, fresh_postgres_database, write_config
@@ -23,6 +29,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
 CALLS = 64
 K = 10  # calls the one voucher pays for
+EXACT_CALLS, EXACT_K = 10, 3  # `exact` authorizations sent at once, and how many the payer's balance covers
 
 
 @pytest.fixture(params=["two replicas, PostgreSQL", "two workers, SQLite"])
@@ -77,6 +84,55 @@ async def test_64_concurrent_calls_across_processes_admit_exactly_what_the_vouch
             for client in clients:  # both replicas read the one ledger
                 view = (await client.get(f"/v1/channels/0x{channel.channel_id:064x}")).json()["view"]
                 assert (int(view["authorized"]), int(view["consumed"])) == (K * PRICE, K * PRICE)
+        finally:
+            for client in clients:
+                await client.aclose()
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+async def test_concurrent_exact_authorizations_across_processes_run_only_what_the_balance_covers(
+    anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
+    deployment_shape: tuple[str, int, int],
+) -> None:
+    database_url, processes, workers = deployment_shape
+    config = write_config(tmp_path / "replica.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
+                          deployments_dir=listing.deployments_dir, database_url=database_url,
+                          models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
+                          claim_interval_seconds=3600.0)
+    replicas = [DaemonProcess(config, listing.provider.key.to_0x_hex(), log=tmp_path / f"replica-{n}.log",
+                              workers=workers).start() for n in range(processes)]
+    try:
+        async with anyio.create_task_group() as starting:
+            for replica in replicas:
+                starting.start_soon(replica.wait_ready)
+        payer = Account.create()  # holds what EXACT_K calls cost, no ether: the daemon pays the gas
+        Sender(w3, dev_accounts[0]).transact(contracts.token.functions.mint(payer.address, EXACT_K * PRICE))
+        provider_before = contracts.token.functions.balanceOf(listing.provider.address).call()
+        path = f"/v1/models/{listing.model_hex}/infer"
+        clients = [httpx.AsyncClient(base_url=replicas[n % processes].url, timeout=60.0) for n in range(2)]
+        try:
+            requirements = requirements_of(await clients[0].post(path, content=BODY), "exact")
+            now = w3.eth.get_block("latest")["timestamp"]
+            headers = [pay_header(requirements, exact_payload(payer, requirements, "http://replica", now))
+                       for _ in range(EXACT_CALLS)]  # distinct nonces, each for one call
+            results: list[tuple[int, str | None]] = []
+
+            async def call(n: int) -> None:
+                response = await clients[n % 2].post(path, content=BODY, headers={
+                    "content-type": "application/json", "PAYMENT-SIGNATURE": headers[n]})
+                results.append((response.status_code, response.json().get("error")))
+
+            with anyio.fail_after(90):
+                async with anyio.create_task_group() as calls:
+                    for n in range(EXACT_CALLS):
+                        calls.start_soon(call, n)
+
+            outcomes = Counter(results)
+            assert outcomes == {(200, None): EXACT_K, (402, "insufficient_funds"): EXACT_CALLS - EXACT_K}, outcomes
+            paid = contracts.token.functions.balanceOf(listing.provider.address).call() - provider_before
+            assert paid == EXACT_K * PRICE and contracts.token.functions.balanceOf(payer.address).call() == 0
         finally:
             for client in clients:
                 await client.aclose()

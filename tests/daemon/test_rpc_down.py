@@ -4,6 +4,9 @@ it would have to ask the chain about is 503 chain_unavailable, and it all resume
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from web3 import Web3
 from marketplace.chain.anvil import Anvil
 from marketplace.chain.deploy import deploy_contracts
 from marketplace.chain.devkeys import dev_accounts as make_dev_accounts
+from marketplace.chain.transactions import Sender
+from marketplace.client.signing import exact_payload
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.payments.vouchers import VoucherDomain
 
@@ -100,4 +105,53 @@ async def test_a_known_channel_is_served_from_cache_an_unknown_one_is_503(
         start_node(port)
         later = open_channel_on(w3, contracts, owner, payer, provider.address, listing.model_id, 10 * PRICE)
         served = await pay(later, PRICE)
+        assert served.status_code == 200, served.text
+
+
+async def test_exact_answers_503_within_seconds_while_the_node_is_down_and_resumes_with_it(
+    start_node: Callable[..., Anvil], tmp_path: Path
+) -> None:
+    node = start_node()
+    owner, provider, payer = make_dev_accounts(3)
+    w3 = Web3(Web3.HTTPProvider(node.url))
+    contracts = Contracts(w3, deploy_contracts(w3, owner))
+    listing = list_iris(w3, contracts, provider, tmp_path / "data")
+    Sender(w3, owner).transact(contracts.token.functions.mint(payer.address, 10 * PRICE))
+    settings = DaemonSettings(
+        data_dir=listing.data_dir, rpc_url=node.url, chain_id=31337, deployments_dir=listing.deployments_dir,
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", private_key=provider.key.to_0x_hex(),
+        models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.1, claim_interval_seconds=3600,
+    )
+    path = f"/v1/models/{listing.model_hex}/infer"
+
+    async with running_daemon(settings) as daemon:
+        requirements = requirements_of(await daemon.post(path, content=BODY), "exact")
+
+        async def pay() -> httpx.Response:
+            payload = exact_payload(payer, requirements, "http://daemon.test", int(time.time()))
+            return await daemon.post(path, content=BODY, headers={
+                "content-type": "application/json", "PAYMENT-SIGNATURE": pay_header(requirements, payload)})
+
+        async def refused_quickly() -> None:
+            started = time.monotonic()
+            refused = await pay()
+            elapsed = time.monotonic() - started
+            assert (refused.status_code, refused.json()["error"]) == (503, "chain_unavailable"), refused.text
+            assert elapsed < 5.0, f"took {elapsed:.1f} s"
+            assert int(refused.headers["Retry-After"]) > 0 and "PAYMENT-RESPONSE" not in refused.headers
+
+        assert (await pay()).status_code == 200
+        hung = node._process.pid  # type: ignore[union-attr]
+        os.kill(hung, signal.SIGSTOP)  # the node hangs: connections open, nothing answers
+        try:
+            await refused_quickly()
+        finally:
+            os.kill(hung, signal.SIGCONT)
+        assert (await pay()).status_code == 200  # it answers again: so does the daemon
+
+        port = int(node.url.rsplit(":", 1)[1])
+        node.stop()  # the node is gone: connections are refused
+        await refused_quickly()
+        start_node(port)  # the node is back: served again, without restarting the daemon
+        served = await pay()
         assert served.status_code == 200, served.text

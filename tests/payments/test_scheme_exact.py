@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +20,8 @@ from x402.mechanisms.evm.exact.client import ExactEvmScheme as X402ExactClient
 
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
-from marketplace.errors import PaymentRejected
+from marketplace.errors import ContractReverted, PaymentRejected
+from marketplace.payments.ledger.holds.sqlite import SqliteHolds
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
@@ -54,6 +56,7 @@ class Setup:
         valid_after: int | None = None,
         valid_before: int | None = None,
         nonce: bytes | None = None,
+        primary_type: str = "TransferWithAuthorization",
     ) -> dict[str, Any]:
         """An EIP-3009 payload signed with eth-account's typed-data path (independent of ours)."""
         payer = payer or self.payer
@@ -74,7 +77,7 @@ class Setup:
                     {"name": "chainId", "type": "uint256"},
                     {"name": "verifyingContract", "type": "address"},
                 ],
-                "TransferWithAuthorization": [
+                primary_type: [
                     {"name": "from", "type": "address"},
                     {"name": "to", "type": "address"},
                     {"name": "value", "type": "uint256"},
@@ -83,7 +86,7 @@ class Setup:
                     {"name": "nonce", "type": "bytes32"},
                 ],
             },
-            "primaryType": "TransferWithAuthorization",
+            "primaryType": primary_type,
             "domain": {
                 "name": "Market Token",
                 "version": "1",
@@ -101,6 +104,7 @@ class Setup:
                 "to": message["to"],
                 "nonce": "0x" + message["nonce"].hex(),
             },
+            **({"primaryType": primary_type} if primary_type != "TransferWithAuthorization" else {}),
         }
 
     def payment(self, payload: dict[str, Any], **changes: Any) -> PaymentPayload:
@@ -111,7 +115,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(w3, contracts, dev_accounts, snapshot) -> Setup:
+def setup(w3, contracts, dev_accounts, snapshot, tmp_path) -> Iterator[Setup]:
     owner, payer, payee, settler, other = (
         dev_accounts[0],
         dev_accounts[2],
@@ -121,8 +125,10 @@ def setup(w3, contracts, dev_accounts, snapshot) -> Setup:
     )
     mint(contracts, w3, owner, payer.address, 10 * TOKENS)
     state = DeployedChainState(w3, contracts)
-    scheme = ExactScheme(state, w3, settler)
-    return Setup(w3, contracts, scheme, make_model(payee=payee.address), payer, payee, other)
+    holds = SqliteHolds(tmp_path / "ledger.db")
+    scheme = ExactScheme(state, w3, settler, holds)
+    yield Setup(w3, contracts, scheme, make_model(payee=payee.address), payer, payee, other)
+    run(holds.close())
 
 
 def code_of(setup: Setup, payment: PaymentPayload) -> str:
@@ -213,13 +219,12 @@ def test_settle_race_payer_moves_the_funds_away(setup: Setup) -> None:
     assert not setup.contracts.token.functions.authorizationState(setup.payer.address, nonce).call()
 
 
-def test_settle_race_the_nonce_is_used_first(setup: Setup) -> None:
-    payload = setup.authorization()
-    verified = setup.verify(setup.payment(payload))
+def submit(setup: Setup, payload: dict[str, Any], sender: LocalAccount, function: str = "transferWithAuthorization"):
+    """`sender` submits the authorization to the token itself; the receipt."""
     auth = payload["authorization"]
-    Sender(setup.w3, setup.other).transact(  # anyone may submit the authorization first
+    return Sender(setup.w3, sender).transact(
         setup.contracts.token.get_function_by_signature(
-            "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+            f"{function}(address,address,uint256,uint256,uint256,bytes32,bytes)"
         )(
             auth["from"],
             auth["to"],
@@ -230,14 +235,88 @@ def test_settle_race_the_nonce_is_used_first(setup: Setup) -> None:
             bytes.fromhex(payload["signature"][2:]),
         )
     )
-    with pytest.raises(PaymentRejected) as caught:
+
+
+def test_settle_race_the_nonce_is_used_first_by_a_transfer_to_the_payee(setup: Setup) -> None:
+    payload = setup.authorization()
+    verified = setup.verify(setup.payment(payload))
+    before = setup.balance(setup.payee.address)
+    front_run = submit(setup, payload, setup.other)  # anyone may submit the authorization first
+    settlement = run(setup.scheme.settle(verified))  # ours would revert: the payer has paid all the same
+    assert settlement.transaction == front_run["transactionHash"].to_0x_hex()
+    assert settlement.block_number == front_run["blockNumber"] and settlement.amount == PRICE
+    assert setup.balance(setup.payee.address) - before == PRICE
+    hold = run(setup.scheme.holds.hold(verified.payer_bytes, verified.nonce))
+    assert hold is not None and hold.settled_block == front_run["blockNumber"]
+    assert code_of(setup, setup.payment(payload)) == "nonce_reused"  # served once
+
+
+def test_an_authorization_used_before_verification_is_accepted_once_as_paid(setup: Setup) -> None:
+    payload = setup.authorization()
+    front_run = submit(setup, payload, setup.other)
+    verified = setup.verify(setup.payment(payload))
+    assert verified.paid is not None and verified.paid.transaction == front_run["transactionHash"].to_0x_hex()
+    assert run(setup.scheme.settle(verified)) == verified.paid  # nothing more is sent
+    assert code_of(setup, setup.payment(payload)) == "nonce_reused"
+
+
+def test_authorizations_beyond_the_balance_are_refused_before_anything_runs(setup: Setup) -> None:
+    everything = setup.balance(setup.payer.address)
+    first = setup.verify(setup.payment(setup.authorization(value=everything - PRICE)))
+    second = setup.verify(setup.payment(setup.authorization()))  # exactly what is left
+    assert code_of(setup, setup.payment(setup.authorization())) == "insufficient_funds"  # held for the two
+    run(setup.scheme.release(second))  # its model call failed: not settled, the balance is free again
+    third = setup.verify(setup.payment(setup.authorization()))
+    for verified in (first, third):
         run(setup.scheme.settle(verified))
-    assert caught.value.code == "settlement_failed" and "MarketTokenAuthorizationUsed" in caught.value.detail
+    assert setup.balance(setup.payer.address) == 0
+
+
+def test_receive_with_authorization_is_offered_when_the_daemon_is_the_payee_and_cannot_be_front_run(
+    setup: Setup,
+) -> None:
+    scheme = ExactScheme(setup.scheme.state, setup.w3, setup.payee, setup.scheme.holds)  # the payee's own key
+    assert scheme.requirements(setup.model).extra["authorizationTypes"] == [
+        "ReceiveWithAuthorization", "TransferWithAuthorization"]
+    assert setup.scheme.requirements(setup.model).extra["authorizationTypes"] == ["TransferWithAuthorization"]
+    payload = setup.authorization(primary_type="ReceiveWithAuthorization")
+    with pytest.raises(ContractReverted) as caught:
+        submit(setup, payload, setup.other, "receiveWithAuthorization")
+    assert caught.value.error == "MarketTokenCallerNotPayee"
+    with pytest.raises(PaymentRejected) as refused:  # a daemon that is not the payee cannot settle it
+        setup.verify(setup.payment(payload))
+    assert refused.value.code == "invalid_payload"
+    tampered = {**payload, "primaryType": "TransferWithAuthorization"}  # the signature is for Receive
+    with pytest.raises(PaymentRejected) as forged:
+        run(scheme.verify(setup.payment(tampered), PaidRequest(setup.model)))
+    assert forged.value.code == "bad_signature"
+
+    before = setup.balance(setup.payee.address)
+    verified = run(scheme.verify(setup.payment(payload), PaidRequest(setup.model)))
+    settlement = run(scheme.settle(verified))
+    assert setup.balance(setup.payee.address) - before == PRICE
+    tx = setup.w3.eth.get_transaction(settlement.transaction)
+    assert tx["from"] == setup.payee.address and bytes(tx["input"][:4]) == Web3.keccak(
+        text="receiveWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)")[:4]
+
+
+def test_a_cancelled_nonce_is_refused(setup: Setup) -> None:
+    payload = setup.authorization()
+    nonce = bytes.fromhex(payload["authorization"]["nonce"][2:])
+    cancel = Account.sign_typed_data(
+        setup.payer.key,
+        {"name": "Market Token", "version": "1", "chainId": 31337, "verifyingContract": setup.scheme.token},
+        {"CancelAuthorization": [{"name": "authorizer", "type": "address"}, {"name": "nonce", "type": "bytes32"}]},
+        {"authorizer": setup.payer.address, "nonce": nonce},
+    )
+    Sender(setup.w3, setup.other).transact(setup.contracts.token.get_function_by_signature(
+        "cancelAuthorization(address,bytes32,bytes)")(setup.payer.address, nonce, bytes(cancel.signature)))
+    assert code_of(setup, setup.payment(payload)) == "nonce_reused"
 
 
 def test_released_authorization_can_be_verified_again(setup: Setup) -> None:
     payment = setup.payment(setup.authorization())
-    setup.scheme.release(setup.verify(payment))  # e.g. the client disconnected: not settled
+    run(setup.scheme.release(setup.verify(payment)))  # e.g. the client disconnected: not settled
     run(setup.scheme.settle(setup.verify(payment)))
 
 
@@ -270,7 +349,7 @@ def test_cheats(setup: Setup) -> None:
 
     assert code_of(setup, setup.payment({"permit2Authorization": {}, "signature": "0x00"})) == "invalid_payload"
     assert code_of(setup, setup.payment({"signature": good["signature"]})) == "invalid_payload"
-    assert setup.scheme._inflight == {}  # nothing stays reserved after a refusal
+    setup.verify(setup.payment(good))  # nothing stays held after a refusal
 
 
 def test_settlement_survives_another_sender_of_the_same_key(setup: Setup, dev_accounts: list[LocalAccount]) -> None:

@@ -19,6 +19,7 @@ from x402.schemas import PaymentRequirements as SdkPaymentRequirements
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.errors import REJECTION_STATUS, PaymentRejected
+from marketplace.payments.ledger.holds.sqlite import SqliteHolds
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, payment_required
 from marketplace.payments.x402 import (
     MAX_HEADER_BYTES,
@@ -62,13 +63,13 @@ def rejected(value: str | bytes | None) -> PaymentRejected:
     return caught.value
 
 
-def test_all_three_schemes_in_a_402_read_by_the_x402_package() -> None:
+def test_all_three_schemes_in_a_402_read_by_the_x402_package(tmp_path: Path) -> None:
     state = FakeChainState()
     model = make_model(payee=PAYEE)
     w3 = Web3()  # no provider: nothing is called while building requirements
     schemes = [
         ChannelScheme(state),
-        ExactScheme(state, w3, dev_account(9)),
+        ExactScheme(state, w3, dev_account(9), SqliteHolds(tmp_path / "ledger.db")),
         LicenseScheme(state, w3),
     ]
     accepts = [scheme.requirements(model) for scheme in schemes]
@@ -79,7 +80,7 @@ def test_all_three_schemes_in_a_402_read_by_the_x402_package() -> None:
     assert [a.scheme for a in sdk.accepts] == list(SCHEMES)
     exact = sdk.accepts[1]
     assert exact.network == network_id(31337) and exact.amount == str(PRICE) and exact.pay_to == PAYEE
-    assert exact.extra == {"name": "Market Token", "version": "1"}
+    assert exact.extra == {"name": "Market Token", "version": "1", "authorizationTypes": ["TransferWithAuthorization"]}
     assert sdk.accepts[0].extra["modelId"] == "0x" + MODEL_A.hex()
 
     ours = parse_payment_required(header)

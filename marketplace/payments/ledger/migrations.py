@@ -1,8 +1,9 @@
 """Versioned schema of the credit ledger, for SQLite and PostgreSQL, upgraded on open.
 
 A `schema_version` table holds one row per component (so other parts of the daemon may keep
-their own tables in the same database), named by `Schema.component`; the ledger's is
-`credit_ledger`, the used license-access nonces' `license_access` (ledger/access.py). Opening a ledger runs,
+their own tables in the same database), named by `Schema.component`: the ledger's is
+`credit_ledger`, the used license-access nonces' `license_access` (ledger/access.py), the
+`exact` holds' `exact_holds` (ledger/holds/). Opening a ledger runs,
 in one transaction that holds a lock against other processes opening it at the same time, every
 step between the version found and the version of this code, then records the new version. A
 database whose version is newer than the code is refused (LedgerSchemaTooNew): old code must not

@@ -1,23 +1,35 @@
 """The `exact` scheme: the x402 standard EIP-3009 payment in MarketToken, settled by the daemon.
 
     payload = {"signature": "0x<65 bytes>",
-               "authorization": {"from", "to", "value", "validAfter", "validBefore", "nonce"}}
+               "authorization": {"from", "to", "value", "validAfter", "validBefore", "nonce"},
+               "primaryType": "ReceiveWithAuthorization"}   # optional: TransferWithAuthorization
 
-exactly as the x402 specification and the PyPI `x402` client write it; `extra` carries the
-token's EIP-712 domain name and version, which that client signs with.
+exactly as the x402 specification and the PyPI `x402` client write it (that client omits
+`primaryType` and signs TransferWithAuthorization); `extra` carries the token's EIP-712 domain
+name and version, which that client signs with, and `authorizationTypes`, the types this daemon
+settles in order of preference: ReceiveWithAuthorization first when the daemon's key is the
+model's payee (only the payee may submit it, so nobody can front-run it), then
+TransferWithAuthorization.
 
-Verification is local (no remote facilitator): the requirements the client chose are ours
-(network "wrong_network", asset "wrong_asset", payTo and `to` "wrong_payee"), `value` covers the
-price ("amount_too_low"), ``validAfter < now`` ("authorization_not_yet_valid") and
-``now + margin < validBefore`` ("authorization_expired"), the EIP-712 TransferWithAuthorization
-signature recovers to `from` ("bad_signature"; EOAs only), the nonce is neither in flight here nor
-used on chain ("nonce_reused") and `from` holds `value` ("insufficient_funds").
+Verification (`verify`): the requirements the client chose are ours (network "wrong_network",
+asset "wrong_asset", payTo and `to` "wrong_payee"), `value` covers the price ("amount_too_low"),
+``validAfter < now`` ("authorization_not_yet_valid"), ``now + margin < validBefore``
+("authorization_expired"), the EIP-712 signature of the named type recovers to `from`
+("bad_signature"; EOAs only). Then, at the latest block N: if the nonce is unused at N, the
+authorization is HELD against `balanceOf(from)` at N in the shared ledger
+(`marketplace.payments.ledger.holds`): refused "insufficient_funds" when it does not fit beside
+the payer's other holds in flight, "nonce_reused" when (from, nonce) is held already. If the nonce
+is used at N, someone submitted it: when that transaction moved `value` from `from` to the payee,
+the payer has paid and the call is served once (the hold is recorded as settled, or an abandoned
+one adopted: see below); otherwise (cancelled) "nonce_reused".
 
-Serve/settle order: SETTLE FIRST, THEN SERVE. `verify` reserves the (from, nonce) pair in this
-process; `settle` sends `transferWithAuthorization` from the daemon's key and waits for the
-receipt; only then does the daemon run the model. A settlement that would revert or reverts
-(the payer moved the funds, used the nonce) is "settlement_failed" and nothing is served. A client
-that disconnected before settlement: the app calls `release` instead of `settle`.
+Serve/settle order: verify (hold) -> run the model -> `settle` -> answer. `settle` submits the
+authorization from the daemon's key and waits for the receipt; a settlement that would revert or
+reverts because the nonce was used meanwhile looks for that transfer as above and, if the payer
+paid, serves with it. Any other failure releases the hold and serves nothing. A client gone before
+settlement: the app calls `release`. A call not served although the payer's transfer is or may be
+on chain (settlement not mined in time; model failed after a front-run) leaves its hold abandoned:
+the same authorization sent again once the transfer is mined adopts it and is served, once.
 """
 
 from __future__ import annotations
@@ -25,24 +37,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-import requests
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
-from web3.exceptions import (
-    ContractCustomError,
-    ContractLogicError,
-    ContractPanicError,
-    TimeExhausted,
-    Web3Exception,
-)
 
-from marketplace.chain.compiled import load_compiled
-from marketplace.chain.transactions import decode_revert
 from marketplace.chain.views import ChainState, ModelInfo
-from marketplace.errors import PaymentRejected
+from marketplace.errors import AuthorizationHeld, BalanceCommitted, PaymentRejected
+from marketplace.payments.ledger.holds import ExactHolds, Hold
 from marketplace.payments.schemes.base import (
     PaidRequest,
     PaymentScheme,
@@ -50,23 +53,23 @@ from marketplace.payments.schemes.base import (
     read_signature,
     recover_or_reject,
 )
+from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
 from marketplace.payments.vouchers import checksum_address, domain_separator, keccak256
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = [
     "TRANSFER_WITH_AUTHORIZATION_TYPE",
+    "RECEIVE_WITH_AUTHORIZATION_TYPE",
     "VerifiedAuthorization",
     "Settlement",
     "ExactScheme",
 ]
 
-TRANSFER_WITH_AUTHORIZATION_TYPE = (
-    "TransferWithAuthorization(address from,address to,uint256 value,uint256 validAfter,"
-    "uint256 validBefore,bytes32 nonce)"
-)
-_TYPEHASH = keccak256(TRANSFER_WITH_AUTHORIZATION_TYPE.encode())
-_TRANSFER_BYTES = "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
-_CHAIN_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
+_FIELDS = "(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
+TRANSFER_WITH_AUTHORIZATION_TYPE = TRANSFER + _FIELDS
+RECEIVE_WITH_AUTHORIZATION_TYPE = RECEIVE + _FIELDS
+_TYPEHASHES = {TRANSFER: keccak256(TRANSFER_WITH_AUTHORIZATION_TYPE.encode()),
+               RECEIVE: keccak256(RECEIVE_WITH_AUTHORIZATION_TYPE.encode())}
 
 
 def _word(value: int) -> bytes:
@@ -75,7 +78,7 @@ def _word(value: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedAuthorization:
-    """An EIP-3009 authorization checked locally and reserved in this process until settled."""
+    """An EIP-3009 authorization checked and held against its payer's balance until settled or released."""
 
     scheme: ClassVar[str] = "exact"
     payer: str  # `from`, checksummed
@@ -85,20 +88,19 @@ class VerifiedAuthorization:
     valid_before: int
     nonce: bytes
     signature: bytes
+    primary_type: str = TRANSFER
+    paid: Settlement | None = None  # someone else submitted it already: the payer has paid
 
+    @property
+    def payer_bytes(self) -> bytes:
+        return bytes.fromhex(self.payer[2:])
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """A transferWithAuthorization mined successfully."""
-
-    transaction: str  # 0x tx hash
-    payer: str
-    amount: int
-    block_number: int
+    def hold(self) -> Hold:
+        return Hold(self.payer_bytes, self.nonce, self.value, self.valid_before)
 
 
 class ExactScheme(PaymentScheme):
-    """Verifies EIP-3009 authorizations and settles them from the daemon's own key."""
+    """Verifies EIP-3009 authorizations, holds them in the shared ledger, settles them from the daemon's key."""
 
     name = "exact"
 
@@ -107,12 +109,14 @@ class ExactScheme(PaymentScheme):
         state: ChainState,
         w3: Web3,
         settler: LocalAccount,
+        holds: ExactHolds,
         *,
         token_name: str = "Market Token",
         token_version: str = "1",
         max_timeout_seconds: int = 300,
         margin_seconds: int = 6,
         receipt_timeout: float = 60.0,
+        search_from: int = 0,
         clock: Callable[[], float] | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -121,18 +125,18 @@ class ExactScheme(PaymentScheme):
         self.separator = domain_separator(token_name, token_version, state.chain_id, self.token)
         self.max_timeout_seconds = max_timeout_seconds
         self.margin_seconds = margin_seconds
-        self.receipt_timeout = receipt_timeout
-        self._w3 = w3
-        self._settler = settler
+        self.holds = holds
+        self.chain = TokenClient(w3, self.token, settler, receipt_timeout=receipt_timeout, search_from=search_from)
+        self._settler = settler.address.lower()
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._executor = executor
-        self._abi = load_compiled("MarketToken").abi
-        self._contract = w3.eth.contract(address=Web3.to_checksum_address(self.token), abi=self._abi)
-        self._inflight: dict[tuple[str, bytes], int] = {}  # (payer lowercase, nonce) -> validBefore
         self._send_lock = asyncio.Lock()
-        self._next_nonce: int | None = None
 
     # --- 402 ---------------------------------------------------------------------------------
+
+    def authorization_types(self, model: ModelInfo) -> tuple[str, ...]:
+        """The EIP-3009 types settled for `model`, preferred first (Receive needs the payee's key)."""
+        return (RECEIVE, TRANSFER) if model.payee.lower() == self._settler else (TRANSFER,)
 
     def requirements(self, model: ModelInfo) -> PaymentRequirements:
         return PaymentRequirements(
@@ -142,13 +146,15 @@ class ExactScheme(PaymentScheme):
             asset=self.token,
             pay_to=checksum_address(model.payee),
             max_timeout_seconds=self.max_timeout_seconds,
-            extra={"name": self.token_name, "version": self.token_version},
+            extra={"name": self.token_name, "version": self.token_version,
+                   "authorizationTypes": list(self.authorization_types(model))},
         )
 
-    def digest(self, payer: str, to: str, value: int, valid_after: int, valid_before: int, nonce: bytes) -> bytes:
-        """The EIP-712 hash a TransferWithAuthorization signature signs (the token's domain)."""
+    def digest(self, payer: str, to: str, value: int, valid_after: int, valid_before: int, nonce: bytes,
+               primary_type: str = TRANSFER) -> bytes:
+        """The EIP-712 hash a Transfer/ReceiveWithAuthorization signature signs (the token's domain)."""
         struct_hash = keccak256(
-            _TYPEHASH
+            _TYPEHASHES[primary_type]
             + bytes.fromhex(payer[2:]).rjust(32, b"\0")
             + bytes.fromhex(to[2:]).rjust(32, b"\0")
             + _word(value)
@@ -161,14 +167,39 @@ class ExactScheme(PaymentScheme):
     # --- verification -------------------------------------------------------------------------
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedAuthorization:
-        """Check the authorization and reserve its nonce; the caller must `settle` or `release` it."""
-        model = request.model
+        """Check the authorization and hold it; the caller must `settle` or `release` it."""
+        verified = self._check(payment, request.model)
+        head = await blocking(self._executor, self.chain.head)
+        used, balance = await asyncio.gather(
+            blocking(self._executor, self.chain.used_at, verified.payer, verified.nonce, head.number),
+            blocking(self._executor, self.chain.balance_at, verified.payer, head.number),
+        )
+        if used:
+            return await self._paid_by_someone(verified)
+        if balance < verified.value:
+            raise PaymentRejected("insufficient_funds",
+                                  f"{verified.payer} holds {balance}, the payment is {verified.value}")
+        try:
+            await self.holds.reserve(verified.hold(), head, balance)
+        except AuthorizationHeld:
+            raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} is "
+                                                  "already being settled or was served") from None
+        except BalanceCommitted as refusal:
+            raise PaymentRejected("insufficient_funds", str(refusal)) from None
+        return verified
+
+    def _check(self, payment: PaymentPayload, model: ModelInfo) -> VerifiedAuthorization:
+        """The checks that need no chain: fields, amounts, validity window, signature."""
         payee = model.payee.lower()
         self.check_accepted(payment, asset=self._token_lower, pay_to=payee)
         self.check_price(payment, model)
         fields = Fields(payment.payload, "payment.payload")
         if "permit2Authorization" in fields.obj:
             raise PaymentRejected("invalid_payload", "only EIP-3009 authorizations are accepted, not Permit2")
+        primary_type = fields.obj.get("primaryType", TRANSFER)
+        if primary_type not in self.authorization_types(model):
+            raise PaymentRejected("invalid_payload", f"payment.payload.primaryType {str(primary_type)[:40]!r} is not "
+                                                     f"one of {list(self.authorization_types(model))}")
         auth = fields.obj_field("authorization")
         payer, to = auth.address("from"), auth.address("to")
         value, valid_after, valid_before = auth.uint("value"), auth.uint("validAfter"), auth.uint("validBefore")
@@ -187,65 +218,76 @@ class ExactScheme(PaymentScheme):
                 "authorization_expired",
                 f"valid before {valid_before}: less than {self.margin_seconds} s left to settle (now {now})",
             )
-        signer = recover_or_reject(self.digest(payer, to, value, valid_after, valid_before, nonce), signature)
+        digest = self.digest(payer, to, value, valid_after, valid_before, nonce, primary_type)
+        signer = recover_or_reject(digest, signature)
         if signer.hex() != payer[2:]:
             raise PaymentRejected(
                 "bad_signature", f"the authorization is signed by {checksum_address(signer)}, not by {payer}"
             )
+        return VerifiedAuthorization(checksum_address(payer), checksum_address(to), value, valid_after, valid_before,
+                                     nonce, signature, primary_type)
 
-        key = (payer, nonce)
-        self._purge(now)
-        if key in self._inflight:
-            raise PaymentRejected("nonce_reused", f"nonce 0x{nonce.hex()} of {payer} is already being settled")
-        self._inflight[key] = valid_before  # reserved before the first await: no concurrent twin passes
-        verified = VerifiedAuthorization(
-            checksum_address(payer), checksum_address(to), value, valid_after, valid_before, nonce, signature
-        )
+    async def _paid_by_someone(self, verified: VerifiedAuthorization) -> VerifiedAuthorization:
+        """The nonce is used on chain: served once if its transaction paid the payee, else refused."""
+        paid = await self._find_payment(verified)
+        if paid is None:
+            raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was used "
+                                                  f"on chain without paying {verified.value} to {verified.to} "
+                                                  "(cancelled?)")
         try:
-            used, balance = await asyncio.gather(
-                blocking(self._executor, self._call, "authorizationState", verified.payer, nonce),
-                blocking(self._executor, self._call, "balanceOf", verified.payer),
-            )
-            if used:
-                raise PaymentRejected("nonce_reused", f"nonce 0x{nonce.hex()} of {verified.payer} was already used")
-            if balance < value:
-                raise PaymentRejected("insufficient_funds", f"{verified.payer} holds {balance}, the payment is {value}")
-        except BaseException:
-            self.release(verified)
-            raise
-        return verified
+            await self.holds.record_paid(verified.hold(), paid.block_number)
+        except AuthorizationHeld:  # served, in flight, or abandoned unserved: then this request takes it over
+            if not await self.holds.adopt(verified.payer_bytes, verified.nonce, paid.block_number):
+                raise PaymentRejected("nonce_reused", f"nonce 0x{verified.nonce.hex()} of {verified.payer} was "
+                                                      "already used and served") from None
+        return replace(verified, paid=paid)
 
-    def release(self, verified: VerifiedAuthorization) -> None:
-        """Drop the reservation of an authorization that will not be settled (idempotent)."""
-        self._inflight.pop((verified.payer.lower(), verified.nonce), None)
+    async def _find_payment(self, verified: VerifiedAuthorization) -> Settlement | None:
+        return await blocking(self._executor, self.chain.find_payment, verified.payer, verified.nonce, verified.to,
+                              verified.value)
 
-    def _purge(self, now: int) -> None:
-        if len(self._inflight) > 1024:
-            self._inflight = {k: until for k, until in self._inflight.items() if until > now}
-
-    def _call(self, function: str, *args: Any) -> Any:
-        try:
-            return getattr(self._contract.functions, function)(*args).call()
-        except _CHAIN_ERRORS as error:
-            raise PaymentRejected("chain_unavailable", f"{function} failed: {error}") from None
+    async def release(self, verified: VerifiedAuthorization) -> None:
+        """The call will not be served: drop the hold, or (paid already) leave it for a retry to adopt."""
+        await self.holds.release(verified.payer_bytes, verified.nonce)
 
     # --- settlement --------------------------------------------------------------------------
 
     async def settle(self, verified: VerifiedAuthorization) -> Settlement:
-        """Send transferWithAuthorization and wait for it to be mined; then, and only then, serve.
+        """Submit the authorization and wait for it to be mined; then, and only then, serve.
 
-        Raises PaymentRejected "settlement_failed" if it would revert or reverted, "settlement_pending"
-        if it was sent but not mined within `receipt_timeout` (it may still be mined later).
+        Raises PaymentRejected "settlement_failed" if it would revert or reverted (and the payer did
+        not pay otherwise), "settlement_pending" if it was sent but not mined within the receipt
+        timeout (it may still be mined later: the hold stays, abandoned, for a retry to adopt).
         """
+        if verified.paid is not None:
+            return verified.paid
+        args = (verified.payer, verified.to, verified.value, verified.valid_after, verified.valid_before,
+                verified.nonce, verified.signature)
         try:
             async with self._send_lock:  # one sender: nonces are handed out in order
-                tx_hash = await blocking(self._executor, self._send, verified)
-            receipt = await blocking(self._executor, self._wait, tx_hash)
-        finally:
-            self.release(verified)
-        if receipt["status"] != 1:
-            raise PaymentRejected("settlement_failed", f"transferWithAuthorization reverted (tx {tx_hash})")
-        return Settlement(tx_hash, verified.payer, verified.value, int(receipt["blockNumber"]))
+                tx_hash = await blocking(self._executor, self.chain.send, verified.primary_type, args)
+            receipt = await blocking(self._executor, self.chain.wait, tx_hash)
+            if receipt["status"] != 1:
+                raise PaymentRejected("settlement_failed", f"{verified.primary_type} reverted (tx {tx_hash})")
+            settlement = Settlement(tx_hash, verified.payer, verified.value, int(receipt["blockNumber"]))
+        except PaymentRejected as rejection:
+            if rejection.code == "settlement_pending":  # may still be mined: the same authorization, sent
+                await self.holds.abandon(verified.payer_bytes, verified.nonce)  # again once it is, is served
+                raise
+            settlement = await self._paid_meanwhile(verified, rejection)
+        await self.holds.settle(verified.payer_bytes, verified.nonce, settlement.block_number)
+        return settlement
+
+    async def _paid_meanwhile(self, verified: VerifiedAuthorization, rejection: PaymentRejected) -> Settlement:
+        """After a failed settlement: someone else's transaction that paid the payee, or the rejection."""
+        try:
+            paid = await self._find_payment(verified) if rejection.code == "settlement_failed" else None
+        except PaymentRejected:
+            paid = None
+        if paid is None:
+            await self.release(verified)
+            raise rejection
+        return paid
 
     def response(self, settlement: Settlement, *, receipt: dict[str, Any] | None = None) -> SettlementResponse:
         """The PAYMENT-RESPONSE of a settled, served call (x402 SettleResponse plus our receipt)."""
@@ -271,49 +313,3 @@ class ExactScheme(PaymentScheme):
             error_reason=rejection.code,
             error_message=rejection.detail,
         )
-
-    def _send(self, verified: VerifiedAuthorization) -> str:
-        fn = self._contract.get_function_by_signature(_TRANSFER_BYTES)(
-            verified.payer,
-            verified.to,
-            verified.value,
-            verified.valid_after,
-            verified.valid_before,
-            verified.nonce,
-            verified.signature,
-        )
-        sender = self._settler.address
-        for _ in range(2):
-            cached = self._next_nonce is not None
-            try:
-                if self._next_nonce is None:
-                    self._next_nonce = self._w3.eth.get_transaction_count(sender, "pending")
-                tx = fn.build_transaction({"from": sender, "nonce": self._next_nonce})  # estimates: a revert shows here
-            except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
-                name, args = decode_revert(self._abi, getattr(error, "data", None))
-                shown = ", ".join(f"{k}={v}" for k, v in args.items())
-                raise PaymentRejected(
-                    "settlement_failed", f"transferWithAuthorization would revert: {name}({shown})"
-                ) from None
-            except _CHAIN_ERRORS as error:
-                raise PaymentRejected("chain_unavailable", f"could not prepare the settlement: {error}") from None
-            try:
-                tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
-            except _CHAIN_ERRORS as error:
-                self._next_nonce = None  # re-read from the node next time
-                if cached:  # another sender of this key (the claimer) used that nonce: retry with the node's
-                    continue
-                raise PaymentRejected("settlement_failed", f"the node refused the settlement: {error}") from None
-            self._next_nonce += 1
-            return "0x" + bytes(tx_hash).hex()
-        raise PaymentRejected("settlement_failed", "the node refused the settlement twice")
-
-    def _wait(self, tx_hash: str) -> Any:
-        try:
-            return self._w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)  # type: ignore[arg-type]
-        except TimeExhausted:
-            raise PaymentRejected(
-                "settlement_pending", f"settlement {tx_hash} was not mined within {self.receipt_timeout:g} s"
-            ) from None
-        except _CHAIN_ERRORS as error:
-            raise PaymentRejected("settlement_pending", f"could not read the settlement {tx_hash}: {error}") from None
