@@ -21,7 +21,7 @@ from marketplace.payments.ledger.base import display_url
 from marketplace.payments.ledger.holds.base import RETENTION_SECONDS, BlockHead, ExactHolds, Hold
 from marketplace.payments.ledger.holds.schema import POSTGRES_HOLDS
 from marketplace.payments.ledger.migrations import migrate
-from marketplace.payments.ledger.postgres import _configure as configure, _reason as reason  # as the credit ledger
+from marketplace.payments.ledger.postgres import driver_reason, open_pool  # as the credit ledger
 
 __all__ = ["PostgresHolds"]
 
@@ -50,7 +50,7 @@ class PostgresHolds(ExactHolds):
             with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
                 migrate(db, POSTGRES_HOLDS, self.url)
         except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, reason(error)) from None
+            raise LedgerUnavailable(self.url, driver_reason(error)) from None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._pool_lock = asyncio.Lock()
         self._closed = False
@@ -105,7 +105,7 @@ class PostgresHolds(ExactHolds):
         except psycopg.errors.UniqueViolation:
             raise
         except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, reason(error)) from error
+            raise LedgerUnavailable(self.url, driver_reason(error)) from error
 
     async def _connections(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         if self._closed:
@@ -113,13 +113,7 @@ class PostgresHolds(ExactHolds):
         if self._pool is None:
             async with self._pool_lock:
                 if self._pool is None:
-                    pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
-                        self._conninfo, min_size=1, max_size=self._pool_size, kwargs={"autocommit": True},
-                        configure=configure, timeout=self._timeout, open=False, name="exact-holds")
-                    try:
-                        await pool.open(wait=True, timeout=self._timeout)
-                    except psycopg.Error as error:
-                        await pool.close()
-                        raise LedgerUnavailable(self.url, reason(error)) from None
+                    pool = await open_pool(self._conninfo, self.url, size=self._pool_size,
+                                           timeout=self._timeout, name="exact-holds")
                     self._pool = pool
         return self._pool
