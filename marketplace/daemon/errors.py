@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import orjson
 from fastapi import FastAPI, Request
@@ -11,11 +12,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from marketplace.daemon.observability import request_id
-from marketplace.errors import ChainError, MarketplaceError
+from marketplace.errors import ChainError, LedgerUnavailable, MarketplaceError
 
-__all__ = ["ApiError", "error_response", "install_error_handlers", "response_for"]
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "error_response", "install_error_handlers", "response_for"]
 
 log = logging.getLogger("marketplace.daemon")
+
+# Every 503 (the chain node or the ledger cannot be reached) asks the client to come back this soon.
+RETRY_AFTER_SECONDS = 2
 
 
 class ApiError(MarketplaceError):
@@ -26,7 +30,10 @@ class ApiError(MarketplaceError):
         super().__init__(detail)
 
 
-def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+def error_response(status: int, code: str, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The JSON error `{"error": code, "detail": detail}`; a 503 also carries Retry-After."""
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS), **(headers or {})}
     return Response(
         orjson.dumps({"error": code, "detail": detail}),
         status_code=status,
@@ -40,8 +47,12 @@ def response_for(error: Exception) -> Response:
     the exception handlers and for the paid route's fast path in app.py)."""
     if isinstance(error, ApiError):
         return error_response(error.http_status, error.code, error.detail)
-    if isinstance(error, ChainError):
-        return error_response(503, "chain_unavailable", str(error))
+    if isinstance(error, ChainError):  # the message names the node's URL (maybe with an API key): logged only
+        log.warning("chain node unavailable: %s", error)
+        return error_response(503, "chain_unavailable", "the chain node cannot be read now; retry later")
+    if isinstance(error, LedgerUnavailable):  # the message names the database: logged only
+        log.error("credit ledger unavailable: %s", error)
+        return error_response(503, error.code, "the daemon's credit ledger is unavailable; retry later")
     if isinstance(error, MarketplaceError):
         status = getattr(error, "http_status", 500)
         code = getattr(error, "code", "internal_error")
@@ -65,4 +76,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, error: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, code, str(error.detail))
+        return error_response(error.status_code, code, str(error.detail), error.headers)  # 405: Allow

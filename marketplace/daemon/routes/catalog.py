@@ -11,6 +11,7 @@ from marketplace.chain.views import ModelInfo
 from marketplace.daemon.errors import ApiError
 from marketplace.daemon.paid_calls import parse_model_id
 from marketplace.ipfs import CID
+from marketplace.payments.x402 import parse_uint256_text
 
 __all__ = ["router"]
 
@@ -70,10 +71,9 @@ async def show_model(model_id: str, request: Request) -> ModelCard:
 @router.get("/v1/channels/{channel_id}", response_model=ChannelView, summary="The daemon's view of a channel")
 async def show_channel(channel_id: str, request: Request) -> ChannelView:
     services = request.app.state.services
-    try:
-        number = int(channel_id, 16) if channel_id[:2] in ("0x", "0X") else int(channel_id)
-    except ValueError:
-        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id") from None
+    number = parse_uint256_text(channel_id)
+    if number is None:
+        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id (a uint256, 0x-hex or decimal)")
     if services.state.channel(number) is None and await services.state.refresh_channel(number) is None:
         raise ApiError(404, "unknown_channel", f"no channel {channel_id} on chain {services.state.chain_id}")
     credit = await services.ledger.credit(number)

@@ -30,7 +30,13 @@ from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.errors import ChainError, PaymentRejected
 from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
 from marketplace.payments.vouchers import VOUCHER_TYPE, VoucherDomain, checksum_address
-from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
+from marketplace.payments.x402 import (
+    Fields,
+    PaymentPayload,
+    PaymentRequirements,
+    SettlementResponse,
+    parse_uint256_text,
+)
 
 __all__ = [
     "CHANNEL_HEADER",
@@ -81,12 +87,9 @@ def parse_channel_hint(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    try:
-        channel_id = int(text[2:], 16) if text[:2] in ("0x", "0X") else int(text, 10)
-    except ValueError:
-        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a channel id, got {text[:80]!r}") from None
-    if not 0 <= channel_id < 2**256 or len(text) > 80:
-        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} is not a uint256")
+    channel_id = parse_uint256_text(text)
+    if channel_id is None:
+        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a uint256 channel id, got {text[:80]!r}")
     return channel_id
 
 
