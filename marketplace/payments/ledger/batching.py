@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -234,9 +235,10 @@ class BatchedLedger(CreditLedger):
         await self._submit(RecordClaim(channel_id, amount))
 
     async def check_writable(self) -> None:
-        # Channel ids are keccak hashes: none is 0, so this row only ever holds zeros and no
-        # reader (claimable() wants authorized > claimed) ever sees it.
-        await self._submit(RecordClaim(_PROBE_CHANNEL, TokenAmount(0)))
+        # Channel ids are keccak hashes: none is 0. Its row's `claimed` takes the time of the
+        # latest probe, so every probe changes it (SQLite writes nothing for an unchanged row);
+        # with `authorized` 0 no reader of unclaimed credit ever sees it.
+        await self._submit(RecordClaim(_PROBE_CHANNEL, TokenAmount(time.time_ns())))
 
     async def close(self) -> None:
         if self._closed:
