@@ -105,6 +105,7 @@ class ChannelScheme(PaymentScheme):
         min_remaining_seconds: int = 3600,
         max_timeout_seconds: int = 60,
         refresh_interval: float = 1.0,
+        chain_timeout: float = 4.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(state)
@@ -113,6 +114,7 @@ class ChannelScheme(PaymentScheme):
         self.min_remaining_seconds = min_remaining_seconds
         self.max_timeout_seconds = max_timeout_seconds
         self.refresh_interval = refresh_interval
+        self.chain_timeout = chain_timeout  # a call that needs a chain read is answered within it
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._last_refresh: dict[int, float] = {}
         self._refreshing: dict[int, asyncio.Future[ChannelInfo | None]] = {}
@@ -267,7 +269,10 @@ class ChannelScheme(PaymentScheme):
         """At most one `refresh_channel` per channel per `refresh_interval`; else the cached view.
 
         Calls arriving while a refresh of their channel is in flight wait for it rather than read
-        the cache it has not filled yet (a burst of first calls on a new channel is all served)."""
+        the cache it has not filled yet (a burst of first calls on a new channel is all served).
+        A read that fails or takes longer than `chain_timeout` is `chain_unavailable` (503) and
+        is not remembered: the next call asks the chain again instead of trusting the stale
+        cache, so a call that needs the chain never gets a 402 because the chain was down."""
         pending = self._refreshing.get(channel_id)
         if pending is None:
             now = time.monotonic()
@@ -282,11 +287,14 @@ class ChannelScheme(PaymentScheme):
             self._refreshing[channel_id] = pending
             pending.add_done_callback(lambda done: self._refresh_done(channel_id, done))
         try:
-            return await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
-        except (ChainError, OSError, TimeoutError) as error:
-            raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None
+            # shielded: one caller cancelled or timed out does not cancel the others' read
+            return await asyncio.wait_for(asyncio.shield(pending), self.chain_timeout)
+        except (ChainError, OSError, TimeoutError):  # the error names the node's URL: not for the client
+            raise PaymentRejected(
+                "chain_unavailable", f"could not read channel {channel_id:#x} from the chain node; retry later"
+            ) from None
 
     def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None]) -> None:
         self._refreshing.pop(channel_id, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: every waiter may have been cancelled
+        if done.cancelled() or done.exception() is not None:  # retrieved: every waiter may have gone
+            self._last_refresh.pop(channel_id, None)
