@@ -6,13 +6,16 @@ nothing, or trickles a byte now and then (slowloris), holds a socket and a file 
 ever, and enough of them exhaust the process's descriptors. Here the headers of each request
 must be complete within HEADER_TIMEOUT_SECONDS of the connection being opened (or of the
 previous response); otherwise the connection is closed. Idle sockets cost no task, so they never
-delay calls on other connections while they last.
+delay calls on other connections while they last. A request the parser refuses (a malformed
+request line, header or Content-Length) is answered with the daemon's JSON error, 400
+`invalid_http`, instead of uvicorn's plain text.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = ["HEADER_TIMEOUT_SECONDS", "HeaderTimeoutProtocol"]
@@ -41,6 +44,15 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_deadline()
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps({"error": "invalid_http", "detail": msg})
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/json\r\n", b"content-length: %d\r\n" % len(body),
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
     def _arm_header_deadline(self) -> None:
         self._cancel_header_deadline()

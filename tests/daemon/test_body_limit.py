@@ -1,5 +1,6 @@
 """A request body over `max_request_bytes` is refused with 413 `body_too_large` before it is read,
-on every route, with a Content-Length or chunked, by a real `marketplace serve`."""
+on every route, with a Content-Length or chunked, by a real `marketplace serve`; a request that
+is not even HTTP is a JSON 400 too."""
 
 from __future__ import annotations
 
@@ -88,3 +89,16 @@ async def test_a_chunked_body_is_cut_off_at_the_limit_not_read_to_the_end(daemon
     status, body = status_and_json(answer)
     assert (status, body["error"]) == (413, "body_too_large"), answer[:300]
     assert sent < 64 * LIMIT, f"the client could send {sent} bytes before the refusal"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /v1/models HTTP/1.1\r\nHost: daemon\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/models HTTP/1.1\r\nHost: daemon\r\nContent-Length: 12abc\r\n\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: daemon\r\nBad Header\r\n\r\n",
+])
+async def test_a_malformed_request_is_a_json_400(daemon: DaemonProcess, request_bytes: bytes) -> None:
+    answer, _ = await anyio.to_thread.run_sync(send_until_answered, daemon.port, request_bytes, iter(()))
+    status, body = status_and_json(answer)
+    assert (status, body["error"]) == (400, "invalid_http"), answer[:300]
+    assert set(body) == {"error", "detail"}

@@ -146,7 +146,8 @@ def _string_constants(node: ast.AST) -> set[str]:
 
 def codes_the_daemon_sends() -> set[str]:
     """Every `error` code in the source: payment rejections, the daemon's own refusals
-    (`ApiError(status, code, ...)`, `error_response(status, code, ...)`, the HTTP status map),
+    (`ApiError(status, code, ...)`, `error_response(status, code, ...)`, the HTTP status map,
+    bodies written by hand),
     and the `code` of every error class (runner failures, the ledger)."""
     codes = set(REJECTION_STATUS)
     for path in (REPO / "marketplace" / "daemon").rglob("*.py"):
@@ -155,6 +156,9 @@ def codes_the_daemon_sends() -> set[str]:
                 code = node.args[1] if len(node.args) > 1 else None
                 if isinstance(code, ast.Constant):
                     codes.add(code.value)
+            if isinstance(node, ast.Dict):  # a body written by hand: {"error": code, "detail": ...}
+                codes |= {value.value for key, value in zip(node.keys, node.values, strict=True)
+                          if isinstance(key, ast.Constant) and key.value == "error" and isinstance(value, ast.Constant)}
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and isinstance(node.func.value, ast.Dict)):  # {404: "not_found", ...}.get(status, "http_error")
                 codes |= _string_constants(node)
@@ -170,5 +174,5 @@ def test_every_code_the_daemon_sends_is_in_the_protocol_table() -> None:
     documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.MULTILINE))
     sent = codes_the_daemon_sends()
     assert {"unknown_model", "body_too_large", "ledger_unavailable", "upstream_timeout", "method_not_allowed",
-            "internal_error", "request_too_large"} <= sent  # the collection itself works
+            "internal_error", "request_too_large", "invalid_http"} <= sent  # the collection itself works
     assert sent - documented == set(), "codes the daemon sends but docs/payment-protocol.md §6 does not list"
