@@ -251,3 +251,14 @@ async def test_a_closed_ledger_refuses_politely(ledger: CreditLedger) -> None:
         await ledger.admit(CHANNEL, tokens(1), sig(tokens(1)), P)
     with pytest.raises(LedgerUnavailable, match="closed"):
         await ledger.credit(CHANNEL)
+
+
+async def test_check_writable_commits_a_write_that_no_channel_reader_sees(ledger: CreditLedger) -> None:
+    await ledger.admit(ChannelId(7), tokens(2), sig(2), tokens(1))
+    for _ in range(3):
+        await ledger.check_writable()
+    assert [credit.channel_id for credit in await ledger.claimable()] == [7]
+    assert (await ledger.credit(ChannelId(7))).consumed == tokens(1)  # type: ignore[union-attr]
+    await ledger.close()
+    with pytest.raises(LedgerUnavailable):
+        await ledger.check_writable()
