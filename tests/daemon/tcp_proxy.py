@@ -1,8 +1,10 @@
 """A TCP proxy a test puts in front of a server (the chain node, PostgreSQL) to make it fail for
-real: `forward`, `refuse` (every connection reset at once: the server is down) or `stall`
-(connections accepted, bytes read, nothing ever answered: a hung server). Switching mode cuts
-every open connection, as a crash or a failover would. It runs on its own thread and loop, so
-it keeps working while the test's loop waits on the daemon."""
+real: `forward`, `refuse` (every connection reset at once: the server is down), `stall`
+(connections accepted, bytes read, nothing ever answered: a hung server) or `freeze` (open
+connections kept but nothing passes either way, new ones stall: a server hung mid-query).
+Switching to `refuse` or `stall` cuts every open connection, as a crash or a failover would;
+`forward` after `freeze` lets the held bytes through. It runs on its own thread and loop, so it
+keeps working while the test's loop waits on the daemon."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Literal
 
 __all__ = ["TcpProxy"]
 
-Mode = Literal["forward", "refuse", "stall"]
+Mode = Literal["forward", "refuse", "stall", "freeze"]
 
 
 class TcpProxy:
@@ -25,6 +27,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, name="tcp-proxy", daemon=True)
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -38,7 +42,7 @@ class TcpProxy:
         self._thread.join(5)
 
     def set_mode(self, mode: Mode) -> None:
-        """From now on connections are handled so; every open connection is cut."""
+        """From now on connections are handled so."""
         self._run(self._switch(mode))
 
     def _run(self, coroutine):  # type: ignore[no-untyped-def]
@@ -46,9 +50,14 @@ class TcpProxy:
 
     async def _switch(self, mode: Mode) -> None:
         self.mode = mode
-        for writer in list(self._open):
-            writer.transport.abort()
-        self._open.clear()
+        if mode == "freeze":
+            self._flowing.clear()
+            return
+        self._flowing.set()
+        if mode != "forward":
+            for writer in list(self._open):
+                writer.transport.abort()
+            self._open.clear()
 
     async def _stop(self) -> None:
         assert self._server is not None
@@ -61,13 +70,13 @@ class TcpProxy:
         try:
             if self.mode == "refuse":
                 return
-            if self.mode == "stall":
+            if self.mode in ("stall", "freeze"):
                 while await reader.read(65536):
                     pass
                 return
             up_reader, upstream = await asyncio.open_connection(*self.target)
             self._open.add(upstream)
-            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+            await asyncio.gather(self._pipe(reader, upstream), self._pipe(up_reader, writer))
         except OSError:
             pass
         finally:
@@ -76,10 +85,10 @@ class TcpProxy:
                     self._open.discard(end)
                     end.transport.abort()
 
-
-async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await source.read(65536):
-            sink.write(data)
-            await sink.drain()
-        sink.transport.abort()
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                await self._flowing.wait()
+                sink.write(data)
+                await sink.drain()
+            sink.transport.abort()

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 
@@ -122,3 +123,36 @@ async def test_postgres_down_is_503_ledger_unavailable_then_recovers(
                 assert served.status_code == 200, served.text
                 assert (await daemon.get("/readyz")).status_code == 200
                 assert (await ledger.credit(channel.channel_id)).consumed == 2 * PRICE
+
+
+async def test_postgres_hung_mid_query_is_503_within_bounds_then_recovers(
+    settings: DaemonSettings, listing: object, open_channel: Callable[..., Channel]
+) -> None:
+    channel = open_channel()
+    with fresh_postgres_database() as url:
+        parts = urlsplit(url)
+        with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+            through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+            async with running_daemon(settings.model_copy(update={"database_url": through_proxy})) as daemon:
+                ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
+                payer = Payer(daemon, listing.model_hex, channel)  # type: ignore[attr-defined]
+                assert (await payer.call(PRICE)).status_code == 200
+
+                proxy.set_mode("freeze")  # connections stay open, the server never answers
+                for amount in (2 * PRICE, 3 * PRICE):
+                    started = time.monotonic()
+                    with anyio.fail_after(30):
+                        refused = await payer.call(amount)
+                    assert_ledger_unavailable(refused)
+                    assert time.monotonic() - started < 8
+                ready = await daemon.get("/readyz")
+                assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
+
+                proxy.set_mode("forward")  # the server answers again
+                deadline = time.monotonic() + 30
+                while (served := await payer.call(4 * PRICE)).status_code != 200 and time.monotonic() < deadline:
+                    assert_ledger_unavailable(served)
+                assert served.status_code == 200, served.text
+                # the refused calls may or may not have been committed before the answer was lost,
+                # but none was served: at most their prices were consumed, never more.
+                assert PRICE * 2 <= (await ledger.credit(channel.channel_id)).consumed <= 4 * PRICE
