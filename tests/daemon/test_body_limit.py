@@ -22,7 +22,8 @@ LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-async def daemon(anvil: Any, listing: Listing, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DaemonProcess]:
+async def daemon(anvil: Any, listing: Listing,
+                 tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DaemonProcess]:
     tmp_path = tmp_path_factory.mktemp("body-limit")
     config = write_config(tmp_path / "daemon.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
                           deployments_dir=listing.deployments_dir, database_url=f"sqlite:///{tmp_path / 'ledger.db'}",

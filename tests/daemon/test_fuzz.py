@@ -46,8 +46,8 @@ class Fuzzer:
 
 @pytest.fixture(scope="module")
 async def fuzzer(daemon: httpx.AsyncClient, listing: Listing, open_channel: Callable[..., Channel]) -> Fuzzer:
-    lenient = httpx.AsyncClient(transport=httpx.ASGITransport(app=daemon.app, raise_app_exceptions=False),  # type: ignore[attr-defined]
-                                base_url="http://daemon.test")
+    transport = httpx.ASGITransport(app=daemon.app, raise_app_exceptions=False)  # type: ignore[attr-defined]
+    lenient = httpx.AsyncClient(transport=transport, base_url="http://daemon.test")
     lenient.app = daemon.app  # type: ignore[attr-defined]
     fuzz = Fuzzer(lenient, listing, open_channel(DEPOSIT))
     path = f"/v1/models/{listing.model_hex}/infer"
@@ -135,7 +135,8 @@ async def test_no_route_answers_5xx_and_only_served_calls_are_charged(fuzzer: Fu
         assert set(response.json()) == {"error", "detail"}, response.text
     if response.status_code == 200 and plan["paid_route"]:
         fuzzer.charged += PRICE
-    credit = await fuzzer.daemon.app.state.services.ledger.credit(fuzzer.channel.channel_id)  # type: ignore[attr-defined]
+    ledger = fuzzer.daemon.app.state.services.ledger  # type: ignore[attr-defined]
+    credit = await ledger.credit(fuzzer.channel.channel_id)
     assert (credit.consumed if credit else 0) == fuzzer.charged, (response.status_code, response.text)
 
 

@@ -163,7 +163,8 @@ def codes_the_daemon_sends() -> set[str]:
                     and isinstance(node.func.value, ast.Dict)):  # {404: "not_found", ...}.get(status, "http_error")
                 codes |= _string_constants(node)
     for node in ast.walk(ast.parse((REPO / "marketplace" / "errors.py").read_text())):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
         if any(getattr(target, "id", getattr(target, "attr", None)) == "code" for target in targets):
             codes |= _string_constants(node.value)  # type: ignore[union-attr, arg-type]
     return codes

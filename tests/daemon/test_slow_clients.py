@@ -80,8 +80,9 @@ async def test_idle_and_slow_clients_neither_delay_calls_nor_stay_connected(
             await anyio.sleep(0.5)
 
             started = time.monotonic()
-            served = await client.post(path, content=BODY, headers={
-                "content-type": "application/json", "PAYMENT-SIGNATURE": pay_header(requirements, channel.voucher(PRICE))})
+            header = pay_header(requirements, channel.voucher(PRICE))
+            served = await client.post(path, content=BODY,
+                                       headers={"content-type": "application/json", "PAYMENT-SIGNATURE": header})
             elapsed = time.monotonic() - started
             assert served.status_code == 200, served.text
             assert elapsed < 1.0, f"a paid call took {elapsed:.2f} s beside 100 idle sockets"

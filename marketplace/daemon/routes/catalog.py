@@ -73,7 +73,7 @@ async def show_channel(channel_id: str, request: Request) -> ChannelView:
     services = request.app.state.services
     number = parse_uint256_text(channel_id)
     if number is None:
-        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id (a uint256, 0x-hex or decimal)")
+        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id (a uint256, hex or decimal)")
     if services.state.channel(number) is None and await services.state.refresh_channel(number) is None:
         raise ApiError(404, "unknown_channel", f"no channel {channel_id} on chain {services.state.chain_id}")
     credit = await services.ledger.credit(number)
