@@ -53,11 +53,11 @@ def serve(
 
     settings = load_settings(config)
     preflight(settings)
-    # Request headers must arrive within HEADER_TIMEOUT_SECONDS (http_protocol.py), an idle
+    # A request (headers and body) must arrive within REQUEST_TIMEOUT_SECONDS (http_protocol.py), an idle
     # keep-alive connection is closed after 5 s; see docs/operations.md "Slow and idle clients".
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
                                "timeout_graceful_shutdown": 10, "timeout_keep_alive": 5,
-                               "http": "marketplace.daemon.http_protocol:HeaderTimeoutProtocol"}
+                               "http": "marketplace.daemon.http_protocol:DeadlineProtocol"}
     if workers == 1:
         configure_logging(log_level)
         uvicorn.run(create_app(settings), **options)

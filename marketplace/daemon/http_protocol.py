@@ -1,14 +1,15 @@
-"""The daemon's HTTP/1.1 protocol: uvicorn's httptools protocol with a deadline on request headers.
+"""The daemon's HTTP/1.1 protocol: uvicorn's httptools protocol with a deadline on each request.
 
 uvicorn closes a keep-alive connection left idle for `timeout_keep_alive` seconds, but nothing
-bounds a connection whose request headers never complete: a client that connects and sends
-nothing, or trickles a byte now and then (slowloris), holds a socket and a file descriptor for
-ever, and enough of them exhaust the process's descriptors. Here the headers of each request
-must be complete within HEADER_TIMEOUT_SECONDS of the connection being opened (or of the
-previous response); otherwise the connection is closed. Idle sockets cost no task, so they never
-delay calls on other connections while they last. A request the parser refuses (a malformed
-request line, header or Content-Length) is answered with the daemon's JSON error, 400
-`invalid_http`, instead of uvicorn's plain text.
+bounds a connection whose request never completes: a client that connects and sends nothing, or
+trickles its headers or its body a byte now and then (slowloris), holds a socket, a file
+descriptor and (once its headers are in) a task for ever; enough of them exhaust the process.
+Here each request, headers and body, must be received within REQUEST_TIMEOUT_SECONDS of the
+connection being opened (or of the previous response); otherwise the connection is closed. A
+request fully received is never cut, however long the app takes to answer it. Idle sockets cost
+no task, so they never delay calls on other connections while they last. A request the parser
+refuses (a malformed request line, header or Content-Length) is answered with the daemon's JSON
+error, 400 `invalid_http`, instead of uvicorn's plain text.
 """
 
 from __future__ import annotations
@@ -18,31 +19,31 @@ import asyncio
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["HEADER_TIMEOUT_SECONDS", "HeaderTimeoutProtocol"]
+__all__ = ["REQUEST_TIMEOUT_SECONDS", "DeadlineProtocol"]
 
-HEADER_TIMEOUT_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 10.0
 
 
-class HeaderTimeoutProtocol(HttpToolsProtocol):
-    """HttpToolsProtocol that closes a connection whose request headers are not in on time."""
+class DeadlineProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol that closes a connection whose request is not received on time."""
 
-    _header_deadline: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_header_deadline()
+        self._arm_deadline()
 
-    def on_headers_complete(self) -> None:
-        self._cancel_header_deadline()
-        super().on_headers_complete()
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._cancel_deadline()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing():  # waiting for the next request's headers
-            self._arm_header_deadline()
+        if not self.transport.is_closing():  # waiting for the next request
+            self._arm_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_deadline()
+        self._cancel_deadline()
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
@@ -54,17 +55,17 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(head) + body)
         self.transport.close()
 
-    def _arm_header_deadline(self) -> None:
-        self._cancel_header_deadline()
-        self._header_deadline = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_too_slow)
+    def _arm_deadline(self) -> None:
+        self._cancel_deadline()
+        self._deadline = self.loop.call_later(REQUEST_TIMEOUT_SECONDS, self._too_slow)
 
-    def _cancel_header_deadline(self) -> None:
-        if self._header_deadline is not None:
-            self._header_deadline.cancel()
-            self._header_deadline = None
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    def _headers_too_slow(self) -> None:
-        self._header_deadline = None
-        in_progress = self.cycle is not None and not self.cycle.response_complete
-        if not in_progress and not self.transport.is_closing():
+    def _too_slow(self) -> None:
+        self._deadline = None
+        being_answered = self.cycle is not None and not self.cycle.more_body and not self.cycle.response_complete
+        if not being_answered and not self.transport.is_closing():
             self.transport.close()

@@ -1,6 +1,6 @@
-"""Slow and idle clients against a real `marketplace serve`: 100 idle half-open sockets and a
-slowloris do not delay a paid call, and the server drops every connection whose request headers
-are not complete within HEADER_TIMEOUT_SECONDS."""
+"""Slow and idle clients against a real `marketplace serve`: 100 idle half-open sockets and two
+slowloris clients (headers, then body, a byte at a time) do not delay a paid call, and the server
+drops every connection whose request is not received within REQUEST_TIMEOUT_SECONDS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from marketplace.daemon.http_protocol import HEADER_TIMEOUT_SECONDS
+from marketplace.daemon.http_protocol import REQUEST_TIMEOUT_SECONDS
 
 from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
 from daemon_process import DaemonProcess, write_config
@@ -35,14 +35,14 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-async def trickle(port: int, path: str) -> float:
-    """Send a request's headers one byte every 0.5 s (slowloris); the seconds until the server
-    closed the connection."""
+async def trickle(port: int, sent_at_once: bytes, trickled: bytes) -> float:
+    """Send `sent_at_once`, then `trickled` one byte every 0.5 s (slowloris); the seconds until the
+    server closed the connection."""
     started = time.monotonic()
-    request = f"POST {path} HTTP/1.1\r\nHost: daemon\r\nX-Padding: {'a' * 200}\r\n".encode()
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
         try:
-            for byte in request:
+            await stream.send(sent_at_once)
+            for byte in trickled:
                 await stream.send(bytes([byte]))
                 await anyio.sleep(0.5)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError, OSError):
@@ -72,11 +72,13 @@ async def test_idle_and_slow_clients_neither_delay_calls_nor_stay_connected(
                     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: daemon\r\n".encode())
                 idle.append(sock)
             slowloris: list[float] = []
+            headers = f"POST {path} HTTP/1.1\r\nHost: daemon\r\nContent-Type: application/json\r\n".encode()
 
-            async def run_slowloris() -> None:
-                slowloris.append(await trickle(daemon.port, path))
+            async def run_slowloris(sent_at_once: bytes, trickled: bytes) -> None:
+                slowloris.append(await trickle(daemon.port, sent_at_once, trickled))
 
-            tasks.start_soon(run_slowloris)
+            tasks.start_soon(run_slowloris, b"", headers + b"X-Padding: " + b"a" * 200 + b"\r\n\r\n")
+            tasks.start_soon(run_slowloris, headers + b"Content-Length: 200\r\n\r\n", BODY.ljust(200))
             await anyio.sleep(0.5)
 
             started = time.monotonic()
@@ -87,10 +89,10 @@ async def test_idle_and_slow_clients_neither_delay_calls_nor_stay_connected(
             assert served.status_code == 200, served.text
             assert elapsed < 1.0, f"a paid call took {elapsed:.2f} s beside 100 idle sockets"
 
-            await anyio.sleep(max(0.0, opened + HEADER_TIMEOUT_SECONDS + 2 - time.monotonic()))
+            await anyio.sleep(max(0.0, opened + REQUEST_TIMEOUT_SECONDS + 2 - time.monotonic()))
             still_open = sum(not closed_by_server(sock) for sock in idle)
-            assert still_open == 0, f"{still_open} of 100 idle connections still open after {HEADER_TIMEOUT_SECONDS} s"
-        assert slowloris and slowloris[0] < HEADER_TIMEOUT_SECONDS + 2, slowloris
+            assert still_open == 0, f"{still_open} of 100 idle connections still open after {REQUEST_TIMEOUT_SECONDS} s"
+        assert len(slowloris) == 2 and max(slowloris) < REQUEST_TIMEOUT_SECONDS + 2, slowloris
         async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:  # and it still serves
             assert (await client.get("/healthz")).status_code == 200
     finally:
