@@ -9,6 +9,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from marketplace.daemon.observability import request_id
@@ -47,6 +48,8 @@ def response_for(error: Exception) -> Response:
     the exception handlers and for the paid route's fast path in app.py)."""
     if isinstance(error, ApiError):
         return error_response(error.http_status, error.code, error.detail)
+    if isinstance(error, ClientDisconnect):  # gone before its body was in (or cut for being too slow): no bug
+        return error_response(499, "client_disconnected", "the client went away before its request was received")
     if isinstance(error, ChainError):  # the message names the node's URL (maybe with an API key): logged only
         log.warning("chain node unavailable: %s", error)
         return error_response(503, "chain_unavailable", "the chain node cannot be read now; retry later")
