@@ -234,6 +234,11 @@ class CreditNotFound(PaymentError):
 
 
 class LedgerUnavailable(PaymentError):
+    """The ledger cannot be read or written now; the daemon answers 503 and recovers by itself."""
+
+    code = "ledger_unavailable"
+    http_status = 503
+
     def __init__(self, url: str, reason: str) -> None:
         self.url, self.reason = url, reason  # url is shown without its password
         super().__init__(f"credit ledger {url} is unavailable: {reason}")

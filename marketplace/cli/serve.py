@@ -71,8 +71,11 @@ def serve(
     preflight(settings)
     shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
     typer.echo(f"dashboard  {dashboard_hint(f'http://{shown}:{port}', settings)}", err=True)
+    # A request (headers and body) must arrive within REQUEST_TIMEOUT_SECONDS (http_protocol.py), an idle
+    # keep-alive connection is closed after 5 s; see docs/operations.md "Slow and idle clients".
     options: dict[str, Any] = {"host": host, "port": port, "log_level": log_level, "access_log": False,
-                               "timeout_graceful_shutdown": 10}
+                               "timeout_graceful_shutdown": 10, "timeout_keep_alive": 5,
+                               "http": "marketplace.daemon.http_protocol:DeadlineProtocol"}
     if workers == 1:
         configure_logging(log_level)
         uvicorn.run(create_app(settings), **options)

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from marketplace import __version__
+from marketplace.daemon.body_limit import BodyLimitMiddleware
 from marketplace.daemon.errors import install_error_handlers, response_for
 from marketplace.daemon.observability import RequestIdMiddleware
 from marketplace.daemon.paid_calls import PaidCalls
@@ -43,7 +44,7 @@ class DaemonApp(FastAPI):
 
     _paid: ASGIApp | None = None
 
-    def serve_paid_calls(self, paid_calls: PaidCalls) -> None:
+    def serve_paid_calls(self, paid_calls: PaidCalls, max_body_bytes: int) -> None:
         async def paid(scope: Scope, receive: Receive, send: Send) -> None:
             try:
                 response = await paid_calls.handle(Request(scope, receive), scope["path"][len(_PREFIX):-len(_SUFFIX)])
@@ -51,7 +52,7 @@ class DaemonApp(FastAPI):
                 response = response_for(error)
             await response(scope, receive, send)
 
-        self._paid = RequestIdMiddleware(paid)
+        self._paid = RequestIdMiddleware(BodyLimitMiddleware(paid, max_body_bytes))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -75,7 +76,7 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
         running = services or await start_services(settings)
         app.state.services = running
         app.state.paid_calls = PaidCalls(running)
-        app.serve_paid_calls(app.state.paid_calls)
+        app.serve_paid_calls(app.state.paid_calls, settings.max_request_bytes)
         try:
             yield
         finally:
@@ -90,7 +91,8 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
         "in front of ONNX models and provider model servers.",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id
     install_error_handlers(app)
     for module in (infer, catalog, ops, web):
         app.include_router(module.router)

@@ -48,7 +48,6 @@ __all__ = ["PaidCalls", "parse_model_id"]
 log = logging.getLogger("marketplace.daemon")
 _TOKEN = 10**18
 _UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
-_RETRY_AFTER_SECONDS = "5"
 
 
 def parse_model_id(text: str) -> bytes:
@@ -75,7 +74,7 @@ class PaidCalls:
         started = time.perf_counter()
         services = self.services
         model = self._served_model(model_text)
-        body = await self._read_body(request)
+        body = await request.body()  # within max_request_bytes: BodyLimitMiddleware stops a longer one
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
             payment = parse_payment_signature(header, schemes=self._accepted)
@@ -170,19 +169,6 @@ class PaidCalls:
             raise ApiError(410, "model_retired", f"model {model_text} is retired")
         return model
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.services.settings.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "body_too_large", f"request body of {declared} bytes exceeds {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _run(self, model: ModelInfo, request: Request, body: bytes) -> RunnerResponse:
         runner = self.services.runners[model.model_id]
         content_type = request.headers.get("content-type", "application/json")
@@ -241,8 +227,6 @@ class PaidCalls:
     ) -> Response:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
         self.services.metrics.rejections.labels(rejection.code).inc()
-        if rejection.http_status == 503:  # the chain node is down: worth trying again soon
-            extra_headers = {"Retry-After": _RETRY_AFTER_SECONDS} | (extra_headers or {})
         if rejection.http_status != 402:
             headers = (retry_headers(rejection) or {}) | (extra_headers or {})
             return error_response(rejection.http_status, rejection.code, rejection.detail, headers)

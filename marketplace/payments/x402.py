@@ -42,6 +42,7 @@ __all__ = [
     "SettlementResponse",
     "Fields",
     "network_id",
+    "parse_uint256_text",
     "encode_header",
     "decode_header",
     "parse_payment_signature",
@@ -59,12 +60,23 @@ _UINT256_MAX = 2**256 - 1
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,77})")  # a uint256 in decimal has at most 78 digits
 _HEX_ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")
 _HEX = re.compile(r"0[xX](?:[0-9a-fA-F]{2})*")
+_UINT256_TEXT = re.compile(r"0[xX][0-9a-fA-F]{1,64}|[0-9]{1,78}")
 _MAX_TEXT = 2048
 
 
 def network_id(chain_id: int) -> str:
     """The CAIP-2 network of an EVM chain: ``eip155:<chainId>``."""
     return f"eip155:{chain_id}"
+
+
+def parse_uint256_text(text: str) -> int | None:
+    """A uint256 written as 0x-hex (at most 64 digits) or decimal (ASCII digits only), else None.
+
+    For ids in paths and headers (a channel id): no sign, no underscores, no spaces, no float."""
+    if _UINT256_TEXT.fullmatch(text) is None:
+        return None
+    number = int(text, 16) if text[:2] in ("0x", "0X") else int(text)
+    return number if number <= _UINT256_MAX else None
 
 
 def _dumps(obj: object) -> bytes:

@@ -228,6 +228,8 @@ class OnnxRunner(Runner):
             if isinstance(exc, RunnerError):
                 raise
             raise InvalidInput(f"the body is not UTF-8 JSON ({exc})", http_status=400) from None
+        except RecursionError:
+            raise InvalidInput("the body's JSON is nested too deeply", http_status=400) from None
         if not isinstance(document, dict):
             raise InvalidInput(f"the body must be a JSON object, got {type(document).__name__}")
         if "inputs" not in document:

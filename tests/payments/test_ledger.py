@@ -290,3 +290,14 @@ async def test_reset_claim_puts_a_rolled_back_claim_back_in_the_claimable_list(l
     ]
     await ledger.reset_claim(OTHER, tokens(1))  # never seen: nothing to correct
     assert await ledger.credit(OTHER) is None
+
+
+async def test_check_writable_commits_a_write_that_no_channel_reader_sees(ledger: CreditLedger) -> None:
+    await ledger.admit(ChannelId(7), tokens(2), sig(2), tokens(1))
+    for _ in range(3):
+        await ledger.check_writable()
+    assert [credit.channel_id for credit in await ledger.claimable()] == [7]
+    assert (await ledger.credit(ChannelId(7))).consumed == tokens(1)  # type: ignore[union-attr]
+    await ledger.close()
+    with pytest.raises(LedgerUnavailable):
+        await ledger.check_writable()

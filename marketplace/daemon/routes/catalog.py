@@ -13,6 +13,7 @@ from marketplace.daemon.limits import peer_address
 from marketplace.daemon.paid_calls import parse_model_id
 from marketplace.errors import PaymentRejected
 from marketplace.ipfs import CID
+from marketplace.payments.x402 import parse_uint256_text
 
 __all__ = ["router"]
 
@@ -77,11 +78,9 @@ async def show_model(model_id: str, request: Request) -> ModelCard:
 @router.get("/v1/channels/{channel_id}", response_model=ChannelView, summary="The daemon's view of a channel")
 async def show_channel(channel_id: str, request: Request) -> ChannelView:
     services = request.app.state.services
-    try:
-        number = int(channel_id, 16) if channel_id[:2] in ("0x", "0X") else int(channel_id)
-    except ValueError:
-        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id") from None
-    try:
+    number = parse_uint256_text(channel_id)
+    if number is None:
+        raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id (a uint256, hex or decimal)")
         channel = await services.channel.find(number, peer_address(request))
     except PaymentRejected as refusal:  # too_many_lookups (429) or chain_unavailable (503)
         services.metrics.rejections.labels(refusal.code).inc()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
@@ -11,6 +13,7 @@ from marketplace.daemon.access import provider_only
 __all__ = ["router"]
 
 router = APIRouter(tags=["operations"])
+_LEDGER_PROBE_SECONDS = 5.0
 
 
 @router.get("/healthz", summary="The process is alive")
@@ -25,7 +28,10 @@ async def readyz(request: Request) -> Response:
     if not services.state.healthy:
         problems.append(f"chain: {services.state.last_error}")
     try:
-        await services.ledger.credit(0)
+        async with asyncio.timeout(_LEDGER_PROBE_SECONDS):
+            await services.ledger.check_writable()  # a read alone passes on a full or read-only disk
+    except TimeoutError:
+        problems.append(f"ledger: no answer within {_LEDGER_PROBE_SECONDS:g} s")
     except Exception as error:  # noqa: BLE001 - any failure means not ready; reported, not raised
         problems.append(f"ledger: {error}")
     body = {"status": "ready" if not problems else "not_ready", "problems": problems,

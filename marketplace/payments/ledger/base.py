@@ -121,6 +121,11 @@ class CreditLedger(abc.ABC):
         the claimer claims again. No-op for a channel the ledger has never seen."""
 
     @abc.abstractmethod
+    async def check_writable(self) -> None:
+        """Commit a change that alters no channel, proving the store takes durable writes now
+        (the daemon's readiness); LedgerUnavailable if it does not (disk full, read-only, down)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Finish every pending change, then release the database. Idempotent."""
 

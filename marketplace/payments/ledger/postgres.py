@@ -30,8 +30,8 @@ and is retried. Commits are durable: a connection to a server running with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -69,6 +69,7 @@ SELECT amount, signature FROM channel_voucher WHERE channel_id = %s AND amount <
 _KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim"}
 
 _RETRIES = 5  # whole-batch retries after a deadlock or serialization failure
+T = TypeVar("T")
 
 
 class _NumericIntLoader(Loader):
@@ -115,6 +116,11 @@ async def open_pool(
     return pool
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a timed-out operation's failure: already reported as LedgerUnavailable
+
+
 def _credit(channel_id: int, row: Sequence[Any]) -> Credit:
     authorized, consumed, claimed, signature = row
     return Credit(ChannelId(channel_id), authorized, consumed, claimed, bytes(signature) if signature else None)
@@ -133,6 +139,7 @@ class PostgresLedger(BatchedLedger):
         *,
         pool_size: int = 4,
         connect_timeout: float = 10.0,
+        operation_timeout: float = 5.0,
         max_batch: int = 256,
         schema: Schema = POSTGRES_SCHEMA,
     ) -> None:
@@ -140,6 +147,7 @@ class PostgresLedger(BatchedLedger):
         self._conninfo = url
         self._pool_size = pool_size
         self._timeout = connect_timeout
+        self._operation_timeout = operation_timeout  # a hung server: LedgerUnavailable after it
         try:
             with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
                 migrate(db, schema, self.url)
@@ -165,8 +173,7 @@ class PostgresLedger(BatchedLedger):
         ordered = [changes[i] for i in order]
         for attempt in range(1, _RETRIES + 1):
             try:
-                async with pool.connection() as db:
-                    applied = await self._apply_batch(db, ordered)
+                applied = await self._within_timeout(self._apply_on(pool, ordered), "a batch of changes")
                 break
             except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as error:
                 if attempt == _RETRIES:
@@ -177,6 +184,12 @@ class PostgresLedger(BatchedLedger):
         for position, index in enumerate(order):
             outcomes[index] = applied[position]
         return outcomes
+
+    async def _apply_on(
+        self, pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]], changes: Sequence[Change]
+    ) -> list[Outcome]:
+        async with pool.connection() as db:
+            return await self._apply_batch(db, changes)
 
     async def _apply_batch(self, db: psycopg.AsyncConnection[Any], changes: Sequence[Change]) -> list[Outcome]:
         """One statement, so one implicit transaction and one round trip (the connection is in
@@ -231,15 +244,32 @@ class PostgresLedger(BatchedLedger):
 
     async def _fetch(self, query: str, params: tuple[Any, ...], *, one: bool) -> list[Any]:
         pool = await self._connections()
-        try:
+
+        async def fetch() -> list[Any]:
             async with pool.connection() as db:
                 cursor = await db.execute(query, params)
                 if one:
                     row = await cursor.fetchone()
                     return [row] if row is not None else []
                 return await cursor.fetchall()
+
+        try:
+            return await self._within_timeout(fetch(), "a read")
         except psycopg.Error as error:
             raise LedgerUnavailable(self.url, driver_reason(error)) from error
+
+    async def _within_timeout(self, work: Coroutine[Any, Any, T], what: str) -> T:
+        """`work`'s result, or LedgerUnavailable once `operation_timeout` has passed (a server that
+        hangs mid-query, which no socket error reveals). The work is then cancelled in the
+        background (psycopg asks the server to cancel the query), not awaited: for a batch, whether
+        it committed is unknown, and no call of it is served (see batching.py)."""
+        task = asyncio.ensure_future(work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._operation_timeout)
+        except TimeoutError:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            raise LedgerUnavailable(self.url, f"no answer to {what} within {self._operation_timeout:g} s") from None
 
     async def _close_backend(self) -> None:
         if self._pool is not None:

@@ -32,7 +32,13 @@ from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.errors import ChainError, ChannelUnconfirmed, PaymentRejected
 from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
 from marketplace.payments.vouchers import VOUCHER_TYPE, VoucherDomain, checksum_address
-from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
+from marketplace.payments.x402 import (
+    Fields,
+    PaymentPayload,
+    PaymentRequirements,
+    SettlementResponse,
+    parse_uint256_text,
+)
 
 __all__ = [
     "CHANNEL_HEADER",
@@ -90,12 +96,9 @@ def parse_channel_hint(value: str | None) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    try:
-        channel_id = int(text[2:], 16) if text[:2] in ("0x", "0X") else int(text, 10)
-    except ValueError:
-        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a channel id, got {text[:80]!r}") from None
-    if not 0 <= channel_id < 2**256 or len(text) > 80:
-        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} is not a uint256")
+    channel_id = parse_uint256_text(text)
+    if channel_id is None:
+        raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a uint256 channel id, got {text[:80]!r}")
     return channel_id
 
 
@@ -112,6 +115,7 @@ class ChannelScheme(PaymentScheme):
         max_timeout_seconds: int = 60,
         refresh_interval: float = 1.0,
         lookup_budget: LookupBudget | None = None,
+        chain_timeout: float = 4.0,
         clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__(state)
@@ -120,6 +124,7 @@ class ChannelScheme(PaymentScheme):
         self.min_remaining_seconds = min_remaining_seconds
         self.max_timeout_seconds = max_timeout_seconds
         self.refresh_interval = refresh_interval
+        self.chain_timeout = chain_timeout  # a call that needs a chain read is answered within it
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._last_refresh: dict[int, float] = {}
         self._refreshing: dict[int, asyncio.Future[ChannelInfo | None]] = {}
@@ -288,7 +293,10 @@ class ChannelScheme(PaymentScheme):
         asked at once), and each look-up that reaches the chain spends a token of `client`'s
         `lookup_budget` ("too_many_lookups", 429 with the seconds to wait, when none is left).
         Calls arriving while a refresh of their channel is in flight wait for it rather than read
-        the cache it has not filled yet (a burst of first calls on a new channel is all served)."""
+        the cache it has not filled yet (a burst of first calls on a new channel is all served).
+        A read that fails or takes longer than `chain_timeout` is `chain_unavailable` (503) and
+        is not remembered: the next call asks the chain again instead of trusting the stale
+        cache, so a call that needs the chain never gets a 402 because the chain was down."""
         pending = self._refreshing.get(channel_id)
         if pending is None:
             now = time.monotonic()
@@ -308,11 +316,14 @@ class ChannelScheme(PaymentScheme):
             self._refreshing[channel_id] = pending
             pending.add_done_callback(lambda done: self._refresh_done(channel_id, done, block))
         try:
-            return await asyncio.shield(pending)  # one caller cancelled does not cancel the others' read
+            # shielded: one caller cancelled or timed out does not cancel the others' read
+            return await asyncio.wait_for(asyncio.shield(pending), self.chain_timeout)
         except ChannelUnconfirmed as error:
             raise PaymentRejected("channel_unconfirmed", str(error)) from None
-        except (ChainError, OSError, TimeoutError) as error:
-            raise PaymentRejected("chain_unavailable", f"could not read channel {channel_id:#x}: {error}") from None
+        except (ChainError, OSError, TimeoutError):  # the error names the node's URL: not for the client
+            raise PaymentRejected(
+                "chain_unavailable", f"could not read channel {channel_id:#x} from the chain node; retry later"
+            ) from None
 
     def _spend_lookup(self, client: str | None) -> None:
         wait = self.lookup_budget.take(client) if self.lookup_budget is not None else 0
@@ -325,7 +336,8 @@ class ChannelScheme(PaymentScheme):
 
     def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None], block: int) -> None:
         self._refreshing.pop(channel_id, None)
-        if done.cancelled() or done.exception() is not None:  # retrieved: every waiter may have been cancelled
+        if done.cancelled() or done.exception() is not None:  # retrieved: every waiter may have gone
+            self._last_refresh.pop(channel_id, None)  # a failed read is not remembered: ask again
             return
         if done.result() is None and self.state.block_number == block:  # absent as of `block`
             if self._absent_block != block:

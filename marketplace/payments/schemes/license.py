@@ -169,6 +169,7 @@ class LicenseScheme(PaymentScheme):
         max_window_seconds: int = 300,
         cache_ttl: float = 30.0,
         refresh_interval: float = 2.0,
+        chain_timeout: float = 4.0,
         clock: Callable[[], float] | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -178,6 +179,7 @@ class LicenseScheme(PaymentScheme):
         self.max_window_seconds = max_window_seconds
         self.cache_ttl = cache_ttl
         self.refresh_interval = refresh_interval
+        self.chain_timeout = chain_timeout  # a call that needs a chain read is answered within it
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._executor = executor
         self._contract = w3.eth.contract(
@@ -313,13 +315,15 @@ class LicenseScheme(PaymentScheme):
     async def _read(self, license_id: int) -> LicenseRecord | None:
         functions = self._contract.functions
         try:
-            owner, valid, terms = await asyncio.gather(
+            owner, valid, terms = await asyncio.wait_for(asyncio.gather(
                 blocking(self._executor, self._call, functions.ownerOf(license_id)),
                 blocking(self._executor, self._call, functions.isValid(license_id)),
                 blocking(self._executor, self._call, functions.licenseOf(license_id)),
-            )
+            ), self.chain_timeout)
         except _NoSuchLicense:
             return None
+        except TimeoutError:  # a stalled node: the threads finish on their own, the caller does not wait
+            raise PaymentRejected("chain_unavailable", "the chain node did not answer in time; retry later") from None
         _offer_id, model_id, expires_at, _transferable = terms
         return LicenseRecord(
             license_id, str(owner).lower(), bytes(model_id), int(expires_at), bool(valid), time.monotonic()
@@ -332,7 +336,8 @@ class LicenseScheme(PaymentScheme):
         except (ContractCustomError, ContractLogicError):  # ERC721NonexistentToken
             raise _NoSuchLicense from None
         except (requests.RequestException, OSError, Web3Exception, ValueError) as error:
-            raise PaymentRejected("chain_unavailable", f"could not read the license: {error}") from None
+            # the error names the node's URL (maybe with an API key): not for the client
+            raise PaymentRejected("chain_unavailable", f"could not read the license ({type(error).__name__})") from None
 
 
 class _NoSuchLicense(Exception):
