@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,10 +19,12 @@ from x402.client import x402ClientSync
 from x402.http.x402_http_client import x402HTTPClientSync
 from x402.mechanisms.evm.exact.client import ExactEvmScheme as X402ExactClient
 
+from marketplace.chain.connection import fail_fast_web3
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
 from marketplace.errors import ContractReverted, PaymentRejected
 from marketplace.payments.ledger.holds.sqlite import SqliteHolds
+from marketplace.payments.schemes.eip3009 import TRANSFER, TokenClient
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
@@ -360,3 +363,18 @@ def test_settlement_survives_another_sender_of_the_same_key(setup: Setup, dev_ac
     before = setup.balance(setup.payee.address)
     settlement = run(setup.scheme.settle(setup.verify(setup.payment(setup.authorization()))))
     assert setup.balance(setup.payee.address) - before == PRICE and settlement.amount == PRICE
+
+
+def test_a_settlement_the_node_cannot_take_names_no_node_url(dev_accounts: list[LocalAccount]) -> None:
+    """The node's URL may carry an API key: a failed settlement says what failed, never where."""
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v3/secret-api-key"
+    client = TokenClient(fail_fast_web3(url, timeout=1.0), "0x" + "11" * 20, dev_accounts[1], receipt_timeout=1.0)
+    with pytest.raises(PaymentRejected) as sending:
+        client.send(TRANSFER, (dev_accounts[2].address, dev_accounts[1].address, 1, 0, 2**40, b"\0" * 32, b"\0" * 65))
+    with pytest.raises(PaymentRejected) as waiting:
+        client.wait("0x" + "22" * 32)
+    for refusal in (sending.value, waiting.value):
+        assert refusal.code in ("chain_unavailable", "settlement_pending")
+        assert "secret-api-key" not in refusal.detail and "127.0.0.1" not in refusal.detail, refusal.detail

@@ -8,6 +8,7 @@ transport failure is PaymentRejected "chain_unavailable" (503).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ from marketplace.chain.transactions import decode_revert
 from marketplace.errors import PaymentRejected
 from marketplace.payments.ledger.holds import BlockHead
 from marketplace.payments.vouchers import checksum_address, keccak256
+
+log = logging.getLogger("marketplace.payments.exact")
 
 __all__ = ["TRANSFER", "RECEIVE", "Settlement", "TokenClient"]
 
@@ -126,8 +129,11 @@ class TokenClient:
                 name, values = decode_revert(self._abi, getattr(error, "data", None))
                 shown = ", ".join(f"{k}={v}" for k, v in values.items())
                 raise PaymentRejected("settlement_failed", f"{fn.fn_name} would revert: {name}({shown})") from None
-            except _CHAIN_ERRORS as error:
-                raise PaymentRejected("chain_unavailable", f"could not prepare the settlement: {error}") from None
+            except _CHAIN_ERRORS as error:  # the message may name the node's URL (an API key): logged only
+                log.warning("could not prepare a settlement: %s", error)
+                raise PaymentRejected(
+                    "chain_unavailable", f"could not prepare the settlement ({type(error).__name__}); retry later"
+                ) from None
             try:
                 tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
             except _CHAIN_ERRORS as error:
@@ -138,7 +144,10 @@ class TokenClient:
                 continue
             self._next_nonce += 1
             return "0x" + bytes(tx_hash).hex()
-        raise PaymentRejected("settlement_failed", f"the node refused the settlement {_SEND_ATTEMPTS} times: {refusal}")
+        log.warning("the node refused a settlement %d times: %s", _SEND_ATTEMPTS, refusal)
+        raise PaymentRejected(
+            "settlement_failed", f"the node refused the settlement {_SEND_ATTEMPTS} times ({type(refusal).__name__})"
+        )
 
     def wait(self, tx_hash: str) -> Any:
         """The receipt of `tx_hash`; "settlement_pending" if not mined within `receipt_timeout`."""
@@ -150,4 +159,7 @@ class TokenClient:
                 "settlement_pending", f"settlement {tx_hash} was not mined within {self.receipt_timeout:g} s"
             ) from None
         except _CHAIN_ERRORS as error:
-            raise PaymentRejected("settlement_pending", f"could not read the settlement {tx_hash}: {error}") from None
+            log.warning("could not read settlement %s: %s", tx_hash, error)
+            raise PaymentRejected(
+                "settlement_pending", f"could not read the settlement {tx_hash} ({type(error).__name__})"
+            ) from None
