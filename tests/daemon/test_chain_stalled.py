@@ -85,6 +85,7 @@ async def test_an_unavailable_node_is_503_every_time_and_service_resumes(
                 await anyio.sleep(0.1)
             ready = await daemon.get("/readyz")
             assert ready.status_code == 503 and ready.json()["problems"][0].startswith("chain:")
+            assert "127.0.0.1" not in ready.text, ready.text  # a public route: the node's URL is not shown
 
             proxy.set_mode("forward")  # the node is back: no restart
             served, seconds = await timed(pay(unknown, PRICE))

@@ -88,6 +88,7 @@ async def test_a_full_disk_is_503_ledger_unavailable_then_recovers(
             assert_ledger_unavailable(await payer.call(amount))
         ready = await daemon.get("/readyz")
         assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"]), ready.text
+        assert str(tiny_disk) not in ready.text, ready.text  # a public route: where the ledger lives is not shown
         assert (await ledger.credit(channel.channel_id)).consumed == PRICE  # the acknowledged call is kept
 
         filler.unlink()  # room again: no restart
@@ -116,6 +117,7 @@ async def test_postgres_down_is_503_ledger_unavailable_then_recovers(
                     assert time.monotonic() - started < 15
                 ready = await daemon.get("/readyz")
                 assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
+                assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
 
                 proxy.set_mode("forward")  # back (a failover to the same address)
                 deadline = time.monotonic() + 30
@@ -148,6 +150,7 @@ async def test_postgres_hung_mid_query_is_503_within_bounds_then_recovers(
                     assert time.monotonic() - started < 8
                 ready = await daemon.get("/readyz")
                 assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
+                assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
 
                 proxy.set_mode("forward")  # the server answers again
                 deadline = time.monotonic() + 30
