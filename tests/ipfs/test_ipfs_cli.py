@@ -60,6 +60,21 @@ def test_only_hash_stores_nothing(data_dir: Path, weights: Path) -> None:
     assert not (data_dir / "ipfs").exists()
 
 
+def test_local_commands_load_no_http_client_nor_progress_bar(data_dir: Path, weights: Path) -> None:
+    """`ipfs add` starts fast: httpx (Kubo, gateway) and rich.progress load only when used."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from marketplace.cli.ipfs import app; "
+        "result = CliRunner().invoke(app, ['add', *sys.argv[1:]]); "
+        "print(result.stdout.strip().splitlines()[-1]); "
+        "print(sorted(name for name in ('httpx', 'rich.progress') if name in sys.modules))"
+    )
+    env = {**os.environ, "MARKETPLACE_DATA_DIR": str(data_dir)}
+    for options in (["--only-hash"], []):
+        command = [sys.executable, "-c", script, *options, str(weights)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        assert done.stdout.splitlines() == [_cid_of(weights), "[]"], done.stderr
+
+
 def test_progress_never_reaches_stdout(
     data_dir: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
