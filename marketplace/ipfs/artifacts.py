@@ -34,13 +34,10 @@ def open_store(
     api: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> BlockStore:
-    """The embedded store (in `data_dir`), a Kubo RPC endpoint or a gateway (at `api`).
-
-    The HTTP backends are imported here, not at start-up: the local commands never load httpx.
-    """
+    """The embedded store (in `data_dir`), a Kubo RPC endpoint or a gateway (at `api`)."""
     kind = StoreKind(kind)
     if kind is StoreKind.KUBO:
-        from marketplace.ipfs.kubo import DEFAULT_API, KuboStore
+        from marketplace.ipfs.kubo import DEFAULT_API, KuboStore  # the HTTP stores bring httpx: imported when used
 
         return KuboStore(api or DEFAULT_API)
     if kind is StoreKind.GATEWAY:
@@ -80,9 +77,20 @@ def add_bytes(store: BlockStore, data: bytes, params: ImportParams, *, pin: bool
     return imported
 
 
+def _readable(store: BlockStore, cid: CID, cache: LocalStore | None) -> BlockStore:
+    """A gateway is read through one verified CAR request into the local store; others directly."""
+    from marketplace.ipfs.gateway import GatewayStore
+
+    if isinstance(store, GatewayStore):
+        local = cache or LocalStore()
+        store.fetch_dag(cid, local)
+        return local
+    return store
+
+
 def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, cache: LocalStore | None = None) -> None:
     """Write the file or directory `cid` to `dest` (absent before, complete and verified after)."""
-    with DagReader(store.for_reading(cid, cache)) as reader:
+    with DagReader(_readable(store, cid, cache)) as reader:
         reader.get(cid, dest)
 
 
@@ -93,7 +101,7 @@ def export_car(
     target = Path(dest)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
-        with DagReader(store.for_reading(cid, cache)) as reader, open(partial, "wb") as out:
+        with DagReader(_readable(store, cid, cache)) as reader, open(partial, "wb") as out:
             size = write_car(out, [cid], reader.blocks(cid))
         partial.replace(target)
     except BaseException:

@@ -47,12 +47,6 @@ class GatewayStore(BlockStore):
                 self._check(response.status_code, cid, action)
                 return read_block_body(response, self.where, action)
 
-    def for_reading(self, root: CID, cache: LocalStore | None = None) -> BlockStore:
-        """Whole DAGs are read through one verified CAR request into the local store (`cache`)."""
-        local = cache or LocalStore()
-        self.fetch_dag(root, local)
-        return local
-
     def fetch_dag(self, root: CID, into: LocalStore) -> int:
         """Copy the whole DAG under `root` into `into` with one CAR request; return blocks stored.
 

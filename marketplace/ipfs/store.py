@@ -13,13 +13,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import Protocol, Self
 
 from marketplace.errors import ArtifactIntegrityError
 from marketplace.ipfs.cid import CID
-
-if TYPE_CHECKING:
-    from marketplace.ipfs.local import LocalStore
 
 __all__ = ["MAX_BLOCK_SIZE", "BlockSink", "BlockStore", "BlockWriter", "Buffer", "GcReport", "check_block"]
 
@@ -88,10 +85,6 @@ class BlockStore(ABC):
     @abstractmethod
     def _fetch(self, cid: CID) -> bytes:
         """The bytes the backend holds for `cid`, not yet verified."""
-
-    def for_reading(self, root: CID, cache: LocalStore | None = None) -> BlockStore:
-        """The store to read the DAG under `root` from: this one, unless a subclass copies it first."""
-        return self
 
     @abstractmethod
     def writer(self) -> BlockWriter:
