@@ -79,8 +79,9 @@ def _cache(store: StoreKind, data_dir: Path | None) -> LocalStore | None:
 
 @contextmanager
 def _progress_bar(total: int, description: str) -> Iterator[Callable[[int], None] | None]:
-    """A transient bar on stderr for imports of PROGRESS_THRESHOLD bytes or more; None below."""
-    if total < PROGRESS_THRESHOLD:
+    """A transient bar on a terminal's stderr for imports of PROGRESS_THRESHOLD bytes or more;
+    None otherwise (a pipe would show nothing, so rich.progress is not even imported)."""
+    if total < PROGRESS_THRESHOLD or not err.is_terminal:
         yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
