@@ -128,6 +128,21 @@ def test_every_block_is_durable_before_its_final_name_appears_and_before_the_pin
     assert local_store.pins() == [cid]
 
 
+def test_without_syncfs_a_batch_is_made_durable_by_sync(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has no syncfs (not Linux), sync(2) stands in: still once per batch, not per block."""
+    calls: list[None] = []
+    real_sync = os.sync
+    monkeypatch.setattr(local, "_libc_syncfs", lambda: None)
+    monkeypatch.setattr(os, "sync", lambda: calls.append(real_sync()))
+    data = os.urandom(70_000)
+    cid = add_bytes(local_store, data, SMALL).cid
+    assert 1 <= len(calls) < 10 and local_store.pins() == [cid]
+    with DagReader(local_store) as reader:
+        assert b"".join(reader.cat(cid)) == data
+
+
 def test_a_killed_import_leaves_no_torn_block_and_gc_cleans_up(tmp_path: Path) -> None:
     """SIGKILL in the middle of an import: final names hold whole blocks; no pin; gc tidies."""
     root = tmp_path / "ipfs"
