@@ -65,7 +65,7 @@ def _libc_syncfs() -> Callable[[int], int] | None:
     return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
 
 
-def sync_filesystem(path: Path) -> None:
+def _sync_filesystem(path: Path) -> None:
     """Make every write to the filesystem holding `path` durable: syncfs(2) on Linux, else sync(2)
     (POSIX lets sync return early; macOS's fsync is no stronger without F_FULLFSYNC)."""
     syncfs = _libc_syncfs()
@@ -270,7 +270,7 @@ class LocalWriter(BlockWriter):
 
     def _sync(self, batch: list[tuple[Path, Path]]) -> None:
         """One syncfs makes the whole batch durable; only then do the blocks get their names."""
-        sync_filesystem(self._store._tmp)
+        _sync_filesystem(self._store._tmp)
         for temp, final in batch:
             os.replace(temp, final)
 
@@ -283,7 +283,7 @@ class LocalWriter(BlockWriter):
 
     def commit(self, roots: Sequence[CID], *, pin: bool = True) -> None:
         self._drain()
-        sync_filesystem(self._store._tmp)  # the renames and new shard directories
+        _sync_filesystem(self._store._tmp)  # the renames and new shard directories
         if pin:
             for root in roots:
                 self._store._pin_complete(root)

@@ -104,7 +104,7 @@ def test_every_block_is_durable_before_its_final_name_appears_and_before_the_pin
     """Blocks sync in batches (one syncfs each), yet no block is named before a sync that began
     after it was written, and the pin (what `add` acknowledges) follows a sync of every rename."""
     events: list[tuple[str, set[str]]] = []
-    real_sync, real_replace = local.sync_filesystem, os.replace
+    real_sync, real_replace = local._sync_filesystem, os.replace
 
     def spy_sync(path: Path) -> None:
         written = {str(entry) for entry in (local_store.root / "tmp").iterdir()}
@@ -115,7 +115,7 @@ def test_every_block_is_durable_before_its_final_name_appears_and_before_the_pin
         real_replace(source, target)
         events.append((Path(target).parent.parent.name, {str(source)}))  # "blocks" or "ipfs" (a pin)
 
-    monkeypatch.setattr(local, "sync_filesystem", spy_sync)
+    monkeypatch.setattr(local, "_sync_filesystem", spy_sync)
     monkeypatch.setattr(os, "replace", spy_replace)
     cid = add_bytes(local_store, os.urandom(70_000), SMALL).cid
     renames = [index for index, (kind, _) in enumerate(events) if kind == "blocks"]
