@@ -283,7 +283,9 @@ class LocalWriter(BlockWriter):
 
     def commit(self, roots: Sequence[CID], *, pin: bool = True) -> None:
         self._drain()
-        _sync_filesystem(self._store._tmp)  # the renames and new shard directories
+        # The renames and new shard directories, and those of other writers too: a block this
+        # session skipped because another one had named it is then durable before the pin.
+        _sync_filesystem(self._store._tmp)
         if pin:
             for root in roots:
                 self._store._pin_complete(root)
