@@ -1,12 +1,17 @@
 """Benchmark of the IPFS layer: import (only-hash and into the embedded store) and verified read.
 
-    python bench/ipfs.py [--size-mib 512] [--profile kubo-v1] [--workdir DIR]
+    python bench/ipfs.py [--size-mib 256] [--profile kubo-v1] [--workdir DIR]
 
 Generates a random file (deterministic seed, streamed to disk), then runs each phase in its own
 child process so its peak RSS is its own: single-core sha-256 (hashlib over 256 KiB chunks, the
 yardstick), the disk's own ceilings (one big file written, then fsync'd), only-hash import,
+`marketplace ipfs add --only-hash` as a whole command (start-up included, timed by the parent),
 import into the embedded store (fsync'd, pinned), and a verified read of the whole file back.
 Prints MB/s, the ratio to sha-256 and peak memory; writes bench/results/ipfs.json.
+
+Single-core sha-256 stands for Kubo: `ipfs add --only-hash` hashes the chunks one after another
+on one core (Go's sha256 uses the same SHA-NI instructions as OpenSSL), so it cannot beat it;
+1.0x sha-256 for the whole command is Kubo's speed. No Kubo binary installs on these machines.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ipfs.json"
 CHUNK = 256 * 1024
-TARGETS = {"only-hash": 0.5, "add (store)": 0.3, "read (verified)": 0.3}
+TARGETS = {"only-hash": 0.5, "only-hash (command)": 1.0, "add (store)": 0.3, "read (verified)": 0.3}
 MAX_PEAK_MIB = 200
 
 
@@ -84,6 +89,17 @@ def _read(cid_text: str, store_dir: Path) -> dict[str, object]:
     return {"seconds": time.perf_counter() - started, "bytes": total}
 
 
+def _only_hash_command(source: Path, profile: str) -> dict[str, object]:
+    """The whole `marketplace ipfs add --only-hash` process, as a user runs it."""
+    command = [sys.executable, "-m", "marketplace.cli", "ipfs", "add", "--only-hash", "--profile", profile, str(source)]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"seconds": seconds, "bytes": source.stat().st_size, "cid": done.stdout.strip().splitlines()[-1],
+            "peak_rss_mib": peak}
+
+
 def _child(args: argparse.Namespace) -> None:
     phase, workdir = args.phase, Path(args.workdir)
     source, store = workdir / "model.bin", workdir / "store"
@@ -92,10 +108,11 @@ def _child(args: argparse.Namespace) -> None:
         "sha256": lambda: _sha256(size),
         "disk": lambda: _disk(size, workdir),
         "only-hash": lambda: _only_hash(source, args.profile),
+        "only-hash (command)": lambda: _only_hash_command(source, args.profile),
         "add (store)": lambda: _add(source, args.profile, store),
         "read (verified)": lambda: _read(args.cid, store),
     }[phase]()
-    result["peak_rss_mib"] = _peak_rss_mib()
+    result.setdefault("peak_rss_mib", _peak_rss_mib())
     print(json.dumps(result))
 
 
@@ -135,7 +152,7 @@ def _run_phase(args: argparse.Namespace, workdir: Path, phase: str, cid: str = "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mib", type=int, default=512, help="size of the generated file")
+    parser.add_argument("--size-mib", type=int, default=256, help="size of the generated file")
     parser.add_argument("--profile", default="kubo-v1", help="importer profile (kubo-v0, kubo-v1, ipfs-car)")
     parser.add_argument("--workdir", help="where to put the file and the store (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
@@ -153,11 +170,13 @@ def main() -> None:
         phases: dict[str, dict[str, object]] = {"sha256 (start)": _run_phase(args, workdir, "sha256")}
         phases["disk"] = _run_phase(args, workdir, "disk")
         phases["only-hash"] = _run_phase(args, workdir, "only-hash")
+        phases["only-hash (command)"] = _run_phase(args, workdir, "only-hash (command)")
         phases["add (store)"] = _run_phase(args, workdir, "add (store)")
         phases["read (verified)"] = _run_phase(args, workdir, "read (verified)", str(phases["add (store)"]["cid"]))
         phases["sha256 (end)"] = _run_phase(args, workdir, "sha256")
 
-    assert phases["only-hash"]["cid"] == phases["add (store)"]["cid"], "only-hash and add disagree"
+    cids = {str(phases[name]["cid"]) for name in ("only-hash", "only-hash (command)", "add (store)")}
+    assert len(cids) == 1, f"only-hash, the command and add disagree: {cids}"
     sha = max(float(phases[name]["mb_per_s"]) for name in ("sha256 (start)", "sha256 (end)"))  # type: ignore[arg-type]
     disk = phases["disk"]
     disk_fsync = size / float(disk["seconds_with_fsync"]) / 1e6  # type: ignore[arg-type]

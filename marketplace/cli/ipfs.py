@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.artifacts import StoreKind
@@ -82,6 +77,21 @@ def _cache(store: StoreKind, data_dir: Path | None) -> LocalStore | None:
     return _local(data_dir) if store is StoreKind.GATEWAY else None
 
 
+@contextmanager
+def _progress_bar(total: int, description: str) -> Iterator[Callable[[int], None] | None]:
+    """A transient bar on a terminal's stderr for imports of PROGRESS_THRESHOLD bytes or more;
+    None otherwise (a pipe would show nothing, so rich.progress is not even imported)."""
+    if total < PROGRESS_THRESHOLD or not err.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
+    with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda count: progress.advance(task, count)
+
+
 def _params(
     profile: Profile | None,
     cid_version: int | None,
@@ -136,22 +146,7 @@ def add(
 ) -> None:
     """Import PATH and print its CID (last line of stdout)."""
     params = _params(profile, cid_version, raw_leaves, chunk_size, max_links)
-    total = scan_size(path, hidden=hidden)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=total < PROGRESS_THRESHOLD,
-    ) as progress:
-        task = progress.add_task("hashing" if only_hash else "importing", total=total)
-
-        def advance(count: int) -> None:
-            progress.advance(task, count)
-
+    with _progress_bar(scan_size(path, hidden=hidden), "hashing" if only_hash else "importing") as advance:
         if only_hash:
             imported = artifacts.add_path(None, path, params, wrap=wrap, hidden=hidden, progress=advance)
         else:

@@ -1,9 +1,11 @@
 """UnixFS importer: fixed-size chunks, balanced DAG, dag-pb inner nodes, sha2-256.
 
 Same bytes and parameters give the same CID as Kubo (`ipfs add`) and ipfs-car. Files stream
-through a small ring of reusable chunk buffers: the main thread reads, worker threads hash (and
-hand leaves to the sink), so memory stays flat whatever the file size and hashing runs on every
-core (hashlib releases the GIL on large buffers). Without a sink nothing is stored (only-hash).
+through a small ring of reusable slabs (several chunks each): the main thread reads a slab with
+one `readinto`, a worker thread hashes its chunks through memoryviews (and hands the leaves to
+the sink), so memory stays flat whatever the file size, hashing runs on every core (hashlib
+releases the GIL on large buffers) and thread hand-offs are few. Without a sink nothing is
+stored (only-hash).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ __all__ = [
 
 MAX_CHUNK_SIZE = 1024 * 1024
 """Kubo's limit: larger blocks do not travel over bitswap."""
+
+SLAB_SIZE = 1024 * 1024
+"""Bytes read and hashed per task (rounded down to whole chunks): large reads, few hand-offs."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ class _BalancedTree:
         if len(row) == self._params.max_links:
             self._rows[level] = []
             self.add(self._parent(row), level + 1)
+
+    def extend(self, nodes: list[Imported]) -> None:
+        for node in nodes:
+            self.add(node)
 
     def root(self) -> Imported:
         level = 0
@@ -172,31 +181,30 @@ class Importer:
     def add_file(self, stream: BinaryIO) -> Imported:
         """Import one file from a binary stream (read sequentially, never whole)."""
         tree = _BalancedTree(self.params, self._emit)
-        chunk_size = self.params.chunk_size
-        depth = 2 * self._workers + 2
-        while len(self._buffers) < depth:
-            self._buffers.append(bytearray(chunk_size))
+        slab_size = max(1, SLAB_SIZE // self.params.chunk_size) * self.params.chunk_size
+        while len(self._buffers) < 2 * self._workers:
+            self._buffers.append(bytearray(slab_size))
         free = list(self._buffers)
-        inflight: deque[tuple[Future[Imported], bytearray]] = deque()
+        inflight: deque[tuple[Future[list[Imported]], bytearray]] = deque()
         try:
-            chunks = 0
+            slabs = 0
             while True:
                 if not free:
                     future, done = inflight.popleft()
-                    tree.add(future.result())
+                    tree.extend(future.result())
                     free.append(done)
                 buffer = free.pop()
                 count = _read_full(stream, buffer)
-                if count == 0 and chunks:
+                if count == 0 and slabs:
                     break
-                inflight.append((self._pool.submit(self._leaf, buffer, count), buffer))
-                chunks += 1
+                inflight.append((self._pool.submit(self._leaves, buffer, count), buffer))
+                slabs += 1
                 if self._progress is not None and count:
                     self._progress(count)
-                if count < chunk_size:
+                if count < slab_size:
                     break
             while inflight:
-                tree.add(inflight.popleft()[0].result())
+                tree.extend(inflight.popleft()[0].result())
         finally:
             for future, _ in inflight:  # never reuse a buffer a worker still reads
                 future.cancel() or future.exception()
@@ -223,13 +231,17 @@ class Importer:
         if self._sink is not None:
             self._sink.put(cid, (block,))
 
-    def _leaf(self, buffer: bytearray, count: int) -> Imported:
-        chunk = memoryview(buffer)[:count]
+    def _leaves(self, slab: bytearray, count: int) -> list[Imported]:
+        """The leaves of the first `count` bytes of `slab` (the empty leaf if there are none)."""
+        view, size = memoryview(slab)[:count], self.params.chunk_size
+        return [self._leaf(view[start : start + size]) for start in range(0, count, size)] or [self._leaf(view[:0])]
+
+    def _leaf(self, chunk: memoryview) -> Imported:
         if self.params.raw_leaves:
             cid = CID(1, RAW, hashlib.sha256(chunk).digest())
             parts: tuple[bytes | memoryview, ...] = (chunk,)
         else:
-            prefix, suffix = leaf_frame(count)
+            prefix, suffix = leaf_frame(len(chunk))
             hasher = hashlib.sha256(prefix)
             hasher.update(chunk)
             hasher.update(suffix)
@@ -237,7 +249,7 @@ class Importer:
             parts = (prefix, chunk, suffix)
         if self._sink is not None:
             self._sink.put(cid, parts)
-        return Imported(cid, count, sum(len(part) for part in parts))
+        return Imported(cid, len(chunk), sum(len(part) for part in parts))
 
     def _add_entry(self, path: Path, mode: int) -> Imported:
         if stat.S_ISREG(mode):

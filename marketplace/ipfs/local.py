@@ -9,21 +9,24 @@ directory + `/ipfs`)::
     tmp/                                        blocks and pins being written
     repo.lock                                   writers hold it shared, gc exclusive
 
-Crash safety: a block is written to `tmp/`, fsync'd, and only then renamed to its final name, so
-a final name always holds the whole block; the renames are made durable by fsync'ing the shard
-directories before `commit` writes pins. To keep the disk busy, fsyncs happen in batches on
-background threads while the import goes on (concurrent fsyncs share journal commits). A crash
-loses at most the uncommitted import; stray temp files are removed by the next gc.
+Crash safety: a block is written to `tmp/`, made durable, and only then renamed to its final
+name, so a final name always holds the whole block; the renames are made durable before `commit`
+writes pins. Durability comes in batches, not per block: one `syncfs(2)` flushes every temp file
+of a batch (and, at commit, every rename and new shard directory) where `fsync` would cost one call
+and one journal commit per file. Batches sync on a background thread while the import goes on. A
+crash loses at most the uncommitted import; stray temp files are removed by the next gc.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
 import itertools
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
@@ -38,9 +41,9 @@ from marketplace.ipfs.store import BlockStore, BlockWriter, Buffer, GcReport
 
 __all__ = ["LocalStore", "default_data_dir"]
 
-_BATCH_FILES = 64
+_BATCH_FILES = 256
 _BATCH_BYTES = 32 * 1024 * 1024
-_MAX_BATCHES_IN_FLIGHT = 4
+_MAX_BATCHES_IN_FLIGHT = 2
 _names = itertools.count()
 
 
@@ -53,6 +56,27 @@ def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+
+
+def _sync_filesystem(path: Path) -> None:
+    """Make every write to the filesystem holding `path` durable: syncfs(2) on Linux, else sync(2)
+    (POSIX lets sync return early; macOS's fsync is no stronger without F_FULLFSYNC)."""
+    syncfs = _libc_syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs {path}: {os.strerror(error)}")
     finally:
         os.close(fd)
 
@@ -79,14 +103,12 @@ class LocalStore(BlockStore):
         self._shards = {entry.name for entry in os.scandir(self._blocks) if entry.is_dir()}
         self._shards_lock = threading.Lock()
 
-    def ensure_shard(self, directory: Path) -> bool:
-        """Create a shard directory once; True if it is new (its parent then needs an fsync)."""
+    def ensure_shard(self, directory: Path) -> None:
+        """Create a shard directory once (the writer's commit makes it durable)."""
         with self._shards_lock:
-            if directory.name in self._shards:
-                return False
-            directory.mkdir(exist_ok=True)
-            self._shards.add(directory.name)
-            return True
+            if directory.name not in self._shards:
+                directory.mkdir(exist_ok=True)
+                self._shards.add(directory.name)
 
     # --- blocks -------------------------------------------------------------------------------
 
@@ -201,18 +223,17 @@ class _RepoLock:
 
 
 class LocalWriter(BlockWriter):
-    """Writes blocks to temp files; background threads fsync them in batches and rename them."""
+    """Writes blocks to temp files; a background thread syncs them in batches and renames them."""
 
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._lock = store.lock(shared=True).__enter__()
         self._mutex = threading.Lock()
-        self._batch: list[tuple[int, Path, Path]] = []
+        self._batch: list[tuple[Path, Path]] = []
         self._batch_bytes = 0
         self._seen: set[bytes] = set()
-        self._touched: set[Path] = set()
         self._syncs: deque[Future[None]] = deque()
-        self._pool = ThreadPoolExecutor(_MAX_BATCHES_IN_FLIGHT, thread_name_prefix="ipfs-fsync")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="ipfs-sync")
         self._closed = False
 
     def put(self, cid: CID, parts: Sequence[Buffer]) -> None:
@@ -223,42 +244,35 @@ class LocalWriter(BlockWriter):
             self._seen.add(cid.digest)
         if final.exists():
             return
-        if self._store.ensure_shard(final.parent):
-            with self._mutex:
-                self._touched.add(final.parent.parent)
+        self._store.ensure_shard(final.parent)
         temp = self._store._tmp / f"{final.name}.{os.getpid()}.{next(_names)}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             _write_all(fd, parts)
         except BaseException:
-            os.close(fd)
             temp.unlink(missing_ok=True)
             raise
+        finally:
+            os.close(fd)
         with self._mutex:
-            self._touched.add(final.parent)
-            self._batch.append((fd, temp, final))
+            self._batch.append((temp, final))
             self._batch_bytes += sum(len(part) for part in parts)
             if len(self._batch) >= _BATCH_FILES or self._batch_bytes >= _BATCH_BYTES:
                 self._submit_batch()
 
     def _submit_batch(self) -> None:
-        """Hand the current batch to the fsync threads (caller holds the mutex)."""
+        """Hand the current batch to the sync thread (caller holds the mutex)."""
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         if batch:
             self._syncs.append(self._pool.submit(self._sync, batch))
-        while len(self._syncs) > _MAX_BATCHES_IN_FLIGHT:  # back-pressure bounds the open files
+        while len(self._syncs) > _MAX_BATCHES_IN_FLIGHT:  # back-pressure bounds the unsynced bytes
             self._syncs.popleft().result()
 
-    @staticmethod
-    def _sync(batch: list[tuple[int, Path, Path]]) -> None:
-        try:
-            for fd, _, _ in batch:
-                os.fsync(fd)
-            for _, temp, final in batch:
-                os.replace(temp, final)
-        finally:
-            for fd, _, _ in batch:
-                os.close(fd)
+    def _sync(self, batch: list[tuple[Path, Path]]) -> None:
+        """One syncfs makes the whole batch durable; only then do the blocks get their names."""
+        _sync_filesystem(self._store._tmp)
+        for temp, final in batch:
+            os.replace(temp, final)
 
     def _drain(self) -> None:
         with self._mutex:
@@ -269,8 +283,9 @@ class LocalWriter(BlockWriter):
 
     def commit(self, roots: Sequence[CID], *, pin: bool = True) -> None:
         self._drain()
-        with ThreadPoolExecutor(8) as pool:  # one journal commit covers most of them
-            list(pool.map(_fsync_dir, self._touched))
+        # The renames and new shard directories, and those of other writers too: a block this
+        # session skipped because another one had named it is then durable before the pin.
+        _sync_filesystem(self._store._tmp)
         if pin:
             for root in roots:
                 self._store._pin_complete(root)

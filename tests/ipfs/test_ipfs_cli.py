@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from gateway_standin import GatewayStandin
 from kubo_standin import KuboStandin
+from rich.console import Console
 from standin_server import MemoryBlocks
 from typer.testing import CliRunner, Result
 
@@ -60,12 +61,29 @@ def test_only_hash_stores_nothing(data_dir: Path, weights: Path) -> None:
     assert not (data_dir / "ipfs").exists()
 
 
+def test_local_commands_load_no_http_client_nor_progress_bar(data_dir: Path, weights: Path) -> None:
+    """`ipfs add` starts fast: httpx (Kubo, gateway) and rich.progress load only when used."""
+    script = (
+        "import sys; from typer.testing import CliRunner; from marketplace.cli.ipfs import app; "
+        "result = CliRunner().invoke(app, ['add', *sys.argv[1:]]); "
+        "print(result.stdout.strip().splitlines()[-1]); "
+        "print(sorted(name for name in ('httpx', 'rich.progress') if name in sys.modules))"
+    )
+    env = {**os.environ, "MARKETPLACE_DATA_DIR": str(data_dir)}
+    for options in (["--only-hash"], []):
+        command = [sys.executable, "-c", script, *options, str(weights)]
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        assert done.stdout.splitlines() == [_cid_of(weights), "[]"], done.stderr
+
+
 def test_progress_never_reaches_stdout(
     data_dir: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ipfs_cli, "PROGRESS_THRESHOLD", 0)
+    monkeypatch.setattr(ipfs_cli, "err", Console(stderr=True, force_terminal=True))
     result = invoke(data_dir, "add", str(weights))
     assert result.stdout.splitlines() == [_cid_of(weights)]
+    assert "importing" in result.stderr  # the bar was drawn, on stderr
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from marketplace.errors import (
 )
 from marketplace.ipfs.artifacts import add_bytes
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs import local
 from marketplace.ipfs.importer import PROFILES, ImportParams
 from marketplace.ipfs.local import LocalStore, default_data_dir
 from marketplace.ipfs.multiformats import b32decode, b32encode
@@ -97,34 +98,49 @@ def test_gc_waits_for_no_writer(local_store: LocalStore) -> None:
     assert local_store.gc().removed_blocks == 0
 
 
-def test_every_block_is_fsynced_before_its_final_name_appears(
+def test_every_block_is_durable_before_its_final_name_appears_and_before_the_pin(
     local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    events: list[tuple[str, str]] = []
-    paths: dict[int, str] = {}
-    real_open, real_fsync, real_replace = os.open, os.fsync, os.replace
+    """Blocks sync in batches (one syncfs each), yet no block is named before a sync that began
+    after it was written, and the pin (what `add` acknowledges) follows a sync of every rename."""
+    events: list[tuple[str, set[str]]] = []
+    real_sync, real_replace = local._sync_filesystem, os.replace
 
-    def spy_open(path: str | os.PathLike[str], flags: int, mode: int = 0o777, **kwargs: object) -> int:
-        fd = real_open(path, flags, mode, **kwargs)  # type: ignore[arg-type]
-        paths[fd] = str(path)
-        return fd
-
-    def spy_fsync(fd: int) -> None:
-        real_fsync(fd)
-        events.append(("fsync", paths.get(fd, "?")))
+    def spy_sync(path: Path) -> None:
+        written = {str(entry) for entry in (local_store.root / "tmp").iterdir()}
+        real_sync(path)
+        events.append(("sync", written))
 
     def spy_replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
         real_replace(source, target)
-        events.append(("replace", str(source)))
+        events.append((Path(target).parent.parent.name, {str(source)}))  # "blocks" or "ipfs" (a pin)
 
-    monkeypatch.setattr(os, "open", spy_open)
-    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(local, "_sync_filesystem", spy_sync)
     monkeypatch.setattr(os, "replace", spy_replace)
-    add_bytes(local_store, os.urandom(70_000), SMALL)
-    renamed = [path for kind, path in events if kind == "replace" and "/tmp/" in path and ".pin" not in path]
-    assert len(renamed) >= 70
-    for path in renamed:
-        assert events.index(("fsync", path)) < events.index(("replace", path))
+    cid = add_bytes(local_store, os.urandom(70_000), SMALL).cid
+    renames = [index for index, (kind, _) in enumerate(events) if kind == "blocks"]
+    syncs = [index for index, (kind, _) in enumerate(events) if kind == "sync"]
+    assert len(renames) >= 70 and len(syncs) < len(renames) / 10  # batched: far fewer syncs than blocks
+    for index in renames:
+        assert any(events[index][1] <= events[sync][1] for sync in syncs if sync < index)
+    pin = next(index for index, (kind, _) in enumerate(events) if kind == "ipfs")
+    assert max(renames) < max(sync for sync in syncs if sync < pin) < pin
+    assert local_store.pins() == [cid]
+
+
+def test_without_syncfs_a_batch_is_made_durable_by_sync(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has no syncfs (not Linux), sync(2) stands in: still once per batch, not per block."""
+    calls: list[None] = []
+    real_sync = os.sync
+    monkeypatch.setattr(local, "_libc_syncfs", lambda: None)
+    monkeypatch.setattr(os, "sync", lambda: calls.append(real_sync()))
+    data = os.urandom(70_000)
+    cid = add_bytes(local_store, data, SMALL).cid
+    assert 1 <= len(calls) < 10 and local_store.pins() == [cid]
+    with DagReader(local_store) as reader:
+        assert b"".join(reader.cat(cid)) == data
 
 
 def test_a_killed_import_leaves_no_torn_block_and_gc_cleans_up(tmp_path: Path) -> None:
@@ -140,14 +156,15 @@ def test_a_killed_import_leaves_no_torn_block_and_gc_cleans_up(tmp_path: Path) -
             sent = 0
             def readable(self): return True
             def readinto(self, buffer):
-                self.sent += 1
-                if self.sent == 200:  # wait until some batches reached their final names
+                if self.sent >= 8 << 20:  # wait until some batches reached their final names
                     while not any(files for _, _, files in os.walk({str(root / "blocks")!r})):
                         time.sleep(0.01)
                     print("ready", flush=True)
                     time.sleep(60)
-                buffer[:len(buffer)] = os.urandom(len(buffer))
-                return len(buffer)
+                count = min(len(buffer), 64 << 10)
+                buffer[:count] = os.urandom(count)
+                self.sent += count
+                return count
 
         store = LocalStore({str(root)!r})
         with store.writer() as writer:
