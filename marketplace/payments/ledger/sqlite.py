@@ -138,6 +138,25 @@ def connect_sqlite(path: Path, busy_timeout: float) -> sqlite3.Connection:
     return db
 
 
+def open_sqlite_store(path: Path, busy_timeout: float, schema: Schema, url: str) -> sqlite3.Connection:
+    """A durable connection to `path` (created with its folder) migrated to `schema`, for a
+    component living beside the ledger; LedgerUnavailable (naming `url`) if it cannot be had."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = connect_sqlite(path, busy_timeout)
+    except (sqlite3.Error, OSError) as error:
+        raise LedgerUnavailable(url, f"{type(error).__name__}: {error}") from None
+    try:
+        migrate(db, schema, url)
+    except sqlite3.Error as error:
+        db.close()
+        raise LedgerUnavailable(url, f"{type(error).__name__}: {error}") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 class SqliteLedger(BatchedLedger):
     """The credit ledger in a SQLite file (created with its parent folder if missing)."""
 
