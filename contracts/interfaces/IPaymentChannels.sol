@@ -130,7 +130,7 @@ interface IPaymentChannels {
     /// @notice Pays the payee `amount - claimed` for a voucher of cumulative `amount`; anyone may submit it.
     /// @param signature By `terms.signer` over the EIP-712 voucher: 65 bytes `r || s || v` (v = 27 or 28), or the
     /// 64-byte ERC-2098 compact form `r || yParityAndS` (about 400 gas cheaper). High-s signatures are refused.
-    function claim(ChannelTerms calldata terms, uint256 amount, bytes calldata signature) external;
+    function claim(ChannelTerms calldata terms, uint96 amount, bytes calldata signature) external;
 
     /// @notice Claims many vouchers of channels paying one `payee`, with one token transfer in total.
     /// @return paid The total transferred to `payee`.
