@@ -13,9 +13,13 @@ import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
  * @title PaymentChannels
  * @notice Escrow of one ERC-20 for pay-per-inference channels settled with cumulative EIP-712 vouchers.
  * @dev See {IPaymentChannels}. Storage is one slot per channel, keyed by the hash of its terms; terms travel in
- * calldata. Every state-changing entry point that moves tokens is `nonReentrant` and updates state and emits its
- * event before the transfer. Fee-on-transfer tokens are refused on deposit; tokens without a return value work
- * through SafeERC20.
+ * calldata. Every entry point that moves tokens updates state and emits its event before its one transfer
+ * (checks-effects-interactions). Deposits (`open`, `openWithPermit`, `topUp`) are also `nonReentrant`, because they
+ * read the escrow's balance after the transfer to refuse fee-on-transfer tokens. Payouts (`claim`, `claimMany`,
+ * `reclaim`) are not: the transfer is their last step and reads nothing back, so a token that calls back in finds
+ * the watermark raised or the channel closed (see docs/contracts.md, "Tokens and re-entry"). Tokens without a
+ * return value work through SafeERC20. Inline assembly only hashes (from calldata, or past the free memory
+ * pointer) and calls the ecrecover precompile; transfers and guards are OpenZeppelin's.
  */
 contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -323,19 +327,16 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         if (s > _HALF_ORDER) return address(0);
         // yParity is the top bit of vs, so v is 27 or 28.
         uint256 v = (uint256(vs) >> 255) + 27;
-        // The ecrecover precompile called in scratch space, restoring the two words it borrows.
+        // The ecrecover precompile, its input past the free memory pointer and its output in scratch space.
         assembly ("memory-safe") {
             let free := mload(0x40)
-            let zeroSlot := mload(0x60)
-            mstore(0x00, digest)
-            mstore(0x20, v)
-            mstore(0x40, r)
-            mstore(0x60, s)
-            // An invalid signature returns no data (0x00 still holds the digest): the signer is then zero.
-            pop(staticcall(gas(), 0x01, 0x00, 0x80, 0x00, 0x20))
+            mstore(free, digest)
+            mstore(add(free, 0x20), v)
+            mstore(add(free, 0x40), r)
+            mstore(add(free, 0x60), s)
+            // An invalid signature returns no data (and leaves 0x00 as it was): the signer is then zero.
+            pop(staticcall(gas(), 0x01, free, 0x80, 0x00, 0x20))
             signer := mul(mload(0x00), eq(returndatasize(), 0x20))
-            mstore(0x40, free)
-            mstore(0x60, zeroSlot)
         }
     }
 }
