@@ -58,6 +58,7 @@ from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
+    SCHEMES,
     PaymentPayload,
     PaymentRequirements,
     parse_payment_required,
@@ -67,7 +68,6 @@ from marketplace.types import ChannelId, LicenseId, TokenAmount
 
 __all__ = ["SCHEMES", "ChannelAuth"]
 
-SCHEMES = ("channel", "exact", "license")
 _MODEL_IN_PATH = re.compile(r"/v1/models/(0x[0-9a-fA-F]{64})(?:/|$)")
 
 

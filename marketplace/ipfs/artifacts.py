@@ -14,9 +14,7 @@ from pathlib import Path
 from marketplace.errors import CarFormatError, ConfigError
 from marketplace.ipfs.car import CarReader, write_car
 from marketplace.ipfs.cid import CID
-from marketplace.ipfs.gateway import DEFAULT_GATEWAY, GatewayStore
 from marketplace.ipfs.importer import Imported, Importer, ImportParams
-from marketplace.ipfs.kubo import DEFAULT_API, KuboStore
 from marketplace.ipfs.local import LocalStore
 from marketplace.ipfs.reader import DagReader
 from marketplace.ipfs.store import BlockStore
@@ -39,8 +37,12 @@ def open_store(
     """The embedded store (in `data_dir`), a Kubo RPC endpoint or a gateway (at `api`)."""
     kind = StoreKind(kind)
     if kind is StoreKind.KUBO:
+        from marketplace.ipfs.kubo import DEFAULT_API, KuboStore  # the HTTP stores bring httpx: imported when used
+
         return KuboStore(api or DEFAULT_API)
     if kind is StoreKind.GATEWAY:
+        from marketplace.ipfs.gateway import DEFAULT_GATEWAY, GatewayStore
+
         return GatewayStore(api or DEFAULT_GATEWAY)
     return LocalStore(data_dir)
 
@@ -77,6 +79,8 @@ def add_bytes(store: BlockStore, data: bytes, params: ImportParams, *, pin: bool
 
 def _readable(store: BlockStore, cid: CID, cache: LocalStore | None) -> BlockStore:
     """A gateway is read through one verified CAR request into the local store; others directly."""
+    from marketplace.ipfs.gateway import GatewayStore
+
     if isinstance(store, GatewayStore):
         local = cache or LocalStore()
         store.fetch_dag(cid, local)
