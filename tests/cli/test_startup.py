@@ -1,0 +1,67 @@
+"""`marketplace --help` and every `<group> [<command>] --help` start without the heavy stacks.
+
+The help of every command is rendered in a fresh interpreter, which then lists the modules it
+imported: none of the chain, HTTP, ONNX, web-server or database stacks may be among them (they
+are imported by the commands that use them, when they run). The time this saves is measured by
+bench/cli.py, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = (
+    "web3", "eth_account", "eth_typing", "eth_utils", "onnxruntime", "numpy", "fastapi", "uvicorn",
+    "sklearn", "psycopg", "aiohttp", "httpx", "requests", "pydantic", "jsonschema",
+)  # fmt: skip
+
+_EVERY_HELP = """
+import json, sys
+import typer
+from typer.testing import CliRunner
+from marketplace.cli.main import app
+
+def paths(command, path, ctx):
+    found = [path]
+    for name in command.list_commands(ctx) if hasattr(command, "list_commands") else []:
+        sub = command.get_command(ctx, name)
+        found += paths(sub, [*path, name], type(ctx)(sub, parent=ctx, info_name=name))
+    return found
+
+root = typer.main.get_command(app)
+shown = {}
+for path in paths(root, [], typer.Context(root, info_name="marketplace")):
+    result = CliRunner().invoke(app, [*path, "--help"])
+    shown[" ".join(path)] = (result.exit_code, "Usage: marketplace" in result.output)
+print(json.dumps({"shown": shown, "modules": sorted(sys.modules)}))
+"""
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, check=True)
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    return sorted({name.split(".")[0] for name in modules} & set(HEAVY))
+
+
+def test_the_help_of_every_command_imports_no_heavy_stack() -> None:
+    report = json.loads(_run("-c", _EVERY_HELP).stdout)
+    shown = report["shown"]
+    assert len(shown) >= 45 and {"", "consumer", "consumer call", "provider list-model", "serve", "up"} <= set(shown)
+    assert {path: ok for path, ok in shown.items() if ok != [0, True]} == {}
+    assert _heavy(report["modules"]) == []
+
+
+def test_marketplace_help_as_a_process_imports_no_heavy_stack() -> None:
+    """The real entry point (`python -m marketplace.cli`), as a user runs it."""
+    shown = _run("-X", "importtime", "-m", "marketplace.cli", "--help")
+    assert "Usage:" in shown.stdout and "consumer" in shown.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in shown.stderr.splitlines() if line.startswith("import time:")]
+    assert "typer" in imported and _heavy(imported) == []
