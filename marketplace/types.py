@@ -10,7 +10,9 @@ if TYPE_CHECKING:
 else:
     Address = str  # eth_typing's ChecksumAddress is a str at run time; importing it costs ~20 ms (importlib.metadata)
 
-__all__ = ["Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
+__all__ = ["SCHEMES", "Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
+
+SCHEMES = ("channel", "exact", "license")  # the x402 payment schemes of the marketplace (docs/payment-protocol.md)
 
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256(abi.encode(owner, salt))
 ChannelId = NewType("ChannelId", int)  # uint256(keccak256(abi.encode(ChannelTerms)))

@@ -34,8 +34,8 @@ from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
-from marketplace.payments.x402 import SCHEMES
 from marketplace.tokens import format_tokens, parse_tokens
+from marketplace.types import SCHEMES
 
 if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that use them
     from marketplace.chain.contracts import ChannelTerms

@@ -9,13 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.artifacts import StoreKind
@@ -135,6 +128,8 @@ def add(
     data_dir: DataDirOption = None,
 ) -> None:
     """Import PATH and print its CID (last line of stdout)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     params = _params(profile, cid_version, raw_leaves, chunk_size, max_links)
     total = scan_size(path, hidden=hidden)
     with Progress(

@@ -58,13 +58,12 @@ from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     PAYMENT_SIGNATURE_HEADER,
-    SCHEMES,
     PaymentPayload,
     PaymentRequirements,
     parse_payment_required,
     parse_payment_response,
 )
-from marketplace.types import ChannelId, LicenseId, TokenAmount
+from marketplace.types import SCHEMES, ChannelId, LicenseId, TokenAmount
 
 __all__ = ["SCHEMES", "ChannelAuth"]
 

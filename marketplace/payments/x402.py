@@ -35,7 +35,6 @@ __all__ = [
     "PAYMENT_SIGNATURE_HEADER",
     "PAYMENT_RESPONSE_HEADER",
     "MAX_HEADER_BYTES",
-    "SCHEMES",
     "ResourceInfo",
     "PaymentRequirements",
     "PaymentRequired",
@@ -55,7 +54,6 @@ PAYMENT_REQUIRED_HEADER = "PAYMENT-REQUIRED"
 PAYMENT_SIGNATURE_HEADER = "PAYMENT-SIGNATURE"
 PAYMENT_RESPONSE_HEADER = "PAYMENT-RESPONSE"
 MAX_HEADER_BYTES = 8 * 1024  # of base64 text; a channel voucher payment is ~1 KiB
-SCHEMES = ("channel", "exact", "license")  # the payment schemes of the marketplace (docs/payment-protocol.md)
 
 _UINT256_MAX = 2**256 - 1
 _DECIMAL = re.compile(r"(?:0|[1-9][0-9]{0,77})")  # a uint256 in decimal has at most 78 digits
