@@ -71,7 +71,7 @@ def up(
     ] = False,
 ) -> None:
     """Start a chain, deploy, list a demo model and serve it with the paid daemon; run until Ctrl-C."""
-    import uvicorn  # the daemon's and the chain's stacks are imported only by the commands that run them
+    import uvicorn  # the daemon's stack is imported only by the commands that run it
 
     from marketplace.chain.anvil import Anvil
     from marketplace.chain.connection import connect
