@@ -14,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = (
     "web3", "eth_account", "eth_typing", "eth_utils", "onnxruntime", "numpy", "fastapi", "uvicorn",
     "sklearn", "psycopg", "aiohttp", "httpx", "requests", "pydantic", "jsonschema",
 )  # fmt: skip
+AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license")  # marketplace.cli.*
 
 _EVERY_HELP = """
 import json, sys
@@ -59,9 +62,27 @@ def test_the_help_of_every_command_imports_no_heavy_stack() -> None:
     assert _heavy(report["modules"]) == []
 
 
-def test_marketplace_help_as_a_process_imports_no_heavy_stack() -> None:
-    """The real entry point (`python -m marketplace.cli`), as a user runs it."""
-    shown = _run("-X", "importtime", "-m", "marketplace.cli", "--help")
-    assert "Usage:" in shown.stdout and "consumer" in shown.stdout
-    imported = [line.rsplit("|", 1)[-1].strip() for line in shown.stderr.splitlines() if line.startswith("import time:")]
-    assert "typer" in imported and _heavy(imported) == []
+_MAIN = """
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv = ["marketplace", *sys.argv[1:]]
+from marketplace.cli.main import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "areas"),
+    [
+        (["--help"], set(AREAS)),  # the list of areas shows each area's help
+        (["consumer", "call", "--help"], {"consumer", "account", "ipfs"}),  # consumer uses the other two
+        (["license", "--help"], {"license", "account"}),
+    ],
+)
+def test_a_help_process_imports_no_heavy_stack_and_only_the_areas_it_shows(args: list[str], areas: set[str]) -> None:
+    """The real entry point, `main()`, in its own process; it lists its modules as it exits."""
+    shown = _run("-c", _MAIN, *args)
+    assert "Usage: marketplace" in shown.stdout
+    modules = json.loads(shown.stderr.splitlines()[-1])
+    assert "typer" in modules and _heavy(modules) == []
+    assert {name.removeprefix("marketplace.cli.") for name in modules} & set(AREAS) == areas
