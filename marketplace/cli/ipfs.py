@@ -145,8 +145,6 @@ def add(
     data_dir: DataDirOption = None,
 ) -> None:
     """Import PATH and print its CID (last line of stdout)."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
     params = _params(profile, cid_version, raw_leaves, chunk_size, max_links)
     with _progress_bar(scan_size(path, hidden=hidden), "hashing" if only_hash else "importing") as advance:
         if only_hash:
