@@ -81,6 +81,7 @@ async def show_channel(channel_id: str, request: Request) -> ChannelView:
     number = parse_uint256_text(channel_id)
     if number is None:
         raise ApiError(404, "unknown_channel", f"{channel_id[:80]!r} is not a channel id (a uint256, hex or decimal)")
+    try:
         channel = await services.channel.find(number, peer_address(request))
     except PaymentRejected as refusal:  # too_many_lookups (429) or chain_unavailable (503)
         services.metrics.rejections.labels(refusal.code).inc()
