@@ -61,10 +61,13 @@ _COLUMNS = "authorized, consumed, claimed, signature, earned, earned_signature"
 _NO_MINIMUM = TokenAmount(0)
 
 # What a call's admission earns (see CreditLedger.admit): every expression reads the row as it was.
+# `:amount_less_price` (max(A - P, 0), from Python) keeps the test of the new voucher native, and
+# AND/OR stop early, so a pay-as-you-go call (A = consumed + P) calls no arithmetic function more.
 _NEW_CONSUMED = "u256_add(consumed, :price)"
-_NEW_EARNS = f":amount > earned AND :amount <= {_NEW_CONSUMED}"
-_STORED_EARNS = f"authorized > earned AND authorized <= {_NEW_CONSUMED}"
-_NEW_IS_BEST = f"{_NEW_EARNS} AND (:amount >= authorized OR authorized > {_NEW_CONSUMED})"
+_STORED_COVERED = f"authorized <= {_NEW_CONSUMED}"
+_NEW_EARNS = ":amount > earned AND :amount_less_price <= consumed"
+_STORED_EARNS = f"authorized > earned AND {_STORED_COVERED}"
+_NEW_IS_BEST = f"{_NEW_EARNS} AND (:amount >= authorized OR NOT ({_STORED_COVERED}))"
 _ADMIT = f"""
 UPDATE channel_credit SET
     signature = CASE WHEN :amount > authorized THEN :signature ELSE signature END,
@@ -249,6 +252,7 @@ class SqliteLedger(BatchedLedger):
             "signature": change.signature,
             "price": _encode(change.price),
             "deposit": _encode(change.deposit),
+            "amount_less_price": _encode(max(change.amount - change.price, 0)),
         }
         row = db.execute(_ADMIT, params).fetchone()
         if row is None:
