@@ -243,7 +243,8 @@ class Claimer:
         best = await self.ledger.best_voucher(credit.channel_id, TokenAmount(min(credit.consumed, info.deposit)))
         if best is None or best[0] <= info.claimed:
             report.deferred[info.channel_id] = (
-                f"the best voucher served ({credit.earned}) exceeds the deposit {info.deposit}; none within it pays more"
+                f"the best voucher served ({credit.earned}) exceeds the deposit {info.deposit}; "
+                "none within it pays more"
             )
             return None
         return int(best[0]), best[1]

@@ -11,8 +11,9 @@ replicas admitting on the same channel serialize on the row and none can overspe
     UPDATE channel_credit SET authorized = greatest(authorized, $A), consumed = consumed + $P, ...
      WHERE channel_id = $C AND least(greatest(authorized, $A), $D) - consumed >= $P RETURNING ...
 
-with ``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use, and one
-INSERT of the voucher when it raised `authorized`.
+(which also raises `earned`, the best voucher the calls served cover: docs/ledger.md) with
+``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use, and one INSERT
+of the voucher when it raised `authorized`.
 
 Group commit: the shared GroupCommitter hands over every pending change, and they travel as
 arrays to `credit_ledger_apply()` (a PL/pgSQL function created by the schema migration) which

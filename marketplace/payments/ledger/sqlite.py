@@ -16,8 +16,9 @@ conditional UPDATE that SQLite evaluates atomically:
      WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 
 (``min(max(authorized, A), D) - consumed >= P`` rewritten without a subtraction that could go
-negative), followed, when it raised `authorized` to A, by one upsert of the voucher as the best
-under the deposit D (`channel_voucher`, one row per channel and deposit seen).
+negative; the same UPDATE also raises `earned`, see `_ADMIT`), followed, when it raised
+`authorized` to A, by one upsert of the voucher as the best under the deposit D
+(`channel_voucher`, one row per channel and deposit seen).
 Other readers (the sqlite3 shell, a backup script) see the numbers as plain decimal text.
 
 Concurrency and durability. One writer thread owns the write connection; the GroupCommitter

@@ -8,7 +8,8 @@ the channel is known ("unknown_channel"; an unknown id costs at most one `refres
 client's look-up budget: "too_many_lookups" when spent), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
 is not reclaimed ("channel_reclaimed") and has at least `min_remaining_seconds` left
 ("channel_expiring"), the amount is above the channel's on-chain `claimed` ("voucher_claimed": a
-claimed voucher is in public calldata, so anyone could replay it), the amount is within the deposit ("amount_exceeds_deposit", after ONE
+claimed voucher is in public calldata, so anyone could replay it), the amount is within the
+deposit ("amount_exceeds_deposit", after ONE
 refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
 channel's signer can make the daemon ask the chain), and the signature recovers to the channel's
 signer ("bad_signature"; the domain binds the chain id and the escrow, so a voucher for another
