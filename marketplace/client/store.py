@@ -2,9 +2,9 @@
 
 Per channel it keeps the fixed terms (chain, escrow, payer, signer, payee, model, salt), what the
 chain said (deposit, expiry), the daemon's view of the channel's credit, `authorized` (the
-highest voucher the daemon holds) and `consumed` (what its calls used, and never below the
-chain's `claimed`: a claimed voucher is public, so the daemon refuses any voucher not above it), and the client's own
-record, `signed`: the highest cumulative amount it ever signed on the channel.
+highest voucher the daemon holds) and `consumed` (what its calls used; never below the chain's
+`claimed`: a claimed voucher is public, so the daemon refuses any voucher not above it), and the
+client's own record, `signed`: the highest cumulative amount it ever signed on the channel.
 
 `signed` is what the client trusts. `reserve` picks the amount of the next voucher and raises
 `signed` to it in the same transaction, so the record is on disk before the voucher leaves the
