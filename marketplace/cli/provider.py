@@ -334,7 +334,7 @@ def earnings(
 
 
 def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, int]] | None:
-    """{channel: (consumed, authorized)} from the daemon's ledger; None if there is no ledger there."""
+    """{channel: (consumed, earned)} from the daemon's ledger; None if there is no ledger there."""
     import asyncio  # asyncio and the ledger are imported by the commands that read the ledger
 
     from marketplace.payments.ledger import open_ledger
@@ -350,7 +350,7 @@ def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, in
             for channel_id in channel_ids:
                 credit = await ledger.credit(ChannelId(channel_id))
                 if credit is not None:
-                    found[channel_id] = (int(credit.consumed), int(credit.authorized))
+                    found[channel_id] = (int(credit.consumed), int(credit.earned))
             return found
         finally:
             await ledger.close()
