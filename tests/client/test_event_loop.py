@@ -1,8 +1,11 @@
-"""The async client never blocks its event loop on the channel store: every commit (a durable
-SQLite write, `synchronous=FULL`) runs on a worker thread while the loop keeps serving other tasks."""
+"""The async client and its event loop: it never blocks the loop on the channel store (every commit,
+a durable SQLite write with `synchronous=FULL`, runs on a worker thread while the loop keeps serving
+other tasks), and a call cancelled by its caller gives its voucher back."""
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,3 +71,40 @@ async def test_the_async_client_keeps_the_event_loop_ticking_while_the_store_com
     local = store.get(channel.channel_id)
     assert local is not None and (local.signed, local.consumed) == (3 * PRICE, 3 * PRICE)
     store.close()
+
+
+class Stalling(httpx.AsyncBaseTransport):
+    """Passes requests to the daemon app and records each voucher sent; while `stall` is set, a request
+    is never answered (and never reaches the daemon)."""
+
+    def __init__(self, daemon: httpx.AsyncClient) -> None:
+        self.inner = httpx.ASGITransport(app=daemon.app)  # type: ignore[attr-defined]
+        self.stall = False
+        self.amounts: list[int] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.stall:
+            await anyio.sleep_forever()
+        if (header := request.headers.get("PAYMENT-SIGNATURE")) is not None:
+            self.amounts.append(int(json.loads(base64.b64decode(header))["payload"]["amount"]))
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_call_cancelled_by_its_caller_gives_its_voucher_back_and_the_next_call_reuses_the_credit(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore,
+    open_paid_channel: Callable[..., ChannelRecord],
+) -> None:
+    channel = open_paid_channel(store, 10 * PRICE)
+    transport = Stalling(daemon)
+    async with AsyncMarketplaceClient("http://daemon.test", consumer, store=store, transport=transport) as sdk:
+        await sdk.infer(listing.model_id, INPUT)
+        transport.stall = True
+        with anyio.move_on_after(0.5) as waited:
+            await sdk.infer(listing.model_id, INPUT)  # signed upfront (2 prices, on disk), never answered
+        assert waited.cancelled_caught
+        transport.stall = False
+        _, receipt = await sdk.infer(listing.model_id, INPUT)
+    assert transport.amounts == [PRICE, 2 * PRICE]  # not 3: the cancelled call is no longer in flight
+    assert receipt["message"]["cumulative"] == str(2 * PRICE)
+    local = store.get(channel.channel_id)
+    assert local is not None and (local.signed, local.consumed) == (2 * PRICE, 2 * PRICE)
