@@ -1,6 +1,7 @@
 """The async client and its event loop: it never blocks the loop on the channel store (every commit,
 a durable SQLite write with `synchronous=FULL`, runs on a worker thread while the loop keeps serving
-other tasks), and a call cancelled by its caller gives its voucher back."""
+other tasks); calls signing at once on those threads together stay within the budget; and a call
+cancelled by its caller gives its voucher back."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.client import AsyncMarketplaceClient, ChannelRecord, ChannelStore
 from marketplace.client.store import Reservation
+from marketplace.errors import BudgetExceeded
 
 pytestmark = pytest.mark.anyio
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -68,6 +70,31 @@ async def test_the_async_client_keeps_the_event_loop_ticking_while_the_store_com
     assert [receipt["message"]["cumulative"] for receipt in receipts] == [str(k * PRICE) for k in (1, 2, 3)]
     assert store.writes >= 6  # the 402's view, then a reservation and a paid answer per call: >= 1.2 s of commits
     assert max(gaps) < COMMIT / 2, f"the event loop stood still for {max(gaps):.3f} s"
+    local = store.get(channel.channel_id)
+    assert local is not None and (local.signed, local.consumed) == (3 * PRICE, 3 * PRICE)
+    store.close()
+
+
+async def test_calls_signing_at_once_on_worker_threads_together_never_pass_the_budget(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, tmp_path: Path,
+    open_paid_channel: Callable[..., ChannelRecord],
+) -> None:
+    store = SlowDisk(tmp_path / "channels.db")  # slow commits: every call checks the budget while others sign
+    channel = open_paid_channel(store, 20 * PRICE)
+    transport = httpx.ASGITransport(app=daemon.app)  # type: ignore[attr-defined]
+    refused: list[BudgetExceeded] = []
+
+    async def one(sdk: AsyncMarketplaceClient) -> None:
+        try:
+            await sdk.infer(listing.model_id, INPUT)
+        except BudgetExceeded as error:
+            refused.append(error)
+
+    async with AsyncMarketplaceClient("http://daemon.test", consumer, store=store, transport=transport,
+                                      budget=3 * PRICE) as sdk, anyio.create_task_group() as group:
+        for _ in range(8):
+            group.start_soon(one, sdk)
+    assert len(refused) == 5 and sdk.auth.committed == 3 * PRICE
     local = store.get(channel.channel_id)
     assert local is not None and (local.signed, local.consumed) == (3 * PRICE, 3 * PRICE)
     store.close()
