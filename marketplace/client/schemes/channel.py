@@ -71,7 +71,7 @@ def _hex_id(value: object) -> int | None:
     return None
 
 
-def _offer(requirements: PaymentRequirements) -> tuple[object, str, str]:
+def _offer(requirements: PaymentRequirements) -> tuple[bytes | None, str, str]:
     """What makes two offers payable from the same channel: the model, the network, the escrow."""
     return model_of(requirements), requirements.network, str(requirements.extra.get("escrow", "")).lower()
 
@@ -91,7 +91,7 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
         self._reserving = threading.Lock()  # held across the store's commit: only where blocking is allowed
         self._lock = threading.Lock()  # the books' counters only: never held across I/O
         self._books: dict[int, _Book] = {}
-        self._chosen: dict[tuple[object, str, str], ChannelId] = {}  # offer -> the channel that pays it
+        self._chosen: dict[tuple[bytes | None, str, str], ChannelId] = {}  # offer -> the channel that pays it
 
     def announce(self, request: httpx.Request, url: str) -> None:
         """Name our channel in PAYMENT-CHANNEL, so that the 402 carries the daemon's view of it."""
