@@ -1,12 +1,15 @@
 """The consumer SDK: pay for model calls over HTTP (x402 v2) from a payment channel, a license or
 an EIP-3009 transfer, keeping the channel's state durably.
 
-    ChannelAuth              httpx.Auth: answers 402s, signs, retries once (sync and async httpx)
-    ChannelStore             the consumer's channels and their credit, in SQLite (crash-safe)
+    PaymentAuth              httpx.Auth: answers 402s, signs, retries once (sync and async httpx);
+                             `ChannelAuth` is its earlier name
+    schemes                  the client side of each scheme (channel, exact, license), driven by PaymentAuth
+    ChannelStore             the consumer's channels and their credit, in SQLite (crash-safe): the only
+                             module that touches the disk
     MarketplaceClient        .infer(model_id, input) -> (output, receipt); AsyncMarketplaceClient
 """
 
-from marketplace.client.auth import SCHEMES, ChannelAuth
+from marketplace.client.auth import SCHEMES, ChannelAuth, PaymentAuth
 from marketplace.client.client import (
     AsyncMarketplaceClient,
     CallResult,
@@ -22,5 +25,6 @@ __all__ = [
     "ChannelRecord",
     "ChannelStore",
     "MarketplaceClient",
+    "PaymentAuth",
     "default_store_path",
 ]

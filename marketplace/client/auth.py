@@ -1,59 +1,42 @@
-"""`ChannelAuth`: an `httpx.Auth` that pays a marketplace daemon for each call (x402 v2).
+"""`PaymentAuth`: an `httpx.Auth` that pays a marketplace daemon for each call (x402 v2).
 
-    auth = ChannelAuth(account, store=ChannelStore(), max_price=parse_tokens("0.01"), budget=parse_tokens("1"))
+    auth = PaymentAuth(account, store=ChannelStore(), max_price=parse_tokens("0.01"), budget=parse_tokens("1"))
     httpx.Client(auth=auth).post(f"{daemon}/v1/models/{model}/infer", json=...)       # or httpx.AsyncClient
 
-One generator (`auth_flow`) serves both the sync and the async httpx clients:
-
-1. A URL paid before is paid upfront with the same offer; otherwise the request goes out unpaid,
-   naming our channel in `PAYMENT-CHANNEL` so that the daemon's 402 carries its view of it.
-2. On a 402 (the upfront offer is forgotten: its price may have changed), the daemon's view of the
-   channel (`extra.channel`) is checked against our own record; then the first scheme the caller
-   allows that is offered and usable is paid, and the request is sent again, once. A price above
-   `max_price`, or one that would take the client past its `budget`, aborts before anything is signed.
-3. A 2xx with PAYMENT-RESPONSE moves the channel's state forward (`ChannelStore.observe`,
+1. A URL paid before is paid upfront with the same offer; otherwise the request goes out unpaid
+   (`announce`: the channel payer names our channel in `PAYMENT-CHANNEL`, so that the daemon's 402
+   carries its view of it).
+2. On a 402 (the upfront offer is forgotten: its price may have changed) each payer learns from the
+   offers of its scheme (the channel payer checks the daemon's view against our own record); then
+   the first scheme the caller allows that is offered and that its payer `pays` is signed, and the
+   request is sent again, once. A price above `max_price`, or one that would take the client past
+   its `budget`, aborts before anything is signed.
+3. A 2xx with PAYMENT-RESPONSE is `complete`d by the payer (the channel's state moves forward,
    committed to disk before the caller sees the answer).
 
-The daemon's numbers are never trusted. The store keeps our own record of the highest cumulative
-amount ever signed on each channel (`signed`), raised on disk before a voucher leaves the process,
-and no voucher is above `signed + price`. A view whose `authorized` or `consumed` is above
-`signed` is a dispute (`ChannelDispute`): nothing is signed on that channel until the user
-resolves it (`ChannelStore.accept_view` / `keep_own_view`, `marketplace consumer resolve`).
-
-Concurrent calls on one channel each reserve a distinct cumulative amount under a lock: while
-calls are in flight each new voucher is the highest reserved so far plus the price; when none is,
-the next starts from what the daemon says was consumed (so credit given back for a failed call is
-used again, below our record). Every voucher of a run of overlapping calls is at least `price` above
-the previous one, so the daemon's rule `max(authorized, voucher) - consumed >= price` admits them in
-any order. Processes sharing the store see each other's `signed`; two of them starting from the same
-`consumed` may sign the same amount, and the one refused pays again one price higher after the 402.
+Signing is each scheme's business (`marketplace.client.schemes`); this class chooses the scheme and
+enforces `max_price` and the budget. Its flow does no I/O itself: it yields either a request to
+send or a `_Blocking` step (a payer's store read or commit); `sync_auth_flow` runs the steps in
+place, `async_auth_flow` on a worker thread, so an AsyncClient's event loop never waits on the
+disk. Only `release` (memory only) runs on the loop, also when a call is cancelled.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+import anyio.to_thread
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.signing import (
-    chain_id_of,
-    channel_payload,
-    exact_payload,
-    license_payload,
-)
+from marketplace.client.schemes import Attempt, ChannelPayer, ExactPayer, LicensePayer, SchemePayer
 from marketplace.client.store import ChannelRecord, ChannelStore
-from marketplace.errors import (
-    BudgetExceeded,
-    ChannelExhausted,
-    NoPaymentOption,
-    PriceAboveMax,
-)
-from marketplace.payments.schemes.channel import CHANNEL_HEADER
+from marketplace.errors import BudgetExceeded, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -61,47 +44,43 @@ from marketplace.payments.x402 import (
     PaymentPayload,
     PaymentRequirements,
     parse_payment_required,
-    parse_payment_response,
 )
-from marketplace.types import SCHEMES, ChannelId, LicenseId, TokenAmount
+from marketplace.types import SCHEMES
 
-__all__ = ["SCHEMES", "ChannelAuth"]
-
-_MODEL_IN_PATH = re.compile(r"/v1/models/(0x[0-9a-fA-F]{64})(?:/|$)")
+__all__ = ["SCHEMES", "ChannelAuth", "PaymentAuth"]
 
 
-@dataclass
-class _Book:
-    """One channel in memory: its record (for its fixed terms) and the calls in flight on it."""
+@dataclass(frozen=True)
+class _Blocking:
+    """A step of the flow that may block (the channel store's reads and commits): the driver runs it."""
 
-    record: ChannelRecord
-    high: int = 0  # the highest cumulative amount reserved by the current run of overlapping calls
-    in_flight: int = 0
+    run: Callable[[], Any]
 
 
 @dataclass
-class _Attempt:
-    """One payment sent with a request, until its answer is in."""
+class _Call:
+    """One request through the flow, and the payment it carries until its answer is in."""
 
-    requirements: PaymentRequirements
-    channel_id: int | None = None
-    amount: int = 0
+    request: httpx.Request
+    url: str
+    attempt: Attempt | None = None
+
+
+_Flow = Generator[httpx.Request | _Blocking, Any, None]
 
 
 def _resource(request: httpx.Request) -> str:
     return str(request.url.copy_with(query=None, fragment=None))
 
 
-def _hex_id(value: object) -> int | None:
-    if isinstance(value, str) and value[:2] in ("0x", "0X") and 2 < len(value) <= 66:
-        try:
-            return int(value, 16)
-        except ValueError:
-            return None
-    return None
+def _offers(response: httpx.Response) -> tuple[PaymentRequirements, ...] | None:
+    """The offers of a 402 that asks to be paid (PAYMENT-REQUIRED), else None."""
+    if response.status_code != 402 or PAYMENT_REQUIRED_HEADER not in response.headers:
+        return None
+    return parse_payment_required(response.headers[PAYMENT_REQUIRED_HEADER]).accepts
 
 
-class ChannelAuth(httpx.Auth):
+class PaymentAuth(httpx.Auth):
     """Pays x402 402s from a payment channel (default), a license, or an EIP-3009 transfer.
 
     `schemes` is the caller's order of preference among "channel", "exact" and "license".
@@ -110,9 +89,6 @@ class ChannelAuth(httpx.Auth):
     `budget` (in total: what this client's signatures can cost, see `committed`) are in token units.
     `store` keeps channel state on disk (default `<data dir>/client/channels.db`).
     """
-
-    requires_request_body = True
-    requires_response_body = True
 
     def __init__(
         self,
@@ -132,47 +108,19 @@ class ChannelAuth(httpx.Auth):
             raise ValueError(f"schemes must be among {SCHEMES}, got {list(schemes)}")
         self.account = account
         self.store = store if store is not None else ChannelStore()
-        self.channel_id = ChannelId(channel_id) if channel_id is not None else None
         self.schemes = tuple(schemes)
-        self.license_id = LicenseId(license_id) if license_id is not None else None
-        self.licenses = {bytes(model): LicenseId(lic) for model, lic in (licenses or {}).items()}
-        self.max_price = TokenAmount(max_price) if max_price is not None else None
-        self.budget = TokenAmount(budget) if budget is not None else None
+        self.max_price = max_price
+        self.budget = budget
+        payers: dict[str, Callable[[], SchemePayer[Any]]] = {
+            "channel": lambda: ChannelPayer(account, self.store, channel_id=channel_id, clock=clock),
+            "exact": lambda: ExactPayer(account, clock),
+            "license": lambda: LicensePayer(account, license_id=license_id, licenses=licenses, clock=clock),
+        }
+        self._payers = {scheme: payers[scheme]() for scheme in self.schemes}  # in the caller's order
+        self._lock = threading.Lock()  # the budget's counters only: never held across I/O
         self._committed = 0
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._books: dict[int, _Book] = {}
-        self._paid: dict[str, tuple[PaymentRequirements, int | None]] = {}  # URL -> the offer that paid it
-
-    # --- the flow (shared by httpx.Client and httpx.AsyncClient) ------------------------------
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        url = _resource(request)
-        attempt = self._pay_upfront(request, url)
-        try:
-            response = yield request
-            if response.status_code == 402 and PAYMENT_REQUIRED_HEADER in response.headers:
-                self._release(attempt)
-                attempt = None
-                self._paid.pop(url, None)  # the offer paid upfront may be outdated (a new price)
-                accepts = self._resync(response)
-                attempt = self._pay(request, url, accepts)
-                response = yield request
-                if response.status_code == 402 and PAYMENT_REQUIRED_HEADER in response.headers:
-                    self._release(attempt)
-                    attempt = None
-                    self._resync(response)  # so that the next call starts from the daemon's view
-                    return
-            self._complete(attempt, url, response)
-            attempt = None
-        finally:
-            self._release(attempt)  # the request failed in transit, or the caller stopped
-
-    # --- state --------------------------------------------------------------------------------
-
-    def channel_state(self, channel_id: int) -> ChannelRecord | None:
-        """The stored state of a channel (our own record and the daemon's view as last heard)."""
-        return self.store.get(channel_id)
+        self._held = 0  # prices of signatures being made, until their cost is known
+        self._paid: dict[str, PaymentRequirements] = {}  # URL -> the offer that paid it
 
     @property
     def committed(self) -> int:
@@ -180,160 +128,151 @@ class ChannelAuth(httpx.Auth):
         how far its vouchers raised each channel's record of what was signed (credit reused costs 0)."""
         return self._committed
 
-    def _book(self, channel_id: int, requirements: PaymentRequirements, url: str) -> _Book:
-        """The channel's book (lock held); its record is created from the offer when unknown."""
-        book = self._books.get(channel_id)
-        if book is None:
-            chain_id, escrow = chain_id_of(requirements, url), str(requirements.extra.get("escrow", "")).lower()
-            record = self.store.get(channel_id) or self.store.remember(ChannelRecord(
-                channel_id=ChannelId(channel_id), chain_id=chain_id, escrow=escrow, payer=self.account.address,
-                signer=self.account.address, payee=requirements.pay_to,
-                model_id=bytes.fromhex(str(requirements.extra.get("modelId", "0x" + "00" * 32))[2:])))
-            view = requirements.extra.get("channel")
-            if isinstance(view, dict) and _hex_id(view.get("channelId")) == channel_id:
-                self.store.observe(channel_id, view)  # the daemon's view came with the offer
-            book = self._books[channel_id] = _Book(record)
-        record = book.record
-        if (record.chain_id, record.escrow) != (chain_id_of(requirements, url),
-                                                str(requirements.extra.get("escrow", "")).lower()):
-            raise NoPaymentOption(url, "channel", f"escrow {requirements.extra.get('escrow')} on {requirements.network}",
-                                  f"channel {channel_id:#x} is in escrow {record.escrow} on chain {record.chain_id}")
-        return book
+    def channel_state(self, channel_id: int) -> ChannelRecord | None:
+        """The stored state of a channel (our own record and the daemon's view as last heard)."""
+        return self.store.get(channel_id)
 
-    def _reserve(self, channel_id: int, requirements: PaymentRequirements, url: str) -> int:
-        """A cumulative amount for one more call, distinct from every other call in flight, on disk as signed."""
-        with self._lock:
-            book = self._book(channel_id, requirements, url)
-            self._check_budget(url, requirements)
-            reservation = self.store.reserve(channel_id, requirements.amount, book.high if book.in_flight else 0)
-            self._committed += reservation.added
-            book.high = reservation.amount
-            book.in_flight += 1
-            return reservation.amount
+    # --- the drivers: httpx's hooks for flows that do I/O ---------------------------------------
 
-    def _check_budget(self, url: str, requirements: PaymentRequirements) -> None:
-        """Refuse a price that would take `committed` past the budget (lock held)."""
-        if self.budget is not None and self._committed + requirements.amount > self.budget:
-            raise BudgetExceeded(url, requirements.amount, self._committed, self.budget)
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise NotImplementedError("PaymentAuth reads and commits its channel store: httpx.Client and "
+                                  "httpx.AsyncClient drive it through sync_auth_flow and async_auth_flow")
 
-    def _release(self, attempt: _Attempt | None) -> None:
-        if attempt is None or attempt.channel_id is None:
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.read()  # a license signs the body
+        flow = self._flow(request)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, httpx.Request):
+                    response = yield step
+                    response.read()
+                    step = flow.send(response)
+                    continue
+                try:
+                    result = step.run()
+                except Exception as error:
+                    step = flow.throw(error)
+                else:
+                    step = flow.send(result)
+        except StopIteration:
             return
-        with self._lock:
-            book = self._books.get(attempt.channel_id)
-            if book is not None and book.in_flight > 0:
-                book.in_flight -= 1
-        attempt.channel_id = None  # released once
+        finally:
+            flow.close()
 
-    def _resync(self, response: httpx.Response) -> tuple[PaymentRequirements, ...]:
-        """The offers of a 402; the daemon's view of our channel moves ours forward (`ChannelStore.observe`).
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await request.aread()
+        flow = self._flow(request)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, httpx.Request):
+                    response = yield step
+                    await response.aread()
+                    step = flow.send(response)
+                    continue
+                try:  # on a worker thread; a cancelled caller waits for it, so no reservation is lost
+                    result = await anyio.to_thread.run_sync(step.run)
+                except Exception as error:
+                    step = flow.throw(error)
+                else:
+                    step = flow.send(result)
+        except StopIteration:
+            return
+        finally:
+            flow.close()
 
-        A view above our own record raises `ChannelDispute`. A view behind ours never moves it back:
-        it predates answers we already have, or the daemon forgot vouchers it was paid with;
-        cumulative vouchers make the higher amount right either way (a voucher pays only what is
-        above the chain's `claimed`)."""
-        required = parse_payment_required(response.headers[PAYMENT_REQUIRED_HEADER])
-        for requirements in required.accepts:
-            view = requirements.extra.get("channel") if requirements.scheme == "channel" else None
-            channel_id = _hex_id(view.get("channelId")) if isinstance(view, dict) else None
-            if channel_id is not None and isinstance(view, dict):
-                self.store.observe(channel_id, view)
-        return required.accepts
+    # --- the flow (no I/O: it yields what blocks) -------------------------------------------------
 
-    # --- paying -------------------------------------------------------------------------------
+    def _flow(self, request: httpx.Request) -> _Flow:
+        call = _Call(request, _resource(request))
+        try:
+            yield _Blocking(partial(self._upfront, call))
+            response = yield request
+            if (offers := _offers(response)) is not None:
+                self._release(call)
+                self._paid.pop(call.url, None)  # the offer paid upfront may be outdated (a new price)
+                yield _Blocking(partial(self._pay, call, offers))
+                response = yield request
+                if (offers := _offers(response)) is not None:
+                    self._release(call)
+                    yield _Blocking(partial(self._learn, offers))  # so that the next call starts from the daemon's view
+                    return
+            if call.attempt is not None:
+                yield _Blocking(partial(self._complete, call, response))
+        finally:
+            self._release(call)  # the request failed in transit, or the caller stopped
 
-    def _pay_upfront(self, request: httpx.Request, url: str) -> _Attempt | None:
-        known = self._paid.get(url)
+    # --- the steps (they may block) ---------------------------------------------------------------
+
+    def _upfront(self, call: _Call) -> None:
+        """Pay a URL paid before with the same offer; otherwise let the payers announce the unpaid request."""
+        known = self._paid.get(call.url)
         if known is not None:
             try:
-                return self._sign(request, url, *known)
+                self._sign(call, self._payers[known.scheme], known)
+                return
             except ChannelExhausted:  # the deposit looks spent: ask the daemon first (a top-up?)
                 pass
-        channel_id = self._channel_for(url, None)
-        if "channel" in self.schemes and channel_id is not None:
-            request.headers[CHANNEL_HEADER] = f"0x{channel_id:064x}"
-        return None
+        for payer in self._payers.values():
+            payer.announce(call.request, call.url)
 
-    def _pay(self, request: httpx.Request, url: str, accepts: Sequence[PaymentRequirements]) -> _Attempt:
-        offered = {requirements.scheme: requirements for requirements in accepts}
+    def _pay(self, call: _Call, offers: Sequence[PaymentRequirements]) -> None:
+        """Pay the first offer of the caller's schemes that its payer can pay."""
+        self._learn(offers)
+        offered = {requirements.scheme: requirements for requirements in offers}
         reasons = []
-        for scheme in self.schemes:
+        for scheme, payer in self._payers.items():
             requirements = offered.get(scheme)
             if requirements is None:
                 reasons.append(f"{scheme} is not offered")
-                continue
-            channel_id = self._channel_for(url, requirements) if scheme == "channel" else None
-            if scheme == "channel" and channel_id is None:
-                reasons.append(f"no open channel for this model in {self.store.path}")
-                continue
-            if scheme == "license" and self._license_for(requirements) is None:
-                reasons.append("no license given")
-                continue
-            return self._sign(request, url, requirements, channel_id)
-        raise NoPaymentOption(url, list(self.schemes), sorted(offered), "; ".join(reasons))
+            elif not payer.pays(requirements, call.url):
+                reasons.append(payer.missing)
+            else:
+                self._sign(call, payer, requirements)
+                return
+        raise NoPaymentOption(call.url, list(self.schemes), sorted(offered), "; ".join(reasons))
 
-    def _sign(self, request: httpx.Request, url: str, requirements: PaymentRequirements,
-              channel_id: int | None) -> _Attempt:
-        """Sign `requirements` for this request (every payment goes through here: `max_price` and the budget)."""
-        if self.max_price is not None and requirements.amount > self.max_price:
-            raise PriceAboveMax(url, requirements.scheme, requirements.amount, self.max_price)
-        now = int(self._clock())
-        attempt = _Attempt(requirements)
-        if requirements.scheme == "channel":
-            assert channel_id is not None
-            attempt.amount = self._reserve(channel_id, requirements, url)
-            attempt.channel_id = channel_id
-            try:
-                payload = channel_payload(self.account, requirements, url, channel_id, attempt.amount)
-            except BaseException:
-                self._release(attempt)
-                raise
-            request.headers[CHANNEL_HEADER] = f"0x{channel_id:064x}"
-        elif requirements.scheme == "exact":
-            with self._lock:  # a signed transfer may be settled even if refused: it counts at once
-                self._check_budget(url, requirements)
-                payload = exact_payload(self.account, requirements, url, now)
-                self._committed += requirements.amount
-        else:
-            license_id = self._license_for(requirements)
-            assert license_id is not None
-            payload = license_payload(self.account, requirements, url, license_id, request, now)
-        request.headers[PAYMENT_SIGNATURE_HEADER] = PaymentPayload(accepted=requirements, payload=payload).header()
-        return attempt
+    def _learn(self, offers: Sequence[PaymentRequirements]) -> None:
+        """Each payer learns from the offers of its scheme (the channel's view: a dispute raises here)."""
+        for requirements in offers:
+            payer = self._payers.get(requirements.scheme)
+            if payer is not None:
+                payer.offered(requirements)
 
-    def _complete(self, attempt: _Attempt | None, url: str, response: httpx.Response) -> None:
-        """A paid answer: record the daemon's view of the channel, then let the next call go."""
-        if attempt is None:
-            return
-        header = response.headers.get(PAYMENT_RESPONSE_HEADER)
-        if response.is_success and header is not None:
-            settlement = parse_payment_response(header)
-            view = (settlement.extra or {}).get("channel")
-            if attempt.channel_id is not None and isinstance(view, dict):
-                self.store.observe(attempt.channel_id, view)  # on disk before the caller sees the answer
-            self._paid[url] = (attempt.requirements, attempt.channel_id)
-        self._release(attempt)
+    def _sign(self, call: _Call, payer: SchemePayer[Any], requirements: PaymentRequirements) -> None:
+        """Sign `requirements` for the call (every payment goes through here: `max_price`, the budget)."""
+        price = requirements.amount
+        if self.max_price is not None and price > self.max_price:
+            raise PriceAboveMax(call.url, requirements.scheme, price, self.max_price)
+        with self._lock:
+            if self.budget is not None and self._committed + self._held + price > self.budget:
+                raise BudgetExceeded(call.url, price, self._committed + self._held, self.budget)
+            self._held += price  # a concurrent call cannot spend it meanwhile
+        cost = 0
+        try:
+            call.attempt = payer.sign(call.request, requirements, call.url)
+            cost = call.attempt.cost
+        finally:
+            with self._lock:
+                self._held -= price
+                self._committed += cost
+        call.request.headers[PAYMENT_SIGNATURE_HEADER] = PaymentPayload(
+            accepted=requirements, payload=call.attempt.payload).header()
 
-    def _channel_for(self, url: str, requirements: PaymentRequirements | None) -> int | None:
-        if self.channel_id is not None:
-            return self.channel_id
-        if requirements is not None:
-            model = requirements.extra.get("modelId")
-            if not isinstance(model, str) or len(model) != 66:
-                return None
-            record = self.store.find(bytes.fromhex(model[2:]), self.account.address,
-                                     chain_id=chain_id_of(requirements, url),
-                                     escrow=str(requirements.extra.get("escrow", "")), now=self._clock())
-        else:
-            match = _MODEL_IN_PATH.search(httpx.URL(url).path)
-            record = self.store.find(bytes.fromhex(match.group(1)[2:]), self.account.address,
-                                     now=self._clock()) if match else None
-        return record.channel_id if record is not None else None
+    def _complete(self, call: _Call, response: httpx.Response) -> None:
+        """A paid answer: the payer records it; a paid URL is paid upfront next time."""
+        attempt, call.attempt = call.attempt, None
+        assert attempt is not None
+        self._payers[attempt.requirements.scheme].complete(attempt, response)
+        if response.is_success and PAYMENT_RESPONSE_HEADER in response.headers:
+            self._paid[call.url] = attempt.requirements
 
-    def _license_for(self, requirements: PaymentRequirements) -> LicenseId | None:
-        model = requirements.extra.get("modelId")
-        if isinstance(model, str) and len(model) == 66:
-            found = self.licenses.get(bytes.fromhex(model[2:]))
-            if found is not None:
-                return found
-        return self.license_id
+    def _release(self, call: _Call) -> None:
+        """Let go of the call's payment without an answer to record (memory only: never blocks)."""
+        attempt, call.attempt = call.attempt, None
+        if attempt is not None:
+            self._payers[attempt.requirements.scheme].release(attempt)
+
+
+ChannelAuth = PaymentAuth  # the name of earlier releases

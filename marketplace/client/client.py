@@ -3,7 +3,7 @@
     with MarketplaceClient("http://127.0.0.1:8000", account, max_price=parse_tokens("0.01")) as client:
         output, receipt = client.infer(model_id, {"inputs": [[5.1, 3.5, 1.4, 0.2]]})
 
-Payment is `ChannelAuth`'s business; these classes add the request, the errors as
+Payment is `PaymentAuth`'s business; these classes add the request, the errors as
 MarketplaceErrors (PaymentRefused, CallFailed, DaemonUnreachable) and the receipt check: its
 signature, and that it names the request sent and the response received.
 """
@@ -20,7 +20,7 @@ from typing import Any, Self
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.auth import ChannelAuth
+from marketplace.client.auth import PaymentAuth
 from marketplace.client.store import ChannelStore
 from marketplace.errors import (
     CallFailed,
@@ -117,12 +117,12 @@ def _result(model_id: bytes, body: bytes, response: httpx.Response) -> CallResul
     return CallResult(model_id, url, output, receipt, settlement, body, response.content)
 
 
-def _auth(account: LocalAccount, auth: ChannelAuth | None, options: dict[str, Any]) -> ChannelAuth:
-    return auth if auth is not None else ChannelAuth(account, **options)
+def _auth(account: LocalAccount, auth: PaymentAuth | None, options: dict[str, Any]) -> PaymentAuth:
+    return auth if auth is not None else PaymentAuth(account, **options)
 
 
 class MarketplaceClient:
-    """Calls models on one daemon, paying with `ChannelAuth` (see it for the payment options)."""
+    """Calls models on one daemon, paying with `PaymentAuth` (see it for the payment options)."""
 
     def __init__(
         self,
@@ -137,7 +137,7 @@ class MarketplaceClient:
         budget: int | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
-        auth: ChannelAuth | None = None,
+        auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "max_price": max_price, "budget": budget})
@@ -168,7 +168,7 @@ class MarketplaceClient:
 
 
 class AsyncMarketplaceClient:
-    """`MarketplaceClient` for asyncio: the same `ChannelAuth` flow through httpx.AsyncClient."""
+    """`MarketplaceClient` for asyncio: the same `PaymentAuth` flow through httpx.AsyncClient."""
 
     def __init__(
         self,
@@ -183,7 +183,7 @@ class AsyncMarketplaceClient:
         budget: int | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
-        auth: ChannelAuth | None = None,
+        auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "max_price": max_price, "budget": budget})

@@ -1,6 +1,6 @@
 """What the consumer signs for each x402 scheme, from the `accepts` entry the daemon offered.
 
-    channel  voucher_payload(...)       a cumulative EIP-712 voucher (marketplace.payments.vouchers)
+    channel  channel_payload(...)       a cumulative EIP-712 voucher in the escrow's `voucher_domain(...)`
     exact    exact_payload(...)         an EIP-3009 ReceiveWithAuthorization when offered (only the payee
                                         can submit it), else a TransferWithAuthorization as x402 clients sign it
     license  license_payload(...)       a single-use LicenseAccess message for one request
@@ -25,7 +25,7 @@ from marketplace.payments.schemes.license import sign_license_access
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.payments.x402 import PaymentRequirements
 
-__all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload"]
+__all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload", "voucher_domain"]
 
 _AUTHORIZATION_FIELDS = [
     {"name": "from", "type": "address"},
@@ -53,10 +53,13 @@ def _address(requirements: PaymentRequirements, key: str, url: str) -> str:
     return Web3.to_checksum_address(value)
 
 
-def channel_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, channel_id: int,
-                    amount: int) -> dict[str, str]:
-    """A voucher for the cumulative `amount` on `channel_id`, in the escrow's domain."""
-    domain = VoucherDomain(chain_id_of(requirements, url), _address(requirements, "escrow", url))
+def voucher_domain(requirements: PaymentRequirements, url: str) -> VoucherDomain:
+    """The EIP-712 domain of the escrow a `channel` offer names (checked before anything is reserved)."""
+    return VoucherDomain(chain_id_of(requirements, url), _address(requirements, "escrow", url))
+
+
+def channel_payload(account: LocalAccount, domain: VoucherDomain, channel_id: int, amount: int) -> dict[str, str]:
+    """A voucher for the cumulative `amount` on `channel_id`, in the escrow's `domain`."""
     return voucher_payload(channel_id, amount, sign_voucher(account, domain, channel_id, amount))
 
 

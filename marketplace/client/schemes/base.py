@@ -1,0 +1,87 @@
+"""What the client side of every payment scheme gives `PaymentAuth` (the daemon's side of each
+scheme is in marketplace.payments.schemes; this package mirrors it, one module per scheme).
+
+A payer is built once per `PaymentAuth` for one scheme the caller allows. Per call it is asked:
+
+    announce(request, url)            an unpaid request goes out: mark it so that its 402 says what we need
+    offered(requirements)             a 402 offered this entry of our scheme: learn from it
+    pays(requirements, url) -> bool   can we pay this offer? (`missing` says why not)
+    sign(request, requirements, url)  sign it: an `Attempt` (`max_price` and the budget were checked)
+    complete(attempt, response)       the answer to a paid request: record what it says, let the next call go
+    release(attempt)                  no answer to record (refused, failed in transit, cancelled)
+
+All but `release` may block (the channel store's reads and commits): `PaymentAuth` runs them on a
+worker thread under httpx.AsyncClient. `release` never waits (it runs on the event loop, also
+when a call is cancelled) and may be called more than once.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import httpx
+from eth_account.signers.local import LocalAccount
+
+from marketplace.payments.x402 import PaymentRequirements
+
+__all__ = ["Attempt", "SchemePayer", "model_of"]
+
+
+@dataclass(kw_only=True)
+class Attempt:
+    """One payment signed for one request, until its answer is in. `cost` is what the signature can
+    cost at most, in token units (what the budget counts)."""
+
+    requirements: PaymentRequirements
+    payload: dict[str, Any]
+    cost: int = 0
+
+
+def model_of(requirements: PaymentRequirements) -> bytes | None:
+    """The model id an offer names (`extra.modelId`, 0x + 64 hex digits), or None."""
+    model = requirements.extra.get("modelId")
+    if not isinstance(model, str) or len(model) != 66 or model[:2] not in ("0x", "0X"):
+        return None
+    try:
+        return bytes.fromhex(model[2:])
+    except ValueError:
+        return None
+
+
+A = TypeVar("A", bound=Attempt)
+
+
+class SchemePayer(abc.ABC, Generic[A]):
+    """The client side of one x402 scheme (see the module doc), signing attempts of type `A`."""
+
+    name: ClassVar[str]
+    missing = ""  # why `pays` said no, for NoPaymentOption
+
+    def __init__(self, account: LocalAccount, clock: Callable[[], float] = time.time) -> None:
+        self.account = account
+        self._clock = clock
+
+    def announce(self, request: httpx.Request, url: str) -> None:  # noqa: B027 - most schemes have nothing to say
+        """An unpaid request is about to go out (nothing by default)."""
+
+    def offered(self, requirements: PaymentRequirements) -> None:  # noqa: B027 - most schemes learn nothing
+        """A 402 offered `requirements` of this scheme (nothing by default)."""
+
+    @abc.abstractmethod
+    def pays(self, requirements: PaymentRequirements, url: str) -> bool:
+        """Whether this payer can pay the offer `requirements`."""
+
+    @abc.abstractmethod
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> A:
+        """Sign `requirements` (an offer `pays` accepted) for `request`."""
+
+    def complete(self, attempt: A, response: httpx.Response) -> None:
+        """The answer to the request `attempt` paid (by default only released)."""
+        self.release(attempt)
+
+    def release(self, attempt: A) -> None:  # noqa: B027 - most schemes hold nothing
+        """Let go of `attempt` without recording an answer (nothing by default)."""

@@ -1,0 +1,25 @@
+"""The client side of the `exact` scheme: one EIP-3009 transfer of exactly the price per call."""
+
+from __future__ import annotations
+
+import httpx
+
+from marketplace.client.schemes.base import Attempt, SchemePayer
+from marketplace.client.signing import exact_payload
+from marketplace.payments.x402 import PaymentRequirements
+
+__all__ = ["ExactPayer"]
+
+
+class ExactPayer(SchemePayer[Attempt]):
+    """Signs an EIP-3009 authorization for each call. A signed transfer may be settled even if the
+    call is refused, so its whole amount counts against the budget at once."""
+
+    name = "exact"
+
+    def pays(self, requirements: PaymentRequirements, url: str) -> bool:
+        return True
+
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> Attempt:
+        payload = exact_payload(self.account, requirements, url, int(self._clock()))
+        return Attempt(requirements=requirements, payload=payload, cost=requirements.amount)
