@@ -39,6 +39,7 @@ __all__ = [
     "checksum_address",
     "recover_address",
     "StructType",
+    "EIP712_DOMAIN",
     "Domain",
     "KeySigner",
     "sign_digest",
@@ -231,12 +232,9 @@ class StructType:
                 for struct in (self, *self._referenced())}
 
 
-def _domain_type(with_contract: bool) -> StructType:
-    fields = (("name", "string"), ("version", "string"), ("chainId", "uint256"))
-    return StructType("EIP712Domain", fields + ((("verifyingContract", "address"),) if with_contract else ()))
-
-
-_DOMAIN_TYPES = {True: _domain_type(True), False: _domain_type(False)}
+_DOMAIN_FIELDS = (("name", "string"), ("version", "string"), ("chainId", "uint256"))
+EIP712_DOMAIN = StructType("EIP712Domain", (*_DOMAIN_FIELDS, ("verifyingContract", "address")))  # every domain of ours
+_DOMAIN_TYPES = {True: EIP712_DOMAIN, False: StructType("EIP712Domain", _DOMAIN_FIELDS)}
 
 
 @dataclass(frozen=True)
