@@ -232,33 +232,27 @@ class StructType:
                 for struct in (self, *self._referenced())}
 
 
-_DOMAIN_FIELDS = (("name", "string"), ("version", "string"), ("chainId", "uint256"))
-EIP712_DOMAIN = StructType("EIP712Domain", (*_DOMAIN_FIELDS, ("verifyingContract", "address")))  # every domain of ours
-_DOMAIN_TYPES = {True: EIP712_DOMAIN, False: StructType("EIP712Domain", _DOMAIN_FIELDS)}
+EIP712_DOMAIN = StructType("EIP712Domain", (
+    ("name", "string"), ("version", "string"), ("chainId", "uint256"), ("verifyingContract", "address"),
+))
 
 
 @dataclass(frozen=True)
 class Domain:
-    """An EIP-712 domain {name, version, chainId[, verifyingContract]} with its separator precomputed."""
+    """An EIP-712 domain {name, version, chainId, verifyingContract} with its separator precomputed."""
 
     name: str
     version: str
     chain_id: int
-    verifying_contract: str | None = None  # normalized to its checksummed text
+    verifying_contract: str  # normalized to its checksummed text
     separator: bytes = field(init=False, repr=False, compare=False)
     _prefix: bytes = field(init=False, repr=False, compare=False)  # 0x1901 || separator
 
     def __post_init__(self) -> None:
-        values: tuple[Any, ...] = (self.name, self.version, self.chain_id)
-        if self.verifying_contract is not None:
-            object.__setattr__(self, "verifying_contract", checksum_address(self.verifying_contract))
-            values += (self.verifying_contract,)
-        object.__setattr__(self, "separator", self._type.hash(*values))
-        object.__setattr__(self, "_prefix", b"\x19\x01" + self.separator)
-
-    @property
-    def _type(self) -> StructType:
-        return _DOMAIN_TYPES[self.verifying_contract is not None]
+        object.__setattr__(self, "verifying_contract", checksum_address(self.verifying_contract))
+        separator = EIP712_DOMAIN.hash(self.name, self.version, self.chain_id, self.verifying_contract)
+        object.__setattr__(self, "separator", separator)
+        object.__setattr__(self, "_prefix", b"\x19\x01" + separator)
 
     def hash(self, struct_hash: bytes) -> bytes:
         """The digest a signature signs: keccak256(0x1901 || separator || struct_hash)."""
@@ -270,10 +264,8 @@ class Domain:
 
     def to_json(self) -> dict[str, Any]:
         """The domain object of typed-data JSON."""
-        domain: dict[str, Any] = {"name": self.name, "version": self.version, "chainId": self.chain_id}
-        if self.verifying_contract is not None:
-            domain["verifyingContract"] = self.verifying_contract
-        return domain
+        return {"name": self.name, "version": self.version, "chainId": self.chain_id,
+                "verifyingContract": self.verifying_contract}
 
     def offer(self, struct_type: StructType) -> dict[str, Any]:
         """What a 402 names for a client to sign `struct_type` in this domain (no message)."""
@@ -284,7 +276,7 @@ class Domain:
         """The message as standard EIP-712 JSON (eth_signTypedData_v4, ethers, eth-account);
         bytes values are written as 0x-hex."""
         return {
-            "types": {**self._type.types_json(), **struct_type.types_json()},
+            "types": {**EIP712_DOMAIN.types_json(), **struct_type.types_json()},
             "primaryType": struct_type.name,
             "domain": self.to_json(),
             "message": {key: "0x" + value.hex() if isinstance(value, bytes) else value

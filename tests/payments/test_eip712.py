@@ -14,7 +14,6 @@ from scheme_fixtures import ethers_sign
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.payments.eip712 import (
-    EIP712_DOMAIN,
     MESSAGE_TYPES,
     Domain,
     KeySigner,
@@ -78,17 +77,6 @@ def test_referenced_types_follow_the_eip712_example() -> None:
     typed = domain.typed_data(mail, {"from": cow, "to": bob, "contents": "Hello, Bob!"})
     assert set(typed["types"]) == {"EIP712Domain", "Mail", "Person"}
     assert bytes(Account.sign_message(encode_typed_data(full_message=typed), SIGNER.key).message_hash) == digest
-
-
-def test_a_domain_without_a_contract_and_the_domain_type() -> None:
-    domain = Domain("Market Token", "1", 1)
-    typed = domain.typed_data(MESSAGE_TYPES["Voucher"], {"channelId": 1, "amount": 2})
-    assert "verifyingContract" not in typed["domain"]
-    signed = Account.sign_message(encode_typed_data(full_message=typed), SIGNER.key)
-    assert bytes(signed.message_hash) == domain.digest(MESSAGE_TYPES["Voucher"], 1, 2)
-    assert EIP712_DOMAIN.type_string == (
-        "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-    )
 
 
 def test_the_offer_a_402_carries() -> None:
