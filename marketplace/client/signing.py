@@ -70,7 +70,7 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
         "nonce": os.urandom(32),
     }
     domain = Domain(name, version, chain_id_of(requirements, url), requirements.asset)
-    signature = sign_digest(account, domain.digest(MESSAGE_TYPES[primary_type], *authorization.values()))
+    signature = sign_digest(account, domain.hash(MESSAGE_TYPES[primary_type].hash_mapping(authorization)))
     return {
         "signature": "0x" + signature.hex(),
         "authorization": {key: ("0x" + value.hex() if isinstance(value, bytes) else str(value))

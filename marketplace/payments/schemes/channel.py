@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Protocol
 
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.errors import ChainError, ChannelUnconfirmed, PaymentRejected
-from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
 from marketplace.payments.eip712 import VOUCHER, checksum_address
+from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
 from marketplace.payments.vouchers import VoucherDomain
 from marketplace.payments.x402 import (
     Fields,

@@ -20,8 +20,13 @@ from web3.exceptions import ContractCustomError, ContractLogicError, ContractPan
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.transactions import decode_revert
 from marketplace.errors import PaymentRejected
+from marketplace.payments.eip712 import (
+    RECEIVE_WITH_AUTHORIZATION,
+    TRANSFER_WITH_AUTHORIZATION,
+    checksum_address,
+    keccak256,
+)
 from marketplace.payments.ledger.holds import BlockHead
-from marketplace.payments.eip712 import RECEIVE_WITH_AUTHORIZATION, TRANSFER_WITH_AUTHORIZATION, checksum_address, keccak256
 
 log = logging.getLogger("marketplace.payments.exact")
 

@@ -45,6 +45,7 @@ from web3 import Web3
 
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import AuthorizationHeld, BalanceCommitted, PaymentRejected
+from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, checksum_address
 from marketplace.payments.ledger.holds import ExactHolds, Hold
 from marketplace.payments.schemes.base import (
     PaidRequest,
@@ -54,10 +55,10 @@ from marketplace.payments.schemes.base import (
     recover_or_reject,
 )
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
-from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, checksum_address
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = ["VerifiedAuthorization", "Settlement", "ExactScheme"]
+
 
 @dataclass(frozen=True, slots=True)
 class VerifiedAuthorization:

@@ -45,8 +45,6 @@ from web3.exceptions import ContractCustomError, ContractLogicError, Web3Excepti
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import PaymentRejected
-from marketplace.payments.receipts import body_hash
-from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, blocking, read_signature, recover_or_reject
 from marketplace.payments.eip712 import (
     DOMAIN_VERSION,
     LICENSE_ACCESS,
@@ -55,6 +53,8 @@ from marketplace.payments.eip712 import (
     checksum_address,
     sign_digest,
 )
+from marketplace.payments.receipts import body_hash
+from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, blocking, read_signature, recover_or_reject
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = [
