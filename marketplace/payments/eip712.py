@@ -92,7 +92,8 @@ def recover_address(digest: bytes, signature: bytes) -> bytes:
     """The 20-byte address whose key signed `digest`; InvalidSignature unless canonical.
 
     Canonical as in OpenZeppelin ECDSA: 65 bytes r || s || v, v in {27, 28}, 0 < r < n and
-    0 < s <= n/2 (no malleable twin), and the signature must recover to a point.
+    0 < s <= n/2 (no malleable twin), and the signature must recover to a point: where ecrecover
+    answers address(0), coincurve raises, so no zero signer ever comes back.
     """
     if len(signature) != 65:
         raise InvalidSignature(f"a signature has 65 bytes, got {len(signature)}")
