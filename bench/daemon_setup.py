@@ -219,19 +219,17 @@ class Vouchers:
     """Pre-signed PAYMENT-SIGNATURE headers for one model's channels, amounts always increasing."""
 
     def __init__(self, market: Market, model_id: bytes, channels: list[int], requirements: dict[str, Any]) -> None:
-        from coincurve import PrivateKey
-
+        from marketplace.payments.eip712 import KeySigner
         from marketplace.payments.vouchers import VoucherDomain
 
         self.domain = VoucherDomain(31337, market.channels.address)
-        self.key = PrivateKey(bytes(market.payer.key))
+        self.key = KeySigner(market.payer)
         self.channels, self.requirements = channels, requirements
         self.issued = dict.fromkeys(channels, 0)  # highest multiple of the price signed per channel
 
     def header(self, channel_id: int, amount: int) -> str:
-        signature = self.key.sign_recoverable(self.domain.digest(channel_id, amount), hasher=None)
-        payload = {"channelId": f"0x{channel_id:064x}", "amount": str(amount),
-                   "signature": "0x" + (signature[:64] + bytes([signature[64] + 27])).hex()}
+        signature = self.key.sign(self.domain.digest(channel_id, amount))
+        payload = {"channelId": f"0x{channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
         document = {"x402Version": 2, "accepted": self.requirements, "payload": payload}
         return base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
 
@@ -253,24 +251,17 @@ class Vouchers:
 
 def exact_headers(market: Market, requirements: dict[str, Any], count: int) -> list[str]:
     """`count` EIP-3009 authorizations of the price to the provider, each with a fresh nonce."""
-    from coincurve import PrivateKey
-
-    from marketplace.payments.schemes.exact import TRANSFER_WITH_AUTHORIZATION_TYPE
-    from marketplace.payments.vouchers import domain_separator, keccak256
+    from marketplace.payments.eip712 import TRANSFER_WITH_AUTHORIZATION, Domain, KeySigner
 
     market.send(market.owner, market.token.functions.mint(market.exact_payer.address, count * PRICE))
-    separator = domain_separator("Market Token", "1", 31337, market.token.address)
-    typehash, key = keccak256(TRANSFER_WITH_AUTHORIZATION_TYPE.encode()), PrivateKey(bytes(market.exact_payer.key))
+    domain, key = Domain("Market Token", "1", 31337, market.token.address), KeySigner(market.exact_payer)
     payer, payee = market.exact_payer.address, market.provider.address
     valid_before = market.w3.eth.get_block("latest")["timestamp"] + 3600
     headers = []
     for _ in range(count):
         nonce = secrets.token_bytes(32)
-        words = [bytes.fromhex(payer[2:]).rjust(32, b"\0"), bytes.fromhex(payee[2:]).rjust(32, b"\0"),
-                 PRICE.to_bytes(32, "big"), bytes(32), valid_before.to_bytes(32, "big"), nonce]
-        digest = keccak256(b"\x19\x01" + separator + keccak256(typehash + b"".join(words)))
-        signature = key.sign_recoverable(digest, hasher=None)
-        payload = {"signature": "0x" + (signature[:64] + bytes([signature[64] + 27])).hex(),
+        digest = domain.digest(TRANSFER_WITH_AUTHORIZATION, payer, payee, PRICE, 0, valid_before, nonce)
+        payload = {"signature": "0x" + key.sign(digest).hex(),
                    "authorization": {"from": payer, "to": payee, "value": str(PRICE), "validAfter": "0",
                                      "validBefore": str(valid_before), "nonce": "0x" + nonce.hex()}}
         document = {"x402Version": 2, "accepted": requirements, "payload": payload}

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
-from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
 from marketplace.payments.claimer import compact_signature
+from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 
 __all__ = ["OPERATIONS", "main", "measure", "render_table"]
@@ -78,41 +78,11 @@ def _sign_voucher(env: _Env, signer: LocalAccount, channel_id: int, amount: int)
     return sign_voucher(signer, VoucherDomain(env.w3.eth.chain_id, env.channels.address), channel_id, amount)
 
 
-def _permit_signature(env: _Env, owner: LocalAccount, spender: str, value: int, deadline: int) -> Any:
-    message = encode_typed_data(
-        full_message={
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Permit": [
-                    {"name": "owner", "type": "address"},
-                    {"name": "spender", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "nonce", "type": "uint256"},
-                    {"name": "deadline", "type": "uint256"},
-                ],
-            },
-            "primaryType": "Permit",
-            "domain": {
-                "name": "Market Token",
-                "version": "1",
-                "chainId": env.w3.eth.chain_id,
-                "verifyingContract": env.token.address,
-            },
-            "message": {
-                "owner": owner.address,
-                "spender": spender,
-                "value": value,
-                "nonce": env.token.functions.nonces(owner.address).call(),
-                "deadline": deadline,
-            },
-        }
-    )
-    return Account.sign_message(message, owner.key)
+def _permit_signature(env: _Env, owner: LocalAccount, spender: str, value: int, deadline: int) -> bytes:
+    """A 65-byte ERC-2612 permit signature by `owner`, in the token's domain."""
+    domain = Domain("Market Token", "1", env.w3.eth.chain_id, env.token.address)
+    nonce = env.token.functions.nonces(owner.address).call()
+    return sign_digest(owner, domain.digest(PERMIT, owner.address, spender, value, nonce, deadline))
 
 
 def _terms(payer: str, signer: str, payee: str, model_id: bytes, salt: int) -> tuple[str, str, str, bytes, int]:
@@ -160,9 +130,7 @@ def measure(
     signed = _permit_signature(env, permit_account, escrow, deposit, expiry)
     gas["open with permit, one tx"] = _send(
         env,
-        channels.functions.openWithPermit(
-            permit_terms, deposit, expiry, expiry, signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
-        ),
+        channels.functions.openWithPermit(permit_terms, deposit, expiry, expiry, signed[64], signed[:32], signed[32:64]),
         permit_payer,
     )["gasUsed"]
 

@@ -19,7 +19,15 @@ import solcx
 from marketplace.config import project_root
 from marketplace.errors import ToolchainError
 
-__all__ = ["SOLC_VERSION", "SETTINGS", "ARTIFACT_DIR", "compile_contracts", "render_artifacts", "write_artifacts"]
+__all__ = [
+    "SOLC_VERSION",
+    "SETTINGS",
+    "ARTIFACT_DIR",
+    "source_units",
+    "compile_contracts",
+    "render_artifacts",
+    "write_artifacts",
+]
 
 SOLC_VERSION = "0.8.30"
 SETTINGS: dict[str, Any] = {
@@ -70,6 +78,11 @@ def _entry_units(include_test: bool) -> list[str]:
     root = project_root()
     folders = ["contracts", "contracts/test"] if include_test else ["contracts"]
     return [str(p.relative_to(root)) for folder in folders for p in sorted((root / folder).glob("*.sol"))]
+
+
+def source_units(include_test: bool = False) -> dict[str, str]:
+    """The text of every source unit compiled: contracts/*.sol and the OpenZeppelin units they import."""
+    return {unit: source["content"] for unit, source in _collect_sources(_entry_units(include_test)).items()}
 
 
 def compile_contracts(include_test: bool = False) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ from marketplace.chain.transactions import decode_revert
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
 from marketplace.errors import ConfigError, ContractReverted, NotFoundOnChain
 from marketplace.ipfs.cid import CID
+from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
 from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmount
 
 if TYPE_CHECKING:
@@ -209,15 +210,10 @@ class Token(_Wrapper):
         assert account is not None  # market.sender raised otherwise
         _, name, version, chain_id, verifying, _, _ = self._call(self.contract.functions.eip712Domain())
         nonce = self._call(self.contract.functions.nonces(account.address))
-        signed = account.sign_typed_data(
-            {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying},
-            {"Permit": [{"name": "owner", "type": "address"}, {"name": "spender", "type": "address"},
-                        {"name": "value", "type": "uint256"}, {"name": "nonce", "type": "uint256"},
-                        {"name": "deadline", "type": "uint256"}]},
-            {"owner": account.address, "spender": Web3.to_checksum_address(spender), "value": value,
-             "nonce": nonce, "deadline": deadline},
-        )
-        return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+        digest = Domain(name, version, chain_id, verifying).digest(PERMIT, account.address, spender, value, nonce,
+                                                                   deadline)
+        signature = sign_digest(account, digest)
+        return signature[64], signature[:32], signature[32:64]
 
 
 class Registry(_Wrapper):

@@ -19,6 +19,7 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.errors import NoPaymentOption
+from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, sign_digest
 from marketplace.payments.schemes.channel import voucher_payload
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER
 from marketplace.payments.schemes.license import sign_license_access
@@ -26,16 +27,6 @@ from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.payments.x402 import PaymentRequirements
 
 __all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload", "voucher_domain"]
-
-_AUTHORIZATION_FIELDS = [
-    {"name": "from", "type": "address"},
-    {"name": "to", "type": "address"},
-    {"name": "value", "type": "uint256"},
-    {"name": "validAfter", "type": "uint256"},
-    {"name": "validBefore", "type": "uint256"},
-    {"name": "nonce", "type": "bytes32"},
-]
-
 
 def chain_id_of(requirements: PaymentRequirements, url: str) -> int:
     """The chain id of an `eip155:<id>` network (and of `extra.chainId`, which must agree)."""
@@ -81,14 +72,10 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
         "validBefore": now + requirements.max_timeout_seconds,
         "nonce": os.urandom(32),
     }
-    signed = account.sign_typed_data(
-        {"name": name, "version": version, "chainId": chain_id_of(requirements, url),
-         "verifyingContract": Web3.to_checksum_address(requirements.asset)},
-        {primary_type: _AUTHORIZATION_FIELDS},
-        authorization,
-    )
+    domain = Domain(name, version, chain_id_of(requirements, url), requirements.asset)
+    signature = sign_digest(account, domain.hash(MESSAGE_TYPES[primary_type].hash_mapping(authorization)))
     return {
-        "signature": "0x" + bytes(signed.signature).hex(),
+        "signature": "0x" + signature.hex(),
         "authorization": {key: ("0x" + value.hex() if isinstance(value, bytes) else str(value))
                           for key, value in authorization.items()},
         "primaryType": primary_type,

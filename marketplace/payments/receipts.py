@@ -27,24 +27,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from coincurve import PrivateKey
 from eth_account.signers.local import LocalAccount
 
 from marketplace.errors import PaymentRejected, ReceiptInvalid
-from marketplace.payments.vouchers import (
+from marketplace.payments.eip712 import (
+    DOMAIN_VERSION,
+    RECEIPT,
+    RECEIPT_DOMAIN_NAME,
+    Domain,
     InvalidSignature,
+    KeySigner,
     checksum_address,
-    domain_separator,
-    keccak256,
     recover_address,
 )
 from marketplace.payments.x402 import Fields
 from marketplace.types import ModelArtifact
 
 __all__ = [
-    "RECEIPT_DOMAIN_NAME",
-    "RECEIPT_DOMAIN_VERSION",
-    "RECEIPT_TYPE",
     "body_hash",
     "Receipt",
     "ReceiptDomain",
@@ -54,47 +53,11 @@ __all__ = [
     "load_receipt",
 ]
 
-RECEIPT_DOMAIN_NAME = "ModelMarketplace Receipt"
-RECEIPT_DOMAIN_VERSION = "1"
-RECEIPT_TYPE = (
-    "Receipt(bytes32 modelId,bytes32 artifactDigest,uint32 artifactVersion,bytes32 requestHash,"
-    "bytes32 responseHash,string scheme,uint256 channelId,uint256 licenseId,uint256 amount,"
-    "uint256 cumulative,bytes32 transaction,uint64 issuedAt)"
-)
-_RECEIPT_TYPEHASH = keccak256(RECEIPT_TYPE.encode())
-_FIELDS = [
-    ("modelId", "bytes32"),
-    ("artifactDigest", "bytes32"),
-    ("artifactVersion", "uint32"),
-    ("requestHash", "bytes32"),
-    ("responseHash", "bytes32"),
-    ("scheme", "string"),
-    ("channelId", "uint256"),
-    ("licenseId", "uint256"),
-    ("amount", "uint256"),
-    ("cumulative", "uint256"),
-    ("transaction", "bytes32"),
-    ("issuedAt", "uint64"),
-]
-_SCHEME_HASHES: dict[str, bytes] = {}
 
 
 def body_hash(body: bytes) -> bytes:
     """SHA-256 of a request or response body, as receipts and license access messages carry it."""
     return hashlib.sha256(body).digest()
-
-
-def _scheme_hash(scheme: str) -> bytes:
-    hashed = _SCHEME_HASHES.get(scheme)
-    if hashed is None:
-        hashed = keccak256(scheme.encode())
-        if len(_SCHEME_HASHES) < 64:
-            _SCHEME_HASHES[scheme] = hashed
-    return hashed
-
-
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,20 +121,10 @@ class Receipt:
         )
 
     def struct_hash(self) -> bytes:
-        return keccak256(
-            _RECEIPT_TYPEHASH
-            + self.model_id
-            + self.artifact_digest
-            + _word(self.artifact_version)
-            + self.request_hash
-            + self.response_hash
-            + _scheme_hash(self.scheme)
-            + _word(self.channel_id)
-            + _word(self.license_id)
-            + _word(self.amount)
-            + _word(self.cumulative)
-            + self.transaction
-            + _word(self.issued_at)
+        return RECEIPT.hash(
+            self.model_id, self.artifact_digest, self.artifact_version, self.request_hash, self.response_hash,
+            self.scheme, self.channel_id, self.license_id, self.amount, self.cumulative, self.transaction,
+            self.issued_at,
         )
 
     def to_message(self) -> dict[str, Any]:
@@ -216,58 +169,37 @@ class ReceiptDomain:
 
     chain_id: int
     registry: str
-    separator: bytes = field(init=False, repr=False, compare=False)
+    eip712: Domain = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "registry", checksum_address(self.registry))
-        sep = domain_separator(RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION, self.chain_id, self.registry)
-        object.__setattr__(self, "separator", sep)
+        object.__setattr__(self, "eip712", Domain(RECEIPT_DOMAIN_NAME, DOMAIN_VERSION, self.chain_id, self.registry))
 
     def digest(self, receipt: Receipt) -> bytes:
-        return keccak256(b"\x19\x01" + self.separator + receipt.struct_hash())
+        return self.eip712.hash(receipt.struct_hash())
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": RECEIPT_DOMAIN_NAME,
-            "version": RECEIPT_DOMAIN_VERSION,
-            "chainId": self.chain_id,
-            "verifyingContract": self.registry,
-        }
+        return self.eip712.to_json()
 
     def typed_data(self, receipt: Receipt) -> dict[str, Any]:
         """The receipt as standard EIP-712 JSON (eth_signTypedData_v4, ethers, eth-account)."""
         message = receipt.to_message()
         for key in ("channelId", "licenseId", "amount", "cumulative"):
             message[key] = int(message[key], 0)
-        return {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                "Receipt": [{"name": name, "type": kind} for name, kind in _FIELDS],
-            },
-            "primaryType": "Receipt",
-            "domain": self.to_json(),
-            "message": message,
-        }
+        return self.eip712.typed_data(RECEIPT, message)
 
 
 class ReceiptSigner:
     """Signs receipts with the daemon's key (coincurve directly: one signature per paid call)."""
 
     def __init__(self, key: LocalAccount | bytes, domain: ReceiptDomain) -> None:
-        secret = bytes(key.key) if isinstance(key, LocalAccount) else bytes(key)
-        self._key = PrivateKey(secret)
+        self._signer = KeySigner(key)
         self.domain = domain
-        self.address = checksum_address(keccak256(self._key.public_key.format(compressed=False)[1:])[-20:])
+        self.address = self._signer.address
 
     def sign(self, receipt: Receipt) -> dict[str, Any]:
         """The receipt JSON: {"domain", "message", "signer", "signature"}."""
-        compact = self._key.sign_recoverable(self.domain.digest(receipt), hasher=None)  # r || s || recid, low s
-        signature = compact[:64] + bytes((compact[64] + 27,))
+        signature = self._signer.sign(self.domain.digest(receipt))
         return {
             "domain": self.domain.to_json(),
             "message": receipt.to_message(),
@@ -290,9 +222,9 @@ def load_receipt(receipt_json: str | bytes | Mapping[str, Any]) -> tuple[Receipt
     try:
         top = Fields(obj, "receipt")
         domain_fields = top.obj_field("domain")
-        if (domain_fields.raw("name"), domain_fields.raw("version")) != (RECEIPT_DOMAIN_NAME, RECEIPT_DOMAIN_VERSION):
+        if (domain_fields.raw("name"), domain_fields.raw("version")) != (RECEIPT_DOMAIN_NAME, DOMAIN_VERSION):
             raise ReceiptInvalid(
-                f"domain is not {RECEIPT_DOMAIN_NAME!r} version {RECEIPT_DOMAIN_VERSION!r}: not a marketplace receipt"
+                f"domain is not {RECEIPT_DOMAIN_NAME!r} version {DOMAIN_VERSION!r}: not a marketplace receipt"
             )
         domain = ReceiptDomain(domain_fields.integer("chainId"), domain_fields.address("verifyingContract"))
         receipt = Receipt.from_message(top.raw("message"))

@@ -2,7 +2,8 @@
 
 Everything here talks to a real Anvil whose default accounts are unlocked, so transactions are sent with
 `{"from": address}` and Anvil signs them. Signatures (vouchers, permits, ERC-3009 authorizations) are made
-locally with eth-account from the EIP-712 definitions written out here, independently of `marketplace/`.
+locally with eth-account's typed-data encoder (not `marketplace/`'s hashing) from the message types declared
+once in `marketplace.payments.eip712` (test_eip712_types.py proves them the contracts').
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from web3.contract import Contract
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3RPCError
 from web3.logs import DISCARD
 from web3.types import TxReceipt
+
+from marketplace.payments.eip712 import MESSAGE_TYPES, PERMIT, Domain
+from marketplace.payments.vouchers import VoucherDomain
 
 __all__ = [
     "TOKEN",
@@ -55,12 +59,7 @@ __all__ = [
 TOKEN = 10**18
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
-_DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
+_TOKEN_DOMAIN = ("Market Token", "1")
 
 # selector -> (name, [types]) for every custom error of every compiled contract (filled by the conftest)
 _ERRORS: dict[bytes, tuple[str, list[str]]] = {
@@ -187,15 +186,7 @@ def set_next_timestamp(w3: Web3, timestamp: int) -> None:
 
 
 def voucher_typed_data(chain_id: int, escrow: str, channel_id: int, amount: int) -> dict[str, Any]:
-    return {
-        "types": {
-            "EIP712Domain": _DOMAIN_TYPE,
-            "Voucher": [{"name": "channelId", "type": "uint256"}, {"name": "amount", "type": "uint256"}],
-        },
-        "primaryType": "Voucher",
-        "domain": {"name": "ModelMarketplace", "version": "1", "chainId": chain_id, "verifyingContract": escrow},
-        "message": {"channelId": channel_id, "amount": amount},
-    }
+    return VoucherDomain(chain_id, escrow).typed_data(channel_id, amount)
 
 
 def voucher_digest(chain_id: int, escrow: str, channel_id: int, amount: int) -> bytes:
@@ -233,44 +224,16 @@ def permit_signature(
     key: bytes, chain_id: int, token: str, owner: str, spender: str, value: int, nonce: int, deadline: int
 ) -> tuple[int, bytes, bytes]:
     """An ERC-2612 permit for MarketToken, as (v, r, s)."""
-    data = {
-        "types": {
-            "EIP712Domain": _DOMAIN_TYPE,
-            "Permit": [
-                {"name": "owner", "type": "address"},
-                {"name": "spender", "type": "address"},
-                {"name": "value", "type": "uint256"},
-                {"name": "nonce", "type": "uint256"},
-                {"name": "deadline", "type": "uint256"},
-            ],
-        },
-        "primaryType": "Permit",
-        "domain": {"name": "Market Token", "version": "1", "chainId": chain_id, "verifyingContract": token},
-        "message": {"owner": owner, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline},
-    }
+    data = Domain(*_TOKEN_DOMAIN, chain_id, token).typed_data(
+        PERMIT, {"owner": owner, "spender": spender, "value": value, "nonce": nonce, "deadline": deadline}
+    )
     signed = Account.sign_message(encode_typed_data(full_message=data), key)
     return signed.v, signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
 
 
 def authorization_signature(key: bytes, chain_id: int, token: str, primary_type: str, message: dict[str, Any]) -> bytes:
     """An ERC-3009 signature (`TransferWithAuthorization`, `ReceiveWithAuthorization` or `CancelAuthorization`)."""
-    if primary_type == "CancelAuthorization":
-        fields = [{"name": "authorizer", "type": "address"}, {"name": "nonce", "type": "bytes32"}]
-    else:
-        fields = [
-            {"name": "from", "type": "address"},
-            {"name": "to", "type": "address"},
-            {"name": "value", "type": "uint256"},
-            {"name": "validAfter", "type": "uint256"},
-            {"name": "validBefore", "type": "uint256"},
-            {"name": "nonce", "type": "bytes32"},
-        ]
-    data = {
-        "types": {"EIP712Domain": _DOMAIN_TYPE, primary_type: fields},
-        "primaryType": primary_type,
-        "domain": {"name": "Market Token", "version": "1", "chainId": chain_id, "verifyingContract": token},
-        "message": message,
-    }
+    data = Domain(*_TOKEN_DOMAIN, chain_id, token).typed_data(MESSAGE_TYPES[primary_type], message)
     return bytes(Account.sign_message(encode_typed_data(full_message=data), key).signature)
 
 

@@ -25,6 +25,8 @@ from contracts_support import (
     voucher_digest,
 )
 
+from marketplace.payments.eip712 import VOUCHER
+
 DAY = 24 * 3600
 RECLAIMED = 1
 UINT96_MAX = 2**96 - 1
@@ -423,9 +425,7 @@ def test_reclaim_of_an_unknown_channel(escrow: Escrow) -> None:
 def test_views_match_the_eip712_definition(escrow: Escrow) -> None:
     fields = escrow.channels.functions.eip712Domain().call()
     assert fields[1:5] == ["ModelMarketplace", "1", escrow.chain_id, escrow.channels.address]
-    assert escrow.channels.functions.VOUCHER_TYPEHASH().call() == keccak(
-        text="Voucher(uint256 channelId,uint256 amount)"
-    )
+    assert escrow.channels.functions.VOUCHER_TYPEHASH().call() == VOUCHER.typehash
     assert escrow.channels.functions.token().call() == escrow.token.address
     digest = escrow.channels.functions.voucherDigest(123, 456).call()
     assert digest == voucher_digest(escrow.chain_id, escrow.channels.address, 123, 456)

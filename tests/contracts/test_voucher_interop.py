@@ -1,7 +1,7 @@
 """Vouchers signed by two independent EIP-712 implementations are accepted on-chain.
 
-eth-account (Python, the one the daemon and the consumer SDK use) and ethers.js (npm, run with node) must agree
-with the contract on the digest, and each signature must claim successfully.
+eth-account (Python) and ethers.js (npm, run with node), given the typed data marketplace.payments.eip712
+declares, must agree with the contract on the digest, and each signature must claim successfully.
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ from hexbytes import HexBytes
 
 from contracts_support import TOKEN, Escrow, voucher_digest, voucher_typed_data
 
-SCRIPT = Path(__file__).with_name("sign_voucher.mjs")
+SCRIPT = Path(__file__).parent.parent / "payments" / "sign_typed.mjs"  # ethers.js, given typed-data JSON
 
 
 def _ethers_sign(key: bytes, chain_id: int, escrow: str, channel_id: int, amount: int) -> dict[str, str]:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is required to run the ethers.js signer (it is how npm's toolchain runs here)")
-    request = {
-        "privateKey": "0x" + key.hex(),
-        "chainId": chain_id,
-        "escrow": escrow,
-        "channelId": str(channel_id),
-        "amount": str(amount),
-    }
+    typed = voucher_typed_data(chain_id, escrow, channel_id, amount)
+    typed["message"] = {name: str(value) for name, value in typed["message"].items()}  # JSON numbers are doubles
+    request = {"privateKey": "0x" + key.hex(), "typedData": typed}
     done = subprocess.run(
-        [node, str(SCRIPT), json.dumps(request)], capture_output=True, text=True, timeout=60, cwd=SCRIPT.parent
+        [node, str(SCRIPT)], input=json.dumps(request), capture_output=True, text=True, timeout=60, cwd=SCRIPT.parent
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -47,7 +43,7 @@ def test_python_and_ethers_vouchers_both_claim(escrow: Escrow) -> None:
     )
     ethers_signed = _ethers_sign(key, escrow.chain_id, escrow.channels.address, channel.id, 5 * TOKEN)
 
-    assert ethers_signed["signer"] == escrow.signer.address
+    assert ethers_signed["address"] == escrow.signer.address
     on_chain_digest = escrow.channels.functions.voucherDigest(channel.id, 5 * TOKEN).call()
     assert HexBytes(ethers_signed["digest"]) == on_chain_digest
     assert voucher_digest(escrow.chain_id, escrow.channels.address, channel.id, 5 * TOKEN) == on_chain_digest

@@ -26,6 +26,7 @@ from x402.mechanisms.evm.exact.client import ExactEvmScheme
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
 from marketplace.errors import ContractReverted, InferenceFailed
+from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, Domain, sign_digest
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
@@ -341,13 +342,10 @@ async def test_a_nonce_used_by_cancel_authorization_is_refused(
     requirements = await exact_requirements(daemon, listing)
     payload = transfer_payload(payer, requirements, w3)
     nonce = bytes.fromhex(payload["authorization"]["nonce"][2:])
-    cancel = Account.sign_typed_data(payer.key, {"name": "Market Token", "version": "1", "chainId": 31337,
-                                                 "verifyingContract": contracts.token.address},
-                                     {"CancelAuthorization": [{"name": "authorizer", "type": "address"},
-                                                              {"name": "nonce", "type": "bytes32"}]},
-                                     {"authorizer": payer.address, "nonce": nonce})
+    token = Domain("Market Token", "1", 31337, contracts.token.address)
+    cancel = sign_digest(payer, token.digest(CANCEL_AUTHORIZATION, payer.address, nonce))
     Sender(w3, dev_accounts[8]).transact(contracts.token.get_function_by_signature(
-        "cancelAuthorization(address,bytes32,bytes)")(payer.address, nonce, bytes(cancel.signature)))
+        "cancelAuthorization(address,bytes32,bytes)")(payer.address, nonce, cancel))
     provider_before = balance(contracts, listing.provider.address)
 
     refused = await pay(daemon, listing, requirements, payload)

@@ -23,6 +23,7 @@ from marketplace.chain.connection import fail_fast_web3
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
 from marketplace.errors import ContractReverted, PaymentRejected
+from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, MESSAGE_TYPES, Domain, sign_digest
 from marketplace.payments.ledger.holds.sqlite import SqliteHolds
 from marketplace.payments.schemes.eip3009 import TRANSFER, TokenClient
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
@@ -72,32 +73,7 @@ class Setup:
             "validBefore": now + 300 if valid_before is None else valid_before,
             "nonce": nonce or os.urandom(32),
         }
-        typed = {
-            "types": {
-                "EIP712Domain": [
-                    {"name": "name", "type": "string"},
-                    {"name": "version", "type": "string"},
-                    {"name": "chainId", "type": "uint256"},
-                    {"name": "verifyingContract", "type": "address"},
-                ],
-                primary_type: [
-                    {"name": "from", "type": "address"},
-                    {"name": "to", "type": "address"},
-                    {"name": "value", "type": "uint256"},
-                    {"name": "validAfter", "type": "uint256"},
-                    {"name": "validBefore", "type": "uint256"},
-                    {"name": "nonce", "type": "bytes32"},
-                ],
-            },
-            "primaryType": primary_type,
-            "domain": {
-                "name": "Market Token",
-                "version": "1",
-                "chainId": 31337,
-                "verifyingContract": self.scheme.token,
-            },
-            "message": message,
-        }
+        typed = Domain("Market Token", "1", 31337, self.scheme.token).typed_data(MESSAGE_TYPES[primary_type], message)
         signature = Account.sign_message(encode_typed_data(full_message=typed), (signer or payer).key).signature
         return {
             "signature": "0x" + bytes(signature).hex(),
@@ -306,14 +282,9 @@ def test_receive_with_authorization_is_offered_when_the_daemon_is_the_payee_and_
 def test_a_cancelled_nonce_is_refused(setup: Setup) -> None:
     payload = setup.authorization()
     nonce = bytes.fromhex(payload["authorization"]["nonce"][2:])
-    cancel = Account.sign_typed_data(
-        setup.payer.key,
-        {"name": "Market Token", "version": "1", "chainId": 31337, "verifyingContract": setup.scheme.token},
-        {"CancelAuthorization": [{"name": "authorizer", "type": "address"}, {"name": "nonce", "type": "bytes32"}]},
-        {"authorizer": setup.payer.address, "nonce": nonce},
-    )
+    cancel = sign_digest(setup.payer, setup.scheme.domain.digest(CANCEL_AUTHORIZATION, setup.payer.address, nonce))
     Sender(setup.w3, setup.other).transact(setup.contracts.token.get_function_by_signature(
-        "cancelAuthorization(address,bytes32,bytes)")(setup.payer.address, nonce, bytes(cancel.signature)))
+        "cancelAuthorization(address,bytes32,bytes)")(setup.payer.address, nonce, cancel))
     assert code_of(setup, setup.payment(payload)) == "nonce_reused"
 
 

@@ -16,12 +16,8 @@ from marketplace.chain.views import ModelInfo
 from marketplace.errors import PaymentRejected
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes import LicenseScheme, PaidRequest, VerifiedLicense
-from marketplace.payments.schemes.license import (
-    LICENSE_ACCESS_TYPE,
-    LicenseAccess,
-    license_access_digest,
-    sign_license_access,
-)
+from marketplace.payments.eip712 import LICENSE_ACCESS
+from marketplace.payments.schemes.license import LicenseAccess, license_access_digest, sign_license_access
 
 BODY = json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode()
 PATH = "/v1/models/0xaa/infer"
@@ -138,7 +134,7 @@ def test_an_access_message_signed_by_ethers(setup: Setup) -> None:
     license_id = setup.buy(setup.model)
     deadline, nonce = chain_time(setup.w3) + 60, 2**255 + 7
     access = setup.scheme.requirements(setup.model).extra["access"]
-    assert access["type"] == LICENSE_ACCESS_TYPE
+    assert access["type"] == LICENSE_ACCESS.type_string
     request_hash = body_hash(BODY)
     typed = {
         "domain": access["domain"],

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import PaymentRejected
-from marketplace.payments.vouchers import InvalidSignature, checksum_address, recover_address
+from marketplace.payments.eip712 import InvalidSignature, checksum_address, recover_address
 from marketplace.payments.x402 import (
     Fields,
     PaymentPayload,

@@ -32,8 +32,9 @@ from typing import Any, ClassVar, Protocol
 
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.errors import ChainError, ChannelUnconfirmed, PaymentRejected
+from marketplace.payments.eip712 import VOUCHER, checksum_address
 from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
-from marketplace.payments.vouchers import VOUCHER_TYPE, VoucherDomain, checksum_address
+from marketplace.payments.vouchers import VoucherDomain
 from marketplace.payments.x402 import (
     Fields,
     PaymentPayload,
@@ -134,13 +135,7 @@ class ChannelScheme(PaymentScheme):
         self._absent: set[int] = set()  # unknown ids the chain did not have as of `_absent_block`
         self._absent_block = -1
         self._last_good: dict[int, tuple[int, bytes, str]] = {}  # channel -> last voucher proven good
-        typed = self.domain.typed_data(0, 0)
-        self._voucher_eip712 = {
-            "domain": typed["domain"],
-            "types": {"Voucher": typed["types"]["Voucher"]},  # type: ignore[index]
-            "primaryType": "Voucher",
-            "type": VOUCHER_TYPE,
-        }
+        self._voucher_eip712 = self.domain.eip712.offer(VOUCHER)
 
     # --- 402 ---------------------------------------------------------------------------------
 

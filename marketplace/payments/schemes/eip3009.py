@@ -20,15 +20,20 @@ from web3.exceptions import ContractCustomError, ContractLogicError, ContractPan
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.transactions import decode_revert
 from marketplace.errors import PaymentRejected
+from marketplace.payments.eip712 import (
+    RECEIVE_WITH_AUTHORIZATION,
+    TRANSFER_WITH_AUTHORIZATION,
+    checksum_address,
+    keccak256,
+)
 from marketplace.payments.ledger.holds import BlockHead
-from marketplace.payments.vouchers import checksum_address, keccak256
 
 log = logging.getLogger("marketplace.payments.exact")
 
 __all__ = ["TRANSFER", "RECEIVE", "Settlement", "TokenClient"]
 
-TRANSFER = "TransferWithAuthorization"  # anyone may submit it
-RECEIVE = "ReceiveWithAuthorization"  # only the payee (`to`) may submit it: cannot be front-run
+TRANSFER = TRANSFER_WITH_AUTHORIZATION.name  # anyone may submit it
+RECEIVE = RECEIVE_WITH_AUTHORIZATION.name  # only the payee (`to`) may submit it: cannot be front-run
 _SUBMIT = {
     TRANSFER: "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)",
     RECEIVE: "receiveWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)",

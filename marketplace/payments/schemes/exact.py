@@ -45,6 +45,7 @@ from web3 import Web3
 
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import AuthorizationHeld, BalanceCommitted, PaymentRejected
+from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, checksum_address
 from marketplace.payments.ledger.holds import ExactHolds, Hold
 from marketplace.payments.schemes.base import (
     PaidRequest,
@@ -54,26 +55,9 @@ from marketplace.payments.schemes.base import (
     recover_or_reject,
 )
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
-from marketplace.payments.vouchers import checksum_address, domain_separator, keccak256
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
-__all__ = [
-    "TRANSFER_WITH_AUTHORIZATION_TYPE",
-    "RECEIVE_WITH_AUTHORIZATION_TYPE",
-    "VerifiedAuthorization",
-    "Settlement",
-    "ExactScheme",
-]
-
-_FIELDS = "(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)"
-TRANSFER_WITH_AUTHORIZATION_TYPE = TRANSFER + _FIELDS
-RECEIVE_WITH_AUTHORIZATION_TYPE = RECEIVE + _FIELDS
-_TYPEHASHES = {TRANSFER: keccak256(TRANSFER_WITH_AUTHORIZATION_TYPE.encode()),
-               RECEIVE: keccak256(RECEIVE_WITH_AUTHORIZATION_TYPE.encode())}
-
-
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
+__all__ = ["VerifiedAuthorization", "Settlement", "ExactScheme"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +106,7 @@ class ExactScheme(PaymentScheme):
     ) -> None:
         super().__init__(state)
         self.token_name, self.token_version = token_name, token_version
-        self.separator = domain_separator(token_name, token_version, state.chain_id, self.token)
+        self.domain = Domain(token_name, token_version, state.chain_id, self.token)
         self.max_timeout_seconds = max_timeout_seconds
         self.margin_seconds = margin_seconds
         self.holds = holds
@@ -153,16 +137,7 @@ class ExactScheme(PaymentScheme):
     def digest(self, payer: str, to: str, value: int, valid_after: int, valid_before: int, nonce: bytes,
                primary_type: str = TRANSFER) -> bytes:
         """The EIP-712 hash a Transfer/ReceiveWithAuthorization signature signs (the token's domain)."""
-        struct_hash = keccak256(
-            _TYPEHASHES[primary_type]
-            + bytes.fromhex(payer[2:]).rjust(32, b"\0")
-            + bytes.fromhex(to[2:]).rjust(32, b"\0")
-            + _word(value)
-            + _word(valid_after)
-            + _word(valid_before)
-            + nonce
-        )
-        return keccak256(b"\x19\x01" + self.separator + struct_hash)
+        return self.domain.digest(MESSAGE_TYPES[primary_type], payer, to, value, valid_after, valid_before, nonce)
 
     # --- verification -------------------------------------------------------------------------
 

@@ -39,38 +39,35 @@ from typing import Any, ClassVar
 
 import requests
 from eth_account.signers.local import LocalAccount
-from eth_typing import Hash32
 from web3 import Web3
 from web3.exceptions import ContractCustomError, ContractLogicError, Web3Exception
 
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import PaymentRejected
+from marketplace.payments.eip712 import (
+    DOMAIN_VERSION,
+    LICENSE_ACCESS,
+    MARKETPLACE_DOMAIN_NAME,
+    Domain,
+    checksum_address,
+    sign_digest,
+)
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, blocking, read_signature, recover_or_reject
-from marketplace.payments.vouchers import DOMAIN_NAME, DOMAIN_VERSION, checksum_address, domain_separator, keccak256
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = [
-    "LICENSE_ACCESS_TYPE",
     "LicenseAccess",
     "VerifiedLicense",
     "LicenseRecord",
     "LicenseScheme",
+    "license_domain",
     "license_access_digest",
     "sign_license_access",
 ]
 
-LICENSE_ACCESS_TYPE = (
-    "LicenseAccess(uint256 licenseId,bytes32 modelId,string method,string path,bytes32 requestHash,"
-    "uint256 nonce,uint256 deadline)"
-)
-_TYPEHASH = keccak256(LICENSE_ACCESS_TYPE.encode())
 _MAX_CACHED = 16_384
-
-
-def _word(value: int) -> bytes:
-    return value.to_bytes(32, "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +82,20 @@ class LicenseAccess:
     nonce: int
     deadline: int
 
-    def struct_hash(self) -> bytes:
-        return keccak256(
-            _TYPEHASH + _word(self.license_id) + self.model_id + keccak256(self.method.encode())
-            + keccak256(self.path.encode()) + self.request_hash + _word(self.nonce) + _word(self.deadline)
-        )
+    def digest(self, domain: Domain) -> bytes:
+        """The EIP-712 hash a signature of this message signs in `domain` (the Licenses contract's)."""
+        return domain.digest(LICENSE_ACCESS, self.license_id, self.model_id, self.method, self.path,
+                             self.request_hash, self.nonce, self.deadline)
+
+
+def license_domain(chain_id: int, licenses: str) -> Domain:
+    """The EIP-712 domain of license access messages: the Licenses contract on `chain_id`."""
+    return Domain(MARKETPLACE_DOMAIN_NAME, DOMAIN_VERSION, chain_id, licenses)
 
 
 def license_access_digest(chain_id: int, licenses: str, access: LicenseAccess) -> bytes:
     """The EIP-712 hash a LicenseAccess signature signs."""
-    return _digest(domain_separator(DOMAIN_NAME, DOMAIN_VERSION, chain_id, licenses), access)
-
-
-def _digest(separator: bytes, access: LicenseAccess) -> bytes:
-    return keccak256(b"\x19\x01" + separator + access.struct_hash())
+    return access.digest(license_domain(chain_id, licenses))
 
 
 def sign_license_access(
@@ -118,8 +115,7 @@ def sign_license_access(
     access = LicenseAccess(
         license_id, model_id, method.upper(), path, body_hash(body), secrets.randbits(256), deadline
     )
-    digest = license_access_digest(chain_id, licenses, access)
-    signature = bytes(account.unsafe_sign_hash(Hash32(digest)).signature)
+    signature = sign_digest(account, license_access_digest(chain_id, licenses, access))
     return {
         "licenseId": str(license_id),
         "nonce": str(access.nonce),
@@ -175,7 +171,7 @@ class LicenseScheme(PaymentScheme):
     ) -> None:
         super().__init__(state)
         self.licenses = checksum_address(state.licenses)
-        self.separator = domain_separator(DOMAIN_NAME, DOMAIN_VERSION, state.chain_id, self.licenses)
+        self.domain = license_domain(state.chain_id, self.licenses)
         self.max_window_seconds = max_window_seconds
         self.cache_ttl = cache_ttl
         self.refresh_interval = refresh_interval
@@ -201,27 +197,7 @@ class LicenseScheme(PaymentScheme):
                 "modelId": "0x" + model.model_id.hex(),
                 "maxWindowSeconds": self.max_window_seconds,
                 "requestHash": "sha256",
-                "access": {
-                    "domain": {
-                        "name": DOMAIN_NAME,
-                        "version": DOMAIN_VERSION,
-                        "chainId": self.chain_id,
-                        "verifyingContract": self.licenses,
-                    },
-                    "types": {
-                        "LicenseAccess": [
-                            {"name": "licenseId", "type": "uint256"},
-                            {"name": "modelId", "type": "bytes32"},
-                            {"name": "method", "type": "string"},
-                            {"name": "path", "type": "string"},
-                            {"name": "requestHash", "type": "bytes32"},
-                            {"name": "nonce", "type": "uint256"},
-                            {"name": "deadline", "type": "uint256"},
-                        ]
-                    },
-                    "primaryType": "LicenseAccess",
-                    "type": LICENSE_ACCESS_TYPE,
-                },
+                "access": self.domain.offer(LICENSE_ACCESS),
             },
         )
 
@@ -269,7 +245,7 @@ class LicenseScheme(PaymentScheme):
             )
         if access.request_hash != body_hash(request.body):
             raise PaymentRejected("request_mismatch", "requestHash is not the SHA-256 of this request's body")
-        signer = recover_or_reject(_digest(self.separator, access), signature)
+        signer = recover_or_reject(access.digest(self.domain), signature)
         signer_hex = "0x" + signer.hex()
 
         record = await self._record(license_id, signer_hex)
