@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Callable
+import time
 from typing import Any, NoReturn
 
 from eth_abi import decode as abi_decode
@@ -21,6 +22,7 @@ __all__ = ["Sender", "decode_revert"]
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+_RETRY_PAUSE = 0.02  # seconds: the most a retry waits, times the attempts made
 
 
 def _abi_type(param: dict[str, Any]) -> str:
@@ -72,7 +74,8 @@ class Sender:
     claimer and `exact`'s settlement send from the same key): each send reads the node's pending
     count (never a cached one, which a reorg or a dropped transaction would leave too high), and
     when the node refuses the transaction (mostly "nonce too low": another process of the same key
-    took that nonce meanwhile) it is built again on a fresh count, up to `attempts` times. Gas
+    took that nonce meanwhile) it is built again on a fresh count after a short random pause, up to
+    `attempts` times. Gas
     estimation comes first, so a transaction that would revert raises ContractReverted with the
     decoded custom error and spends no gas. The node's URL is never in a raised message (it may carry an API key).
     """
@@ -102,8 +105,8 @@ class Sender:
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, TxReceipt]:
         """Deploy a contract; returns (address, receipt)."""
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
-        receipt = self.wait(self._send_built(lambda nonce: factory.constructor(*args).build_transaction(
-            {"from": self.account.address, "nonce": nonce}), what="deployment"))
+        tx = factory.constructor(*args).build_transaction({"from": self.account.address})
+        receipt = self.wait(self._sign_and_send(dict(tx), what="deployment"))
         if receipt["status"] != 1:
             raise ChainError(f"deployment reverted in block {receipt['blockNumber']}")
         return str(receipt["contractAddress"]), receipt
@@ -113,7 +116,7 @@ class Sender:
         fee = int(self.w3.eth.gas_price)
         fields = {"from": self.account.address, "to": Web3.to_checksum_address(to), "value": amount, "gas": 21_000,
                   "chainId": self.w3.eth.chain_id, "maxFeePerGas": 2 * fee + 1, "maxPriorityFeePerGas": 1}
-        return self.wait(self._send_built(lambda nonce: fields | {"nonce": nonce}, what=f"a payment to {to}"))
+        return self.wait(self._sign_and_send(fields, what=f"a payment to {to}"))
 
     def send(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> HexBytes:
         """Estimate, sign and send `fn`; its hash, without waiting for it to be mined.
@@ -125,25 +128,26 @@ class Sender:
         fields: dict[str, Any] = {"from": self.account.address, "value": value}
         if gas is not None:
             fields["gas"] = gas
-
-        def build(nonce: int) -> dict[str, Any]:
-            try:
-                return dict(fn.build_transaction(fields | {"nonce": nonce}))
-            except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
-                name, args = decode_revert(fn.contract_abi, getattr(error, "data", None))
-                raise ContractReverted(contract, fn.fn_name, name, args) from None
-
-        return self._send_built(build, what=f"{fn.fn_name} on {contract}")
+        try:
+            tx = dict(fn.build_transaction(fields))
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
+            name, args = decode_revert(fn.contract_abi, getattr(error, "data", None))
+            raise ContractReverted(contract, fn.fn_name, name, args) from None
+        return self._sign_and_send(tx, what=f"{fn.fn_name} on {contract}")
 
     def wait(self, tx_hash: HexBytes) -> TxReceipt:
         """The receipt of `tx_hash`, mined within `receipt_timeout` (else web3's TimeExhausted)."""
         return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)
 
-    def _send_built(self, build: Callable[[int], dict[str, Any]], *, what: str) -> HexBytes:
+    def _sign_and_send(self, tx: dict[str, Any], *, what: str) -> HexBytes:
+        """Send `tx` (estimated already) under the next nonce: read last, so the window in which
+        another process of the key can take it is one round trip."""
         refusal: Web3RPCError | None = None
         with self._lock:
-            for _ in range(self.attempts):
-                tx = build(self.w3.eth.get_transaction_count(self.account.address, "pending"))
+            for attempt in range(self.attempts):
+                if attempt:  # apart from the other sender of the key, which may be in step with this one
+                    time.sleep(random.uniform(0, _RETRY_PAUSE * attempt))
+                tx["nonce"] = self.w3.eth.get_transaction_count(self.account.address, "pending")
                 try:
                     return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
                 except Web3RPCError as error:
