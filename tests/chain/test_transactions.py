@@ -63,3 +63,9 @@ def test_a_nonce_another_process_of_the_key_took_is_read_again(w3: Web3, contrac
     before = w3.eth.get_transaction_count(key.address)
     assert _race([Sender(w3, key), Sender(w3, key)], contracts.token.functions.approve, 8) == []
     assert w3.eth.get_transaction_count(key.address) == before + 16
+
+
+def test_gas_money_is_sent_by_the_same_sender(w3: Web3, snapshot: None) -> None:
+    before = w3.eth.get_balance(dev_account(8).address)
+    receipt = Sender(w3, dev_account(7)).pay(dev_account(8).address, 12345)
+    assert receipt["status"] == 1 and w3.eth.get_balance(dev_account(8).address) - before == 12345

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import TimeExhausted, Web3Exception
+from web3.types import TxReceipt
 
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.transactions import Sender
@@ -37,6 +39,7 @@ _SUBMIT = {
 }
 _AUTHORIZATION_USED = keccak256(b"AuthorizationUsed(address,bytes32)")
 _TRANSFER_EVENT = keccak256(b"Transfer(address,address,uint256)")
+T = TypeVar("T")
 _CHAIN_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
 
 
@@ -109,7 +112,7 @@ class TokenClient:
                                       int(receipt["blockNumber"]))
         return None
 
-    def _read(self, action: str, call: Any) -> Any:
+    def _read(self, action: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except _CHAIN_ERRORS as error:
@@ -137,7 +140,7 @@ class TokenClient:
                 "chain_unavailable", f"could not send the settlement ({type(error).__name__}); retry later"
             ) from None
 
-    def wait(self, tx_hash: str) -> Any:
+    def wait(self, tx_hash: str) -> TxReceipt:
         """The receipt of `tx_hash`; "settlement_pending" if not mined within the sender's receipt timeout."""
         try:
             return self.sender.wait(HexBytes(tx_hash))
