@@ -4,9 +4,7 @@ pragma solidity ^0.8.24;
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
-import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
@@ -15,9 +13,13 @@ import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
  * @title PaymentChannels
  * @notice Escrow of one ERC-20 for pay-per-inference channels settled with cumulative EIP-712 vouchers.
  * @dev See {IPaymentChannels}. Storage is one slot per channel, keyed by the hash of its terms; terms travel in
- * calldata. Every state-changing entry point that moves tokens is `nonReentrant` and updates state and emits its
- * event before the transfer. Fee-on-transfer tokens are refused on deposit; tokens without a return value work
- * through SafeERC20.
+ * calldata. Every entry point that moves tokens updates state and emits its event before its one transfer
+ * (checks-effects-interactions). Deposits (`open`, `openWithPermit`, `topUp`) are also `nonReentrant`, because they
+ * read the escrow's balance after the transfer to refuse fee-on-transfer tokens. Payouts (`claim`, `claimMany`,
+ * `reclaim`) are not: the transfer is their last step and reads nothing back, so a token that calls back in finds
+ * the watermark raised or the channel closed (see docs/contracts.md, "Tokens and re-entry"). Tokens without a
+ * return value work through SafeERC20. Inline assembly only hashes (from calldata, or past the free memory
+ * pointer) and calls the ecrecover precompile; transfers and guards are OpenZeppelin's.
  */
 contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -34,6 +36,9 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     struct PackedChannel {
         uint256 word;
     }
+
+    /// @dev secp256k1's group order n, halved: a larger s is the malleable twin of a valid signature.
+    uint256 private constant _HALF_ORDER = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
 
     IERC20 private immutable _token;
 
@@ -103,30 +108,16 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     // Settlement
 
     /// @inheritdoc IPaymentChannels
-    function claim(ChannelTerms calldata terms, uint256 amount, bytes calldata signature) external nonReentrant {
+    function claim(ChannelTerms calldata terms, uint96 amount, bytes calldata signature) external {
         uint256 channelId = _channelId(terms);
-        bytes32 r;
-        bytes32 vs;
-        if (signature.length == 64) {
-            (r, vs) = (bytes32(signature[0:32]), bytes32(signature[32:64]));
-        } else if (signature.length == 65) {
-            // Canonical signatures only: v is 27 or 28, and s fits in 255 bits (ECDSA also refuses s > n/2).
-            uint8 v = uint8(signature[64]);
-            bytes32 s = bytes32(signature[32:64]);
-            if ((v != 27 && v != 28) || uint256(s) >> 255 != 0) {
-                revert PaymentChannelsInvalidSignature(channelId, terms.signer);
-            }
-            r = bytes32(signature[0:32]);
-            vs = bytes32((uint256(v - 27) << 255) | uint256(s));
-        } else {
-            revert PaymentChannelsInvalidSignature(channelId, terms.signer);
-        }
+        (bool wellFormed, bytes32 r, bytes32 vs) = _compact(signature);
+        if (!wellFormed) revert PaymentChannelsInvalidSignature(channelId, terms.signer);
         uint256 paid = _settle(_domainSeparatorV4(), channelId, amount, terms.signer, r, vs);
         _token.safeTransfer(terms.payee, paid);
     }
 
     /// @inheritdoc IPaymentChannels
-    function claimMany(address payee, Claim[] calldata claims) external nonReentrant returns (uint256 paid) {
+    function claimMany(address payee, Claim[] calldata claims) external returns (uint256 paid) {
         uint256 count = claims.length;
         if (count == 0) revert PaymentChannelsEmptyBatch();
         bytes32 domainSeparator = _domainSeparatorV4();
@@ -150,7 +141,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     }
 
     /// @inheritdoc IPaymentChannels
-    function reclaim(ChannelTerms calldata terms) external nonReentrant {
+    function reclaim(ChannelTerms calldata terms) external {
         _requirePayer(terms.payer);
         uint256 channelId = _channelId(terms);
         PackedChannel storage channel = _channels[channelId];
@@ -193,7 +184,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
 
     /// @inheritdoc IPaymentChannels
     function voucherDigest(uint256 channelId, uint256 amount) external view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, amount)));
+        return _voucherDigest(_domainSeparatorV4(), channelId, amount);
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -237,10 +228,8 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         _requireOpen(channelId, expiry);
         if (amount <= claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, amount, claimed);
         if (amount > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, amount, deposit);
-        bytes32 structHash = keccak256(abi.encode(VOUCHER_TYPEHASH, channelId, amount));
-        bytes32 digest = MessageHashUtils.toTypedDataHash(domainSeparator, structHash);
-        (address recovered, ECDSA.RecoverError error, ) = ECDSA.tryRecover(digest, r, vs);
-        if (error != ECDSA.RecoverError.NoError || recovered != signer) {
+        address recovered = _recover(_voucherDigest(domainSeparator, channelId, amount), r, vs);
+        if (recovered == address(0) || recovered != signer) {
             revert PaymentChannelsInvalidSignature(channelId, signer);
         }
         // amount > claimed was checked above.
@@ -250,6 +239,23 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         // amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
         _store(channel, deposit, uint96(amount), expiry);
         emit VoucherClaimed(channelId, amount, paid);
+    }
+
+    /// @dev `signature` as ERC-2098 (`r`, `yParityAndS`): 64 bytes are taken as they are, 65 bytes `r || s || v` must be
+    /// canonical (v 27 or 28, s below 2^255; `_settle` also refuses s > n/2). False for any other length.
+    function _compact(bytes calldata signature) private pure returns (bool wellFormed, bytes32 r, bytes32 vs) {
+        uint256 length = signature.length;
+        if (length != 64 && length != 65) return (false, 0, 0);
+        uint256 s;
+        // The ABI decoder checked that all `length` bytes are in calldata: read the words without copying.
+        assembly ("memory-safe") {
+            r := calldataload(signature.offset)
+            s := calldataload(add(signature.offset, 0x20))
+        }
+        if (length == 64) return (true, r, bytes32(s));
+        uint256 v = uint8(signature[64]);
+        if ((v != 27 && v != 28) || s >> 255 != 0) return (false, 0, 0);
+        return (true, r, bytes32(((v - 27) << 255) | s));
     }
 
     /// @dev Pulls `amount` tokens from the caller and refuses tokens that deliver less (fee on transfer).
@@ -283,7 +289,54 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         if (expiry == RECLAIMED) revert PaymentChannelsChannelReclaimed(channelId);
     }
 
-    function _channelId(ChannelTerms calldata terms) private pure returns (uint256) {
-        return uint256(keccak256(abi.encode(terms)));
+    /// @dev `uint256(keccak256(abi.encode(terms)))`, hashed straight from calldata (the five words of `terms` are
+    /// its ABI encoding; a word with dirty high bits hashes to an id no channel has).
+    function _channelId(ChannelTerms calldata terms) private pure returns (uint256 channelId) {
+        assembly ("memory-safe") {
+            let free := mload(0x40)
+            calldatacopy(free, terms, 0xa0)
+            channelId := keccak256(free, 0xa0)
+        }
+    }
+
+    /// @dev The EIP-712 digest of `Voucher(channelId, amount)` (as `_hashTypedDataV4`), hashed past the free memory
+    /// pointer without allocating.
+    function _voucherDigest(
+        bytes32 domainSeparator,
+        uint256 channelId,
+        uint256 amount
+    ) private pure returns (bytes32 digest) {
+        bytes32 typeHash = VOUCHER_TYPEHASH;
+        assembly ("memory-safe") {
+            let free := mload(0x40)
+            mstore(free, typeHash)
+            mstore(add(free, 0x20), channelId)
+            mstore(add(free, 0x40), amount)
+            let structHash := keccak256(free, 0x60)
+            mstore(free, hex"1901")
+            mstore(add(free, 0x02), domainSeparator)
+            mstore(add(free, 0x22), structHash)
+            digest := keccak256(free, 0x42)
+        }
+    }
+
+    /// @dev The signer of `digest` by the ERC-2098 signature (`r`, `vs`), or zero if there is none. Applies
+    /// `ECDSA.tryRecover`'s rules: s above n/2 (malleable) is refused, and the precompile's zero result means invalid.
+    function _recover(bytes32 digest, bytes32 r, bytes32 vs) private view returns (address signer) {
+        uint256 s = uint256(vs) & (type(uint256).max >> 1);
+        if (s > _HALF_ORDER) return address(0);
+        // yParity is the top bit of vs, so v is 27 or 28.
+        uint256 v = (uint256(vs) >> 255) + 27;
+        // The ecrecover precompile, its input past the free memory pointer and its output in scratch space.
+        assembly ("memory-safe") {
+            let free := mload(0x40)
+            mstore(free, digest)
+            mstore(add(free, 0x20), v)
+            mstore(add(free, 0x40), r)
+            mstore(add(free, 0x60), s)
+            // An invalid signature returns no data (and leaves 0x00 as it was): the signer is then zero.
+            pop(staticcall(gas(), 0x01, free, 0x80, 0x00, 0x20))
+            signer := mul(mload(0x00), eq(returndatasize(), 0x20))
+        }
     }
 }

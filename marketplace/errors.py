@@ -487,6 +487,7 @@ REJECTION_STATUS: dict[str, int] = {
     "channel_reclaimed": 402,
     "channel_expiring": 402,
     "amount_exceeds_deposit": 402,
+    "voucher_claimed": 402,  # at or below the channel's on-chain `claimed`: public calldata, spends nothing
     "insufficient_credit": 402,  # the ledger: min(max(authorized, voucher), deposit) - consumed < price
     "too_many_lookups": 429,  # this client named too many unknown channels; Retry-After says when
     # exact (EIP-3009)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
 
-from eth_typing import ChecksumAddress
+if TYPE_CHECKING:
+    from eth_typing import ChecksumAddress as Address
+else:
+    Address = str  # eth_typing's ChecksumAddress is a str at run time; importing it costs ~20 ms (importlib.metadata)
 
-__all__ = ["Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
+__all__ = ["SCHEMES", "Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
 
-Address = ChecksumAddress
+SCHEMES = ("channel", "exact", "license")  # the x402 payment schemes of the marketplace (docs/payment-protocol.md)
+
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256(abi.encode(owner, salt))
 ChannelId = NewType("ChannelId", int)  # uint256(keccak256(abi.encode(ChannelTerms)))
 LicenseId = NewType("LicenseId", int)  # ERC-721 token id

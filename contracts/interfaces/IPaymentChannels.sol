@@ -128,9 +128,11 @@ interface IPaymentChannels {
     function extend(ChannelTerms calldata terms, uint64 newExpiry) external;
 
     /// @notice Pays the payee `amount - claimed` for a voucher of cumulative `amount`; anyone may submit it.
+    /// @param amount The voucher's cumulative amount; `uint96` like a deposit (this also makes `claim` the first
+    /// selector the dispatcher tries).
     /// @param signature By `terms.signer` over the EIP-712 voucher: 65 bytes `r || s || v` (v = 27 or 28), or the
-    /// 64-byte ERC-2098 compact form `r || yParityAndS` (about 400 gas cheaper). High-s signatures are refused.
-    function claim(ChannelTerms calldata terms, uint256 amount, bytes calldata signature) external;
+    /// 64-byte ERC-2098 compact form `r || yParityAndS` (about 330 gas cheaper). High-s signatures are refused.
+    function claim(ChannelTerms calldata terms, uint96 amount, bytes calldata signature) external;
 
     /// @notice Claims many vouchers of channels paying one `payee`, with one token transfer in total.
     /// @return paid The total transferred to `payee`.

@@ -6,11 +6,12 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
+from typing import TYPE_CHECKING
 
 from marketplace.errors import MissingKey
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 __all__ = ["PRIVATE_KEY_ENV", "PASSWORD_ENV", "load_account", "account_from_hex"]
 
@@ -26,6 +27,8 @@ def load_account(
 ) -> LocalAccount:
     """The account from `keystore` (password from $MARKETPLACE_PASSWORD or `ask_password`),
     else from the hex private key in `$key_env`. Raises MissingKey with the reason."""
+    from eth_account import Account  # imported by what loads a key, not by the help of every command
+
     if keystore is not None:
         try:
             encrypted = json.loads(keystore.read_text())
@@ -50,6 +53,8 @@ def load_account(
 
 def account_from_hex(raw: str, *, source: str) -> LocalAccount:
     """The account of a hex private key; the MissingKey error names `source`, never the key."""
+    from eth_account import Account
+
     try:
         return Account.from_key(raw.strip())
     except (ValueError, TypeError):

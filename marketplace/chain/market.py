@@ -9,7 +9,7 @@
 The typed contract wrappers are in `marketplace.chain.contracts`. The catalog is folded from events
 by `ChainStateCache` (the daemon's own view of models and channels), plus the artifact version
 history. Amounts are token units (`TokenAmount`, 18 decimals): `parse_tokens("0.002")`,
-`format_tokens`.
+`format_tokens` (from `marketplace.tokens`, light enough for the command line's start).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import asyncio
 from collections.abc import Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -43,13 +42,13 @@ from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChannelInfo, ModelInfo
 from marketplace.errors import (
     ChainError,
-    ConfigError,
     InsufficientFunds,
     MissingKey,
     NotFoundOnChain,
 )
 from marketplace.ipfs.cid import CID
-from marketplace.types import Address, ModelId, TokenAmount
+from marketplace.tokens import TOKEN_DECIMALS, UINT96_MAX, format_tokens, parse_tokens  # re-exported
+from marketplace.types import Address, ModelId
 
 __all__ = [
     "TOKEN_DECIMALS",
@@ -63,35 +62,6 @@ __all__ = [
 ]  # fmt: skip
 
 T = TypeVar("T")
-TOKEN_DECIMALS = 18
-UINT96_MAX = 2**96 - 1  # prices, deposits and license prices are uint96 on chain
-
-
-def parse_tokens(text: str | int | Decimal, *, what: str = "amount", allow_zero: bool = False,
-                 maximum: int = UINT96_MAX) -> TokenAmount:
-    """`"0.002"` -> 2 * 10**15 token units; ConfigError (naming `what`) unless exact, positive and small enough."""
-    with localcontext() as context:
-        context.prec = 100
-        try:
-            value = Decimal(str(text).strip()) * Decimal(10) ** TOKEN_DECIMALS
-        except InvalidOperation:
-            raise ConfigError(f"{what} must be a number of tokens such as 0.002, got {text!r}") from None
-        if not value.is_finite() or value != value.to_integral_value():
-            raise ConfigError(f"{what} must be a number of tokens with at most {TOKEN_DECIMALS} decimals, got {text!r}")
-    units = int(value)
-    if units < 0 or (units == 0 and not allow_zero):
-        raise ConfigError(f"{what} must be more than 0 tokens, got {text}")
-    if units > maximum:
-        raise ConfigError(f"{what} of {text} tokens is too large (at most {format_tokens(maximum)})")
-    return TokenAmount(units)
-
-
-def format_tokens(amount: int) -> str:
-    """Token units as a decimal number of tokens: 2 * 10**15 -> "0.002"."""
-    whole, fraction = divmod(int(amount), 10**TOKEN_DECIMALS)
-    decimals = f"{fraction:0{TOKEN_DECIMALS}d}".rstrip("0")
-    return f"{whole}.{decimals}" if decimals else str(whole)
-
 
 
 @dataclass(frozen=True)

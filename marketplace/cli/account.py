@@ -14,27 +14,23 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from web3 import Web3
 
-from marketplace.accounts import (
-    DEV_ACCOUNT_NAMES,
-    AccountStore,
-    dev_index,
-    resolve_account,
-)
-from marketplace.chain.connection import connect
-from marketplace.chain.deploy import Deployment, default_deployments_dir
-from marketplace.chain.devkeys import DEV_CHAIN_ID, dev_account
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
-from marketplace.chain.market import Market, format_tokens, parse_tokens
 from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError, DevAccountRefused
+from marketplace.tokens import format_tokens, parse_tokens
 from marketplace.types import ChannelId, ModelId
+
+if TYPE_CHECKING:  # the chain stack (web3, eth_account) is imported by the commands that use it
+    from web3 import Web3
+
+    from marketplace.chain.deploy import Deployment
+    from marketplace.chain.market import Market
 
 __all__ = [
     "AccountOption",
@@ -109,6 +105,12 @@ def open_session(
 ) -> Session:
     """Connect, load the deployment of the node's chain and unlock `account` (required unless
     `need_account` is False); a dev key is refused off chain id 31337 before anything else."""
+    from marketplace.accounts import dev_index, resolve_account
+    from marketplace.chain.connection import connect
+    from marketplace.chain.deploy import Deployment, default_deployments_dir
+    from marketplace.chain.devkeys import DEV_CHAIN_ID
+    from marketplace.chain.market import Market
+
     w3 = connect(rpc_url)
     chain_id = w3.eth.chain_id
     if account and dev_index(account) is not None and chain_id != DEV_CHAIN_ID:
@@ -204,6 +206,8 @@ def new(name: NameArgument) -> None:
     """Create an account with a new random key, saved encrypted (scrypt) under NAME.
 
     The password comes from $MARKETPLACE_PASSWORD or a prompt; the key is never shown."""
+    from marketplace.accounts import AccountStore
+
     store = AccountStore()
     store.path(name)  # refuse a bad or reserved name before asking anything
     entry = store.create(name, _new_password(name))
@@ -221,6 +225,8 @@ def import_(
 ) -> None:
     """Import an existing key under NAME: a hex private key typed at a hidden prompt (or piped on
     stdin), or a keystore v3 file. The key is stored encrypted and never echoed."""
+    from marketplace.accounts import AccountStore
+
     store = AccountStore()
     store.path(name)
     if keystore is not None:
@@ -239,6 +245,9 @@ def import_(
 @app.command("list")
 def list_() -> None:
     """List the local accounts (addresses read from the keystores, nothing decrypted)."""
+    from marketplace.accounts import DEV_ACCOUNT_NAMES, AccountStore
+    from marketplace.chain.devkeys import DEV_CHAIN_ID
+
     store = AccountStore()
     entries = store.entries()
     if not entries:
@@ -260,6 +269,8 @@ def balance(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Show ETH (for gas) and MKT (for payments) of an account or address."""
+    from web3 import Web3
+
     session = open_session(rpc_url, None if address else account, deployments_dir=deployments_dir,
                            need_account=address is None)
     who = Web3.to_checksum_address(address) if address else session.market.address
@@ -277,6 +288,9 @@ def fund(
 ) -> None:
     """Local chain id 31337 only: send ETH and mint demo MKT to an account, from dev0 (the token's owner
     after `marketplace up`)."""
+    from marketplace.accounts import AccountStore, dev_index
+    from marketplace.chain.devkeys import dev_account
+
     session = open_session(rpc_url, "dev0", deployments_dir=deployments_dir)
     index = dev_index(name)
     if index is not None:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from marketplace.chain.connection import connect
-from marketplace.chain.deploy import (
-    Deployment,
-    default_deployments_dir,
-    deploy_contracts,
-)
 from marketplace.chain.keys import PASSWORD_ENV, load_account
+
+if TYPE_CHECKING:
+    from marketplace.chain.deploy import Deployment
 
 __all__ = ["app", "print_deployment"]
 
@@ -46,6 +43,9 @@ def deploy(
     """Deploy MarketToken, ModelRegistry, PaymentChannels and Licenses to any node.
 
     The deployer key comes from --keystore or from $MARKETPLACE_PRIVATE_KEY (hex)."""
+    from marketplace.chain.connection import connect  # the chain stack is imported by the command that uses it
+    from marketplace.chain.deploy import default_deployments_dir, deploy_contracts
+
     w3 = connect(rpc_url, expected_chain_id=chain_id)
     account = load_account(keystore, ask_password=lambda: typer.prompt("keystore password", hide_input=True))
     deployment = deploy_contracts(w3, account)

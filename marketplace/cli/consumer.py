@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from marketplace.chain.contracts import ChannelTerms
-from marketplace.chain.market import (
-    Catalog,
-    ListedModel,
-    Market,
-    format_tokens,
-    parse_tokens,
-)
 from marketplace.chain.views import ModelStatus
 from marketplace.cli.account import (
     AccountOption,
@@ -39,12 +31,17 @@ from marketplace.cli.account import (
     read_json_argument,
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
-from marketplace.client import SCHEMES, ChannelRecord, ChannelStore, MarketplaceClient
-from marketplace.client.store import DaemonView
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
-from marketplace.metadata import ModelMetadata, parse_metadata
+from marketplace.tokens import format_tokens, parse_tokens
+from marketplace.types import SCHEMES
+
+if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that use them
+    from marketplace.chain.contracts import ChannelTerms
+    from marketplace.chain.market import Catalog, ListedModel, Market
+    from marketplace.client.store import ChannelRecord, DaemonView
+    from marketplace.metadata import ModelMetadata
 
 __all__ = ["app", "load_metadata"]
 
@@ -60,6 +57,8 @@ ChannelArgument = Annotated[str, typer.Argument(metavar="CHANNEL", help="Channel
 
 def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, directory: Path | None) -> ModelMetadata | None:
     """The model's metadata from IPFS, or None when the store does not have it (or it is invalid)."""
+    from marketplace.metadata import parse_metadata
+
     try:
         with open_store(kind, api=api, data_dir=(directory or data_dir()) / "ipfs") as store, DagReader(store) as reader:
             return parse_metadata(b"".join(reader.cat(model.metadata_cid)))
@@ -161,6 +160,9 @@ def open_channel(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Open a payment channel to a model's payee in ONE transaction (an ERC-2612 permit signed here)."""
+    from marketplace.chain.contracts import ChannelTerms
+    from marketplace.client import ChannelRecord, ChannelStore
+
     model_id, units = model_id_arg(model), parse_tokens(deposit, what="--deposit")
     lifetime = parse_duration(expires, what="--expires")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
@@ -183,6 +185,8 @@ def open_channel(
 
 
 def _terms(market: Market, channel_id: int) -> ChannelTerms:
+    from marketplace.client import ChannelStore
+
     with ChannelStore() as channels:
         record = channels.get(channel_id)
     return record.terms if record is not None else market.channels.terms_of(channel_id)
@@ -197,6 +201,8 @@ def top_up(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Add tokens to a channel's deposit (an approval first, if the escrow may not take them yet)."""
+    from marketplace.client import ChannelRecord, ChannelStore
+
     channel_id, units = channel_id_arg(channel), parse_tokens(amount, what="--amount")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
@@ -219,6 +225,8 @@ def extend(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Move a channel's expiry later (payer only)."""
+    from marketplace.client import ChannelRecord, ChannelStore
+
     channel_id, lifetime = channel_id_arg(channel), parse_duration(expires, what="--expires")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
@@ -254,6 +262,8 @@ def call(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Call a model once, paying per call; print its output (stdout) and where the receipt was saved."""
+    from marketplace.client import ChannelStore, MarketplaceClient
+
     model_id, body = model_id_arg(model), read_json_argument(input_, "--input")
     schemes = scheme or ["channel"]
     unknown = [s for s in schemes if s not in SCHEMES]
@@ -299,6 +309,8 @@ def channels(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Your channels: deposit, what you signed, what the daemon says you used, what was claimed, expiry."""
+    from marketplace.client import ChannelStore
+
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
     catalog = market.catalog()
@@ -327,6 +339,8 @@ def reclaim(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """After a channel expired: take back its unclaimed deposit and close it for good."""
+    from marketplace.client import ChannelStore
+
     channel_id = channel_id_arg(channel)
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
@@ -354,6 +368,8 @@ def resolve(
         "--keep-ours", help="Drop the daemon's figures; the next call checks them again.")] = False,
 ) -> None:
     """Show a channel's dispute (a daemon claiming more than you ever signed), or settle it."""
+    from marketplace.client import ChannelStore
+
     if accept_daemon_view and keep_ours:
         raise ConfigError("choose one of --accept-daemon-view and --keep-ours")
     channel_id = channel_id_arg(channel)

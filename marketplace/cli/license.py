@@ -6,13 +6,11 @@ A valid license lets its holder call the model without paying per call
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from marketplace.chain.contracts import License, Offer
-from marketplace.chain.market import Market, format_tokens, parse_tokens
 from marketplace.cli.account import (
     AccountOption,
     DeploymentsDirOption,
@@ -25,6 +23,11 @@ from marketplace.cli.account import (
 )
 from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError
+from marketplace.tokens import format_tokens, parse_tokens
+
+if TYPE_CHECKING:  # the chain stack is imported by the commands that use it
+    from marketplace.chain.contracts import License, Offer
+    from marketplace.chain.market import Market
 
 __all__ = ["app"]
 

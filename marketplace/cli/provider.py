@@ -7,7 +7,6 @@ nothing; a transaction the chain refuses prints its decoded custom error.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections import defaultdict
@@ -15,14 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
-from pydantic import ValidationError
 from rich.table import Table
-from web3 import Web3
 
-from marketplace.chain.market import format_tokens, parse_tokens
-from marketplace.chain.state import ChainStateCache
 from marketplace.cli.account import (
     AccountOption,
     DeploymentsDirOption,
@@ -46,12 +39,7 @@ from marketplace.ipfs import (
     add_path,
     open_store,
 )
-from marketplace.listing import GAS_PROBE_CID
-from marketplace.listing import list_model as publish_model
-from marketplace.metadata import ModelMetadata
-from marketplace.payments.claimer import Claimer, ClaimPolicy
-from marketplace.payments.ledger import open_ledger
-from marketplace.payments.ledger.sqlite import sqlite_path
+from marketplace.tokens import format_tokens, parse_tokens
 from marketplace.types import ChannelId
 
 __all__ = ["app"]
@@ -72,6 +60,9 @@ def _store(kind: StoreKind, api: str | None, directory: Path | None) -> Any:
 
 
 def _schema(path: Path) -> dict[str, Any]:
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
     try:
         schema = json.loads(path.read_text())
     except FileNotFoundError:
@@ -125,6 +116,14 @@ def list_model(
 
     Checked before any transaction: the file exists, the schema is a valid JSON Schema, the price is
     above 0, the registration would not revert and your account can pay its gas."""
+    from jsonschema.validators import validator_for  # these stacks are imported by the commands that use them
+    from pydantic import ValidationError
+    from web3 import Web3
+
+    from marketplace.listing import GAS_PROBE_CID
+    from marketplace.listing import list_model as publish_model
+    from marketplace.metadata import ModelMetadata
+
     artifact_path = _artifact(path)
     schema = _schema(input_schema)
     units = parse_tokens(price, what="--price")
@@ -186,6 +185,8 @@ def update_model(
     data_dir_: DataDirOption = None,
 ) -> None:
     """Publish PATH as the model's next artifact version (earlier versions stay in the history)."""
+    from marketplace.listing import GAS_PROBE_CID
+
     model_id, artifact_path = model_id_arg(model), _artifact(path)
     market = open_session(rpc_url, account, deployments_dir=deployments_dir).market
     fn = market.registry.contract.functions.publishArtifact(model_id, (GAS_PROBE_CID.codec, GAS_PROBE_CID.digest))
@@ -333,7 +334,12 @@ def earnings(
 
 
 def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, int]] | None:
-    """{channel: (consumed, authorized)} from the daemon's ledger; None if there is no ledger there."""
+    """{channel: (consumed, earned)} from the daemon's ledger; None if there is no ledger there."""
+    import asyncio  # asyncio and the ledger are imported by the commands that read the ledger
+
+    from marketplace.payments.ledger import open_ledger
+    from marketplace.payments.ledger.sqlite import sqlite_path
+
     if url.startswith("sqlite:") and not sqlite_path(url).exists():
         return None
 
@@ -344,7 +350,7 @@ def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, in
             for channel_id in channel_ids:
                 credit = await ledger.credit(ChannelId(channel_id))
                 if credit is not None:
-                    found[channel_id] = (int(credit.consumed), int(credit.authorized))
+                    found[channel_id] = (int(credit.consumed), int(credit.earned))
             return found
         finally:
             await ledger.close()
@@ -366,6 +372,10 @@ def claim(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Claim the vouchers the daemon holds now (one claimMany per payee); the account pays the gas."""
+    import asyncio
+
+    from marketplace.payments.ledger.sqlite import sqlite_path
+
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     url = database_url or f"sqlite:///{data_dir() / 'ledger.db'}"
     if url.startswith("sqlite:") and not sqlite_path(url).exists():
@@ -381,6 +391,12 @@ def claim(
 
 
 async def _claim(session: Session, url: str, everything: bool) -> Any:
+    import asyncio
+
+    from marketplace.chain.state import ChainStateCache
+    from marketplace.payments.claimer import Claimer, ClaimPolicy
+    from marketplace.payments.ledger import open_ledger
+
     ledger = await asyncio.to_thread(open_ledger, url)
     state = ChainStateCache.connect(session.rpc_url, session.deployment)
     try:

@@ -12,7 +12,6 @@ import typer
 from rich.console import Console
 
 from marketplace.errors import ReceiptInvalid
-from marketplace.payments.receipts import body_hash, load_receipt, verify_receipt
 
 __all__ = ["app", "read_receipt_argument", "verify"]
 
@@ -67,6 +66,8 @@ def verify(
     ] = None,
 ) -> None:
     """Check a receipt's signature (and signer, and body hashes when given); exit 1 on any mismatch."""
+    from marketplace.payments.receipts import body_hash, load_receipt, verify_receipt  # eth_account: when run
+
     try:
         obj = read_receipt_argument(receipt)
         address = verify_receipt(obj, expected_signer=signer)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
-from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import ConfigError
+
+if TYPE_CHECKING:
+    from marketplace.daemon.settings import DaemonSettings
 
 __all__ = ["app_from_environment", "dashboard_hint", "load_settings", "serve"]
 
@@ -20,6 +21,10 @@ _CONFIRMATIONS_ENV = "MARKETPLACE_CONFIRMATIONS"
 
 def load_settings(config: Path | None) -> DaemonSettings:
     """Settings from MARKETPLACE_* variables and the TOML file; ConfigError without echoing values."""
+    from pydantic import ValidationError
+
+    from marketplace.daemon.settings import DaemonSettings
+
     try:
         return DaemonSettings(config_file=config) if config else DaemonSettings()
     except ValidationError as error:

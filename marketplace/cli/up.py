@@ -12,25 +12,21 @@ import shlex
 import signal
 import threading
 from contextlib import ExitStack
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from web3 import Web3
 
-from marketplace.chain.anvil import Anvil
-from marketplace.chain.connection import connect
-from marketplace.chain.deploy import (
-    Deployment,
-    default_deployments_dir,
-    deploy_contracts,
-)
-from marketplace.chain.devkeys import dev_accounts
-from marketplace.chain.market import Market, parse_tokens
 from marketplace.cli.chain import print_deployment
 from marketplace.cli.serve import dashboard_hint
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ChainError, DeploymentNotFound, ToolchainError
+from marketplace.tokens import parse_tokens
+
+if TYPE_CHECKING:
+    from web3 import Web3
+
+    from marketplace.chain.deploy import Deployment
 
 __all__ = ["up"]
 
@@ -41,6 +37,9 @@ out = Console()
 
 def _deployment(w3: Web3, fresh_chain: bool, accounts: list) -> Deployment:  # type: ignore[type-arg]
     """Deploy on a fresh chain (and fund the dev accounts); reuse a valid record on a given one."""
+    from marketplace.chain.deploy import Deployment, default_deployments_dir, deploy_contracts
+    from marketplace.chain.market import Market
+
     if not fresh_chain:
         try:
             return Deployment.load(default_deployments_dir(), w3)
@@ -74,6 +73,11 @@ def up(
     """Start a chain, deploy, list a demo model and serve it with the paid daemon; run until Ctrl-C."""
     import uvicorn  # the daemon's stack is imported only by the commands that run it
 
+    from marketplace.chain.anvil import Anvil
+    from marketplace.chain.connection import connect
+    from marketplace.chain.deploy import default_deployments_dir
+    from marketplace.chain.devkeys import dev_accounts
+    from marketplace.chain.market import Market
     from marketplace.daemon.app import create_app
     from marketplace.daemon.settings import DaemonSettings
     from marketplace.ipfs.artifacts import open_store

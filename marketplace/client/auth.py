@@ -63,11 +63,10 @@ from marketplace.payments.x402 import (
     parse_payment_required,
     parse_payment_response,
 )
-from marketplace.types import ChannelId, LicenseId, TokenAmount
+from marketplace.types import SCHEMES, ChannelId, LicenseId, TokenAmount
 
 __all__ = ["SCHEMES", "ChannelAuth"]
 
-SCHEMES = ("channel", "exact", "license")
 _MODEL_IN_PATH = re.compile(r"/v1/models/(0x[0-9a-fA-F]{64})(?:/|$)")
 
 

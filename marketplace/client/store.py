@@ -2,8 +2,9 @@
 
 Per channel it keeps the fixed terms (chain, escrow, payer, signer, payee, model, salt), what the
 chain said (deposit, expiry), the daemon's view of the channel's credit, `authorized` (the
-highest voucher the daemon holds) and `consumed` (what its calls used), and the client's own
-record, `signed`: the highest cumulative amount it ever signed on the channel.
+highest voucher the daemon holds) and `consumed` (what its calls used; never below the chain's
+`claimed`: a claimed voucher is public, so the daemon refuses any voucher not above it), and the
+client's own record, `signed`: the highest cumulative amount it ever signed on the channel.
 
 `signed` is what the client trusts. `reserve` picks the amount of the next voucher and raises
 `signed` to it in the same transaction, so the record is on disk before the voucher leaves the
@@ -313,6 +314,9 @@ class ChannelStore:
             changes["authorized"] = authorized if exact else max(record.authorized, authorized)
         if consumed is not None:
             changes["consumed"] = consumed if exact else max(record.consumed, consumed)
+        claimed = _uint(view, "claimed")  # spent: the daemon refuses a voucher not above it (voucher_claimed)
+        if claimed is not None and claimed > changes.get("consumed", record.consumed):
+            changes["consumed"] = claimed
         if deposit is not None:
             changes["deposit"] = max(record.deposit, deposit)
         if expiry is not None and not view.get("reclaimed"):

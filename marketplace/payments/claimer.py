@@ -1,6 +1,6 @@
 """Claim the vouchers the daemon holds, in batches, before they are worth too much to risk or expire.
 
-A channel is due when its unclaimed credit (``authorized - claimed``) reaches `min_unclaimed`, or
+A channel is due when its unclaimed credit (``earned - claimed``) reaches `min_unclaimed`, or
 when it is within `expiry_margin_seconds` of its expiry (or past it: a channel can be claimed until
 its payer reclaims it). Due channels are grouped by payee and claimed with one
 `PaymentChannels.claimMany` per payee (at most `max_batch` vouchers each, most urgent first), sent
@@ -16,8 +16,11 @@ taken out of the batch and the rest is sent; a voucher found unclaimable is not 
 the ledger holds a higher one.
 
 The chain can change under a claim (docs/chain-state.md):
-- the voucher claimed is the best one the chain will pay: the highest, or, if a reorg rolled a
-  top-up back so the deposit is below it, the highest voucher the ledger kept within the deposit;
+- the voucher claimed is the best one served (the ledger's `earned`: at most `consumed`, so a
+  claim never takes credit a refunded or unused call left), or, if a reorg rolled a top-up back so
+  the deposit is below it, the highest voucher the ledger kept within both. A pre-authorization
+  is a cap, not a payment: near expiry, if no voucher served pays more than the chain's
+  `claimed`, nothing more is claimed and the rest is the payer's to reclaim;
 - with `confirmations` N > 0 a mined claim is recorded in the ledger only once the chain state
   (which sees blocks N deep) shows it; if that block arrives without it, it was rolled back and
   the channel is claimed again;
@@ -193,15 +196,15 @@ class Claimer:
         now = self.state.now()
         for credit in await self.ledger.claimable(TokenAmount(0)):
             channel_id = int(credit.channel_id)
-            if credit.signature is None or self._dropped.get(channel_id) == credit.authorized:
+            if credit.earned_signature is None or self._dropped.get(channel_id) == credit.earned:
                 continue
             info = await self._channel(channel_id, report)
             if info is None or await self._awaiting_confirmations(info, report):
                 continue
-            if info.claimed >= credit.authorized:  # claimed already (elsewhere, or a lost receipt)
-                await self._record(channel_id, credit.authorized, report)
+            if info.claimed >= credit.earned:  # claimed already (elsewhere, or a lost receipt)
+                await self._record(channel_id, credit.earned, report)
             elif info.reclaimed:
-                self._drop(channel_id, credit.authorized, "the channel was reclaimed by its payer", report)
+                self._drop(channel_id, credit.earned, "the channel was reclaimed by its payer", report)
             elif everything or self._is_due(credit, info, now):
                 voucher = await self._claimable_voucher(credit, info, report)
                 if voucher is not None:
@@ -231,21 +234,23 @@ class Claimer:
     async def _claimable_voucher(
         self, credit: Credit, info: ChannelInfo, report: ClaimReport
     ) -> tuple[int, bytes] | None:
-        """The voucher to claim: the highest, unless it exceeds the deposit (a reorg rolled a top-up
-        back): then the highest one kept within the deposit, if it pays anything."""
-        assert credit.signature is not None
-        if credit.authorized <= info.deposit:
-            return int(credit.authorized), bytes(credit.signature)
-        best = await self.ledger.best_voucher(credit.channel_id, TokenAmount(info.deposit))
+        """The voucher to claim: the best one served (`earned`), unless it exceeds the deposit (a
+        reorg rolled a top-up back): then the highest one kept within the deposit, if it pays
+        anything. Never one above `consumed`: credit a call did not use stays the payer's."""
+        assert credit.earned_signature is not None
+        if credit.earned <= info.deposit:
+            return int(credit.earned), bytes(credit.earned_signature)
+        best = await self.ledger.best_voucher(credit.channel_id, TokenAmount(min(credit.consumed, info.deposit)))
         if best is None or best[0] <= info.claimed:
             report.deferred[info.channel_id] = (
-                f"the best voucher ({credit.authorized}) exceeds the deposit {info.deposit}; none within it pays more"
+                f"the best voucher served ({credit.earned}) exceeds the deposit {info.deposit}; "
+                "none within it pays more"
             )
             return None
         return int(best[0]), best[1]
 
     def _is_due(self, credit: Credit, info: ChannelInfo, now: int) -> bool:
-        unclaimed = credit.authorized - max(credit.claimed, info.claimed)
+        unclaimed = credit.earned - max(credit.claimed, info.claimed)
         return unclaimed >= self.policy.min_unclaimed or info.expiry - now <= self.policy.expiry_margin_seconds
 
     async def _channel(self, channel_id: int, report: ClaimReport) -> ChannelInfo | None:

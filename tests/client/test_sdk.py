@@ -16,6 +16,7 @@ from daemon_fixtures import PRICE, Listing
 from eth_account.signers.local import LocalAccount
 
 from marketplace.chain.market import Market
+from marketplace.chain.transactions import Sender
 from marketplace.client import (
     AsyncMarketplaceClient,
     ChannelRecord,
@@ -258,3 +259,28 @@ async def test_exact_pays_each_call_with_an_eip3009_transfer(
         result = await sdk.call(listing.model_id, INPUT)
     assert result.scheme == "exact" and result.settlement.transaction.startswith("0x")
     assert market.token.balance(consumer.address) == before - PRICE
+
+
+async def test_a_voucher_at_or_below_the_claimed_amount_is_refused_and_the_sdk_signs_above_it(
+    daemon: httpx.AsyncClient, listing: Listing, consumer: LocalAccount, store: ChannelStore,
+    open_paid_channel: Callable[..., ChannelRecord], w3: Any, contracts: Any,
+) -> None:
+    """A claim raced a call that then failed: the chain's `claimed` is above the daemon's
+    `consumed`. The SDK's next voucher (consumed + price) is refused `voucher_claimed`; the 402's
+    view carries `claimed`, and the SDK signs above it."""
+    channel = open_paid_channel(store, 20 * PRICE)
+    sdk, recorder = client(daemon, consumer, store)
+    async with sdk:
+        for _ in range(2):
+            await sdk.infer(listing.model_id, INPUT)
+        with pytest.raises(Exception, match="invalid_input"):  # the model fails the 3rd call: refunded
+            await sdk.infer(listing.model_id, {"inputs": [[1, 2]]})
+        credit = await ledger(daemon, channel.channel_id)
+        assert (credit.authorized, credit.consumed) == (3 * PRICE, 2 * PRICE)
+        # the provider claimed the 3rd voucher while its call was in flight
+        Sender(w3, listing.provider).transact(
+            contracts.channels.functions.claim(channel.terms.as_tuple(), 3 * PRICE, credit.signature))
+        await daemon.app.state.services.state.refresh_channel(channel.channel_id)  # type: ignore[attr-defined]
+        await sdk.infer(listing.model_id, INPUT)
+    assert recorder.amounts() == [PRICE, 2 * PRICE, 3 * PRICE, 3 * PRICE, 4 * PRICE]  # the 2nd 3p: voucher_claimed
+    assert (await ledger(daemon, channel.channel_id)).consumed == 3 * PRICE

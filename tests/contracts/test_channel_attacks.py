@@ -16,6 +16,7 @@ from contracts_support import (
     Escrow,
     advance_time,
     compact,
+    decode_error,
     expect_revert,
     malleate,
     send,
@@ -151,7 +152,34 @@ def _attack_failed_with_reentrancy_guard(token: Contract) -> None:
     assert token.functions.lastAttackResult().call() == REENTRANT_CALL
 
 
-def test_reentrant_claim_through_the_token_fails(hostile: tuple[Escrow, Contract]) -> None:
+def _attack_reverted_with(token: Contract, attacks: int, error: str, *args: object) -> None:
+    """The token's last callback into the escrow reverted with `error(args)`: it saw the state already updated."""
+    assert token.functions.attacks().call() == attacks
+    assert token.functions.lastAttackSucceeded().call() is False
+    assert decode_error(token.functions.lastAttackResult().call()) == (error, args)
+
+
+def test_reentrant_claim_of_the_same_voucher_through_the_token_fails(hostile: tuple[Escrow, Contract]) -> None:
+    """claim is not guarded: it records the voucher before the transfer, so a replay from inside the transfer
+    already meets the new watermark."""
+    escrow, token = hostile
+    channel = escrow.open()
+    voucher = escrow.voucher(channel, 3 * TOKEN)
+    token.functions.arm(
+        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 3 * TOKEN, voucher])
+    ).transact({"from": escrow.stranger})
+    payee_before = escrow.balance(escrow.payee)
+
+    escrow.claim(channel, 3 * TOKEN, signature=voucher)
+
+    _attack_reverted_with(token, 1, "PaymentChannelsAmountNotAboveClaimed", channel.id, 3 * TOKEN, 3 * TOKEN)
+    assert escrow.state(channel)[1] == 3 * TOKEN
+    assert escrow.balance(escrow.payee) == payee_before + 3 * TOKEN
+    _assert_books_balance(escrow, channel)
+
+
+def test_reentrant_claim_of_a_later_voucher_pays_only_its_increment(hostile: tuple[Escrow, Contract]) -> None:
+    """A higher voucher submitted from inside the transfer is an ordinary claim on top of the recorded one."""
     escrow, token = hostile
     channel = escrow.open()
     later = escrow.voucher(channel, 8 * TOKEN)
@@ -162,31 +190,34 @@ def test_reentrant_claim_through_the_token_fails(hostile: tuple[Escrow, Contract
 
     escrow.claim(channel, 3 * TOKEN)
 
-    _attack_failed_with_reentrancy_guard(token)
-    assert escrow.state(channel)[1] == 3 * TOKEN
-    assert escrow.balance(escrow.payee) == payee_before + 3 * TOKEN
+    assert token.functions.lastAttackSucceeded().call() is True
+    assert escrow.state(channel)[1] == 8 * TOKEN
+    assert escrow.balance(escrow.payee) == payee_before + 8 * TOKEN
     _assert_books_balance(escrow, channel)
 
 
-def test_reentrant_reclaim_and_claim_many_through_the_token_fail(hostile: tuple[Escrow, Contract]) -> None:
+def test_reentrant_claim_many_and_claim_during_reclaim_through_the_token_fail(
+    hostile: tuple[Escrow, Contract],
+) -> None:
+    """claimMany and reclaim are not guarded either: both write the channel before their one transfer."""
     escrow, token = hostile
     channel = escrow.open(duration=DAY)
     r, vs = compact(escrow.voucher(channel, 2 * TOKEN))
     batch = [(escrow.payer, escrow.signer.address, escrow.model_id, 0, 2 * TOKEN, r, vs)]
-    send(
-        token.functions.arm(escrow.channels.address, escrow.channels.encode_abi("reclaim", [channel.terms])),
-        escrow.payer,
-    )
+    payload = escrow.channels.encode_abi("claimMany", [escrow.payee, batch])
+    send(token.functions.arm(escrow.channels.address, payload), escrow.payer)
+    payee_before = escrow.balance(escrow.payee)
     send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
-    _attack_failed_with_reentrancy_guard(token)
+    _attack_reverted_with(token, 1, "PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 2 * TOKEN)
+    assert escrow.balance(escrow.payee) == payee_before + 2 * TOKEN
 
     advance_time(escrow.w3, DAY)
-    payload = escrow.channels.encode_abi("claimMany", [escrow.payee, batch])
+    late = escrow.voucher(channel, 5 * TOKEN)
+    payload = escrow.channels.encode_abi("claim", [channel.terms, 5 * TOKEN, late])
     send(token.functions.arm(escrow.channels.address, payload), escrow.payer)
     payer_before = escrow.balance(escrow.payer)
     send(escrow.channels.functions.reclaim(channel.terms), escrow.payer)
-    assert token.functions.attacks().call() == 2
-    assert token.functions.lastAttackResult().call() == REENTRANT_CALL
+    _attack_reverted_with(token, 2, "PaymentChannelsChannelReclaimed", channel.id)
     assert escrow.balance(escrow.payer) == payer_before + DEPOSIT - 2 * TOKEN
     _assert_books_balance(escrow, channel)
 

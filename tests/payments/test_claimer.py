@@ -142,7 +142,7 @@ async def test_one_claim_many_pays_the_highest_voucher_per_channel_and_a_second_
     assert (again.batches, again.recorded, setup.w3.eth.block_number) == ([], {}, block + 1)
 
     payer, channel_id, amount = channels[1]
-    await setup.pay(payer, channel_id, amount + 3 * PRICE)  # cumulative: the next claim pays the difference
+    await setup.pay(payer, channel_id, *(amount + k * PRICE for k in (1, 2, 3)))  # cumulative: pays the difference
     report = await setup.claimer().claim_now()
     assert [(c, a, p) for c, a, p in report.batches[0].claims] == [(channel_id, amount + 3 * PRICE, 3 * PRICE)]
     assert setup.balance(provider) - before == sum(expected.values()) + 3 * PRICE
@@ -154,7 +154,7 @@ async def test_claims_are_grouped_by_payee_in_bounded_batches(setup: Setup) -> N
         _, channel_id = setup.open(payer, first, salt=salt)
         await setup.pay(payer, channel_id, PRICE)
     _, channel_id = setup.open(payer, second, salt=9)
-    await setup.pay(payer, channel_id, 2 * PRICE)
+    await setup.pay(payer, channel_id, PRICE, 2 * PRICE)
     await setup.state.sync()
     report = await setup.claimer(max_batch=2).claim_now()
     assert sorted((b.payee, len(b.claims)) for b in report.batches) == sorted(
@@ -176,6 +176,20 @@ async def test_the_policy_claims_big_credits_and_near_expiries_only(setup: Setup
     assert report.recorded == {expiring: PRICE, big: 5 * PRICE}
     report = await claimer.claim_now(everything=True)
     assert report.recorded == {small: PRICE}
+
+
+async def test_a_pre_authorization_is_a_cap_even_near_expiry(setup: Setup) -> None:
+    """Only vouchers the calls served cover are claimed: credit pre-authorized and unused stays
+    the payer's, to reclaim after expiry, however close the expiry."""
+    provider, payer = setup.accounts[1], setup.accounts[2]
+    _, channel_id = setup.open(payer, provider, salt=1, lifetime=300)
+    await setup.pay(payer, channel_id, 5 * PRICE, 5 * PRICE)  # 5 calls pre-authorized, 2 used
+    await setup.state.sync()
+    claimer = setup.claimer(expiry_margin_seconds=600)
+    assert (await claimer.claim_now(everything=True)).batches == []
+    await setup.pay(payer, channel_id, 2 * PRICE)  # a voucher the calls served cover: that one pays
+    report = await claimer.claim_now()
+    assert report.recorded == {channel_id: 2 * PRICE} and setup.claimed(channel_id) == 2 * PRICE
 
 
 async def test_a_stale_voucher_is_dropped_and_the_rest_of_the_batch_is_claimed(setup: Setup) -> None:

@@ -125,7 +125,7 @@ async def test_huge_amounts_are_exact(ledger: CreditLedger) -> None:
         await ledger.admit(top, TokenAmount(UINT256_MAX), sig(UINT256_MAX), TokenAmount(1))
     await ledger.record_claim(top, TokenAmount(UINT256_MAX))
     most = TokenAmount(UINT256_MAX)
-    assert await ledger.credit(top) == Credit(top, most, most, most, sig(most))
+    assert await ledger.credit(top) == Credit(top, most, most, most, sig(most), most, sig(most))
 
 
 async def test_record_claim_is_monotone_and_idempotent(ledger: CreditLedger) -> None:
@@ -142,10 +142,10 @@ async def test_record_claim_is_monotone_and_idempotent(ledger: CreditLedger) -> 
 
 async def test_claimable_lists_unclaimed_value_over_a_threshold(ledger: CreditLedger) -> None:
     a, b, c, d = (ChannelId(n) for n in (3, 2**160, 5, 4))
-    await ledger.admit(a, tokens(10), sig(tokens(10)), P)
-    await ledger.admit(b, tokens(30), sig(tokens(30)), P)
+    await ledger.admit(a, tokens(10), sig(tokens(10)), tokens(10))
+    await ledger.admit(b, tokens(30), sig(tokens(30)), tokens(30))
     await ledger.record_claim(b, tokens(5))
-    await ledger.admit(c, tokens(10), sig(tokens(10)), P)
+    await ledger.admit(c, tokens(10), sig(tokens(10)), tokens(10))
     await ledger.record_claim(c, tokens(10))  # fully claimed
     await ledger.record_claim(d, tokens(1))  # known from the chain only
     assert [credit.channel_id for credit in await ledger.claimable()] == [a, b]
@@ -153,7 +153,7 @@ async def test_claimable_lists_unclaimed_value_over_a_threshold(ledger: CreditLe
     assert [credit.channel_id for credit in await ledger.claimable(tokens(25))] == [b]
     assert await ledger.claimable(TokenAmount(tokens(25) + 1)) == []
     claimable = await ledger.claimable(tokens(11))
-    assert claimable[0].signature == sig(tokens(30))  # what the claimer submits
+    assert claimable[0].earned_signature == sig(tokens(30))  # what the claimer submits
 
 
 class SequentialModel:
@@ -161,21 +161,32 @@ class SequentialModel:
 
     def __init__(self) -> None:
         self.rows: dict[int, Credit] = {}
+        self.prior: dict[int, TokenAmount] = {}  # the earned voucher the current one replaced
 
     def admit(self, channel: ChannelId, amount: TokenAmount, price: TokenAmount) -> object:
         row = self.rows.setdefault(channel, Credit(channel, TokenAmount(0), TokenAmount(0), TokenAmount(0), None))
         if max(row.authorized, amount) - row.consumed < price:
             return ("refused", row.authorized, row.consumed)
+        consumed = TokenAmount(row.consumed + price)
+        best = max((a for a in (amount, row.authorized) if a <= consumed), default=0)
+        if best > row.earned:
+            self.prior[channel] = row.earned
+            row = dataclasses.replace(row, earned=TokenAmount(best), earned_signature=sig(best))
         if amount > row.authorized:
             row = dataclasses.replace(row, authorized=amount, signature=sig(amount))
-        self.rows[channel] = dataclasses.replace(row, consumed=TokenAmount(row.consumed + price))
+        self.rows[channel] = dataclasses.replace(row, consumed=consumed)
         return self.rows[channel]
 
     def refund(self, channel: ChannelId, price: TokenAmount) -> object:
         if channel not in self.rows:
             return "not found"
         row = self.rows[channel]
-        self.rows[channel] = dataclasses.replace(row, consumed=TokenAmount(max(row.consumed - price, 0)))
+        consumed = TokenAmount(max(row.consumed - price, 0))
+        if row.earned > consumed:
+            prior = self.prior.pop(channel, 0)
+            earned = prior if prior <= consumed else 0
+            row = dataclasses.replace(row, earned=TokenAmount(earned), earned_signature=sig(earned) if earned else None)
+        self.rows[channel] = dataclasses.replace(row, consumed=consumed)
         return self.rows[channel]
 
     def record_claim(self, channel: ChannelId, amount: TokenAmount) -> object:
@@ -281,7 +292,7 @@ async def test_the_best_voucher_under_each_deposit_is_kept_until_a_higher_claim(
 
 
 async def test_reset_claim_puts_a_rolled_back_claim_back_in_the_claimable_list(ledger: CreditLedger) -> None:
-    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), P)
+    await ledger.admit(CHANNEL, tokens(10), sig(tokens(10)), tokens(10))
     await ledger.record_claim(CHANNEL, tokens(10))
     assert await ledger.claimable() == []
     await ledger.reset_claim(CHANNEL, tokens(4))  # the chain says the claim was rolled back to 4
@@ -293,11 +304,59 @@ async def test_reset_claim_puts_a_rolled_back_claim_back_in_the_claimable_list(l
 
 
 async def test_check_writable_commits_a_write_that_no_channel_reader_sees(ledger: CreditLedger) -> None:
-    await ledger.admit(ChannelId(7), tokens(2), sig(2), tokens(1))
+    await ledger.admit(ChannelId(7), tokens(2), sig(2), tokens(2))
     for _ in range(3):
         await ledger.check_writable()
     assert [credit.channel_id for credit in await ledger.claimable()] == [7]
-    assert (await ledger.credit(ChannelId(7))).consumed == tokens(1)  # type: ignore[union-attr]
+    assert (await ledger.credit(ChannelId(7))).consumed == tokens(2)  # type: ignore[union-attr]
     await ledger.close()
     with pytest.raises(LedgerUnavailable):
         await ledger.check_writable()
+
+
+async def _earned(ledger: CreditLedger, channel: ChannelId = CHANNEL) -> tuple[int, bytes | None]:
+    credit = await ledger.credit(channel)
+    assert credit is not None
+    return credit.earned, credit.earned_signature
+
+
+async def test_earned_is_the_best_voucher_the_calls_served_cover(ledger: CreditLedger) -> None:
+    """A voucher pays only once `consumed` reaches it: then it is earned (what a claim takes)."""
+    for calls in (1, 2):  # pay as you go: each voucher covers its own call
+        credit = await ledger.admit(CHANNEL, tokens(calls), sig(tokens(calls)), P)
+        assert (credit.earned, credit.earned_signature) == (tokens(calls), sig(tokens(calls)))
+    await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P)  # pre-authorizes 3 calls: a cap, not a payment
+    assert await _earned(ledger) == (tokens(2), sig(tokens(2)))
+    await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P)
+    assert await _earned(ledger) == (tokens(2), sig(tokens(2)))
+    credit = await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P)  # the 5th call: the stored voucher pays
+    assert (credit.consumed, credit.earned, credit.earned_signature) == (tokens(5), tokens(5), sig(tokens(5)))
+    # Vouchers of overlapping calls arrive out of order: 8 first, then 6 (earned), then 7 (8 earned).
+    await ledger.admit(CHANNEL, tokens(8), sig(tokens(8)), P)
+    assert await _earned(ledger) == (tokens(5), sig(tokens(5)))
+    await ledger.admit(CHANNEL, tokens(6), sig(tokens(6)), P)
+    assert await _earned(ledger) == (tokens(6), sig(tokens(6)))
+    await ledger.admit(CHANNEL, tokens(7), sig(tokens(7)), P)
+    assert await _earned(ledger) == (tokens(8), sig(tokens(8)))
+    assert [c.unclaimed for c in await ledger.claimable()] == [tokens(8)]
+
+
+async def test_a_refund_never_leaves_earned_above_consumed(ledger: CreditLedger) -> None:
+    for calls in (1, 2, 3):
+        await ledger.admit(CHANNEL, tokens(calls), sig(tokens(calls)), P)
+    credit = await ledger.refund(CHANNEL, P)  # call 3 failed: its voucher is not earned, the one before is
+    assert (credit.consumed, credit.earned, credit.earned_signature) == (tokens(2), tokens(2), sig(tokens(2)))
+    assert [c.unclaimed for c in await ledger.claimable()] == [tokens(2)]
+    await ledger.admit(CHANNEL, tokens(4), sig(tokens(4)), P)  # the next call: the stored voucher is earned again
+    assert await _earned(ledger) == (tokens(3), sig(tokens(3)))
+    # Two failures in a row: nothing covered is known any more, until the next call earns again.
+    await ledger.refund(CHANNEL, P)
+    credit = await ledger.refund(CHANNEL, P)
+    assert (credit.consumed, credit.earned, credit.earned_signature) == (tokens(1), 0, None)
+    assert await ledger.claimable() == []
+    await ledger.admit(CHANNEL, tokens(2), sig(tokens(2)), P)
+    assert await _earned(ledger) == (tokens(2), sig(tokens(2)))
+    # A refund that leaves `earned` covered keeps it.
+    await ledger.admit(CHANNEL, tokens(9), sig(tokens(9)), P)
+    credit = await ledger.refund(CHANNEL, P)
+    assert (credit.consumed, credit.earned) == (tokens(2), tokens(2))

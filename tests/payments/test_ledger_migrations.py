@@ -112,3 +112,37 @@ async def test_a_version_1_ledger_keeps_its_best_voucher_claimable_after_the_upg
         credit = await ledger.admit(CHANNEL, TokenAmount(amount), SIG, TokenAmount(3), deposit=TokenAmount(amount))
         assert (credit.authorized, credit.consumed) == (amount, 3)
     assert _version(ledger_url) == current.version
+
+
+async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgrade(
+    ledger_url: str, open_backend: Callable[..., BatchedLedger]
+) -> None:
+    """Version 3 claims only vouchers the calls served cover: the upgrade finds each channel's
+    best such voucher among those kept (none: nothing is claimable until the next call)."""
+    current = _schema(ledger_url)
+    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:2])):
+        pass  # a version 2 database; its rows written as version 2 code did
+    sqlite = ledger_url.startswith("sqlite:")
+
+    def number(n: int) -> Any:
+        return f"{n:078d}" if sqlite else n
+
+    def signed(n: int) -> bytes:
+        return n.to_bytes(32, "big") + bytes(32) + b"\x1b"
+
+    served, preauthorized, fresh = ChannelId(1), ChannelId(2), ChannelId(3)
+    for channel, authorized, consumed in ((served, 10, 10), (preauthorized, 10, 6), (fresh, 10, 3)):
+        _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
+             "VALUES (%s, %s, %s, %s, %s)",
+             (number(channel), number(authorized), number(consumed), number(0), signed(authorized)))
+    for channel, deposit, amount in ((served, 10, 10), (preauthorized, 5, 5), (preauthorized, 10, 10), (fresh, 10, 10)):
+        _sql(ledger_url, "INSERT INTO channel_voucher (channel_id, deposit, amount, signature) VALUES (%s, %s, %s, %s)",
+             (number(channel), number(deposit), number(amount), signed(amount)))
+    async with open_backend(ledger_url) as ledger:
+        earned = {c: await ledger.credit(c) for c in (served, preauthorized, fresh)}
+        assert {c: (e.earned, e.earned_signature) for c, e in earned.items() if e} == {
+            served: (10, signed(10)), preauthorized: (5, signed(5)), fresh: (0, None)}
+        assert [(c.channel_id, c.unclaimed) for c in await ledger.claimable()] == [(served, 10), (preauthorized, 5)]
+        credit = await ledger.admit(fresh, TokenAmount(11), signed(11), TokenAmount(7))  # consumed 10: earned
+        assert (credit.earned, credit.earned_signature) == (10, signed(10))
+    assert _version(ledger_url) == current.version == 3

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.base import check_uint256, display_url
-from marketplace.payments.ledger.migrations import Schema, migrate
-from marketplace.payments.ledger.sqlite import connect_sqlite, sqlite_path
+from marketplace.payments.ledger.migrations import Schema
+from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
 
 __all__ = [
     "ACCESS_COMPONENT",
@@ -130,19 +130,7 @@ class SqliteAccessNonces(AccessNonces):
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         path = Path(path)
         super().__init__(display_url(f"sqlite:///{path}"))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = connect_sqlite(path, busy_timeout)
-        except (sqlite3.Error, OSError) as error:
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from None
-        try:
-            migrate(db, SQLITE_ACCESS_SCHEMA, self.url)
-        except sqlite3.Error as error:
-            db.close()
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from None
-        except BaseException:
-            db.close()
-            raise
+        db = open_sqlite_store(path, busy_timeout, SQLITE_ACCESS_SCHEMA, self.url)
         self._db: sqlite3.Connection | None = db
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="license-access-sqlite")
 

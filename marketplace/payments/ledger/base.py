@@ -3,7 +3,9 @@
 Per payment channel the ledger keeps `authorized` (the highest voucher amount seen, with its
 signature), per deposit seen the highest voucher accepted under it (so the claimer can pay the
 best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the
-prices of the calls served) and `claimed` (what the claimer has claimed on-chain, confirmed).
+prices of the calls served), `earned` (the best voucher seen whose amount the calls served cover,
+``earned <= consumed``, with its signature: what the claimer claims, so a claim never takes credit
+a call did not use) and `claimed` (what the claimer has claimed on-chain, confirmed).
 A call with a voucher for the cumulative amount A and a price P, on a channel whose deposit on
 chain is D, is admitted iff ``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4,
 capped by the deposit); the signature, the channel's state on-chain and ``A <= D`` are checked by
@@ -44,6 +46,9 @@ class Credit:
     # the voucher signature for `authorized`; None until a voucher raised it. A bearer credential
     # for `authorized - consumed`: only the claimer reads it, nothing shows it (not even repr).
     signature: bytes | None = field(repr=False)
+    # the best voucher the calls served cover (amount <= consumed): what the claimer claims
+    earned: TokenAmount = TokenAmount(0)  # noqa: RUF009
+    earned_signature: bytes | None = field(default=None, repr=False)  # None while `earned` is 0
 
     @property
     def available(self) -> TokenAmount:
@@ -52,8 +57,8 @@ class Credit:
 
     @property
     def unclaimed(self) -> TokenAmount:
-        """What a claim of the stored voucher would pay now (never negative)."""
-        return TokenAmount(max(self.authorized - self.claimed, 0))
+        """What a claim of the earned voucher would pay now (never negative)."""
+        return TokenAmount(max(self.earned - self.claimed, 0))
 
 
 class CreditLedger(abc.ABC):
@@ -76,7 +81,8 @@ class CreditLedger(abc.ABC):
         """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
 
         Raises `authorized` to `amount` (storing `signature`, and keeping the voucher as the best
-        under `deposit`) when higher and adds `price` to `consumed`, iff
+        under `deposit`) when higher, adds `price` to `consumed`, and raises `earned` to the best
+        of the stored `authorized` voucher and this one whose amount the new `consumed` covers, iff
         ``min(max(authorized, amount), deposit) - consumed >= price`` (`deposit`: the channel's
         deposit on chain now; None: no cap); otherwise changes nothing and raises
         InsufficientCredit with the values. The channel's row is created on first use.
@@ -88,6 +94,10 @@ class CreditLedger(abc.ABC):
     async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
         """Give back the price of a call that failed (`consumed` never goes below 0).
 
+        `earned` stays at most `consumed`: if the refund takes `consumed` below it, it falls back
+        to the voucher it replaced when that one is still covered, else to nothing (the next
+        admission earns again from the stored voucher).
+
         Not idempotent: the caller refunds each admitted call at most once. Raises
         CreditNotFound for a channel the ledger has never seen.
         """
@@ -98,8 +108,7 @@ class CreditLedger(abc.ABC):
 
     @abc.abstractmethod
     async def claimable(self, min_unclaimed: TokenAmount = _NO_MINIMUM) -> list[Credit]:
-        """Channels whose ``authorized - claimed`` is positive and at least `min_unclaimed`,
-        by channel id."""
+        """Channels whose ``earned - claimed`` is positive and at least `min_unclaimed`, by channel id."""
 
     @abc.abstractmethod
     async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:

@@ -47,6 +47,16 @@ def _sqlite_u256(column: str) -> str:
     return f"length({column}) = {SQLITE_DIGITS} AND {column} NOT GLOB '*[^0-9]*'"
 
 
+_SQLITE_ZERO = "0" * SQLITE_DIGITS
+# Existing rows earn the best voucher kept that the calls served cover (the stored `authorized`
+# voucher is among those kept: step 2 copied it, and every admission that raised it kept it).
+_BEST_SERVED = """(SELECT v.{column} FROM channel_voucher AS v
+    WHERE v.channel_id = channel_credit.channel_id AND v.amount <= channel_credit.consumed
+    ORDER BY v.amount DESC LIMIT 1)"""
+_SET_EARNED = f"""UPDATE channel_credit SET
+    earned = {_BEST_SERVED.format(column="amount")}, earned_signature = {_BEST_SERVED.format(column="signature")}
+    WHERE EXISTS {_BEST_SERVED.format(column="amount")}"""
+
 # The deposit a stored voucher was accepted under is unknown: its own amount is a lower bound.
 _COPY_VOUCHERS = """INSERT INTO channel_voucher (channel_id, deposit, amount, signature)
     SELECT channel_id, authorized, authorized, signature FROM channel_credit WHERE signature IS NOT NULL"""
@@ -73,6 +83,18 @@ SQLITE_SCHEMA = Schema(
                 PRIMARY KEY (channel_id, deposit)
             ) STRICT, WITHOUT ROWID""",
             _COPY_VOUCHERS,
+        ),
+        (  # 3: the best voucher served (`earned`, and the one before it): what the claimer claims
+            *(
+                f"ALTER TABLE channel_credit ADD COLUMN {name} TEXT NOT NULL DEFAULT '{_SQLITE_ZERO}' "
+                f"CHECK ({_sqlite_u256(name)})"
+                for name in ("earned", "prior_earned")
+            ),
+            *(
+                f"ALTER TABLE channel_credit ADD COLUMN {name} BLOB CHECK ({name} IS NULL OR length({name}) = 65)"
+                for name in ("earned_signature", "prior_earned_signature")
+            ),
+            _SET_EARNED,
         ),
     ),
     begin=("BEGIN IMMEDIATE",),
@@ -200,6 +222,106 @@ BEGIN
 END
 $$"""
 
+# Version 3: `earned` (the best voucher the calls served cover) and the one it replaced, kept by
+# the admission's one UPDATE (every expression reads the row as it was) and lowered by a refund.
+# ok is TRUE (done), FALSE (admission refused: the row as it was) or NULL (refund: no such row).
+_POSTGRES_APPLY_3 = """
+CREATE FUNCTION credit_ledger_apply(
+    kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[], deposits numeric[]
+) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea,
+                 out_earned numeric, out_earned_signature bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+    change record;
+BEGIN
+    FOR change IN
+        SELECT * FROM unnest(kinds, channel_ids, amounts, signatures, prices, deposits)
+            WITH ORDINALITY AS u(kind, channel_id, amount, signature, price, deposit, position)
+        ORDER BY position
+    LOOP
+        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
+        out_earned := NULL; out_earned_signature := NULL;
+        IF change.kind = 'admit' THEN
+            -- The admission: one conditional UPDATE. If it changed nothing, the row may not exist
+            -- yet (first use): create it and try once more; if that fails too, report the row.
+            -- Earned: the best of the stored voucher and the new one that the new `consumed` covers,
+            -- if above `earned` (the new one when both are equal).
+            FOR attempt IN 1 .. 2 LOOP
+                UPDATE channel_credit AS c SET
+                    authorized = greatest(c.authorized, change.amount),
+                    signature = CASE WHEN change.amount > c.authorized THEN change.signature ELSE c.signature END,
+                    consumed = c.consumed + change.price,
+                    earned = CASE
+                        WHEN change.amount > c.earned AND change.amount <= c.consumed + change.price
+                            AND (change.amount >= c.authorized OR c.authorized > c.consumed + change.price)
+                            THEN change.amount
+                        WHEN c.authorized > c.earned AND c.authorized <= c.consumed + change.price THEN c.authorized
+                        ELSE c.earned END,
+                    earned_signature = CASE
+                        WHEN change.amount > c.earned AND change.amount <= c.consumed + change.price
+                            AND (change.amount >= c.authorized OR c.authorized > c.consumed + change.price)
+                            THEN change.signature
+                        WHEN c.authorized > c.earned AND c.authorized <= c.consumed + change.price THEN c.signature
+                        ELSE c.earned_signature END,
+                    prior_earned = CASE
+                        WHEN (change.amount > c.earned AND change.amount <= c.consumed + change.price)
+                            OR (c.authorized > c.earned AND c.authorized <= c.consumed + change.price)
+                            THEN c.earned ELSE c.prior_earned END,
+                    prior_earned_signature = CASE
+                        WHEN (change.amount > c.earned AND change.amount <= c.consumed + change.price)
+                            OR (c.authorized > c.earned AND c.authorized <= c.consumed + change.price)
+                            THEN c.earned_signature ELSE c.prior_earned_signature END
+                WHERE c.channel_id = change.channel_id
+                    AND least(greatest(c.authorized, change.amount), change.deposit) - c.consumed >= change.price
+                RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature
+                INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature;
+                EXIT WHEN FOUND;
+                IF attempt = 1 THEN
+                    INSERT INTO channel_credit (channel_id) VALUES (change.channel_id)
+                    ON CONFLICT (channel_id) DO NOTHING;
+                ELSE
+                    SELECT FALSE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature
+                    INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature
+                    FROM channel_credit AS c WHERE c.channel_id = change.channel_id;
+                END IF;
+            END LOOP;
+            IF ok AND out_authorized = change.amount AND out_signature = change.signature THEN
+                INSERT INTO channel_voucher AS v (channel_id, deposit, amount, signature)
+                VALUES (change.channel_id, change.deposit, change.amount, change.signature)
+                ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+                WHERE excluded.amount > v.amount;
+            END IF;
+        ELSIF change.kind = 'refund' THEN
+            -- The call was not served: `earned` stays at most `consumed` (else the one it replaced, else nothing).
+            UPDATE channel_credit AS c SET
+                consumed = greatest(c.consumed - change.price, 0),
+                earned = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.earned
+                    WHEN c.prior_earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned ELSE 0 END,
+                earned_signature = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.earned_signature
+                    WHEN c.prior_earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned_signature END,
+                prior_earned = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned
+                    ELSE 0 END,
+                prior_earned_signature = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0)
+                    THEN c.prior_earned_signature END
+            WHERE c.channel_id = change.channel_id
+            RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature;
+        ELSIF change.kind = 'claim' THEN
+            INSERT INTO channel_credit AS c (channel_id, claimed) VALUES (change.channel_id, change.amount)
+            ON CONFLICT (channel_id) DO UPDATE SET claimed = greatest(c.claimed, excluded.claimed);
+            DELETE FROM channel_voucher AS v WHERE v.channel_id = change.channel_id AND v.amount < change.amount;
+            ok := TRUE;
+        ELSIF change.kind = 'reset_claim' THEN
+            UPDATE channel_credit AS c SET claimed = change.amount WHERE c.channel_id = change.channel_id;
+            ok := TRUE;
+        ELSE
+            RAISE EXCEPTION 'credit_ledger_apply: unknown change %', change.kind;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
 POSTGRES_SCHEMA = Schema(
     backend="postgresql",
     steps=(
@@ -225,6 +347,17 @@ POSTGRES_SCHEMA = Schema(
             _COPY_VOUCHERS,
             "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[])",
             _POSTGRES_APPLY_2,
+        ),
+        (
+            """ALTER TABLE channel_credit
+                ADD COLUMN earned NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (earned >= 0),
+                ADD COLUMN earned_signature BYTEA CHECK (earned_signature IS NULL OR length(earned_signature) = 65),
+                ADD COLUMN prior_earned NUMERIC(78, 0) NOT NULL DEFAULT 0 CHECK (prior_earned >= 0),
+                ADD COLUMN prior_earned_signature BYTEA
+                    CHECK (prior_earned_signature IS NULL OR length(prior_earned_signature) = 65)""",
+            _SET_EARNED,
+            "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[], numeric[])",
+            _POSTGRES_APPLY_3,
         ),
     ),
     # A transaction-scoped advisory lock, so replicas starting together migrate one at a time.

@@ -11,8 +11,9 @@ replicas admitting on the same channel serialize on the row and none can overspe
     UPDATE channel_credit SET authorized = greatest(authorized, $A), consumed = consumed + $P, ...
      WHERE channel_id = $C AND least(greatest(authorized, $A), $D) - consumed >= $P RETURNING ...
 
-with ``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use, and one
-INSERT of the voucher when it raised `authorized`.
+(which also raises `earned`, the best voucher the calls served cover: docs/ledger.md) with
+``INSERT ... ON CONFLICT DO NOTHING`` and one more try on a channel's first use, and one INSERT
+of the voucher when it raised `authorized`.
 
 Group commit: the shared GroupCommitter hands over every pending change, and they travel as
 arrays to `credit_ledger_apply()` (a PL/pgSQL function created by the schema migration) which
@@ -56,14 +57,14 @@ from marketplace.types import ChannelId, TokenAmount
 
 __all__ = ["PostgresLedger", "driver_reason", "open_pool"]
 
-_COLUMNS = "authorized, consumed, claimed, signature"
+_COLUMNS = "authorized, consumed, claimed, signature, earned, earned_signature"
 _NO_MINIMUM = TokenAmount(0)
 _APPLY = """SELECT * FROM credit_ledger_apply(
     %s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::numeric[], %s::numeric[])"""
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = %s"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
-WHERE authorized - claimed >= greatest(%s, 1) ORDER BY channel_id"""
+WHERE earned - claimed >= greatest(%s, 1) ORDER BY channel_id"""
 _BEST_VOUCHER = """
 SELECT amount, signature FROM channel_voucher WHERE channel_id = %s AND amount <= %s ORDER BY amount DESC LIMIT 1"""
 _KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim"}
@@ -122,8 +123,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 
 def _credit(channel_id: int, row: Sequence[Any]) -> Credit:
-    authorized, consumed, claimed, signature = row
-    return Credit(ChannelId(channel_id), authorized, consumed, claimed, bytes(signature) if signature else None)
+    authorized, consumed, claimed, signature, earned, earned_signature = row
+    return Credit(
+        ChannelId(channel_id),
+        authorized,
+        consumed,
+        claimed,
+        bytes(signature) if signature else None,
+        earned,
+        bytes(earned_signature) if earned_signature else None,
+    )
 
 
 class PostgresLedger(BatchedLedger):

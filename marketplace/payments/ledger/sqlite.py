@@ -16,8 +16,9 @@ conditional UPDATE that SQLite evaluates atomically:
      WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
 
 (``min(max(authorized, A), D) - consumed >= P`` rewritten without a subtraction that could go
-negative), followed, when it raised `authorized` to A, by one upsert of the voucher as the best
-under the deposit D (`channel_voucher`, one row per channel and deposit seen).
+negative; the same UPDATE also raises `earned`, see `_ADMIT`), followed, when it raised
+`authorized` to A, by one upsert of the voucher as the best under the deposit D
+(`channel_voucher`, one row per channel and deposit seen).
 Other readers (the sqlite3 shell, a backup script) see the numbers as plain decimal text.
 
 Concurrency and durability. One writer thread owns the write connection; the GroupCommitter
@@ -57,23 +58,46 @@ T = TypeVar("T")
 
 _FORMAT = f"0{SQLITE_DIGITS}d"
 _ZERO = format(0, _FORMAT)
-_COLUMNS = "authorized, consumed, claimed, signature"
+_COLUMNS = "authorized, consumed, claimed, signature, earned, earned_signature"
 _NO_MINIMUM = TokenAmount(0)
 
+# What a call's admission earns (see CreditLedger.admit): every expression reads the row as it was.
+# `:amount_less_price` (max(A - P, 0), from Python) keeps the test of the new voucher native, and
+# AND/OR stop early, so a pay-as-you-go call (A = consumed + P) calls no arithmetic function more.
+_NEW_CONSUMED = "u256_add(consumed, :price)"
+_STORED_COVERED = f"authorized <= {_NEW_CONSUMED}"
+_NEW_EARNS = ":amount > earned AND :amount_less_price <= consumed"
+_STORED_EARNS = f"authorized > earned AND {_STORED_COVERED}"
+_NEW_IS_BEST = f"{_NEW_EARNS} AND (:amount >= authorized OR NOT ({_STORED_COVERED}))"
 _ADMIT = f"""
 UPDATE channel_credit SET
     signature = CASE WHEN :amount > authorized THEN :signature ELSE signature END,
     authorized = max(authorized, :amount),
-    consumed = u256_add(consumed, :price)
-WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= u256_add(consumed, :price)
+    consumed = {_NEW_CONSUMED},
+    earned = CASE WHEN {_NEW_IS_BEST} THEN :amount WHEN {_STORED_EARNS} THEN authorized ELSE earned END,
+    earned_signature = CASE WHEN {_NEW_IS_BEST} THEN :signature WHEN {_STORED_EARNS} THEN signature
+                            ELSE earned_signature END,
+    prior_earned = CASE WHEN ({_NEW_EARNS}) OR ({_STORED_EARNS}) THEN earned ELSE prior_earned END,
+    prior_earned_signature = CASE WHEN ({_NEW_EARNS}) OR ({_STORED_EARNS}) THEN earned_signature
+                                  ELSE prior_earned_signature END
+WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= {_NEW_CONSUMED}
 RETURNING {_COLUMNS}"""
 _KEEP_VOUCHER = """
 INSERT INTO channel_voucher (channel_id, deposit, amount, signature) VALUES (:channel, :deposit, :amount, :signature)
 ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
 WHERE excluded.amount > amount"""
 _CREATE = "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (?, ?, ?, ?)"
+# A refund keeps `earned` at most `consumed`: else the voucher it replaced, else nothing.
+_REFUNDED = "u256_sub_or_zero(consumed, :price)"
+_KEEPS = f"earned <= {_REFUNDED}"
+_PRIOR_KEEPS = f"prior_earned <= {_REFUNDED}"
 _REFUND = f"""
-UPDATE channel_credit SET consumed = u256_sub_or_zero(consumed, :price)
+UPDATE channel_credit SET
+    consumed = {_REFUNDED},
+    earned = CASE WHEN {_KEEPS} THEN earned WHEN {_PRIOR_KEEPS} THEN prior_earned ELSE :zero END,
+    earned_signature = CASE WHEN {_KEEPS} THEN earned_signature WHEN {_PRIOR_KEEPS} THEN prior_earned_signature END,
+    prior_earned = CASE WHEN {_KEEPS} THEN prior_earned ELSE :zero END,
+    prior_earned_signature = CASE WHEN {_KEEPS} THEN prior_earned_signature END
 WHERE channel_id = :channel RETURNING {_COLUMNS}"""
 _RECORD_CLAIM = """
 INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (:channel, :zero, :zero, :amount)
@@ -85,7 +109,7 @@ SELECT amount, signature FROM channel_voucher WHERE channel_id = ? AND amount <=
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
-WHERE authorized > claimed AND authorized >= u256_add(claimed, ?) ORDER BY channel_id"""
+WHERE earned > claimed AND earned >= u256_add(claimed, ?) ORDER BY channel_id"""
 
 
 def _encode(value: int) -> str:
@@ -100,14 +124,16 @@ def _u256_sub_or_zero(a: str, b: str) -> str:
     return format(max(int(a) - int(b), 0), _FORMAT)
 
 
-def _credit(channel_id: int, row: tuple[str, str, str, bytes | None]) -> Credit:
-    authorized, consumed, claimed, signature = row
+def _credit(channel_id: int, row: tuple[str, str, str, bytes | None, str, bytes | None]) -> Credit:
+    authorized, consumed, claimed, signature, earned, earned_signature = row
     return Credit(
         ChannelId(channel_id),
         TokenAmount(int(authorized)),
         TokenAmount(int(consumed)),
         TokenAmount(int(claimed)),
         signature,
+        TokenAmount(int(earned)),
+        earned_signature,
     )
 
 
@@ -132,6 +158,25 @@ def connect_sqlite(path: Path, busy_timeout: float) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"cannot use write-ahead logging (journal_mode is {mode})")
         db.execute("PRAGMA synchronous = FULL")
         db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def open_sqlite_store(path: Path, busy_timeout: float, schema: Schema, url: str) -> sqlite3.Connection:
+    """A durable connection to `path` (created with its folder) migrated to `schema`, for a
+    component living beside the ledger; LedgerUnavailable (naming `url`) if it cannot be had."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = connect_sqlite(path, busy_timeout)
+    except (sqlite3.Error, OSError) as error:
+        raise LedgerUnavailable(url, f"{type(error).__name__}: {error}") from None
+    try:
+        migrate(db, schema, url)
+    except sqlite3.Error as error:
+        db.close()
+        raise LedgerUnavailable(url, f"{type(error).__name__}: {error}") from None
     except BaseException:
         db.close()
         raise
@@ -207,7 +252,7 @@ class SqliteLedger(BatchedLedger):
         if isinstance(change, Admit):
             return self._admit(db, change, channel)
         if isinstance(change, Refund):
-            row = db.execute(_REFUND, {"channel": channel, "price": _encode(change.price)}).fetchone()
+            row = db.execute(_REFUND, {"channel": channel, "price": _encode(change.price), "zero": _ZERO}).fetchone()
             return _credit(change.channel_id, row) if row is not None else CreditNotFound(change.channel_id)
         if isinstance(change, RecordClaim):
             params = {"channel": channel, "zero": _ZERO, "amount": _encode(change.amount)}
@@ -227,6 +272,7 @@ class SqliteLedger(BatchedLedger):
             "signature": change.signature,
             "price": _encode(change.price),
             "deposit": _encode(change.deposit),
+            "amount_less_price": _encode(max(change.amount - change.price, 0)),
         }
         row = db.execute(_ADMIT, params).fetchone()
         if row is None:

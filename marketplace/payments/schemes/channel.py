@@ -7,7 +7,9 @@ the channel is known ("unknown_channel"; an unknown id costs at most one `refres
 `refresh_interval`, none while it is known absent at the daemon's block, and a token of the
 client's look-up budget: "too_many_lookups" when spent), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
 is not reclaimed ("channel_reclaimed") and has at least `min_remaining_seconds` left
-("channel_expiring"), the amount is within the deposit ("amount_exceeds_deposit", after ONE
+("channel_expiring"), the amount is above the channel's on-chain `claimed` ("voucher_claimed": a
+claimed voucher is in public calldata, so anyone could replay it), the amount is within the
+deposit ("amount_exceeds_deposit", after ONE
 refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
 channel's signer can make the daemon ask the chain), and the signature recovers to the channel's
 signer ("bad_signature"; the domain binds the chain id and the escrow, so a voucher for another
@@ -295,6 +297,13 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
             if channel is None:
                 raise PaymentRejected("unknown_channel", f"no channel {channel_id:#x} on chain {self.chain_id}")
         self._check_terms(channel, model, now)
+        if channel.claimed and amount <= channel.claimed:
+            # A claim put this voucher in public calldata: anyone could replay it (no RPC: the
+            # cache follows VoucherClaimed events).
+            raise PaymentRejected(
+                "voucher_claimed",
+                f"the voucher for {amount} was claimed on chain: sign a new one above {channel.claimed}",
+            )
         if amount > channel.deposit:
             # Prove the signature first: only the channel's signer can make the daemon ask the chain.
             self._check_signature(channel, channel_id, amount, signature)

@@ -20,7 +20,8 @@ from marketplace.errors import AuthorizationHeld, BalanceCommitted, LedgerUnavai
 from marketplace.payments.ledger.base import display_url
 from marketplace.payments.ledger.holds.base import RETENTION_SECONDS, BlockHead, ExactHolds, Hold
 from marketplace.payments.ledger.holds.schema import SQLITE_HOLDS
-from marketplace.payments.ledger.migrations import SQLITE_DIGITS, migrate
+from marketplace.payments.ledger.migrations import SQLITE_DIGITS
+from marketplace.payments.ledger.sqlite import open_sqlite_store
 
 __all__ = ["SqliteHolds"]
 
@@ -45,22 +46,7 @@ class SqliteHolds(ExactHolds):
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         self.path = Path(path)
         self.url = display_url(f"sqlite:///{self.path}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-        except (sqlite3.Error, OSError) as error:
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from None
-        try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = FULL")
-            db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            migrate(db, SQLITE_HOLDS, self.url)
-        except sqlite3.Error as error:
-            db.close()
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from None
-        except BaseException:
-            db.close()
-            raise
+        db = open_sqlite_store(self.path, busy_timeout, SQLITE_HOLDS, self.url)
         self._db: sqlite3.Connection | None = db
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="exact-holds-sqlite")
 
