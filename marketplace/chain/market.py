@@ -152,14 +152,7 @@ class Market:
 
     def send_eth(self, to: str, amount: int) -> Sent[None]:
         """Send `amount` wei of the native currency (gas money) from our account."""
-        sender, fee = self.sender, int(self.w3.eth.gas_price)
-        tx: dict[str, Any] = {
-            "from": sender.address, "to": Web3.to_checksum_address(to), "value": amount, "gas": 21_000,
-            "chainId": self.chain_id, "nonce": self.w3.eth.get_transaction_count(self.address, "pending"),
-            "maxFeePerGas": 2 * fee + 1, "maxPriorityFeePerGas": 1,
-        }
-        signed = sender.account.sign_transaction(tx)
-        receipt = self.w3.eth.wait_for_transaction_receipt(self.w3.eth.send_raw_transaction(signed.raw_transaction))
+        receipt = self.sender.pay(to, amount)
         return Sent(None, (receipt,))
 
     def require_gas(self, fn: ContractFunction, what: str) -> int:

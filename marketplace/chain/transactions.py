@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import random
+import threading
+import time
+from typing import Any, NoReturn
 
 from eth_abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
@@ -20,6 +22,7 @@ __all__ = ["Sender", "decode_revert"]
 
 _ERROR_STRING = bytes.fromhex("08c379a0")  # Error(string)
 _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
+_RETRY_PAUSE = 0.02  # seconds: the most a retry waits, times the attempts made
 
 
 def _abi_type(param: dict[str, Any]) -> str:
@@ -64,52 +67,95 @@ def _show(abi_type: str, value: object) -> object:
     return value
 
 
-@dataclass
 class Sender:
-    """Sends transactions signed by `account` through `w3` and waits for their receipts."""
+    """Sends transactions signed by `account` through `w3`: the one way this code base transacts.
 
-    w3: Web3
-    account: LocalAccount
-    receipt_timeout: float = 120.0
+    Nonces are handed out in order under a lock shared with every Sender made by `using` (the
+    claimer and `exact`'s settlement send from the same key): each send reads the node's pending
+    count (never a cached one, which a reorg or a dropped transaction would leave too high), and
+    when the node refuses the transaction (mostly "nonce too low": another process of the same key
+    took that nonce meanwhile) it is built again on a fresh count after a short random pause, up to
+    `attempts` times. Gas
+    estimation comes first, so a transaction that would revert raises ContractReverted with the
+    decoded custom error and spends no gas. The node's URL is never in a raised message (it may carry an API key).
+    """
+
+    def __init__(self, w3: Web3, account: LocalAccount, *, receipt_timeout: float = 120.0, attempts: int = 4,
+                 _lock: threading.Lock | None = None) -> None:
+        self.w3, self.account = w3, account
+        self.receipt_timeout, self.attempts = receipt_timeout, attempts
+        self._lock = _lock or threading.Lock()  # held from reading the nonce until the node took it
 
     @property
     def address(self) -> str:
         return str(self.account.address)
 
+    def using(self, w3: Web3, *, receipt_timeout: float) -> Sender:
+        """This sender through another connection (e.g. a fail-fast one), sharing its nonces."""
+        return Sender(w3, self.account, receipt_timeout=receipt_timeout, attempts=self.attempts, _lock=self._lock)
+
     def transact(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> TxReceipt:
         """Estimate, sign, send `fn` and wait; raise ContractReverted with the decoded error."""
-        contract_name = str(fn.address)
-        tx_fields: dict[str, Any] = {"from": self.account.address, "value": value}
-        if gas is not None:
-            tx_fields["gas"] = gas
-        try:
-            tx = fn.build_transaction(tx_fields)
-        except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
-            name, args = decode_revert(fn.contract_abi, getattr(error, "data", None))
-            raise ContractReverted(contract_name, fn.fn_name, name, args) from None
-        return self._send(tx, what=f"{fn.fn_name} on {contract_name}")
+        what = f"{fn.fn_name} on {fn.address}"
+        receipt = self.wait(self.send(fn, value=value, gas=gas))
+        if receipt["status"] != 1:
+            raise ChainError(f"{what} reverted in block {receipt['blockNumber']} (tx {receipt['transactionHash'].hex()})")
+        return receipt
 
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, TxReceipt]:
         """Deploy a contract; returns (address, receipt)."""
         factory = self.w3.eth.contract(abi=abi, bytecode=bytecode)
         tx = factory.constructor(*args).build_transaction({"from": self.account.address})
-        receipt = self._send(tx, what="deployment")
+        receipt = self.wait(self._sign_and_send(dict(tx), what="deployment"))
+        if receipt["status"] != 1:
+            raise ChainError(f"deployment reverted in block {receipt['blockNumber']}")
         return str(receipt["contractAddress"]), receipt
 
-    def _send(self, tx: dict[str, Any], *, what: str) -> TxReceipt:
-        tx["nonce"] = self.w3.eth.get_transaction_count(self.account.address, "pending")
-        max_cost = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0))) + int(tx.get("value", 0))
-        balance = self.w3.eth.get_balance(self.account.address)
-        if balance < max_cost:
-            raise InsufficientFunds(self.address, max_cost, balance, what=what)
-        signed = self.account.sign_transaction(tx)
+    def pay(self, to: str, amount: int) -> TxReceipt:
+        """Send `amount` wei of the native currency (gas money) to `to` and wait."""
+        fee = int(self.w3.eth.gas_price)
+        fields = {"from": self.account.address, "to": Web3.to_checksum_address(to), "value": amount, "gas": 21_000,
+                  "chainId": self.w3.eth.chain_id, "maxFeePerGas": 2 * fee + 1, "maxPriorityFeePerGas": 1}
+        return self.wait(self._sign_and_send(fields, what=f"a payment to {to}"))
+
+    def send(self, fn: ContractFunction, *, value: int = 0, gas: int | None = None) -> HexBytes:
+        """Estimate, sign and send `fn`; its hash, without waiting for it to be mined.
+
+        Raises ContractReverted (decoded) if the estimate shows a revert (no gas spent),
+        InsufficientFunds, ChainError when the node refused it `attempts` times; a transport
+        failure (requests, OSError) propagates as is (its outcome may be unknown)."""
+        contract = str(fn.address)
+        fields: dict[str, Any] = {"from": self.account.address, "value": value}
+        if gas is not None:
+            fields["gas"] = gas
         try:
-            tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
-        except Web3RPCError as error:
-            if "insufficient funds" in str(error).lower():
-                raise InsufficientFunds(self.address, max_cost, balance, what=what) from None
-            raise ChainError(f"{what} was refused by the node: {error}") from None
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)
-        if receipt["status"] != 1:
-            raise ChainError(f"{what} reverted in block {receipt['blockNumber']} (tx {tx_hash.hex()})")
-        return receipt
+            tx = dict(fn.build_transaction(fields))
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
+            name, args = decode_revert(fn.contract_abi, getattr(error, "data", None))
+            raise ContractReverted(contract, fn.fn_name, name, args) from None
+        return self._sign_and_send(tx, what=f"{fn.fn_name} on {contract}")
+
+    def wait(self, tx_hash: HexBytes) -> TxReceipt:
+        """The receipt of `tx_hash`, mined within `receipt_timeout` (else web3's TimeExhausted)."""
+        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout)
+
+    def _sign_and_send(self, tx: dict[str, Any], *, what: str) -> HexBytes:
+        """Send `tx` (estimated already) under the next nonce: read last, so the window in which
+        another process of the key can take it is one round trip."""
+        refusal: Web3RPCError | None = None
+        with self._lock:
+            for attempt in range(self.attempts):
+                if attempt:  # apart from the other sender of the key, which may be in step with this one
+                    time.sleep(random.uniform(0, _RETRY_PAUSE * attempt))
+                tx["nonce"] = self.w3.eth.get_transaction_count(self.account.address, "pending")
+                try:
+                    return self.w3.eth.send_raw_transaction(self.account.sign_transaction(tx).raw_transaction)
+                except Web3RPCError as error:
+                    if "insufficient funds" in str(error).lower():
+                        self._raise_insufficient_funds(tx, what)
+                    refusal = error  # mostly "nonce too low": another process of this key took it
+        raise ChainError(f"{what} was refused by the node {self.attempts} times: {refusal}")
+
+    def _raise_insufficient_funds(self, tx: dict[str, Any], what: str) -> NoReturn:
+        max_cost = int(tx["gas"]) * int(tx.get("maxFeePerGas", tx.get("gasPrice", 0))) + int(tx.get("value", 0))
+        raise InsufficientFunds(self.address, max_cost, self.w3.eth.get_balance(self.account.address), what=what)

@@ -1,14 +1,17 @@
-"""One paid call, from PAYMENT-SIGNATURE to the model's answer and its receipt.
+"""One paid call, from PAYMENT-SIGNATURE to the model's answer and its receipt, for any scheme.
 
-    no header              -> 402 + PAYMENT-REQUIRED (channel, exact, license offered)
+    no header              -> 402 + PAYMENT-REQUIRED (every registered scheme's offer)
     header unreadable      -> 400 (code), nothing charged
     payment refused        -> 402 + PAYMENT-REQUIRED whose `error` is the code, nothing charged
-    channel  : verify -> admit on the ledger (durable) -> run -> receipt; a failed run is refunded;
-               a stream is charged once its status line went out, unless the model breaks it off
-    exact    : verify (hold against the payer's balance) -> run -> settle on chain -> receipt; the
-               answer is held until settled, so a failed run is never charged (the hold is
-               released) and an unsettled payment is never served
-    license  : verify -> use the access nonce (once, across replicas) -> run -> receipt; nothing charged
+    admitted               -> run -> settle -> receipt + PAYMENT-RESPONSE -> answer
+
+The scheme named by the payment `admit`s it (takes what the call needs before the model runs: a
+channel's price on the ledger, durably; an `exact` hold on the payer's balance; a license's access
+nonce, once across replicas). A failed run is refunded. An admission that settles on chain
+(`exact`) is not settled for a client already gone (refunded, 499), and the answer is held until
+settled, so an unsettled payment is never served. A stream is charged once its status line went
+out, unless the model breaks it off (then refunded: what a settled transfer cannot be, is not).
+The daemon dispatches by scheme name (`SchemeRegistry`) and knows no scheme's money logic.
 
 Every refusal is JSON `{"error": code, "detail": ...}`.
 """
@@ -27,12 +30,9 @@ from marketplace.chain.views import ModelInfo, ModelStatus
 from marketplace.daemon.errors import ApiError, error_response, retry_headers
 from marketplace.daemon.limits import peer_address
 from marketplace.daemon.services import Services
-from marketplace.errors import InsufficientCredit, PaymentRejected, RunnerError
+from marketplace.errors import PaymentRejected, RunnerError
 from marketplace.payments.receipts import Receipt
-from marketplace.payments.schemes.base import PaidRequest, payment_required
-from marketplace.payments.schemes.channel import CHANNEL_HEADER, VerifiedVoucher, parse_channel_hint
-from marketplace.payments.schemes.exact import VerifiedAuthorization
-from marketplace.payments.schemes.license import VerifiedLicense
+from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, payment_required
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -66,95 +66,55 @@ class PaidCalls:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._accepted = frozenset(services.schemes)
+        self._schemes = services.schemes
         self._latency = services.metrics.latency.labels("infer")
         self._counters: dict[tuple[bytes, str, bool], tuple[Any, Any]] = {}
 
     async def handle(self, request: Request, model_text: str) -> Response:
         started = time.perf_counter()
-        services = self.services
         model = self._served_model(model_text)
         body = await request.body()  # within max_request_bytes: BodyLimitMiddleware stops a longer one
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
-            payment = parse_payment_signature(header, schemes=self._accepted)
+            payment = parse_payment_signature(header, schemes=self._schemes.names)
             paid = PaidRequest(model, body, request.method, request.url.path, peer_address(request))
-            proof = await services.schemes[payment.scheme].verify(payment, paid)
-            if isinstance(proof, VerifiedVoucher):
-                response = await self._channel_call(request, model, body, proof)
-            elif isinstance(proof, VerifiedAuthorization):
-                response = await self._exact_call(request, model, body, proof)
-            else:
-                response = await self._license_call(request, model, body, proof)
+            admission = await self._schemes[payment.scheme].admit(payment, paid)
+            response = await self._serve(request, model, body, admission)
         except PaymentRejected as rejection:
             response = await self._refused(request, model, rejection)
         self._latency.observe(time.perf_counter() - started)
         return response
 
-    # --- the three schemes ---------------------------------------------------------------------
-
-    async def _channel_call(self, request: Request, model: ModelInfo, body: bytes, voucher: VerifiedVoucher) -> Response:
-        services = self.services
-        try:
-            credit = await services.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, model.price,
-                                                 deposit=voucher.channel.deposit)
-        except InsufficientCredit as refusal:
-            rejection = PaymentRejected("insufficient_credit", str(refusal))
-            return await self._refused(request, model, rejection, channel_id=voucher.channel_id)
+    async def _serve(self, request: Request, model: ModelInfo, body: bytes, admission: Admission) -> Response:
+        """Run the model for an admitted payment, settle, answer with the receipt; refund a failure."""
         try:
             answer = await self._run(model, request, body)
-            receipt = self._receipt(model, body, answer, "channel", channel_id=voucher.channel_id,
-                                    amount=model.price, cumulative=credit.authorized)
-            settlement = services.channel.response(voucher, model.price, credit=credit, receipt=receipt)
-            response = self._answer(answer, settlement.header(),
-                                    on_broken_stream=lambda: services.ledger.refund(voucher.channel_id, model.price))
         except RunnerError as failure:
-            await services.ledger.refund(voucher.channel_id, model.price)
+            await admission.refund()
             return self._runner_failed(failure)
         except Exception:  # a bug, not the consumer's doing: nothing is sent, so nothing is charged
-            await services.ledger.refund(voucher.channel_id, model.price)
+            await admission.refund()
             raise
-        self._count(model, "channel", model.price)
-        return response
-
-    async def _exact_call(self, request: Request, model: ModelInfo, body: bytes, auth: VerifiedAuthorization) -> Response:
-        exact = self.services.exact
         try:
-            answer = await self._run(model, request, body)
-        except RunnerError as failure:
-            await exact.release(auth)
-            return self._runner_failed(failure)
+            if admission.settles_on_chain and await request.is_disconnected():  # nobody would receive it
+                await admission.refund()
+                await answer.aclose()
+                return error_response(499, "client_disconnected", "the client went away before settlement")
+            try:
+                charge = await admission.settle()
+            except PaymentRejected as rejection:
+                await answer.aclose()
+                failure = admission.failure(rejection)
+                extra = {PAYMENT_RESPONSE_HEADER: failure.header()} if failure is not None else None
+                return await self._refused(request, model, rejection, extra_headers=extra)
+            receipt = self._receipt(model, body, answer, admission.scheme, charge)
+            response = self._answer(answer, admission.response(charge, receipt).header(),
+                                    on_broken_stream=admission.refund)
         except Exception:
-            await exact.release(auth)
+            await admission.refund()
             raise
-        if await request.is_disconnected():  # nobody would receive what we settle
-            await exact.release(auth)
-            await answer.aclose()
-            return error_response(499, "client_disconnected", "the client went away before settlement")
-        try:
-            settlement = await exact.settle(auth)
-        except PaymentRejected as rejection:
-            await answer.aclose()
-            return await self._refused(request, model, rejection, extra_headers={
-                PAYMENT_RESPONSE_HEADER: exact.failure(rejection, auth.payer).header()})
-        receipt = self._receipt(model, body, answer, "exact", amount=settlement.amount,
-                                transaction=bytes.fromhex(settlement.transaction.removeprefix("0x")))
-        self._count(model, "exact", settlement.amount)
-        return self._answer(answer, exact.response(settlement, receipt=receipt).header())
-
-    async def _license_call(self, request: Request, model: ModelInfo, body: bytes, lic: VerifiedLicense) -> Response:
-        services = self.services
-        if not await services.access.use(lic.license_id, lic.nonce, lic.deadline, now=services.state.now()):
-            rejection = PaymentRejected(
-                "access_replayed", f"nonce {lic.nonce} of license {lic.license_id} already opened a request")
-            return await self._refused(request, model, rejection)
-        try:
-            answer = await self._run(model, request, body)
-        except RunnerError as failure:
-            return self._runner_failed(failure)
-        receipt = self._receipt(model, body, answer, "license", license_id=lic.license_id)
-        self._count(model, "license", 0)
-        return self._answer(answer, services.license.response(lic, receipt=receipt).header())
+        self._count(model, admission.scheme, charge.amount)
+        return response
 
     # --- pieces --------------------------------------------------------------------------------
 
@@ -174,13 +134,15 @@ class PaidCalls:
         content_type = request.headers.get("content-type", "application/json")
         return await runner.infer(RunnerRequest(body=body, content_type=content_type, headers=request.headers))
 
-    def _receipt(self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, **fields: Any) -> dict[str, Any]:
+    def _receipt(self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, charge: Charge) -> dict[str, Any]:
         # A streamed answer is not known when the headers go out: its receipt covers the request only.
         response_body = answer.body if answer.body is not None else b""
         # The artifact the runner loaded and ran, not the registry's latest (update-model does not
         # reload a running daemon).
         artifact = self.services.runners[model.model_id].artifact or _UNKNOWN_ARTIFACT
-        receipt = Receipt.for_call(model.model_id, artifact, body, response_body, scheme, **fields)
+        receipt = Receipt.for_call(model.model_id, artifact, body, response_body, scheme, amount=charge.amount,
+                                   channel_id=charge.channel_id, cumulative=charge.cumulative,
+                                   transaction=charge.transaction, license_id=charge.license_id)
         return self.services.receipts.sign(receipt)
 
     def _count(self, model: ModelInfo, scheme: str, amount: int) -> None:
@@ -198,7 +160,7 @@ class PaidCalls:
         self,
         answer: RunnerResponse,
         payment_response: str,
-        on_broken_stream: Callable[[], Awaitable[Any]] | None = None,
+        on_broken_stream: Callable[[], Awaitable[None]] | None = None,
     ) -> Response:
         headers = [(name, value) for name, value in answer.headers if name != "content-type"]
         headers.append((PAYMENT_RESPONSE_HEADER.lower(), payment_response))
@@ -222,7 +184,6 @@ class PaidCalls:
         model: ModelInfo,
         rejection: PaymentRejected,
         *,
-        channel_id: int | None = None,
         extra_headers: dict[str, str] | None = None,
     ) -> Response:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
@@ -230,29 +191,19 @@ class PaidCalls:
         if rejection.http_status != 402:
             headers = (retry_headers(rejection) or {}) | (extra_headers or {})
             return error_response(rejection.http_status, rejection.code, rejection.detail, headers)
-        required = await self.payment_required(request, model, rejection, channel_id=channel_id)
+        required = await self.payment_required(request, model, rejection)
         headers = {PAYMENT_REQUIRED_HEADER: required} | (extra_headers or {})
         return error_response(402, rejection.code, rejection.detail, headers)
 
-    async def payment_required(
-        self, request: Request, model: ModelInfo, rejection: PaymentRejected | None, *, channel_id: int | None = None
-    ) -> str:
-        """The PAYMENT-REQUIRED header value for `model` (with the daemon's view of a named channel)."""
-        services = self.services
-        if channel_id is None:
-            channel_id = parse_channel_hint(request.headers.get(CHANNEL_HEADER))
-        credit = await services.ledger.credit(channel_id) if channel_id is not None else None
-        accepts = [
-            services.channel.requirements(model, channel_id=channel_id, credit=credit),
-            services.exact.requirements(model),
-            services.license.requirements(model),
-        ]
+    async def payment_required(self, request: Request, model: ModelInfo, rejection: PaymentRejected | None) -> str:
+        """The PAYMENT-REQUIRED header value for `model`: every registered scheme's offer."""
+        accepts = await self._schemes.offers(model, OfferContext(request.headers, rejection))
         resource = ResourceInfo(url=str(request.url), description=f"one inference of model 0x{model.model_id.hex()}",
                                 mime_type="application/json")
         return payment_required(resource, accepts, rejection).header()
 
 
-async def _chunks(answer: RunnerResponse, on_broken: Callable[[], Awaitable[Any]] | None) -> AsyncIterator[bytes]:
+async def _chunks(answer: RunnerResponse, on_broken: Callable[[], Awaitable[None]] | None) -> AsyncIterator[bytes]:
     """The streamed answer. Output delivered is charged: a consumer who hangs up (the server
     cancels or stops iterating this) keeps the charge. Only the model's own failure, a RunnerError
     from its stream (broken off, too large, silent too long), cuts the response (the error

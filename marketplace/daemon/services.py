@@ -32,11 +32,13 @@ from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
+from marketplace.payments.schemes.registry import SchemeRegistry
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
 
 __all__ = ["Services", "preflight", "start_services"]
 
 log = logging.getLogger("marketplace.daemon")
+_SETTLEMENT_WAIT = 60.0  # seconds a paid `exact` call waits for its settlement to be mined
 
 
 @dataclass
@@ -49,17 +51,12 @@ class Services:
     ledger: CreditLedger
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
-    channel: ChannelScheme
-    exact: ExactScheme
-    license: LicenseScheme
+    schemes: SchemeRegistry  # what PaidCalls dispatches on
+    channel: ChannelScheme  # also GET /v1/channels/{id}
     receipts: ReceiptSigner
     runners: dict[bytes, Runner]
     claimer: Claimer
     metrics: Metrics = field(default_factory=Metrics)
-
-    @property
-    def schemes(self) -> dict[str, ChannelScheme | ExactScheme | LicenseScheme]:
-        return {"channel": self.channel, "exact": self.exact, "license": self.license}
 
     async def aclose(self) -> None:
         await self.claimer.stop()
@@ -110,6 +107,27 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
     )
 
 
+def _schemes(
+    settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds,
+) -> tuple[SchemeRegistry, ChannelScheme]:
+    """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
+    and the channel scheme, which GET /v1/channels/{id} uses as well."""
+    channel = ChannelScheme(
+        state,
+        min_remaining_seconds=settings.min_channel_lifetime_seconds,
+        lookup_budget=ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second),
+        ledger=ledger,
+    )
+    # exact answers a waiting client: its chain calls fail fast (2 s, no retries), through the
+    # daemon's one sender (the claimer's nonces)
+    exact = ExactScheme(state, sender.using(fail_fast_web3(settings.rpc_url), receipt_timeout=_SETTLEMENT_WAIT), holds,
+                        search_from=deployment.start_block)
+    license = LicenseScheme(state, w3, access=access)
+    state.on_license_change(license.invalidate)
+    return SchemeRegistry((channel, exact, license)), channel
+
+
 def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
     """The checks that need no event loop: the node, the deployment on it, the daemon key.
 
@@ -156,6 +174,8 @@ async def start_services(settings: DaemonSettings) -> Services:
         expiry_margin_seconds=settings.claim_expiry_margin_seconds,
         interval_seconds=settings.claim_interval_seconds,
     )
+    sender = Sender(w3, account)
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds)
     services = Services(
         settings=settings,
         account=account,
@@ -163,18 +183,11 @@ async def start_services(settings: DaemonSettings) -> Services:
         ledger=ledger,
         access=access,
         holds=holds,
-        channel=ChannelScheme(
-            state,
-            min_remaining_seconds=settings.min_channel_lifetime_seconds,
-            lookup_budget=ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second),
-        ),
-        exact=ExactScheme(state, fail_fast_web3(settings.rpc_url), account, holds,
-                          search_from=deployment.start_block),
-        license=LicenseScheme(state, w3),
+        schemes=schemes,
+        channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
-        claimer=Claimer(ledger, state, Sender(w3, account), policy),
+        claimer=Claimer(ledger, state, sender, policy),
     )
-    state.on_license_change(services.license.invalidate)
     services.claimer.start()
     return services

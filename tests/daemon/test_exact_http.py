@@ -439,7 +439,7 @@ async def test_a_settlement_mined_too_late_is_served_when_the_payer_sends_the_sa
     payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)
     requirements = await exact_requirements(daemon, listing)
     payload = transfer_payload(payer, requirements, w3)
-    monkeypatch.setattr(daemon.app.state.services.exact.chain, "receipt_timeout", 0.5)  # type: ignore[attr-defined]
+    monkeypatch.setattr(daemon.app.state.services.schemes["exact"].chain.sender, "receipt_timeout", 0.5)  # type: ignore[attr-defined]
     w3.provider.make_request("evm_setAutomine", [False])  # the settlement stays in the mempool
     try:
         pending = await pay(daemon, listing, requirements, payload)

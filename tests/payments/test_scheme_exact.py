@@ -105,7 +105,7 @@ def setup(w3, contracts, dev_accounts, snapshot, tmp_path) -> Iterator[Setup]:
     mint(contracts, w3, owner, payer.address, 10 * TOKENS)
     state = DeployedChainState(w3, contracts)
     holds = SqliteHolds(tmp_path / "ledger.db")
-    scheme = ExactScheme(state, w3, settler, holds)
+    scheme = ExactScheme(state, Sender(w3, settler), holds)
     yield Setup(w3, contracts, scheme, make_model(payee=payee.address), payer, payee, other)
     run(holds.close())
 
@@ -254,7 +254,7 @@ def test_authorizations_beyond_the_balance_are_refused_before_anything_runs(setu
 def test_receive_with_authorization_is_offered_when_the_daemon_is_the_payee_and_cannot_be_front_run(
     setup: Setup,
 ) -> None:
-    scheme = ExactScheme(setup.scheme.state, setup.w3, setup.payee, setup.scheme.holds)  # the payee's own key
+    scheme = ExactScheme(setup.scheme.state, Sender(setup.w3, setup.payee), setup.scheme.holds)  # the payee's own key
     assert scheme.requirements(setup.model).extra["authorizationTypes"] == [
         "ReceiveWithAuthorization", "TransferWithAuthorization"]
     assert setup.scheme.requirements(setup.model).extra["authorizationTypes"] == ["TransferWithAuthorization"]
@@ -341,7 +341,7 @@ def test_a_settlement_the_node_cannot_take_names_no_node_url(dev_accounts: list[
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/v3/secret-api-key"
-    client = TokenClient(fail_fast_web3(url, timeout=1.0), "0x" + "11" * 20, dev_accounts[1], receipt_timeout=1.0)
+    client = TokenClient(Sender(fail_fast_web3(url, timeout=1.0), dev_accounts[1], receipt_timeout=1.0), "0x" + "11" * 20)
     with pytest.raises(PaymentRejected) as sending:
         client.send(TRANSFER, (dev_accounts[2].address, dev_accounts[1].address, 1, 0, 2**40, b"\0" * 32, b"\0" * 65))
     with pytest.raises(PaymentRejected) as waiting:

@@ -18,6 +18,7 @@ from x402.schemas import PaymentPayload as SdkPaymentPayload
 from x402.schemas import PaymentRequirements as SdkPaymentRequirements
 
 from marketplace.chain.devkeys import dev_account
+from marketplace.chain.transactions import Sender
 from marketplace.errors import REJECTION_STATUS, PaymentRejected
 from marketplace.payments.ledger.holds.sqlite import SqliteHolds
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, payment_required
@@ -69,7 +70,7 @@ def test_all_three_schemes_in_a_402_read_by_the_x402_package(tmp_path: Path) -> 
     w3 = Web3()  # no provider: nothing is called while building requirements
     schemes = [
         ChannelScheme(state),
-        ExactScheme(state, w3, dev_account(9), SqliteHolds(tmp_path / "ledger.db")),
+        ExactScheme(state, Sender(w3, dev_account(9)), SqliteHolds(tmp_path / "ledger.db")),
         LicenseScheme(state, w3),
     ]
     accepts = [scheme.requirements(model) for scheme in schemes]

@@ -1,17 +1,32 @@
 """x402 payment schemes served by the daemon: `channel` (vouchers), `exact` (EIP-3009), `license`.
 
-Each scheme turns a model into its `accepts` entry of a 402 and checks a decoded PAYMENT-SIGNATURE
-for a call of that model; see docs/payment-protocol.md for the wire format and every error code.
+Each scheme offers a model in a 402 and admits a decoded PAYMENT-SIGNATURE for a call of that
+model (`base.Scheme`, `base.Admission`); the daemon holds them in a `SchemeRegistry`. See
+docs/architecture.md ("Schemes") and docs/payment-protocol.md for the wire format and every code.
 """
 
-from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, payment_required
+from marketplace.payments.schemes.base import (
+    Admission,
+    Charge,
+    OfferContext,
+    PaidRequest,
+    PaymentScheme,
+    Scheme,
+    payment_required,
+)
 from marketplace.payments.schemes.channel import ChannelScheme, VerifiedVoucher
 from marketplace.payments.schemes.exact import ExactScheme, Settlement, VerifiedAuthorization
 from marketplace.payments.schemes.license import LicenseScheme, VerifiedLicense
+from marketplace.payments.schemes.registry import SchemeRegistry
 
 __all__ = [
+    "Admission",
+    "Charge",
+    "OfferContext",
     "PaidRequest",
     "PaymentScheme",
+    "Scheme",
+    "SchemeRegistry",
     "payment_required",
     "ChannelScheme",
     "VerifiedVoucher",

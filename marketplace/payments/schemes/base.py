@@ -1,11 +1,17 @@
-"""What every payment scheme gives the daemon: the requirements of a 402, the check of a payment.
+"""The one interface every payment scheme gives the daemon (docs/architecture.md, "Schemes").
 
-A scheme is built once per daemon from the cached chain view (`ChainState`) and is then asked,
-per request, for its `PaymentRequirements` (one entry of a 402's `accepts`) and to `verify` a
-decoded PAYMENT-SIGNATURE against the model being called. `verify` returns a small frozen value
-describing what was proven (a voucher, an EIP-3009 authorization, a license) or raises
-PaymentRejected with a stable code; what to do next (admit on the ledger, settle, serve) is the
-daemon's.
+A scheme is built once per daemon (`marketplace.daemon.services`) and registered by name in a
+`SchemeRegistry`. Per request the daemon, knowing nothing of any scheme, asks it:
+
+- `offer(model, context)`: its `PaymentRequirements`, one entry of a 402's `accepts`;
+- `admit(payment, request)`: check the decoded PAYMENT-SIGNATURE and take whatever must be taken
+  BEFORE the model runs (credit on the ledger, a hold on the payer's balance, a single-use nonce);
+  an `Admission`, or PaymentRejected with a stable code, nothing taken.
+
+The `Admission` then either `settle`s once the model answered (before the answer leaves: e.g. the
+on-chain transfer), giving the `Charge` its receipt names and its PAYMENT-RESPONSE, or `refund`s
+(the model failed, the client went away, a stream broke off) whatever can still be given back.
+`verify` (the checks alone, typed by what they prove) is each scheme's own, used by `admit`.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import PaymentRejected
@@ -27,11 +33,16 @@ from marketplace.payments.x402 import (
     PaymentRequired,
     PaymentRequirements,
     ResourceInfo,
+    SettlementResponse,
     network_id,
 )
 
 __all__ = [
     "PaidRequest",
+    "OfferContext",
+    "Charge",
+    "Admission",
+    "Scheme",
     "PaymentScheme",
     "payment_required",
     "read_signature",
@@ -40,6 +51,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+ProofT = TypeVar("ProofT", covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +67,65 @@ class PaidRequest:
     client: str | None = None
 
 
-class PaymentScheme(abc.ABC):
-    """One x402 scheme served by the daemon."""
+@dataclass(frozen=True, slots=True)
+class OfferContext:
+    """What a 402 answers: the request's headers (hints such as PAYMENT-CHANNEL) and the refusal, if any."""
+
+    headers: Mapping[str, str]
+    rejection: PaymentRejected | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a served call cost (`amount`, token units) and what its receipt names besides."""
+
+    amount: int
+    channel_id: int = 0
+    cumulative: int = 0  # the channel's authorized total after this call
+    transaction: bytes = bytes(32)  # the settlement's hash
+    license_id: int = 0
+
+
+class Admission(abc.ABC):
+    """A payment admitted for one call: what was taken before the model runs, until settled or refunded."""
+
+    scheme: ClassVar[str]
+    settles_on_chain: ClassVar[bool] = False  # settling costs a transaction: not for a client already gone
+
+    @abc.abstractmethod
+    async def settle(self) -> Charge:
+        """The model answered: charge for it (before the answer leaves). PaymentRejected if that
+        failed, the admission then given back (nothing served, nothing charged)."""
+
+    @abc.abstractmethod
+    def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
+        """The PAYMENT-RESPONSE of the served call, carrying its signed receipt."""
+
+    async def refund(self) -> None:
+        """The call is not (or not wholly) served: give back what can still be given back."""
+
+    def failure(self, rejection: PaymentRejected) -> SettlementResponse | None:
+        """The PAYMENT-RESPONSE of a 402 after `settle` failed, if the scheme sends one."""
+        return None
+
+
+class Scheme(Protocol):
+    """What the daemon needs of a payment scheme (`SchemeRegistry` holds them by `name`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """This scheme's entry in the `accepts` of a 402 for `model`."""
+        ...
+
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> Admission:
+        """Check `payment` for `request` and take what the call needs; PaymentRejected otherwise."""
+        ...
+
+
+class PaymentScheme(abc.ABC, Generic[ProofT]):
+    """One x402 scheme served by the daemon; `verify` returns what it proves (`ProofT`)."""
 
     name: ClassVar[str]
 
@@ -71,9 +140,17 @@ class PaymentScheme(abc.ABC):
     def requirements(self, model: ModelInfo) -> PaymentRequirements:
         """This scheme's entry in the `accepts` of a 402 for `model`."""
 
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """The 402 entry for `model` as this request sees it (by default, `requirements`)."""
+        return self.requirements(model)
+
     @abc.abstractmethod
-    async def verify(self, payment: PaymentPayload, request: PaidRequest) -> Any:
-        """Check `payment` for `request`; a proof of payment, or PaymentRejected."""
+    async def verify(self, payment: PaymentPayload, request: PaidRequest) -> ProofT:
+        """Check `payment` for `request`; what it proves, or PaymentRejected."""
+
+    @abc.abstractmethod
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> Admission:
+        """`verify`, then take what the call needs before the model runs."""
 
     def check_accepted(self, payment: PaymentPayload, *, asset: str | None = None, pay_to: str | None = None) -> None:
         """The requirements the client chose are ours: scheme, network and (when given) asset, payee."""

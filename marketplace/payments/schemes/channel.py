@@ -13,8 +13,8 @@ deposit ("amount_exceeds_deposit", after ONE
 refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
 channel's signer can make the daemon ask the chain), and the signature recovers to the channel's
 signer ("bad_signature"; the domain binds the chain id and the escrow, so a voucher for another
-chain or escrow fails here). The result goes to `CreditLedger.admit`, whose refusal is
-"insufficient_credit".
+chain or escrow fails here). `admit` then takes the price on the `CreditLedger` (durably, before
+the model runs), whose refusal is "insufficient_credit"; its `refund` gives the price back.
 
 A client names a channel it wants the daemon's view of with the request header
 ``PAYMENT-CHANNEL: 0x<channel id>`` (see `parse_channel_hint`); the 402's `extra.channel` then
@@ -31,9 +31,18 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
-from marketplace.errors import ChainError, ChannelUnconfirmed, PaymentRejected
+from marketplace.errors import ChainError, ChannelUnconfirmed, InsufficientCredit, PaymentRejected
 from marketplace.payments.eip712 import VOUCHER, checksum_address
-from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, read_signature, recover_or_reject
+from marketplace.payments.ledger.base import Credit, CreditLedger
+from marketplace.payments.schemes.base import (
+    Admission,
+    Charge,
+    OfferContext,
+    PaidRequest,
+    PaymentScheme,
+    read_signature,
+    recover_or_reject,
+)
 from marketplace.payments.vouchers import VoucherDomain
 from marketplace.payments.x402 import (
     Fields,
@@ -48,6 +57,8 @@ __all__ = [
     "CreditView",
     "LookupBudget",
     "VerifiedVoucher",
+    "ChannelRejected",
+    "ChannelAdmission",
     "ChannelScheme",
     "voucher_payload",
     "parse_channel_hint",
@@ -89,6 +100,36 @@ class VerifiedVoucher:
         return self.channel.payer
 
 
+class ChannelRejected(PaymentRejected):
+    """A refusal about a named channel: the 402 shows the daemon's view of it."""
+
+    def __init__(self, code: str, detail: str, *, channel_id: int) -> None:
+        super().__init__(code, detail)
+        self.channel_id = channel_id
+
+
+class ChannelAdmission(Admission):
+    """A voucher's call whose price the ledger has taken (`credit` as it stands after it)."""
+
+    scheme = "channel"
+
+    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, voucher: VerifiedVoucher, price: int,
+                 credit: Credit) -> None:
+        self._channels, self._ledger = channels, ledger
+        self.voucher, self.price, self.credit = voucher, price, credit
+
+    async def settle(self) -> Charge:
+        """Nothing more to do: the price was taken on admission."""
+        return Charge(self.price, channel_id=self.voucher.channel_id, cumulative=self.credit.authorized)
+
+    def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
+        return self._channels.response(self.voucher, charge.amount, credit=self.credit, receipt=receipt)
+
+    async def refund(self) -> None:
+        """Give the price back to the channel (once per call)."""
+        await self._ledger.refund(self.voucher.channel_id, self.price)
+
+
 def voucher_payload(channel_id: int, amount: int, signature: bytes) -> dict[str, str]:
     """The PAYMENT-SIGNATURE `payload` of a channel voucher (client side)."""
     return {"channelId": f"0x{channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
@@ -105,8 +146,9 @@ def parse_channel_hint(value: str | None) -> int | None:
     return channel_id
 
 
-class ChannelScheme(PaymentScheme):
-    """Verifies channel vouchers against the cached chain view; no RPC on the hot path."""
+class ChannelScheme(PaymentScheme[VerifiedVoucher]):
+    """Verifies channel vouchers against the cached chain view (no RPC on the hot path) and admits
+    them on `ledger` (the daemon's; without one the scheme only verifies)."""
 
     name = "channel"
 
@@ -120,8 +162,10 @@ class ChannelScheme(PaymentScheme):
         lookup_budget: LookupBudget | None = None,
         chain_timeout: float = 4.0,
         clock: Callable[[], float] | None = None,
+        ledger: CreditLedger | None = None,
     ) -> None:
         super().__init__(state)
+        self.ledger = ledger
         self.escrow = checksum_address(state.escrow)
         self.domain = VoucherDomain(state.chain_id, self.escrow)
         self.min_remaining_seconds = min_remaining_seconds
@@ -162,6 +206,19 @@ class ChannelScheme(PaymentScheme):
             max_timeout_seconds=self.max_timeout_seconds,
             extra=extra,
         )
+
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """The `channel` entry of a 402, with the daemon's view of the channel refused or named
+        by a PAYMENT-CHANNEL header."""
+        rejection = context.rejection
+        if isinstance(rejection, ChannelRejected):
+            channel_id: int | None = rejection.channel_id
+        else:
+            channel_id = parse_channel_hint(context.headers.get(CHANNEL_HEADER))
+        if channel_id is None:
+            return self.requirements(model)
+        credit = await self.ledger.credit(channel_id) if self.ledger is not None else None
+        return self.requirements(model, channel_id=channel_id, credit=credit)
 
     def channel_view(self, channel_id: int, credit: CreditView | None) -> dict[str, Any]:
         """The daemon's view of a channel: the ledger's `authorized`/`consumed` and the chain's state.
@@ -204,7 +261,20 @@ class ChannelScheme(PaymentScheme):
             success=True, network=self.network, transaction="", payer=verified.payer, amount=price, extra=extra
         )
 
-    # --- verification (the hot path) --------------------------------------------------------
+    # --- verification and admission (the hot path) -------------------------------------------
+
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> ChannelAdmission:
+        """Verify the voucher and take the model's price on the ledger (durable) before the call."""
+        voucher = await self.verify(payment, request)
+        if self.ledger is None:
+            raise RuntimeError("a ChannelScheme without a ledger only verifies")
+        price = request.model.price
+        try:
+            credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, price,
+                                             deposit=voucher.channel.deposit)
+        except InsufficientCredit as refusal:
+            raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
+        return ChannelAdmission(self, self.ledger, voucher, price, credit)
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
         model = request.model

@@ -2,24 +2,28 @@
 search for a transfer someone else submitted.
 
 Every call is blocking (the scheme runs it in a worker thread) and fails fast: the scheme's Web3
-has a short request timeout and no retries (`marketplace.chain.connection.fail_fast_web3`), and a
-transport failure is PaymentRejected "chain_unavailable" (503).
+(its Sender's) has a short request timeout and no retries
+(`marketplace.chain.connection.fail_fast_web3`), and a transport failure is PaymentRejected
+"chain_unavailable" (503). The settlement goes through `marketplace.chain.transactions.Sender`,
+the one transaction sender the claimer uses too.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
-from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, TimeExhausted, Web3Exception
+from web3.exceptions import TimeExhausted, Web3Exception
+from web3.types import TxReceipt
 
 from marketplace.chain.compiled import load_compiled
-from marketplace.chain.transactions import decode_revert
-from marketplace.errors import PaymentRejected
+from marketplace.chain.transactions import Sender
+from marketplace.errors import ChainError, ContractReverted, PaymentRejected
 from marketplace.payments.eip712 import (
     RECEIVE_WITH_AUTHORIZATION,
     TRANSFER_WITH_AUTHORIZATION,
@@ -40,8 +44,8 @@ _SUBMIT = {
 }
 _AUTHORIZATION_USED = keccak256(b"AuthorizationUsed(address,bytes32)")
 _TRANSFER_EVENT = keccak256(b"Transfer(address,address,uint256)")
+T = TypeVar("T")
 _CHAIN_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
-_SEND_ATTEMPTS = 4  # replicas and the claimer share the daemon's key: each may take the nonce we read
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +63,22 @@ def _topic(data: Any) -> bytes:
 
 
 class TokenClient:
-    """MarketToken as the `exact` scheme uses it, from the daemon's key (`settler`)."""
+    """MarketToken as the `exact` scheme uses it, settled by `sender` (the daemon's key)."""
 
-    def __init__(self, w3: Web3, token: str, settler: LocalAccount, *, receipt_timeout: float,
-                 search_from: int = 0) -> None:
-        self._w3, self._settler = w3, settler
-        self.receipt_timeout, self.search_from = receipt_timeout, search_from
-        self._abi = load_compiled("MarketToken").abi
-        self._contract = w3.eth.contract(address=Web3.to_checksum_address(token), abi=self._abi)
+    def __init__(self, sender: Sender, token: str, *, search_from: int = 0) -> None:
+        self.sender, self._w3 = sender, sender.w3
+        self.search_from = search_from
+        self._contract = self._w3.eth.contract(address=Web3.to_checksum_address(token),
+                                               abi=load_compiled("MarketToken").abi)
         self._token = token.lower()
-        self._next_nonce: int | None = None
 
     @property
     def settler(self) -> str:
-        return str(self._settler.address)
+        return self.sender.address
+
+    @property
+    def receipt_timeout(self) -> float:
+        return self.sender.receipt_timeout
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -111,7 +117,7 @@ class TokenClient:
                                       int(receipt["blockNumber"]))
         return None
 
-    def _read(self, action: str, call: Any) -> Any:
+    def _read(self, action: str, call: Callable[[], T]) -> T:
         try:
             return call()
         except _CHAIN_ERRORS as error:
@@ -120,45 +126,29 @@ class TokenClient:
     # --- the settlement ---------------------------------------------------------------------------
 
     def send(self, primary_type: str, args: tuple[Any, ...]) -> str:
-        """Sign and send the settlement (`transferWithAuthorization` or `receiveWithAuthorization`);
-        its hash. A revert found by gas estimation is "settlement_failed" (no gas spent). Not
-        thread-safe: the caller sends one at a time (nonces are handed out in order)."""
+        """Sign and send the settlement (`transferWithAuthorization` or `receiveWithAuthorization`)
+        through the daemon's one `Sender` (nonces in order, a nonce taken by another sender of the
+        key re-read and retried); its hash. A revert found by gas estimation is "settlement_failed"
+        (no gas spent)."""
         fn = self._contract.get_function_by_signature(_SUBMIT[primary_type])(*args)
-        sender = self._settler.address
-        for _ in range(_SEND_ATTEMPTS):
-            try:
-                if self._next_nonce is None:
-                    self._next_nonce = self._w3.eth.get_transaction_count(sender, "pending")
-                tx = fn.build_transaction({"from": sender, "nonce": self._next_nonce})  # estimates: a revert shows here
-            except (ContractCustomError, ContractLogicError, ContractPanicError) as error:
-                name, values = decode_revert(self._abi, getattr(error, "data", None))
-                shown = ", ".join(f"{k}={v}" for k, v in values.items())
-                raise PaymentRejected("settlement_failed", f"{fn.fn_name} would revert: {name}({shown})") from None
-            except _CHAIN_ERRORS as error:  # the message may name the node's URL (an API key): logged only
-                log.warning("could not prepare a settlement: %s", error)
-                raise PaymentRejected(
-                    "chain_unavailable", f"could not prepare the settlement ({type(error).__name__}); retry later"
-                ) from None
-            try:
-                tx_hash = self._w3.eth.send_raw_transaction(self._settler.sign_transaction(tx).raw_transaction)
-            except _CHAIN_ERRORS as error:
-                # Mostly "nonce too low": another sender of this key (the claimer, another replica or
-                # worker) took that nonce. Read the node's next one and try again.
-                self._next_nonce = None
-                refusal = error
-                continue
-            self._next_nonce += 1
-            return "0x" + bytes(tx_hash).hex()
-        log.warning("the node refused a settlement %d times: %s", _SEND_ATTEMPTS, refusal)
-        raise PaymentRejected(
-            "settlement_failed", f"the node refused the settlement {_SEND_ATTEMPTS} times ({type(refusal).__name__})"
-        )
-
-    def wait(self, tx_hash: str) -> Any:
-        """The receipt of `tx_hash`; "settlement_pending" if not mined within `receipt_timeout`."""
         try:
-            return self._w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self.receipt_timeout)  # type: ignore[arg-type]
+            return "0x" + bytes(self.sender.send(fn)).hex()
+        except ContractReverted as reverted:
+            shown = ", ".join(f"{k}={v}" for k, v in reverted.values.items())
+            raise PaymentRejected("settlement_failed", f"{fn.fn_name} would revert: {reverted.error}({shown})") from None
+        except ChainError as refused:  # the node refused it every time (its own message: no URL)
+            log.warning("the node refused a settlement: %s", refused)
+            raise PaymentRejected("settlement_failed", f"the node refused the settlement ({type(refused).__name__})") from None
+        except _CHAIN_ERRORS as error:  # the message may name the node's URL (an API key): logged only
+            log.warning("could not send a settlement: %s", error)
+            raise PaymentRejected(
+                "chain_unavailable", f"could not send the settlement ({type(error).__name__}); retry later"
+            ) from None
+
+    def wait(self, tx_hash: str) -> TxReceipt:
+        """The receipt of `tx_hash`; "settlement_pending" if not mined within the sender's receipt timeout."""
+        try:
+            return self.sender.wait(HexBytes(tx_hash))
         except TimeExhausted:
             raise PaymentRejected(
                 "settlement_pending", f"settlement {tx_hash} was not mined within {self.receipt_timeout:g} s"

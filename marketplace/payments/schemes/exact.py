@@ -23,11 +23,12 @@ is used at N, someone submitted it: when that transaction moved `value` from `fr
 the payer has paid and the call is served once (the hold is recorded as settled, or an abandoned
 one adopted: see below); otherwise (cancelled) "nonce_reused".
 
-Serve/settle order: verify (hold) -> run the model -> `settle` -> answer. `settle` submits the
-authorization from the daemon's key and waits for the receipt; a settlement that would revert or
+Serve/settle order: `admit` (verify and hold) -> run the model -> `ExactAdmission.settle` ->
+answer. `settle` submits the authorization through the daemon's one `Sender` (the claimer's, with
+its nonces) and waits for the receipt; a settlement that would revert or
 reverts because the nonce was used meanwhile looks for that transfer as above and, if the payer
 paid, serves with it. Any other failure releases the hold and serves nothing. A client gone before
-settlement: the app calls `release`. A call not served although the payer's transfer is or may be
+settlement: the daemon calls `ExactAdmission.refund` (`release`). A call not served although the payer's transfer is or may be
 on chain (settlement not mined in time; model failed after a front-run) leaves its hold abandoned:
 the same authorization sent again once the transfer is mined adopts it and is served, once.
 """
@@ -40,14 +41,14 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from eth_account.signers.local import LocalAccount
-from web3 import Web3
-
+from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.errors import AuthorizationHeld, BalanceCommitted, PaymentRejected
 from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, checksum_address
 from marketplace.payments.ledger.holds import ExactHolds, Hold
 from marketplace.payments.schemes.base import (
+    Admission,
+    Charge,
     PaidRequest,
     PaymentScheme,
     blocking,
@@ -57,7 +58,7 @@ from marketplace.payments.schemes.base import (
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
-__all__ = ["VerifiedAuthorization", "Settlement", "ExactScheme"]
+__all__ = ["VerifiedAuthorization", "ExactAdmission", "Settlement", "ExactScheme"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,23 +84,52 @@ class VerifiedAuthorization:
         return Hold(self.payer_bytes, self.nonce, self.value, self.valid_before)
 
 
-class ExactScheme(PaymentScheme):
-    """Verifies EIP-3009 authorizations, holds them in the shared ledger, settles them from the daemon's key."""
+class ExactAdmission(Admission):
+    """An authorization held against its payer's balance: settled on chain once the model answered."""
+
+    scheme = "exact"
+    settles_on_chain = True
+
+    def __init__(self, exact: ExactScheme, authorization: VerifiedAuthorization) -> None:
+        self._exact, self.authorization = exact, authorization
+        self._settlement: Settlement | None = None
+        self._settling = False
+
+    async def settle(self) -> Charge:
+        """Transfer the value on chain (`ExactScheme.settle`); the hold is given back if that fails."""
+        self._settling = True  # from here the transfer may be on chain: `settle` alone decides the hold
+        settlement = self._settlement = await self._exact.settle(self.authorization)
+        return Charge(settlement.amount, transaction=bytes.fromhex(settlement.transaction.removeprefix("0x")))
+
+    def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
+        assert self._settlement is not None, "settle first"
+        return self._exact.response(self._settlement, receipt=receipt)
+
+    async def refund(self) -> None:
+        """Release the hold, unless settling started (a settled transfer cannot be given back)."""
+        if not self._settling:
+            await self._exact.release(self.authorization)
+
+    def failure(self, rejection: PaymentRejected) -> SettlementResponse:
+        return self._exact.failure(rejection, self.authorization.payer)
+
+
+class ExactScheme(PaymentScheme[VerifiedAuthorization]):
+    """Verifies EIP-3009 authorizations, holds them in the shared ledger, settles them through `sender`
+    (the daemon's key; its Web3 should fail fast: `fail_fast_web3`)."""
 
     name = "exact"
 
     def __init__(
         self,
         state: ChainState,
-        w3: Web3,
-        settler: LocalAccount,
+        sender: Sender,
         holds: ExactHolds,
         *,
         token_name: str = "Market Token",
         token_version: str = "1",
         max_timeout_seconds: int = 300,
         margin_seconds: int = 6,
-        receipt_timeout: float = 60.0,
         search_from: int = 0,
         clock: Callable[[], float] | None = None,
         executor: Executor | None = None,
@@ -110,11 +140,10 @@ class ExactScheme(PaymentScheme):
         self.max_timeout_seconds = max_timeout_seconds
         self.margin_seconds = margin_seconds
         self.holds = holds
-        self.chain = TokenClient(w3, self.token, settler, receipt_timeout=receipt_timeout, search_from=search_from)
-        self._settler = settler.address.lower()
+        self.chain = TokenClient(sender, self.token, search_from=search_from)
+        self._settler = sender.address.lower()
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._executor = executor
-        self._send_lock = asyncio.Lock()
 
     # --- 402 ---------------------------------------------------------------------------------
 
@@ -140,6 +169,10 @@ class ExactScheme(PaymentScheme):
         return self.domain.digest(MESSAGE_TYPES[primary_type], payer, to, value, valid_after, valid_before, nonce)
 
     # --- verification -------------------------------------------------------------------------
+
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> ExactAdmission:
+        """Verify and hold the authorization; the admission settles or releases it."""
+        return ExactAdmission(self, await self.verify(payment, request))
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedAuthorization:
         """Check the authorization and hold it; the caller must `settle` or `release` it."""
@@ -239,8 +272,7 @@ class ExactScheme(PaymentScheme):
         args = (verified.payer, verified.to, verified.value, verified.valid_after, verified.valid_before,
                 verified.nonce, verified.signature)
         try:
-            async with self._send_lock:  # one sender: nonces are handed out in order
-                tx_hash = await blocking(self._executor, self.chain.send, verified.primary_type, args)
+            tx_hash = await blocking(self._executor, self.chain.send, verified.primary_type, args)
             receipt = await blocking(self._executor, self.chain.wait, tx_hash)
             if receipt["status"] != 1:
                 raise PaymentRejected("settlement_failed", f"{verified.primary_type} reverted (tx {tx_hash})")

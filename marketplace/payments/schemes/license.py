@@ -13,7 +13,7 @@ The holder signs an EIP-712 access message in the domain
 The message names one request: the HTTP method, the URL path (no query string) and SHA-256 of the
 exact body (the digest receipts carry); the model id comes from the URL being called, so a
 signature for another model does not recover to the holder. `nonce` makes it single-use: after
-`verify`, the daemon records (licenseId, nonce) in the shared ledger (`ledger.access`) and refuses
+`verify`, `admit` records (licenseId, nonce) in the shared ledger (`ledger.access`) and refuses
 the pair a second time on any replica ("access_replayed").
 
 Checks, in order: deadline in the future ("access_expired") and at most `max_window_seconds` away
@@ -53,13 +53,23 @@ from marketplace.payments.eip712 import (
     checksum_address,
     sign_digest,
 )
+from marketplace.payments.ledger.access import AccessNonces
 from marketplace.payments.receipts import body_hash
-from marketplace.payments.schemes.base import PaidRequest, PaymentScheme, blocking, read_signature, recover_or_reject
+from marketplace.payments.schemes.base import (
+    Admission,
+    Charge,
+    PaidRequest,
+    PaymentScheme,
+    blocking,
+    read_signature,
+    recover_or_reject,
+)
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = [
     "LicenseAccess",
     "VerifiedLicense",
+    "LicenseAdmission",
     "LicenseRecord",
     "LicenseScheme",
     "license_domain",
@@ -152,8 +162,24 @@ class VerifiedLicense:
     deadline: int  # chain time until which the message is accepted
 
 
-class LicenseScheme(PaymentScheme):
-    """Verifies license access messages; license state is read from chain and cached briefly."""
+class LicenseAdmission(Admission):
+    """A request opened by a license, its access nonce used: served without charge."""
+
+    scheme = "license"
+
+    def __init__(self, licenses: LicenseScheme, verified: VerifiedLicense) -> None:
+        self._licenses, self.verified = licenses, verified
+
+    async def settle(self) -> Charge:
+        return Charge(0, license_id=self.verified.license_id)
+
+    def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
+        return self._licenses.response(self.verified, receipt=receipt)
+
+
+class LicenseScheme(PaymentScheme[VerifiedLicense]):
+    """Verifies license access messages (license state is read from chain and cached briefly) and
+    uses each access nonce once in `access` (the daemon's; without it the scheme only verifies)."""
 
     name = "license"
 
@@ -168,8 +194,10 @@ class LicenseScheme(PaymentScheme):
         chain_timeout: float = 4.0,
         clock: Callable[[], float] | None = None,
         executor: Executor | None = None,
+        access: AccessNonces | None = None,
     ) -> None:
         super().__init__(state)
+        self.access = access
         self.licenses = checksum_address(state.licenses)
         self.domain = license_domain(state.chain_id, self.licenses)
         self.max_window_seconds = max_window_seconds
@@ -217,6 +245,16 @@ class LicenseScheme(PaymentScheme):
             self._cache.clear()
         else:
             self._cache.pop(license_id, None)
+
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> LicenseAdmission:
+        """Verify the access message and use its nonce (once, across replicas)."""
+        verified = await self.verify(payment, request)
+        if self.access is None:
+            raise RuntimeError("a LicenseScheme without access nonces only verifies")
+        if not await self.access.use(verified.license_id, verified.nonce, verified.deadline, now=self.state.now()):
+            raise PaymentRejected("access_replayed",
+                                  f"nonce {verified.nonce} of license {verified.license_id} already opened a request")
+        return LicenseAdmission(self, verified)
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedLicense:
         model = request.model
