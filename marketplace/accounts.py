@@ -20,11 +20,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
+from eth_utils.address import to_checksum_address
 
 from marketplace.chain.devkeys import DEV_CHAIN_ID, dev_account
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
@@ -160,9 +161,11 @@ class AccountStore:
         return AccountEntry(name, to_checksum_address(account.address), path)
 
 
-def _decrypt(encrypted: object, password: str, what: str) -> LocalAccount:
+def _decrypt(encrypted: Any, password: str, what: str) -> LocalAccount:
+    """The account of a parsed keystore file (any JSON: `Account.decrypt` checks its shape)."""
     try:
-        return Account.from_key(Account.decrypt(encrypted, password))  # type: ignore[arg-type]
+        account: LocalAccount = Account.from_key(Account.decrypt(encrypted, password))
+        return account
     except ValueError as error:
         if "MAC mismatch" in str(error):
             raise WrongPassword(what) from None

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from eth_abi import encode as abi_encode
-from eth_utils import keccak
+from eth_abi.abi import encode as abi_encode
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
@@ -144,7 +144,7 @@ class License:
 
 def reverted(fn: ContractFunction, error: Exception, contract: str | None = None) -> ContractReverted:
     """The ContractReverted of a web3 revert error raised by `fn`, its custom error decoded."""
-    name, values = decode_revert(cast(list[dict[str, Any]], fn.contract_abi), getattr(error, "data", None))
+    name, values = decode_revert(fn.contract_abi, getattr(error, "data", None))
     return ContractReverted(contract or str(fn.address), fn.fn_name, name, values)
 
 

@@ -18,7 +18,8 @@ DEV_CHAIN_ID = 31337
 @cache
 def _derive(index: int) -> LocalAccount:
     Account.enable_unaudited_hdwallet_features()
-    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    account: LocalAccount = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return account
 
 
 def dev_account(index: int, chain_id: int = DEV_CHAIN_ID) -> LocalAccount:

@@ -42,7 +42,8 @@ def load_account(
                 raise MissingKey(f"keystore {keystore} needs a password: set {PASSWORD_ENV}")
             password = ask_password()
         try:
-            return Account.from_key(Account.decrypt(encrypted, password))
+            account: LocalAccount = Account.from_key(Account.decrypt(encrypted, password))
+            return account
         except ValueError:
             raise MissingKey(f"wrong password for keystore {keystore}") from None
     raw = os.environ.get(key_env, "").strip()
@@ -56,6 +57,7 @@ def account_from_hex(raw: str, *, source: str) -> LocalAccount:
     from eth_account import Account
 
     try:
-        return Account.from_key(raw.strip())
+        account: LocalAccount = Account.from_key(raw.strip())
+        return account
     except (ValueError, TypeError):
         raise MissingKey(f"{source} does not hold a valid 32-byte hex private key") from None

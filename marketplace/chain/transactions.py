@@ -5,16 +5,18 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
-from web3.types import TxReceipt
+from web3.types import TxParams, TxReceipt, Wei
 
 from marketplace.errors import ChainError, ContractReverted, InsufficientFunds
 
@@ -25,13 +27,14 @@ _PANIC = bytes.fromhex("4e487b71")  # Panic(uint256)
 _RETRY_PAUSE = 0.02  # seconds: the most a retry waits, times the attempts made
 
 
-def _abi_type(param: dict[str, Any]) -> str:
-    if param["type"].startswith("tuple"):
-        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + param["type"][5:]
-    return str(param["type"])
+def _abi_type(param: Mapping[str, Any]) -> str:
+    kind = str(param["type"])
+    if kind.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + kind[5:]
+    return kind
 
 
-def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
+def _error_table(abi: Sequence[Mapping[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
     table = {}
     for item in abi:
         if item.get("type") == "error":
@@ -41,7 +44,7 @@ def _error_table(abi: list[dict[str, Any]]) -> dict[bytes, tuple[str, list[str],
     return table
 
 
-def decode_revert(abi: list[dict[str, Any]], data: bytes | str | None) -> tuple[str, dict[str, object]]:
+def decode_revert(abi: Sequence[Mapping[str, Any]], data: bytes | str | None) -> tuple[str, dict[str, object]]:
     """Revert data -> (error name, {argument: value}), using the contract's ABI custom errors."""
     raw = HexBytes(data or b"")
     if len(raw) < 4:
@@ -125,7 +128,7 @@ class Sender:
         InsufficientFunds, ChainError when the node refused it `attempts` times; a transport
         failure (requests, OSError) propagates as is (its outcome may be unknown)."""
         contract = str(fn.address)
-        fields: dict[str, Any] = {"from": self.account.address, "value": value}
+        fields: TxParams = {"from": self.account.address, "value": Wei(value)}
         if gas is not None:
             fields["gas"] = gas
         try:

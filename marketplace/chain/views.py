@@ -61,10 +61,23 @@ class ModelInfo:
 class ChainState(Protocol):
     """The daemon's cached view of the chain; lookups never make an RPC round trip."""
 
-    chain_id: int
-    escrow: str  # PaymentChannels address
-    token: str  # MarketToken address
-    licenses: str  # Licenses address
+    @property
+    def chain_id(self) -> int: ...
+
+    @property
+    def escrow(self) -> str:
+        """The PaymentChannels address."""
+        ...
+
+    @property
+    def token(self) -> str:
+        """The MarketToken address."""
+        ...
+
+    @property
+    def licenses(self) -> str:
+        """The Licenses address."""
+        ...
 
     def channel(self, channel_id: int) -> ChannelInfo | None: ...
 

@@ -35,7 +35,7 @@ from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
 from marketplace.tokens import format_tokens, parse_tokens
-from marketplace.types import SCHEMES
+from marketplace.types import SCHEMES, TokenAmount
 
 if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that use them
     from marketplace.chain.contracts import ChannelTerms
@@ -273,7 +273,7 @@ def call(
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
     if cap is None:  # a daemon asking more than the model's listed price is refused
-        cap = market.registry.get_model(model_id).price
+        cap = TokenAmount(market.registry.get_model(model_id).price)
     url = daemon or _endpoint(market.catalog(), model_id, session.chain_id)
     license_id = None
     if "license" in schemes:

@@ -401,8 +401,7 @@ async def _claim(session: Session, url: str, everything: bool) -> Any:
     state = ChainStateCache.connect(session.rpc_url, session.deployment)
     try:
         await state.start(follow=False)
-        # ChannelSource declares `escrow: str`, the cache has a ChecksumAddress (as in daemon/services.py)
-        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy())  # type: ignore[arg-type]
+        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy())
         return await claimer.claim_now(everything=everything)
     finally:
         await state.stop()

@@ -110,7 +110,7 @@ def up(
             data_dir=data_dir(), rpc_url=node_url, chain_id=deployment.chain_id,
             deployments_dir=default_deployments_dir(), database_url=database_url or f"sqlite:///{ledger}",
             ipfs_store="kubo" if ipfs_api else "local", ipfs_api=ipfs_api,
-            private_key=provider.key.to_0x_hex(), public_url=daemon_url,
+            private_key="0x" + provider.key.hex(), public_url=daemon_url,
             models=[{"model_id": "0x" + listed.model_id.hex()}],
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,

@@ -104,8 +104,8 @@ class PaidCalls:
                 charge = await admission.settle()
             except PaymentRejected as rejection:
                 await answer.aclose()
-                failure = admission.failure(rejection)
-                extra = {PAYMENT_RESPONSE_HEADER: failure.header()} if failure is not None else None
+                settled = admission.failure(rejection)
+                extra = {PAYMENT_RESPONSE_HEADER: settled.header()} if settled is not None else None
                 return await self._refused(request, model, rejection, extra_headers=extra)
             receipt = self._receipt(model, body, answer, admission.scheme, charge)
             response = self._answer(answer, admission.response(charge, receipt).header(),

@@ -82,7 +82,7 @@ class _CborDecoder:
         if major == 4:
             return [self.value() for _ in range(arg)]
         if major == 5:
-            return {self.value(): self.value() for _ in range(arg)}  # type: ignore[misc]
+            return {self.value(): self.value() for _ in range(arg)}
         if major == 6 and arg == _CID_TAG:
             binary = self.value()
             if not isinstance(binary, bytes) or binary[:1] != b"\0":

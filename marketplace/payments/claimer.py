@@ -57,9 +57,18 @@ log = logging.getLogger(__name__)
 class ChannelSource(Protocol):
     """What the claimer needs of the chain state (`ChainStateCache` provides it)."""
 
-    escrow: str
-    confirmations: int  # how deep the chain state's view of the chain is
-    block_number: int  # the last block the chain state applied
+    @property
+    def escrow(self) -> str: ...
+
+    @property
+    def confirmations(self) -> int:
+        """How deep the chain state's view of the chain is."""
+        ...
+
+    @property
+    def block_number(self) -> int:
+        """The last block the chain state applied."""
+        ...
 
     def channel(self, channel_id: int) -> ChannelInfo | None: ...
 

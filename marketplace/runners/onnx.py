@@ -60,7 +60,7 @@ def compile_validator(schema: Mapping[str, Any]) -> Callable[[Any], None]:
 
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
     try:
-        cls.check_schema(schema)
+        cls.check_schema(dict(schema))  # the stubs want a dict; any mapping does
     except jsonschema.SchemaError as exc:
         raise ValueError(f"invalid JSON Schema: {exc.message} at {exc.json_path}") from exc
     declared = str(schema.get("$schema", "draft-07"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from marketplace.daemon.paid_calls import PaidCalls
+
 __all__ = ["router"]
 
 router = APIRouter(tags=["inference"])
@@ -41,4 +43,5 @@ _PAID_RESPONSES: dict[int | str, dict[str, object]] = {
 )
 async def infer(model_id: str, request: Request) -> Response:
     """Without PAYMENT-SIGNATURE: 402 with what to pay. With a valid payment: the model's answer."""
-    return await request.app.state.paid_calls.handle(request, model_id)
+    paid_calls: PaidCalls = request.app.state.paid_calls
+    return await paid_calls.handle(request, model_id)

@@ -51,6 +51,7 @@ from marketplace.payments.x402 import (
     SettlementResponse,
     parse_uint256_text,
 )
+from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
     "CHANNEL_HEADER",
@@ -90,8 +91,8 @@ class VerifiedVoucher:
     """A voucher whose signature and channel were checked; what `CreditLedger.admit` takes."""
 
     scheme: ClassVar[str] = "channel"
-    channel_id: int
-    amount: int  # cumulative
+    channel_id: ChannelId
+    amount: TokenAmount  # cumulative
     signature: bytes = field(repr=False)  # a bearer credential: never shown
     channel: ChannelInfo  # as seen when verified
 
@@ -103,7 +104,7 @@ class VerifiedVoucher:
 class ChannelRejected(PaymentRejected):
     """A refusal about a named channel: the 402 shows the daemon's view of it."""
 
-    def __init__(self, code: str, detail: str, *, channel_id: int) -> None:
+    def __init__(self, code: str, detail: str, *, channel_id: ChannelId) -> None:
         super().__init__(code, detail)
         self.channel_id = channel_id
 
@@ -113,8 +114,8 @@ class ChannelAdmission(Admission):
 
     scheme = "channel"
 
-    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, voucher: VerifiedVoucher, price: int,
-                 credit: Credit) -> None:
+    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, voucher: VerifiedVoucher,
+                 price: TokenAmount, credit: Credit) -> None:
         self._channels, self._ledger = channels, ledger
         self.voucher, self.price, self.credit = voucher, price, credit
 
@@ -135,7 +136,7 @@ def voucher_payload(channel_id: int, amount: int, signature: bytes) -> dict[str,
     return {"channelId": f"0x{channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
 
 
-def parse_channel_hint(value: str | None) -> int | None:
+def parse_channel_hint(value: str | None) -> ChannelId | None:
     """The channel id of a PAYMENT-CHANNEL header (0x-hex, up to 32 bytes, or decimal), or None."""
     if value is None or not value.strip():
         return None
@@ -143,7 +144,7 @@ def parse_channel_hint(value: str | None) -> int | None:
     channel_id = parse_uint256_text(text)
     if channel_id is None:
         raise PaymentRejected("invalid_payload", f"{CHANNEL_HEADER} must be a uint256 channel id, got {text[:80]!r}")
-    return channel_id
+    return ChannelId(channel_id)
 
 
 class ChannelScheme(PaymentScheme[VerifiedVoucher]):
@@ -212,7 +213,7 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         by a PAYMENT-CHANNEL header."""
         rejection = context.rejection
         if isinstance(rejection, ChannelRejected):
-            channel_id: int | None = rejection.channel_id
+            channel_id: ChannelId | None = rejection.channel_id
         else:
             channel_id = parse_channel_hint(context.headers.get(CHANNEL_HEADER))
         if channel_id is None:
@@ -268,10 +269,10 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         voucher = await self.verify(payment, request)
         if self.ledger is None:
             raise RuntimeError("a ChannelScheme without a ledger only verifies")
-        price = request.model.price
+        price = TokenAmount(request.model.price)
         try:
             credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, price,
-                                             deposit=voucher.channel.deposit)
+                                             deposit=TokenAmount(voucher.channel.deposit))
         except InsufficientCredit as refusal:
             raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
         return ChannelAdmission(self, self.ledger, voucher, price, credit)
@@ -281,8 +282,8 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         self.check_accepted(payment, asset=self._token_lower)
         self.check_price(payment, model)  # the call is charged model.price: at most what the client accepted
         fields = Fields(payment.payload, "payment.payload")
-        channel_id = int.from_bytes(fields.hex_bytes("channelId", 32), "big")
-        amount = fields.uint("amount")
+        channel_id = ChannelId(int.from_bytes(fields.hex_bytes("channelId", 32), "big"))
+        amount = TokenAmount(fields.uint("amount"))
         signature = read_signature(fields)
         now = int(self._clock())
 

@@ -1,0 +1,6 @@
+# The part of safe-pysha3 (a C extension without types) that marketplace uses.
+
+class _Keccak:
+    def digest(self) -> bytes: ...
+
+def keccak_256(data: bytes = ...) -> _Keccak: ...
