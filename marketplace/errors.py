@@ -63,24 +63,24 @@ Every message is built from the values involved, so one line tells the user what
 from __future__ import annotations
 
 __all__ = [
-    "MarketplaceError",
-    "ConfigError",
-    "ChainError",
-    "RpcUnreachable",
-    "WrongChain",
-    "MissingKey",
-    "InsufficientFunds",
-    "ContractReverted",
-    "DeploymentNotFound",
-    "ToolchainError",
     "ArtifactError",
-    "InvalidCid",
-    "ArtifactNotFound",
     "ArtifactIntegrityError",
-    "StoreUnavailable",
-    "StoreError",
+    "ArtifactNotFound",
     "CarFormatError",
+    "ChainError",
+    "ConfigError",
+    "ContractReverted",
     "DagFormatError",
+    "DeploymentNotFound",
+    "InsufficientFunds",
+    "InvalidCid",
+    "MarketplaceError",
+    "MissingKey",
+    "RpcUnreachable",
+    "StoreError",
+    "StoreUnavailable",
+    "ToolchainError",
+    "WrongChain",
 ]
 
 
@@ -190,13 +190,13 @@ class DagFormatError(ArtifactError):
 # --- payments --------------------------------------------------------------------------------
 
 __all__ += [
-    "PaymentError",
-    "InsufficientCredit",
-    "CreditNotFound",
-    "LedgerUnavailable",
-    "LedgerSchemaTooNew",
     "AuthorizationHeld",
     "BalanceCommitted",
+    "CreditNotFound",
+    "InsufficientCredit",
+    "LedgerSchemaTooNew",
+    "LedgerUnavailable",
+    "PaymentError",
 ]
 
 
@@ -276,17 +276,17 @@ class BalanceCommitted(PaymentError):
 # exception's message (``str(error)``) is the full story for the provider's logs.
 
 __all__ += [
-    "RunnerError",
-    "InvalidInput",
     "BodyTooLarge",
     "ForbiddenUpstream",
-    "ModelLoadFailed",
     "InferenceFailed",
+    "InvalidInput",
+    "ModelLoadFailed",
+    "RunnerError",
     "UpstreamError",
-    "UpstreamTimeout",
-    "UpstreamUnreachable",
     "UpstreamFailed",
     "UpstreamRejected",
+    "UpstreamTimeout",
+    "UpstreamUnreachable",
 ]
 
 
@@ -539,21 +539,21 @@ class ReceiptInvalid(PaymentError):
 
 __all__ += [
     "AccountError",
-    "AccountNotFound",
     "AccountExists",
-    "WrongPassword",
-    "DevAccountRefused",
-    "NotFoundOnChain",
-    "ClientPaymentError",
-    "PriceAboveMax",
-    "NoPaymentOption",
-    "ChannelExhausted",
-    "ChannelDispute",
+    "AccountNotFound",
     "BudgetExceeded",
-    "PaymentRefused",
-    "ClientError",
-    "DaemonUnreachable",
     "CallFailed",
+    "ChannelDispute",
+    "ChannelExhausted",
+    "ClientError",
+    "ClientPaymentError",
+    "DaemonUnreachable",
+    "DevAccountRefused",
+    "NoPaymentOption",
+    "NotFoundOnChain",
+    "PaymentRefused",
+    "PriceAboveMax",
+    "WrongPassword",
 ]
 
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 else:
     Address = str  # eth_typing's ChecksumAddress is a str at run time; importing it costs ~20 ms (importlib.metadata)
 
-__all__ = ["SCHEMES", "Address", "ModelId", "ChannelId", "LicenseId", "ModelArtifact", "TokenAmount", "Wei"]
+__all__ = ["SCHEMES", "Address", "ChannelId", "LicenseId", "ModelArtifact", "ModelId", "TokenAmount", "Wei"]
 
 SCHEMES = ("channel", "exact", "license")  # the x402 payment schemes of the marketplace (docs/payment-protocol.md)
 

@@ -24,7 +24,7 @@ import httpx
 from marketplace.config import node_tool
 from marketplace.errors import ToolchainError
 
-__all__ = ["Anvil", "anvil_binary", "DEV_MNEMONIC"]
+__all__ = ["DEV_MNEMONIC", "Anvil", "anvil_binary"]
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 _LISTENING = re.compile(rb"Listening on ([0-9.]+):(\d+)")
@@ -76,7 +76,7 @@ class Anvil:
         self._drainer: threading.Thread | None = None
         self.url = ""
 
-    def start(self) -> "Anvil":
+    def start(self) -> Anvil:
         """Start the node and wait until it answers JSON-RPC; raises ToolchainError on failure."""
         if self._process is not None:
             raise ToolchainError("this Anvil is already running")
@@ -160,7 +160,7 @@ class Anvil:
         if process.stdout is not None:
             process.stdout.close()
 
-    def __enter__(self) -> "Anvil":
+    def __enter__(self) -> Anvil:
         return self.start()
 
     def __exit__(

@@ -20,12 +20,12 @@ from marketplace.config import project_root
 from marketplace.errors import ToolchainError
 
 __all__ = [
-    "SOLC_VERSION",
-    "SETTINGS",
     "ARTIFACT_DIR",
-    "source_units",
+    "SETTINGS",
+    "SOLC_VERSION",
     "compile_contracts",
     "render_artifacts",
+    "source_units",
     "write_artifacts",
 ]
 
@@ -108,7 +108,10 @@ def compile_contracts(include_test: bool = False) -> dict[str, dict[str, Any]]:
                 "abi": out["abi"],
                 "bytecode": "0x" + bytecode,
                 "deployedBytecode": "0x" + out["evm"]["deployedBytecode"]["object"],
-                "compiler": {"solc": SOLC_VERSION, "settings": {k: v for k, v in SETTINGS.items() if k != "outputSelection"}},
+                "compiler": {
+                    "solc": SOLC_VERSION,
+                    "settings": {k: v for k, v in SETTINGS.items() if k != "outputSelection"},
+                },
             }
     return artifacts
 

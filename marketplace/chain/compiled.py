@@ -10,7 +10,7 @@ from typing import Any
 
 from marketplace.errors import ToolchainError
 
-__all__ = ["CompiledContract", "load_compiled", "CONTRACT_NAMES"]
+__all__ = ["CONTRACT_NAMES", "CompiledContract", "load_compiled"]
 
 CONTRACT_NAMES = ("MarketToken", "ModelRegistry", "PaymentChannels", "Licenses")
 

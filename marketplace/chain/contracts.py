@@ -201,7 +201,9 @@ class Token(_Wrapper):
     def mint(self, to: str, amount: int) -> Sent[None]:
         """Mint demo tokens (the token's owner only); refused off the local chain id 31337."""
         if self.market.chain_id != DEV_CHAIN_ID:
-            raise ConfigError(f"minting demo tokens is for the local chain id {DEV_CHAIN_ID}, not {self.market.chain_id}")
+            raise ConfigError(
+                f"minting demo tokens is for the local chain id {DEV_CHAIN_ID}, not {self.market.chain_id}"
+            )
         return Sent(None, (self._send(self.contract.functions.mint(Web3.to_checksum_address(to), amount)),))
 
     def sign_permit(self, spender: str, value: int, deadline: int) -> tuple[int, bytes, bytes]:
@@ -244,7 +246,8 @@ class Registry(_Wrapper):
         return Sent(int(self._logs(receipt, "ArtifactPublished")[0]["args"]["version"]), (receipt,))
 
     def set_metadata(self, model_id: bytes, metadata: CID) -> Sent[None]:
-        return Sent(None, (self._send(self.contract.functions.setMetadata(model_id, (metadata.codec, metadata.digest))),))
+        fn = self.contract.functions.setMetadata(model_id, (metadata.codec, metadata.digest))
+        return Sent(None, (self._send(fn),))
 
     def set_price(self, model_id: bytes, price: int) -> Sent[None]:
         return Sent(None, (self._send(self.contract.functions.setPrice(model_id, price)),))

@@ -17,7 +17,7 @@ from marketplace.chain.transactions import Sender
 from marketplace.config import data_dir
 from marketplace.errors import DeploymentNotFound
 
-__all__ = ["Deployment", "deploy_contracts", "default_deployments_dir"]
+__all__ = ["Deployment", "default_deployments_dir", "deploy_contracts"]
 
 
 def default_deployments_dir() -> Path:
@@ -57,7 +57,7 @@ class Deployment:
         return path
 
     @classmethod
-    def load(cls, directory: Path, w3: Web3) -> "Deployment":
+    def load(cls, directory: Path, w3: Web3) -> Deployment:
         """Load the record for w3's chain and check it still matches the chain (not stale)."""
         chain_id = w3.eth.chain_id
         path = directory / f"{chain_id}.json"

@@ -39,12 +39,12 @@ from marketplace.errors import ChainError, ChainUnavailable, LogQueryRefused
 
 __all__ = [
     "DEFAULT_CHUNK",
-    "EventSource",
     "Event",
-    "Head",
     "EventBatch",
-    "EventReader",
     "EventFollower",
+    "EventReader",
+    "EventSource",
+    "Head",
     "node_call",
     "uint_topic",
 ]

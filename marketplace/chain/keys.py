@@ -13,7 +13,7 @@ from marketplace.errors import MissingKey
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
 
-__all__ = ["PRIVATE_KEY_ENV", "PASSWORD_ENV", "load_account", "account_from_hex"]
+__all__ = ["PASSWORD_ENV", "PRIVATE_KEY_ENV", "account_from_hex", "load_account"]
 
 PRIVATE_KEY_ENV = "MARKETPLACE_PRIVATE_KEY"
 PASSWORD_ENV = "MARKETPLACE_PASSWORD"

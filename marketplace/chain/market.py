@@ -193,7 +193,8 @@ class Market:
             state = ChainStateCache.connect(self.url, self.deployment)
             try:
                 await state.start(follow=False)
-                reader = EventReader(state.w3, [EventSource.of(self.deployment, "ModelRegistry", ["ArtifactPublished"])])
+                source = EventSource.of(self.deployment, "ModelRegistry", ["ArtifactPublished"])
+                reader = EventReader(state.w3, [source])
                 published = await reader.read(self.deployment.start_block, state.block_number)
                 models, channels, block = state.models(), state.channels(), state.block_number
             finally:

@@ -49,7 +49,7 @@ from marketplace.chain.events import (
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
 from marketplace.errors import ChainError, ChannelUnconfirmed, WrongChain
 
-__all__ = ["ChainStateCache", "RECLAIMED_EXPIRY"]
+__all__ = ["RECLAIMED_EXPIRY", "ChainStateCache"]
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +457,8 @@ class ChainStateCache:
                 "artifact_version": int(args["version"]),
             }
         elif event.name == "MetadataUpdated":
-            change = {"metadata_codec": int(args["metadata"]["codec"]), "metadata_digest": bytes(args["metadata"]["digest"])}
+            metadata = args["metadata"]
+            change = {"metadata_codec": int(metadata["codec"]), "metadata_digest": bytes(metadata["digest"])}
         elif event.name == "PriceChanged":
             change = {"price": int(args["newPrice"])}
         elif event.name == "EndpointChanged":

@@ -59,7 +59,7 @@ def decode_revert(abi: Sequence[Mapping[str, Any]], data: bytes | str | None) ->
         return f"unknown error 0x{selector.hex()}", {}
     name, names, types = entry
     values = abi_decode(types, payload)
-    return name, {n or f"arg{i}": _show(t, v) for i, (n, t, v) in enumerate(zip(names, types, values))}
+    return name, {n or f"arg{i}": _show(t, v) for i, (n, t, v) in enumerate(zip(names, types, values, strict=True))}
 
 
 def _show(abi_type: str, value: object) -> object:
@@ -102,7 +102,9 @@ class Sender:
         what = f"{fn.fn_name} on {fn.address}"
         receipt = self.wait(self.send(fn, value=value, gas=gas))
         if receipt["status"] != 1:
-            raise ChainError(f"{what} reverted in block {receipt['blockNumber']} (tx {receipt['transactionHash'].hex()})")
+            raise ChainError(
+                f"{what} reverted in block {receipt['blockNumber']} (tx {receipt['transactionHash'].hex()})"
+            )
         return receipt
 
     def deploy(self, abi: list[dict[str, Any]], bytecode: str, *args: Any) -> tuple[str, TxReceipt]:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from marketplace.types import ModelArtifact
 
-__all__ = ["ModelStatus", "ChannelInfo", "ModelInfo", "ChainState"]
+__all__ = ["ChainState", "ChannelInfo", "ModelInfo", "ModelStatus"]
 
 
 class ModelStatus(IntEnum):

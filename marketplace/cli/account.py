@@ -301,7 +301,8 @@ def fund(
         if entry is None or entry.address is None:
             raise ConfigError(f"no account named {name!r} in {store.directory}")
         target = entry.address
-    minted, wei = parse_tokens(tokens, what="--tokens", allow_zero=True), parse_tokens(eth, what="--eth", allow_zero=True)
+    minted = parse_tokens(tokens, what="--tokens", allow_zero=True)
+    wei = parse_tokens(eth, what="--eth", allow_zero=True)
     if wei:
         session.market.send_eth(target, wei)
     if minted:

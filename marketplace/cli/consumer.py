@@ -60,7 +60,8 @@ def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, director
     from marketplace.metadata import parse_metadata
 
     try:
-        with open_store(kind, api=api, data_dir=(directory or data_dir()) / "ipfs") as store, DagReader(store) as reader:
+        store_dir = (directory or data_dir()) / "ipfs"
+        with open_store(kind, api=api, data_dir=store_dir) as store, DagReader(store) as reader:
             return parse_metadata(b"".join(reader.cat(model.metadata_cid)))
     except (ArtifactError, ConfigError, OSError):
         return None
@@ -151,7 +152,9 @@ def show(
 def open_channel(
     model: ModelArgument,
     deposit: Annotated[str, typer.Option(help="Tokens to escrow, e.g. 5.")],
-    expires: Annotated[str, typer.Option(help="Lifetime: 7d, 12h, ... (the unspent deposit is yours after it).")] = "7d",
+    expires: Annotated[
+        str, typer.Option(help="Lifetime: 7d, 12h, ... (the unspent deposit is yours after it).")
+    ] = "7d",
     signer: Annotated[
         str | None, typer.Option(help="Address allowed to sign vouchers (a hot key) (default: the account).")
     ] = None,
@@ -256,7 +259,9 @@ def call(
         typer.Option(help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: channel)."),
     ] = None,
     channel: Annotated[str | None, typer.Option(help="Pay from this channel (default: your best open one).")] = None,
-    receipts_dir: Annotated[Path | None, typer.Option(help="Where receipts go (default: the data dir's receipts/).")] = None,
+    receipts_dir: Annotated[
+        Path | None, typer.Option(help="Where receipts go (default: the data dir's receipts/).")
+    ] = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
@@ -326,8 +331,9 @@ def channels(
                 state += ", disputed (consumer resolve)"
             signed, used = ((format_tokens(local.signed), format_tokens(local.consumed)) if local is not None
                             else ("?", "?"))
-            table.add_row(f"0x{info.channel_id:064x}", "0x" + info.model_id.hex()[:12] + "…", format_tokens(info.deposit),
-                          signed, used, format_tokens(info.claimed), format_time(info.expiry), state)
+            table.add_row(f"0x{info.channel_id:064x}", "0x" + info.model_id.hex()[:12] + "…",
+                          format_tokens(info.deposit), signed, used, format_tokens(info.claimed),
+                          format_time(info.expiry), state)
     out.print(table if mine else f"{market.address} has opened no channel")
 
 

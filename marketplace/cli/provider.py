@@ -257,7 +257,9 @@ def offer_license(
     tier: Annotated[str, typer.Option(help="Label of the offer, e.g. pro (at most 32 bytes).")],
     price: Annotated[str, typer.Option(help="Price of one license in tokens (0 = free).")],
     duration: Annotated[str, typer.Option(help="How long a license lasts: 30d, 12h, ... (0 = forever).")] = "0",
-    transferable: Annotated[bool, typer.Option("--transferable/--no-transferable", help="May holders resell it?")] = True,
+    transferable: Annotated[
+        bool, typer.Option("--transferable/--no-transferable", help="May holders resell it?")
+    ] = True,
     supply: Annotated[int, typer.Option(min=0, help="How many can be sold (0 = unlimited).")] = 0,
     royalty_bps: Annotated[int, typer.Option(min=0, max=10_000, help="Royalty on resales, basis points.")] = 0,
     account: AccountOption = None,
@@ -313,7 +315,8 @@ def earnings(
     for event in market.events("Licenses", ["LicensePurchased"]):
         sales[bytes(event.args["modelId"])].append(int(event.args["price"]))
     repriced = {bytes(e.args["modelId"]) for e in market.events("ModelRegistry", ["PriceChanged"])}
-    table = Table("model", "price", "calls", "served", "unclaimed", "claimed", "licenses", title=f"earnings of {me} (MKT)")
+    table = Table("model", "price", "calls", "served", "unclaimed", "claimed", "licenses",
+                  title=f"earnings of {me} (MKT)")
     for listed in mine:
         info = listed.info
         served = sum(known[c.channel_id][0] for c in channels[info.model_id] if c.channel_id in known)
@@ -361,12 +364,14 @@ def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, in
 @app.command()
 def claim(
     everything: Annotated[
-        bool, typer.Option("--all/--due-only", help="Claim every unclaimed voucher, or only those the policy finds due.")
+        bool,
+        typer.Option("--all/--due-only", help="Claim every unclaimed voucher, or only those the policy finds due."),
     ] = True,
     account: AccountOption = None,
     database_url: Annotated[
         str | None,
-        typer.Option(envvar="MARKETPLACE_DATABASE_URL", help="The daemon's credit ledger (default: the data dir's ledger.db)."),
+        typer.Option(envvar="MARKETPLACE_DATABASE_URL",
+                     help="The daemon's credit ledger (default: the data dir's ledger.db)."),
     ] = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,

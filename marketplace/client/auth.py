@@ -151,7 +151,7 @@ class PaymentAuth(httpx.Auth):
                     continue
                 try:
                     result = step.run()
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001  # handed to the flow, which re-raises what it does not handle
                     step = flow.throw(error)
                 else:
                     step = flow.send(result)
@@ -173,7 +173,7 @@ class PaymentAuth(httpx.Auth):
                     continue
                 try:  # on a worker thread; a cancelled caller waits for it, so no reservation is lost
                     result = await anyio.to_thread.run_sync(step.run)
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001  # handed to the flow, which re-raises what it does not handle
                     step = flow.throw(error)
                 else:
                     step = flow.send(result)

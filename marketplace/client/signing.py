@@ -33,7 +33,8 @@ def chain_id_of(requirements: PaymentRequirements, url: str) -> int:
     prefix, _, number = requirements.network.partition(":")
     extra_chain = requirements.extra.get("chainId")
     if prefix != "eip155" or not number.isdigit() or (extra_chain is not None and extra_chain != int(number)):
-        raise NoPaymentOption(url, requirements.scheme, requirements.network, "not an EVM network this client signs for")
+        raise NoPaymentOption(url, requirements.scheme, requirements.network,
+                              "not an EVM network this client signs for")
     return int(number)
 
 

@@ -15,7 +15,14 @@ from starlette.responses import Response
 from marketplace.daemon.observability import request_id
 from marketplace.errors import ChainError, LedgerUnavailable, MarketplaceError
 
-__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "error_response", "install_error_handlers", "response_for", "retry_headers"]
+__all__ = [
+    "RETRY_AFTER_SECONDS",
+    "ApiError",
+    "error_response",
+    "install_error_handlers",
+    "response_for",
+    "retry_headers",
+]
 
 log = logging.getLogger("marketplace.daemon")
 

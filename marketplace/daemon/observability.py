@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "RequestIdMiddleware", "JsonLogFormatter", "configure_logging", "request_id"]
+__all__ = ["JsonLogFormatter", "Metrics", "RequestIdMiddleware", "configure_logging", "request_id"]
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _HEADER = b"x-request-id"
@@ -77,7 +77,9 @@ class Metrics:
         self.revenue = Counter(
             "marketplace_revenue_tokens", "Revenue in whole tokens", ["model", "scheme"], registry=self.registry
         )
-        self.rejections = Counter("marketplace_rejections", "Refused calls by error code", ["code"], registry=self.registry)
+        self.rejections = Counter(
+            "marketplace_rejections", "Refused calls by error code", ["code"], registry=self.registry
+        )
         self.latency = Histogram(
             "marketplace_request_seconds",
             "Time to answer a call",
@@ -86,7 +88,8 @@ class Metrics:
             registry=self.registry,
         )
         self.unclaimed = Gauge(
-            "marketplace_unclaimed_credit_tokens", "Authorized but not yet claimed, in whole tokens", registry=self.registry
+            "marketplace_unclaimed_credit_tokens", "Authorized but not yet claimed, in whole tokens",
+            registry=self.registry,
         )
 
     def observe(self, route: str, started: float) -> None:

@@ -134,7 +134,9 @@ class PaidCalls:
         content_type = request.headers.get("content-type", "application/json")
         return await runner.infer(RunnerRequest(body=body, content_type=content_type, headers=request.headers))
 
-    def _receipt(self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, charge: Charge) -> dict[str, Any]:
+    def _receipt(
+        self, model: ModelInfo, body: bytes, answer: RunnerResponse, scheme: str, charge: Charge
+    ) -> dict[str, Any]:
         # A streamed answer is not known when the headers go out: its receipt covers the request only.
         response_body = answer.body if answer.body is not None else b""
         # The artifact the runner loaded and ran, not the registry's latest (update-model does not

@@ -22,9 +22,10 @@ from marketplace.daemon.observability import Metrics
 from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
 from marketplace.errors import ConfigError, MissingKey
 from marketplace.ipfs import CID, DagReader
-from marketplace.ipfs.artifacts import get as fetch_artifact, open_store
+from marketplace.ipfs.artifacts import get as fetch_artifact
+from marketplace.ipfs.artifacts import open_store
 from marketplace.metadata import parse_metadata
-from marketplace.payments.claimer import ClaimPolicy, Claimer
+from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds

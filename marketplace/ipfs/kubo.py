@@ -148,7 +148,7 @@ class KuboWriter(BlockWriter):
 
     def __init__(self, store: KuboStore) -> None:
         self._store = store
-        self._spool = tempfile.TemporaryFile(prefix="marketplace-car-")  # noqa: SIM115 - closed by close()
+        self._spool = tempfile.TemporaryFile(prefix="marketplace-car-")
         self._size = 0
         self._seen: set[bytes] = set()
         self._mutex = threading.Lock()

@@ -31,7 +31,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Self
 
-
 from marketplace.config import data_dir
 from marketplace.errors import ArtifactNotFound, StoreUnavailable
 from marketplace.ipfs.cid import CID

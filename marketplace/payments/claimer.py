@@ -49,7 +49,7 @@ from marketplace.errors import ChainError, MarketplaceError
 from marketplace.payments.ledger.base import Credit, CreditLedger
 from marketplace.types import ChannelId, TokenAmount
 
-__all__ = ["ClaimPolicy", "ClaimedBatch", "ClaimReport", "ChannelSource", "Claimer", "compact_signature"]
+__all__ = ["ChannelSource", "ClaimPolicy", "ClaimReport", "ClaimedBatch", "Claimer", "compact_signature"]
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ class Claimer:
             fn = self._escrow.functions.claimMany(payee, [self._claim_item(entry) for entry in pending])
             try:
                 outcome = await asyncio.to_thread(self._estimate, fn)
-            except Exception as error:  # nothing was sent: try the whole batch later
+            except Exception as error:  # noqa: BLE001  # nothing was sent: try the whole batch later
                 for entry in pending:
                     report.deferred[entry.channel.channel_id] = f"cannot estimate claimMany: {error}"
                 log.warning("cannot estimate claimMany for %s: %s", payee, error)
@@ -302,7 +302,7 @@ class Claimer:
             except asyncio.CancelledError:  # the send may still complete on its thread
                 self._uncertain.update(entry.channel.channel_id for entry in pending)
                 raise
-            except Exception as error:  # the outcome is unknown: ask the chain
+            except Exception as error:  # noqa: BLE001  # the outcome is unknown: ask the chain
                 log.warning("claimMany of %d vouchers for %s failed (%s); reconciling from the chain",
                             len(pending), payee, error)
                 await self._reconcile(pending, f"{type(error).__name__}: {error}", report)

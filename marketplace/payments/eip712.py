@@ -34,26 +34,26 @@ from sha3 import keccak_256 as _keccak_256  # safe-pysha3: the C implementation
 from marketplace.errors import MarketplaceError
 
 __all__ = [
-    "InvalidSignature",
-    "keccak256",
-    "checksum_address",
-    "recover_address",
-    "StructType",
-    "EIP712_DOMAIN",
-    "Domain",
-    "KeySigner",
-    "sign_digest",
-    "MARKETPLACE_DOMAIN_NAME",
-    "RECEIPT_DOMAIN_NAME",
-    "DOMAIN_VERSION",
-    "VOUCHER",
-    "PERMIT",
-    "TRANSFER_WITH_AUTHORIZATION",
-    "RECEIVE_WITH_AUTHORIZATION",
     "CANCEL_AUTHORIZATION",
+    "DOMAIN_VERSION",
+    "EIP712_DOMAIN",
     "LICENSE_ACCESS",
-    "RECEIPT",
+    "MARKETPLACE_DOMAIN_NAME",
     "MESSAGE_TYPES",
+    "PERMIT",
+    "RECEIPT",
+    "RECEIPT_DOMAIN_NAME",
+    "RECEIVE_WITH_AUTHORIZATION",
+    "TRANSFER_WITH_AUTHORIZATION",
+    "VOUCHER",
+    "Domain",
+    "InvalidSignature",
+    "KeySigner",
+    "StructType",
+    "checksum_address",
+    "keccak256",
+    "recover_address",
+    "sign_digest",
 ]
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
@@ -106,7 +106,7 @@ def recover_address(digest: bytes, signature: bytes) -> bytes:
         raise InvalidSignature("signature r/s out of range or malleable (high s)")
     try:
         public = PublicKey.from_signature_and_message(signature[:64] + bytes((v - 27,)), digest, hasher=None)
-    except Exception as error:  # coincurve raises a bare Exception/ValueError for unrecoverable signatures
+    except Exception as error:  # noqa: BLE001  # coincurve raises a bare Exception for unrecoverable signatures
         raise InvalidSignature(f"signature does not recover to a key ({error})") from None
     return keccak256(public.format(compressed=False)[1:])[-20:]
 
@@ -219,7 +219,7 @@ class StructType:
         if len(values) != len(self._encoders):
             raise ValueError(f"{self.name} has {len(self._encoders)} fields, got {len(values)} values")
         data = self.typehash
-        for encode, value in zip(self._encoders, values):  # concatenation beats join for a few words
+        for encode, value in zip(self._encoders, values, strict=True):  # concatenation beats join for a few words
             data += encode(value)
         return _keccak_256(data).digest()
 

@@ -44,13 +44,13 @@ from marketplace.payments.x402 import Fields
 from marketplace.types import ModelArtifact
 
 __all__ = [
-    "body_hash",
     "Receipt",
     "ReceiptDomain",
     "ReceiptSigner",
+    "body_hash",
+    "load_receipt",
     "sign_receipt",
     "verify_receipt",
-    "load_receipt",
 ]
 
 

@@ -23,7 +23,7 @@ from marketplace.payments.eip712 import (
     sign_digest,
 )
 
-__all__ = ["VoucherDomain", "sign_voucher", "recover_signer", "recover_signer_address"]
+__all__ = ["VoucherDomain", "recover_signer", "recover_signer_address", "sign_voucher"]
 
 
 @dataclass(frozen=True)

@@ -30,24 +30,24 @@ except ImportError:  # pragma: no cover - depends on the environment
     _orjson = None
 
 __all__ = [
-    "X402_VERSION",
-    "PAYMENT_REQUIRED_HEADER",
-    "PAYMENT_SIGNATURE_HEADER",
-    "PAYMENT_RESPONSE_HEADER",
     "MAX_HEADER_BYTES",
-    "ResourceInfo",
-    "PaymentRequirements",
-    "PaymentRequired",
-    "PaymentPayload",
-    "SettlementResponse",
+    "PAYMENT_REQUIRED_HEADER",
+    "PAYMENT_RESPONSE_HEADER",
+    "PAYMENT_SIGNATURE_HEADER",
+    "X402_VERSION",
     "Fields",
-    "network_id",
-    "parse_uint256_text",
-    "encode_header",
+    "PaymentPayload",
+    "PaymentRequired",
+    "PaymentRequirements",
+    "ResourceInfo",
+    "SettlementResponse",
     "decode_header",
-    "parse_payment_signature",
+    "encode_header",
+    "network_id",
     "parse_payment_required",
     "parse_payment_response",
+    "parse_payment_signature",
+    "parse_uint256_text",
 ]
 
 X402_VERSION = 2

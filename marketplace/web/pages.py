@@ -62,7 +62,8 @@ def _duration(seconds: int) -> str:
     days, rest = divmod(seconds, 86_400)
     hours, rest = divmod(rest, 3_600)
     minutes = rest // 60
-    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "", f"{minutes} min" if minutes and not days else ""]
+    parts = [f"{days} d" if days else "", f"{hours} h" if hours else "",
+             f"{minutes} min" if minutes and not days else ""]
     return " ".join(part for part in parts if part) or f"{seconds} s"
 
 
@@ -99,8 +100,8 @@ def _versions(versions: Iterable[ArtifactVersion]) -> Html:
 
 def _offers(offers: Iterable[Offer]) -> Html:
     rows = [
-        (offer.offer_id, offer.tier, f"{_tokens(offer.price)} MKT" if offer.price else "free", _duration(offer.duration),
-         "yes" if offer.transferable else "no",
+        (offer.offer_id, offer.tier, f"{_tokens(offer.price)} MKT" if offer.price else "free",
+         _duration(offer.duration), "yes" if offer.transferable else "no",
          f"{offer.sold} / {offer.max_supply}" if offer.max_supply else f"{offer.sold} / unlimited",
          f"{offer.royalty_bps / 100:g} %", "on sale" if offer.active else "withdrawn")
         for offer in offers
@@ -140,7 +141,8 @@ def model_page(site: Site, entry: ModelEntry, input_schema: Any) -> Html:
     body_text = json.dumps(example if example is not None else {}, separators=(",", ":"), ensure_ascii=False)
     curl = (f"curl -i -X POST {shlex.quote(site.infer_url(entry.model_hex))} \\\n"
             f"  -H 'content-type: application/json' \\\n  -d {shlex.quote(body_text)}\n"
-            "# HTTP/1.1 402 Payment Required\n# payment-required: eyJ4NDAyVmVyc2lvbiI6Mi…  (base64 JSON: accepts[] ...)")
+            "# HTTP/1.1 402 Payment Required\n"
+            "# payment-required: eyJ4NDAyVmVyc2lvbiI6Mi…  (base64 JSON: accepts[] ...)")
     cli = f"marketplace consumer call {entry.model_hex} --input {shlex.quote(body_text)}"
     outputs = (metadata.outputs if metadata is not None else {}) or {}
     body = render(
@@ -176,7 +178,8 @@ def dashboard_page(site: Site, account: str, now: int, earnings: list[Earnings],
     names = {item.entry.info.model_id: item.entry.name for item in earnings}
     rows = [
         (_link(site.model_href(item.entry.model_hex), item.entry.name), item.entry.calls,
-         _whole_tokens(item.entry.revenue), _tokens(item.unclaimed), _tokens(item.claimed), _tokens(item.entry.info.price))
+         _whole_tokens(item.entry.revenue), _tokens(item.unclaimed), _tokens(item.claimed),
+         _tokens(item.entry.info.price))
         for item in earnings
     ]  # fmt: skip
     credit_rows = [

@@ -8,9 +8,9 @@ from marketplace.client.schemes.license import LicensePayer
 
 __all__ = [
     "Attempt",
-    "SchemePayer",
     "ChannelAttempt",
     "ChannelPayer",
     "ExactPayer",
     "LicensePayer",
+    "SchemePayer",
 ]

@@ -65,10 +65,10 @@ class SchemePayer(abc.ABC, Generic[A]):
         self.account = account
         self._clock = clock
 
-    def announce(self, request: httpx.Request, url: str) -> None:  # noqa: B027 - most schemes have nothing to say
+    def announce(self, request: httpx.Request, url: str) -> None:
         """An unpaid request is about to go out (nothing by default)."""
 
-    def offered(self, requirements: PaymentRequirements) -> None:  # noqa: B027 - most schemes learn nothing
+    def offered(self, requirements: PaymentRequirements) -> None:
         """A 402 offered `requirements` of this scheme (nothing by default)."""
 
     @abc.abstractmethod
@@ -83,5 +83,5 @@ class SchemePayer(abc.ABC, Generic[A]):
         """The answer to the request `attempt` paid (by default only released)."""
         self.release(attempt)
 
-    def release(self, attempt: A) -> None:  # noqa: B027 - most schemes hold nothing
+    def release(self, attempt: A) -> None:
         """Let go of `attempt` without recording an answer (nothing by default)."""

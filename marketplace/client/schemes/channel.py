@@ -184,13 +184,14 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
             if record is None:
                 record = self.store.remember(ChannelRecord(
                     channel_id=channel_id, chain_id=chain_id, escrow=escrow, payer=self.account.address,
-                    signer=self.account.address, payee=requirements.pay_to, model_id=model_of(requirements) or bytes(32)))
+                    signer=self.account.address, payee=requirements.pay_to,
+                    model_id=model_of(requirements) or bytes(32)))
                 self.offered(requirements)  # the daemon's view came with the offer
             book = _Book(record)
             with self._lock:
                 self._books[channel_id] = book
         if (book.record.chain_id, book.record.escrow) != (chain_id, escrow):
-            raise NoPaymentOption(url, self.name, f"escrow {requirements.extra.get('escrow')} on {requirements.network}",
-                                  f"channel {channel_id:#x} is in escrow {book.record.escrow} on chain "
-                                  f"{book.record.chain_id}")
+            offered = f"escrow {requirements.extra.get('escrow')} on {requirements.network}"
+            raise NoPaymentOption(url, self.name, offered, f"channel {channel_id:#x} is in escrow "
+                                  f"{book.record.escrow} on chain {book.record.chain_id}")
         return book

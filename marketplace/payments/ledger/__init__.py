@@ -15,7 +15,7 @@ from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, CreditLedger, display_url
 from marketplace.payments.ledger.batching import BatchStats
 
-__all__ = ["Credit", "CreditLedger", "BatchStats", "open_ledger", "DEFAULT_URL"]
+__all__ = ["DEFAULT_URL", "BatchStats", "Credit", "CreditLedger", "open_ledger"]
 
 DEFAULT_URL = "sqlite:///.data/ledger.db"
 

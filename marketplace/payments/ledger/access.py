@@ -31,8 +31,8 @@ from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
 
 __all__ = [
     "ACCESS_COMPONENT",
-    "SQLITE_ACCESS_SCHEMA",
     "POSTGRES_ACCESS_SCHEMA",
+    "SQLITE_ACCESS_SCHEMA",
     "AccessNonces",
     "SqliteAccessNonces",
     "open_access_nonces",

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit, urlunsplit
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
-    "UINT256_MAX",
     "SIGNATURE_LENGTH",
+    "UINT256_MAX",
     "Credit",
     "CreditLedger",
-    "check_uint256",
     "check_signature",
+    "check_uint256",
     "display_url",
 ]
 

@@ -32,18 +32,19 @@ from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
     "Admit",
-    "Refund",
-    "RecordClaim",
-    "ResetClaim",
-    "Change",
-    "Outcome",
     "BatchStats",
-    "GroupCommitter",
     "BatchedLedger",
+    "Change",
+    "GroupCommitter",
+    "Outcome",
+    "RecordClaim",
+    "Refund",
+    "ResetClaim",
 ]
 
 _log = logging.getLogger(__name__)
 _PROBE_CHANNEL = ChannelId(0)
+_UNCAPPED = TokenAmount(UINT256_MAX)
 
 OpT = TypeVar("OpT")
 ResultT = TypeVar("ResultT")
@@ -55,7 +56,7 @@ class Admit:
     amount: TokenAmount
     signature: bytes = field(repr=False)  # a bearer credential: never in logs
     price: TokenAmount
-    deposit: TokenAmount = TokenAmount(UINT256_MAX)  # caps the credit: the channel's deposit on chain
+    deposit: TokenAmount = _UNCAPPED  # caps the credit: the channel's deposit on chain
 
     def refusal(self, authorized: int, consumed: int) -> InsufficientCredit:
         """The InsufficientCredit this admission earns against a row holding these values."""
@@ -84,7 +85,7 @@ class ResetClaim:
 Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim
 # What a backend returns for each change: the row after it (None for the claims), or the error
 # that change alone earned (InsufficientCredit, CreditNotFound). A failed batch raises instead.
-Outcome: TypeAlias = Credit | None | Exception
+Outcome: TypeAlias = Credit | Exception | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +196,7 @@ class GroupCommitter(Generic[OpT, ResultT]):
             results = await self._apply([op for op, _ in batch])
             if len(results) != len(batch):
                 raise AssertionError(f"apply returned {len(results)} results for {len(batch)} ops")
-        except Exception as error:  # the whole batch failed: nothing of it was applied
+        except Exception as error:  # noqa: BLE001  # the whole batch failed: nothing of it was applied
             results = [error] * len(batch)
         self._batches += 1
         self._ops += len(batch)

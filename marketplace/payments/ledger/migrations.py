@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from marketplace.errors import LedgerSchemaTooNew
 
-__all__ = ["COMPONENT", "SQLITE_DIGITS", "Schema", "SQLITE_SCHEMA", "POSTGRES_SCHEMA", "migrate"]
+__all__ = ["COMPONENT", "POSTGRES_SCHEMA", "SQLITE_DIGITS", "SQLITE_SCHEMA", "Schema", "migrate"]
 
 COMPONENT = "credit_ledger"
 SQLITE_DIGITS = 78  # decimal digits of 2**257 - 1: any uint256, and any sum of two, fit

@@ -38,16 +38,16 @@ from marketplace.payments.x402 import (
 )
 
 __all__ = [
-    "PaidRequest",
-    "OfferContext",
-    "Charge",
     "Admission",
-    "Scheme",
+    "Charge",
+    "OfferContext",
+    "PaidRequest",
     "PaymentScheme",
+    "Scheme",
+    "blocking",
     "payment_required",
     "read_signature",
     "recover_or_reject",
-    "blocking",
 ]
 
 T = TypeVar("T")

@@ -5,16 +5,16 @@
 Checked against the daemon's cached chain view, in this order, cheapest first (codes in quotes):
 the channel is known ("unknown_channel"; an unknown id costs at most one `refresh_channel` per
 `refresh_interval`, none while it is known absent at the daemon's block, and a token of the
-client's look-up budget: "too_many_lookups" when spent), it pays the model's payee ("wrong_payee") for this model ("wrong_model"), it
-is not reclaimed ("channel_reclaimed") and has at least `min_remaining_seconds` left
-("channel_expiring"), the amount is above the channel's on-chain `claimed` ("voucher_claimed": a
-claimed voucher is in public calldata, so anyone could replay it), the amount is within the
-deposit ("amount_exceeds_deposit", after ONE
-refresh, since the payer may have topped up: only once the signature is proven, so nobody but the
-channel's signer can make the daemon ask the chain), and the signature recovers to the channel's
-signer ("bad_signature"; the domain binds the chain id and the escrow, so a voucher for another
-chain or escrow fails here). `admit` then takes the price on the `CreditLedger` (durably, before
-the model runs), whose refusal is "insufficient_credit"; its `refund` gives the price back.
+client's look-up budget: "too_many_lookups" when spent), it pays the model's payee ("wrong_payee")
+for this model ("wrong_model"), it is not reclaimed ("channel_reclaimed") and has at least
+`min_remaining_seconds` left ("channel_expiring"), the amount is above the channel's on-chain
+`claimed` ("voucher_claimed": a claimed voucher is in public calldata, so anyone could replay it),
+the amount is within the deposit ("amount_exceeds_deposit", after ONE refresh, since the payer may
+have topped up: only once the signature is proven, so nobody but the channel's signer can make the
+daemon ask the chain), and the signature recovers to the channel's signer ("bad_signature"; the
+domain binds the chain id and the escrow, so a voucher for another chain or escrow fails here).
+`admit` then takes the price on the `CreditLedger` (durably, before the model runs), whose refusal
+is "insufficient_credit"; its `refund` gives the price back.
 
 A client names a channel it wants the daemon's view of with the request header
 ``PAYMENT-CHANNEL: 0x<channel id>`` (see `parse_channel_hint`); the 402's `extra.channel` then
@@ -55,14 +55,14 @@ from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
     "CHANNEL_HEADER",
+    "ChannelAdmission",
+    "ChannelRejected",
+    "ChannelScheme",
     "CreditView",
     "LookupBudget",
     "VerifiedVoucher",
-    "ChannelRejected",
-    "ChannelAdmission",
-    "ChannelScheme",
-    "voucher_payload",
     "parse_channel_hint",
+    "voucher_payload",
 ]
 
 CHANNEL_HEADER = "PAYMENT-CHANNEL"

@@ -11,8 +11,9 @@ the one transaction sender the claimer uses too.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import requests
@@ -34,7 +35,7 @@ from marketplace.payments.ledger.holds import BlockHead
 
 log = logging.getLogger("marketplace.payments.exact")
 
-__all__ = ["TRANSFER", "RECEIVE", "Settlement", "TokenClient"]
+__all__ = ["RECEIVE", "TRANSFER", "Settlement", "TokenClient"]
 
 TRANSFER = TRANSFER_WITH_AUTHORIZATION.name  # anyone may submit it
 RECEIVE = RECEIVE_WITH_AUTHORIZATION.name  # only the payee (`to`) may submit it: cannot be front-run
@@ -108,7 +109,7 @@ class TokenClient:
         expected = [_TRANSFER_EVENT, payer_topic, _topic(bytes.fromhex(to[2:]))]
         for used in logs:
             tx_hash = used["transactionHash"]
-            receipt = self._read("read a receipt", lambda: self._w3.eth.get_transaction_receipt(tx_hash))
+            receipt = self._read("read a receipt", partial(self._w3.eth.get_transaction_receipt, tx_hash))
             for log in receipt["logs"]:
                 if (log["logIndex"] == used["logIndex"] + 1 and log["address"].lower() == self._token
                         and [bytes(t) for t in log["topics"]] == expected
@@ -135,10 +136,12 @@ class TokenClient:
             return "0x" + bytes(self.sender.send(fn)).hex()
         except ContractReverted as reverted:
             shown = ", ".join(f"{k}={v}" for k, v in reverted.values.items())
-            raise PaymentRejected("settlement_failed", f"{fn.fn_name} would revert: {reverted.error}({shown})") from None
+            detail = f"{fn.fn_name} would revert: {reverted.error}({shown})"
+            raise PaymentRejected("settlement_failed", detail) from None
         except ChainError as refused:  # the node refused it every time (its own message: no URL)
             log.warning("the node refused a settlement: %s", refused)
-            raise PaymentRejected("settlement_failed", f"the node refused the settlement ({type(refused).__name__})") from None
+            detail = f"the node refused the settlement ({type(refused).__name__})"
+            raise PaymentRejected("settlement_failed", detail) from None
         except _CHAIN_ERRORS as error:  # the message may name the node's URL (an API key): logged only
             log.warning("could not send a settlement: %s", error)
             raise PaymentRejected(

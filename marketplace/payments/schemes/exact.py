@@ -28,9 +28,10 @@ answer. `settle` submits the authorization through the daemon's one `Sender` (th
 its nonces) and waits for the receipt; a settlement that would revert or
 reverts because the nonce was used meanwhile looks for that transfer as above and, if the payer
 paid, serves with it. Any other failure releases the hold and serves nothing. A client gone before
-settlement: the daemon calls `ExactAdmission.refund` (`release`). A call not served although the payer's transfer is or may be
-on chain (settlement not mined in time; model failed after a front-run) leaves its hold abandoned:
-the same authorization sent again once the transfer is mined adopts it and is served, once.
+settlement: the daemon calls `ExactAdmission.refund` (`release`). A call not served although the
+payer's transfer is or may be on chain (settlement not mined in time; model failed after a
+front-run) leaves its hold abandoned: the same authorization sent again once the transfer is
+mined adopts it and is served, once.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from marketplace.payments.schemes.base import (
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
-__all__ = ["VerifiedAuthorization", "ExactAdmission", "Settlement", "ExactScheme"]
+__all__ = ["ExactAdmission", "ExactScheme", "Settlement", "VerifiedAuthorization"]
 
 
 @dataclass(frozen=True, slots=True)

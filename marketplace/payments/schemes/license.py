@@ -68,12 +68,12 @@ from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirement
 
 __all__ = [
     "LicenseAccess",
-    "VerifiedLicense",
     "LicenseAdmission",
     "LicenseRecord",
     "LicenseScheme",
-    "license_domain",
+    "VerifiedLicense",
     "license_access_digest",
+    "license_domain",
     "sign_license_access",
 ]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-__all__ = ["MAX_VALID_BEFORE", "RETENTION_SECONDS", "Hold", "BlockHead", "ExactHolds"]
+__all__ = ["MAX_VALID_BEFORE", "RETENTION_SECONDS", "BlockHead", "ExactHolds", "Hold"]
 
 MAX_VALID_BEFORE = 2**63 - 1  # stored validBefore is capped: a later one ("never expires") means the same
 RETENTION_SECONDS = 3600

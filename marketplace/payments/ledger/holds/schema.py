@@ -5,7 +5,7 @@ from __future__ import annotations
 from marketplace.payments.ledger.migrations import POSTGRES_SCHEMA, SQLITE_SCHEMA, Schema
 from marketplace.payments.ledger.migrations import _sqlite_u256 as sqlite_u256  # the amounts' CHECK, as for credit
 
-__all__ = ["COMPONENT", "SQLITE_HOLDS", "POSTGRES_HOLDS", "RESERVE_LOCK_CLASS"]
+__all__ = ["COMPONENT", "POSTGRES_HOLDS", "RESERVE_LOCK_CLASS", "SQLITE_HOLDS"]
 
 COMPONENT = "exact_holds"
 RESERVE_LOCK_CLASS = 0x3009  # first key of the per-payer advisory lock (PostgreSQL)
