@@ -52,7 +52,7 @@ def _timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall ms, CPU ms) of one process run to completion; it must exit 0."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:

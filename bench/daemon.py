@@ -225,7 +225,7 @@ def main() -> None:
                 server.stop()
                 servers.remove(server)
         sample = iris_vouchers.batch(20_000) if iris_vouchers else None
-        for round_ in range(args.repeat):
+        for _ in range(args.repeat):
             bench.run("upstream direct", upstream, "/predict")
             bench.run("wrk ceiling (paid requests)", upstream, "/predict", lambda n: sample)
     finally:

@@ -130,7 +130,9 @@ def measure(
     signed = _permit_signature(env, permit_account, escrow, deposit, expiry)
     gas["open with permit, one tx"] = _send(
         env,
-        channels.functions.openWithPermit(permit_terms, deposit, expiry, expiry, signed[64], signed[:32], signed[32:64]),
+        channels.functions.openWithPermit(
+            permit_terms, deposit, expiry, expiry, signed[64], signed[:32], signed[32:64]
+        ),
         permit_payer,
     )["gasUsed"]
 

@@ -40,7 +40,7 @@ from typing import Any
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.batching import BatchedLedger
 
-__all__ = ["SCENARIOS", "run", "main"]
+__all__ = ["SCENARIOS", "main", "run"]
 
 PRICE = 2 * 10**15
 TARGET_PER_SECOND = 3_000
@@ -144,7 +144,7 @@ def run(seconds: float = 3.0, warmup: float = 0.5) -> dict[str, Any]:
             environment["postgresql"] = version
             for row in asyncio.run(_run_backend(url, seconds, warmup)):
                 rows.append({"backend": "postgresql"} | row)
-    except Exception as error:  # no server: say so in the table rather than fail the whole run
+    except Exception as error:  # noqa: BLE001  # no server: say so in the table rather than fail the whole run
         reason = " ".join(str(error).split())
         rows += [{"backend": "postgresql", "scenario": name, "error": reason} for name, _, _ in SCENARIOS]
     return {"environment": environment, "target_per_second": TARGET_PER_SECOND, "results": rows}

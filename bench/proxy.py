@@ -102,7 +102,7 @@ def httpx_runner(url: str) -> Any:
             )
 
         async def infer(self, request: RunnerRequest) -> RunnerResponse:
-            headers = request_headers(request.headers) + [("content-type", request.content_type)]
+            headers = [*request_headers(request.headers), ("content-type", request.content_type)]
             answer = await self._client.post(url, content=request.body, headers=headers)
             return RunnerResponse(answer.status_code, response_headers(answer.headers.raw), body=answer.content)
 

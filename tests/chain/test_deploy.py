@@ -89,7 +89,8 @@ def test_unreachable_rpc(tmp_path: Path) -> None:
 
 
 def test_wrong_chain_id(anvil: Anvil, tmp_path: Path) -> None:
-    result = run_deploy("--rpc-url", anvil.url, "--chain-id", "1", env={PRIVATE_KEY_ENV: "0x" + "11" * 32}, tmp=tmp_path)
+    result = run_deploy("--rpc-url", anvil.url, "--chain-id", "1", env={PRIVATE_KEY_ENV: "0x" + "11" * 32},
+                        tmp=tmp_path)
     assert_one_line_error(result, "serves chain id 31337, expected 1")
 
 

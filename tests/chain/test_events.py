@@ -83,7 +83,9 @@ async def test_reads_decoded_events_of_several_contracts_in_order(
     assert registered.block_number == published.block_number == done["register_block"]
     assert registered.args["metadata"] == {"codec": 0x55, "digest": b"\x01" * 32}
     assert registered.args["modelId"] == done["model_id"] and registered.args["endpoint"] == "http://model"
-    assert published.args == {"modelId": done["model_id"], "version": 1, "artifact": {"codec": 0x70, "digest": b"\x02" * 32}}
+    assert published.args == {
+        "modelId": done["model_id"], "version": 1, "artifact": {"codec": 0x70, "digest": b"\x02" * 32}
+    }
     opened = events[3].args
     assert opened["channelId"] == done["channel_id"] and opened["deposit"] == 10 * TOKEN
     assert opened["payee"] == dev_accounts[1].address and opened["expiry"] == done["expiry"]
@@ -118,7 +120,8 @@ async def test_chunks_halve_when_the_node_refuses_a_range_and_grow_back(
     async def picky_get_logs(params: dict[str, Any]) -> Any:  # a provider that allows 2 blocks per query
         ranges.append((params["fromBlock"], params["toBlock"]))
         if params["toBlock"] - params["fromBlock"] + 1 > 2:
-            raise Web3RPCError("x", rpc_response={"error": {"code": -32005, "message": "query returned more than 10000 results"}})
+            too_many = {"code": -32005, "message": "query returned more than 10000 results"}
+            raise Web3RPCError("x", rpc_response={"error": too_many})
         return await real_get_logs(params)  # type: ignore[arg-type]
 
     monkeypatch.setattr(aw3.eth, "get_logs", picky_get_logs)
@@ -210,7 +213,7 @@ async def test_max_range_splits_a_long_catch_up(
 async def test_a_node_that_does_not_answer_raises_chain_unavailable() -> None:
     w3 = AsyncWeb3(AsyncHTTPProvider("http://127.0.0.1:9", exception_retry_configuration=None))
     source = EventSource("PaymentChannels", Web3.to_checksum_address("0x" + "11" * 20), [], None)
-    with pytest.raises(ChainUnavailable, match="cannot read the block number: the chain node at http://127.0.0.1:9"):
+    with pytest.raises(ChainUnavailable, match=r"cannot read the block number: the chain node at http://127.0.0.1:9"):
         await EventReader(w3, [source]).read(0)
     with pytest.raises(ChainUnavailable, match="read block latest"):
         await EventFollower(EventReader(w3, [source]), 0).poll()

@@ -111,7 +111,8 @@ async def test_channels_follow_opens_top_ups_extends_claims_and_reclaims(
     info = cache.channel(channel_id)
     assert info is not None and (info.deposit, info.expiry) == (15 * TOKEN, opened_expiry + 60)
 
-    receipt = market.send(provider, "PaymentChannels", "claim", terms, 4 * TOKEN, market.voucher(payer, channel_id, 4 * TOKEN))
+    voucher = market.voucher(payer, channel_id, 4 * TOKEN)
+    receipt = market.send(provider, "PaymentChannels", "claim", terms, 4 * TOKEN, voucher)
     await cache.wait_for_block(receipt["blockNumber"], WITHIN_TWO_POLLS)
     assert cache.channel(channel_id).claimed == 4 * TOKEN  # type: ignore[union-attr]
 
@@ -265,7 +266,7 @@ async def test_a_reorg_replaces_what_it_rolled_back_and_keeps_the_rest(
 
 async def test_start_fails_clearly_when_the_node_is_down(contracts: Any) -> None:
     state = ChainStateCache.connect("http://127.0.0.1:9", contracts.deployment)
-    with pytest.raises(ChainUnavailable, match="cannot read the chain id: the chain node at http://127.0.0.1:9"):
+    with pytest.raises(ChainUnavailable, match=r"cannot read the chain id: the chain node at http://127.0.0.1:9"):
         await state.start()
     await state.stop()
 
@@ -278,7 +279,8 @@ async def test_rpc_down_cached_lookups_work_refresh_fails_and_polling_resumes(
     state_file = tmp_path / "anvil-state.json"
     node = Anvil(state_path=state_file).start()
     try:
-        market = Market(Web3(Web3.HTTPProvider(node.url)), deploy_contracts(Web3(Web3.HTTPProvider(node.url)), accounts[0]))
+        node_w3 = Web3(Web3.HTTPProvider(node.url))
+        market = Market(node_w3, deploy_contracts(node_w3, accounts[0]))
         model_id = market.register(accounts[1], b"\x05" * 32)
         market.fund(accounts[2], 10 * TOKEN)
         _, channel_id, _ = market.open(accounts[2], accounts[1].address, model_id, 2 * TOKEN)
@@ -296,7 +298,8 @@ async def test_rpc_down_cached_lookups_work_refresh_fails_and_polling_resumes(
             await cache.refresh_channel(channel_id)
         with pytest.raises(ChainUnavailable):
             await cache.refresh_channel(channel_id ^ 1)
-        assert any("polling" in r.message and "failed" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+        assert any("polling" in r.message and "failed" in r.message and r.levelno == logging.WARNING
+                   for r in caplog.records)
 
         node = Anvil(state_path=state_file, port=port).start()  # the same chain, back on the same URL
         receipt = market.send(accounts[2], "PaymentChannels", "topUp", channel_id, TOKEN)

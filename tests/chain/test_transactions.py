@@ -21,7 +21,8 @@ def test_a_revert_names_its_custom_error_and_values(w3: Web3, contracts, snapsho
     error = caught.value
     assert error.error == "OwnableUnauthorizedAccount"
     assert error.values == {"account": stranger.address}
-    assert f"mint on {contracts.addresses['MarketToken']} reverted: OwnableUnauthorizedAccount(account={stranger.address})" == str(error)
+    token = contracts.addresses["MarketToken"]
+    assert f"mint on {token} reverted: OwnableUnauthorizedAccount(account={stranger.address})" == str(error)
 
 
 def _race(senders: list[Sender], approve: object, per_sender: int) -> list[object]:

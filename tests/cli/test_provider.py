@@ -61,8 +61,9 @@ def test_list_model_imports_both_cids_and_registers_the_model(
     metadata = find(rf"metadata\s+{CID_TEXT}", result.stdout)
     assert artifact == only_hash(cli, spec.path)  # the same CID as `marketplace ipfs add --only-hash`
     meta_file = tmp_path / "metadata.json"
-    meta_file.write_bytes(ModelMetadata(name=spec.name, description=spec.description, format="onnx",
-                                        input_schema=spec.input_schema, example_input=spec.example_input).to_json_bytes())
+    metadata_doc = ModelMetadata(name=spec.name, description=spec.description, format="onnx",
+                                 input_schema=spec.input_schema, example_input=spec.example_input)
+    meta_file.write_bytes(metadata_doc.to_json_bytes())
     assert metadata == only_hash(cli, meta_file)
     assert (cli.data_dir / "ipfs").is_dir()  # both are in the embedded store, pinned
     model = market_of(None).registry.get_model(bytes.fromhex(model_hex[2:]))

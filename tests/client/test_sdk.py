@@ -188,7 +188,7 @@ async def test_a_budget_stops_the_call_that_would_pass_it_before_anything_is_sig
     async with sdk:
         for _ in range(3):
             await sdk.infer(listing.model_id, INPUT)
-        with pytest.raises(BudgetExceeded, match="committed 0.006 of its budget of 0.006 tokens"):
+        with pytest.raises(BudgetExceeded, match=r"committed 0.006 of its budget of 0.006 tokens"):
             await sdk.infer(listing.model_id, INPUT)
     assert sdk.auth.committed == 3 * PRICE
     assert recorder.amounts() == [PRICE, 2 * PRICE, 3 * PRICE]

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from contracts_support import TOKEN, Deployed, Deployer, Escrow, register_errors, send
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 from web3 import Web3
 
-from contracts_support import TOKEN, Deployed, Deployer, Escrow, register_errors, send
 from marketplace.chain.build import SETTINGS, SOLC_VERSION, compile_contracts
 from marketplace.config import project_root
 

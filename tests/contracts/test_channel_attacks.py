@@ -5,14 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from eth_utils import keccak
-from web3.contract import Contract
-
 from contracts_support import (
     DEPOSIT,
-    Deployer,
     TOKEN,
     Channel,
+    Deployer,
     Escrow,
     advance_time,
     compact,
@@ -22,6 +19,8 @@ from contracts_support import (
     send,
     sign_voucher,
 )
+from eth_utils import keccak
+from web3.contract import Contract
 
 DAY = 24 * 3600
 REENTRANT_CALL = keccak(text="ReentrancyGuardReentrantCall()")[:4]

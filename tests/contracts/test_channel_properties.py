@@ -19,6 +19,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from contracts_support import TOKEN, Channel, Escrow, advance_time, channel_id_of, compact, expect_revert, now, send
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -27,8 +28,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from web3 import Web3
 from web3.logs import DISCARD
-
-from contracts_support import TOKEN, Channel, Escrow, advance_time, channel_id_of, compact, expect_revert, now, send
 
 HOUR = 3600
 UNIT = TOKEN // 100  # amounts are small multiples of a hundredth of a token

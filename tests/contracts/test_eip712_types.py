@@ -89,7 +89,8 @@ def test_public_typehash_getters_and_domain_separators(w3: Web3, contracts: Any,
     for getter, (contract, struct) in getters.items():
         assert bytes(getattr(contract.functions, getter)().call()) == struct.typehash
     _, name, version, _, token, _, _ = contracts.token.functions.eip712Domain().call()
-    assert bytes(contracts.token.functions.DOMAIN_SEPARATOR().call()) == Domain(name, version, chain_id, token).separator
+    separator = bytes(contracts.token.functions.DOMAIN_SEPARATOR().call())
+    assert separator == Domain(name, version, chain_id, token).separator
     vouchers = VoucherDomain(chain_id, contracts.channels.address)
     _, name, version, _, escrow, _, _ = contracts.channels.functions.eip712Domain().call()
     assert vouchers.eip712 == Domain(name, version, chain_id, escrow)

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from contracts_support import TOKEN, Deployer, advance_time, events, expect_revert, now, send
 from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
-
-from contracts_support import TOKEN, Deployer, advance_time, events, expect_revert, now, send
 
 NONE, ACTIVE, PAUSED, RETIRED = range(4)
 ZERO = "0x" + "00" * 20

@@ -7,13 +7,6 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
-from eth_account import Account
-from eth_account.messages import encode_typed_data
-from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
-from web3 import Web3
-from web3.contract import Contract
-
 from contracts_support import (
     TOKEN,
     Deployer,
@@ -25,6 +18,12 @@ from contracts_support import (
     permit_signature,
     send,
 )
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+from web3 import Web3
+from web3.contract import Contract
 
 TRANSFER = "TransferWithAuthorization"
 RECEIVE = "ReceiveWithAuthorization"

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from contracts_support import events, expect_revert, send
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3.contract import Contract
-
-from contracts_support import events, expect_revert, send
 
 NONE, ACTIVE, PAUSED, RETIRED = range(4)
 RAW, DAG_PB = 0x55, 0x70

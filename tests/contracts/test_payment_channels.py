@@ -6,9 +6,6 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
-from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
-
 from contracts_support import (
     DEPOSIT,
     TOKEN,
@@ -24,6 +21,8 @@ from contracts_support import (
     send,
     voucher_digest,
 )
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 
 from marketplace.payments.eip712 import VOUCHER
 

@@ -12,10 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from contracts_support import TOKEN, Escrow, voucher_digest, voucher_typed_data
 from eth_account import Account
 from hexbytes import HexBytes
-
-from contracts_support import TOKEN, Escrow, voucher_digest, voucher_typed_data
 
 SCRIPT = Path(__file__).parent.parent / "payments" / "sign_typed.mjs"  # ethers.js, given typed-data JSON
 

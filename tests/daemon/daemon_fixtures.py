@@ -124,7 +124,9 @@ def open_channel_on(
 
 
 @pytest.fixture(scope="module")
-def open_channel(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> Callable[..., Channel]:
+def open_channel(
+    w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing
+) -> Callable[..., Channel]:
     """Open a channel from `payer` (default dev_accounts[2]) to the model's payee."""
 
     def _open(deposit: int = 10 * PRICE, *, payer: LocalAccount | None = None, lifetime: int = 86_400,

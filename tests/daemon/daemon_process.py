@@ -27,7 +27,7 @@ import httpx
 import psycopg
 import pytest
 
-__all__ = ["DaemonProcess", "fresh_postgres_database", "free_port", "write_config"]
+__all__ = ["DaemonProcess", "free_port", "fresh_postgres_database", "write_config"]
 
 REPO = Path(__file__).resolve().parents[2]
 MARKETPLACE = Path(sys.executable).parent / "marketplace"

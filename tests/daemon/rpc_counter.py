@@ -30,7 +30,7 @@ class CountingRpcProxy:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 proxy._count(body)
                 answer = proxy._http.post(proxy.node_url, content=body, headers={"content-type": "application/json"})

@@ -13,7 +13,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-
 from daemon_fixtures import Listing
 from daemon_process import DaemonProcess, write_config
 

@@ -12,14 +12,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
 from eth_account.signers.local import LocalAccount
+from tcp_proxy import TcpProxy
+from test_license_http import BODY, access, buy_license
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
-from tcp_proxy import TcpProxy
-from test_license_http import BODY, access, buy_license
 
 pytestmark = pytest.mark.anyio
 BOUND = 5.0  # seconds: every scheme answers within it, whatever the node does
@@ -43,7 +42,7 @@ async def test_an_unavailable_node_is_503_every_time_and_service_resumes(
     outage: str, anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], settings: DaemonSettings,
     listing: Listing, open_channel: Callable[..., Channel],
 ) -> None:
-    known, unknown_later = open_channel(), None
+    known = open_channel()
     holder = dev_accounts[3]
     license_id = buy_license(w3, contracts, dev_accounts[0], listing.provider, holder, listing.model_id)
     port = int(anvil.url.rsplit(":", 1)[1])
@@ -88,7 +87,7 @@ async def test_an_unavailable_node_is_503_every_time_and_service_resumes(
             assert "127.0.0.1" not in ready.text, ready.text  # a public route: the node's URL is not shown
 
             proxy.set_mode("forward")  # the node is back: no restart
-            served, seconds = await timed(pay(unknown, PRICE))
+            served, _ = await timed(pay(unknown, PRICE))
             assert served.status_code == 200, served.text
             assert (await use_license()).status_code == 200
             deadline = time.monotonic() + 15

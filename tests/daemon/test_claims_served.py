@@ -16,14 +16,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from eth_account.signers.local import LocalAccount
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
+from daemon_process import fresh_postgres_database
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.types import ChannelId
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
-from daemon_process import fresh_postgres_database
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -12,11 +12,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from eth_account.signers.local import LocalAccount
-from web3 import Web3
-
 from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
 from daemon_process import DaemonProcess, write_config
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
@@ -109,5 +108,5 @@ def earned_of(ledger: Path, channel_id: int) -> int:
 
 
 def claimed(contracts: Any, channel_id: int) -> int:
-    deposit, claimed_, expiry = contracts.channels.functions.getChannel(channel_id).call()
+    _, claimed_, _ = contracts.channels.functions.getChannel(channel_id).call()
     return int(claimed_)

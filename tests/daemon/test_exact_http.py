@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixtures import PRICE, TOKENS, Listing, pay_header, requirements_of
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from starlette.requests import Request
@@ -30,8 +31,6 @@ from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, Domain, sign_diges
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
-
-from daemon_fixtures import PRICE, TOKENS, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -12,9 +12,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytestmark = pytest.mark.anyio
 VALID_BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
@@ -66,7 +66,7 @@ def mutate(payment: dict[str, Any], changes: list[tuple[str | None, int, Any]]) 
         target = payment if section is None else payment.get(section)
         if not isinstance(target, dict):
             continue
-        keys = sorted(target) + ["extra"]
+        keys = [*sorted(target), "extra"]
         key = keys[pick % len(keys)]
         if value is _DELETE:
             target.pop(key, None)

@@ -14,10 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 from marketplace.errors import REJECTION_STATUS
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]

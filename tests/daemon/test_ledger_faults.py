@@ -15,12 +15,11 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import pytest
-
-from marketplace.daemon.settings import DaemonSettings
-
 from daemon_fixtures import PRICE, Channel, pay_header, requirements_of, running_daemon
 from daemon_process import fresh_postgres_database
 from tcp_proxy import TcpProxy
+
+from marketplace.daemon.settings import DaemonSettings
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

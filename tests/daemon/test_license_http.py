@@ -11,6 +11,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Listing, pay_header, register_model, requirements_of
+from daemon_process import DaemonProcess, fresh_postgres_database, write_config
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.logs import DISCARD
@@ -19,9 +21,6 @@ from marketplace.chain.transactions import Sender
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.schemes.license import sign_license_access
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
-
-from daemon_fixtures import PRICE, Listing, pay_header, register_model, requirements_of
-from daemon_process import DaemonProcess, fresh_postgres_database, write_config
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[6.7, 3.0, 5.2, 2.3]]}).encode()

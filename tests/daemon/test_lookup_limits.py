@@ -20,15 +20,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, open_channel_on, pay_header, requirements_of
 from eth_account.signers.local import LocalAccount
+from rpc_counter import CountingRpcProxy
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.payments.vouchers import VoucherDomain
-
-from daemon_fixtures import PRICE, Channel, Listing, open_channel_on, pay_header, requirements_of
-from rpc_counter import CountingRpcProxy
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

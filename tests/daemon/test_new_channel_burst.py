@@ -17,10 +17,9 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 from marketplace.daemon.settings import DaemonSettings
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing
 
 from marketplace.payments.receipts import body_hash, verify_receipt
 from marketplace.payments.x402 import (
@@ -19,8 +20,6 @@ from marketplace.payments.x402 import (
     parse_payment_required,
     parse_payment_response,
 )
-
-from daemon_fixtures import PRICE, Channel, Listing
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}).encode()
@@ -44,7 +43,9 @@ async def credit(daemon: httpx.AsyncClient, channel: Channel) -> Any:
     return await daemon.app.state.services.ledger.credit(channel.channel_id)  # type: ignore[attr-defined]
 
 
-async def test_without_payment_the_answer_is_402_with_all_three_schemes(daemon: httpx.AsyncClient, listing: Listing) -> None:
+async def test_without_payment_the_answer_is_402_with_all_three_schemes(
+    daemon: httpx.AsyncClient, listing: Listing
+) -> None:
     response = await ask(daemon, listing)
     assert response.status_code == 402
     assert response.json()["error"] == "payment_required"
@@ -94,7 +95,8 @@ async def test_a_failed_model_call_is_refunded(
     requirements = await channel_requirements(daemon, listing)
     response = await daemon.post(
         f"/v1/models/{listing.model_hex}/infer", content=b'{"inputs": [[1, 2, 3]]}',
-        headers={"PAYMENT-SIGNATURE": pay_header(requirements, channel.voucher(PRICE)), "content-type": "application/json"},
+        headers={"PAYMENT-SIGNATURE": pay_header(requirements, channel.voucher(PRICE)),
+                 "content-type": "application/json"},
     )
     assert response.status_code == 422 and response.json()["error"] == "invalid_input"
     assert (await credit(daemon, channel)).consumed == 0
@@ -165,4 +167,4 @@ async def test_catalog_health_and_metrics(daemon: httpx.AsyncClient, listing: Li
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     metrics = (await daemon.get("/metrics")).text
     assert "marketplace_paid_calls_total" in metrics and "marketplace_rejections_total" in metrics
-    assert (await daemon.get("/openapi.json")).json()["paths"][f"/v1/models/{{model_id}}/infer"]
+    assert (await daemon.get("/openapi.json")).json()["paths"]["/v1/models/{model_id}/infer"]

@@ -12,14 +12,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import parse_payment_response
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixtures import Listing, running_daemon
+from daemon_process import DaemonProcess, write_config
 from pydantic import SecretStr, ValidationError
 
 from marketplace.daemon.settings import DaemonSettings
-
-from daemon_fixtures import Listing, running_daemon
-from daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.anyio
 PROVIDER_PAGES = ("/dashboard", "/metrics")

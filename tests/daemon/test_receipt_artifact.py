@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 from typer.testing import CliRunner
 from web3 import Web3
 
@@ -20,8 +21,6 @@ from marketplace.chain.transactions import Sender
 from marketplace.cli.main import app as cli
 from marketplace.ipfs import CID
 from marketplace.payments.x402 import parse_payment_response
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -13,15 +13,14 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
+from daemon_process import DaemonProcess, write_config
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.types import ChannelId
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of, running_daemon
-from daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

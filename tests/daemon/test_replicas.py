@@ -15,15 +15,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
+from daemon_process import DaemonProcess, fresh_postgres_database, write_config
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
-
-from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
-from daemon_process import DaemonProcess, fresh_postgres_database, write_config
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Channel, list_iris, open_channel_on, pay_header, requirements_of, running_daemon
 from web3 import Web3
 
 from marketplace.chain.anvil import Anvil
@@ -23,8 +24,6 @@ from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.payments.vouchers import VoucherDomain
-
-from daemon_fixtures import PRICE, Channel, list_iris, open_channel_on, pay_header, requirements_of, running_daemon
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

@@ -13,15 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
+from daemon_fixtures import PRICE, Channel, Listing, pay_header, register_model, requirements_of
+from daemon_process import free_port
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.errors import RunnerError
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
-
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, register_model, requirements_of
-from daemon_process import free_port
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

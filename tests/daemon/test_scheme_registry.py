@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from daemon_fixtures import Listing, pay_header, requirements_of
 
 from marketplace.chain.views import ModelInfo
 from marketplace.daemon.app import create_app
@@ -26,8 +27,6 @@ from marketplace.payments.x402 import (
     parse_payment_required,
     parse_payment_response,
 )
-
-from daemon_fixtures import Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +85,8 @@ async def trial_daemon(settings: DaemonSettings) -> AsyncIterator[tuple[httpx.As
     app = create_app(settings, services)
     try:
         async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://daemon.test") as client:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://daemon.test") as client:
                 yield client, trial
     finally:
         await services.aclose()

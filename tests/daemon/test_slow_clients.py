@@ -13,13 +13,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
+from daemon_process import DaemonProcess, write_config
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.daemon.http_protocol import REQUEST_TIMEOUT_SECONDS
-
-from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, requirements_of
-from daemon_process import DaemonProcess, write_config
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

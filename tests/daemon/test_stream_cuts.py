@@ -16,11 +16,10 @@ import anyio
 import httpx
 import pytest
 from aiohttp import web
-from eth_account.signers.local import LocalAccount
-from web3 import Web3
-
 from daemon_fixtures import PRICE, Listing, open_channel_on, pay_header, register_model, requirements_of
 from daemon_process import DaemonProcess, write_config
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"prompt": "count"}).encode()

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-
 from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
 pytestmark = pytest.mark.anyio

@@ -133,7 +133,7 @@ def test_from_nothing_to_claimed_earnings_with_real_processes(tmp_path: Path) ->
                       "--account", "dev4"], env).stdout
         channel_hex = find(r"opened channel (0x[0-9a-f]+)", opened)
         channel_id = int(channel_hex, 16)
-        for k in range(1, 11):
+        for _ in range(10):
             called = run(["consumer", "call", model, "--input", json.dumps(INPUT), "--account", "dev4"], env)
             assert json.loads(called.stdout)["outputs"]["label"] == EXPECTED_LABELS
             assert f"paid {PRICE} MKT by channel" in called.stderr, called.stderr

@@ -155,7 +155,7 @@ def test_directory_entries_are_sorted_and_wrap_names_the_file(model_dir: Path, l
 
 def test_symlinks_inside_a_folder_are_refused(model_dir: Path) -> None:
     os.symlink(model_dir / "config.json", model_dir / "alias.json")
-    with Importer() as importer, pytest.raises(ConfigError, match="alias.json is a symbolic link"):
+    with Importer() as importer, pytest.raises(ConfigError, match=r"alias.json is a symbolic link"):
         importer.add_path(model_dir)
 
 

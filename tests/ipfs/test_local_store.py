@@ -17,9 +17,9 @@ from marketplace.errors import (
     ArtifactNotFound,
     StoreUnavailable,
 )
+from marketplace.ipfs import local
 from marketplace.ipfs.artifacts import add_bytes
 from marketplace.ipfs.cid import CID
-from marketplace.ipfs import local
 from marketplace.ipfs.importer import PROFILES, ImportParams
 from marketplace.ipfs.local import LocalStore, default_data_dir
 from marketplace.ipfs.multiformats import b32decode, b32encode

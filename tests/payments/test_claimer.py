@@ -237,7 +237,8 @@ class FlakySender(Sender):
         if self.when == "before":
             raise ConnectionError("connection reset by peer")
         receipt = super().transact(fn, value=value, gas=gas)
-        raise TimeExhausted(f"transaction {receipt['transactionHash'].to_0x_hex()} is not in the chain after 120 seconds")
+        tx = receipt["transactionHash"].to_0x_hex()
+        raise TimeExhausted(f"transaction {tx} is not in the chain after 120 seconds")
 
 
 async def test_a_lost_receipt_is_reconciled_from_chain_state_without_double_counting(setup: Setup) -> None:

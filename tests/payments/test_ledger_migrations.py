@@ -106,7 +106,7 @@ async def test_a_version_1_ledger_keeps_its_best_voucher_claimable_after_the_upg
     amount = 10**18
     _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
          "VALUES (%s, %s, %s, %s, %s)",
-         tuple(f"{n:078d}" if sqlite else n for n in (CHANNEL, amount, 0, 0)) + (SIG,))  # fmt: skip
+         (*(f"{n:078d}" if sqlite else n for n in (CHANNEL, amount, 0, 0)), SIG))  # fmt: skip
     async with open_backend(ledger_url) as ledger:
         assert await ledger.best_voucher(CHANNEL, TokenAmount(amount)) == (amount, SIG)
         credit = await ledger.admit(CHANNEL, TokenAmount(amount), SIG, TokenAmount(3), deposit=TokenAmount(amount))

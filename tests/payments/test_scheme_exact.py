@@ -25,8 +25,8 @@ from marketplace.chain.views import ModelInfo
 from marketplace.errors import ContractReverted, PaymentRejected
 from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, MESSAGE_TYPES, Domain, sign_digest
 from marketplace.payments.ledger.holds.sqlite import SqliteHolds
-from marketplace.payments.schemes.eip3009 import TRANSFER, TokenClient
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
+from marketplace.payments.schemes.eip3009 import TRANSFER, TokenClient
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_SIGNATURE_HEADER,
@@ -341,7 +341,8 @@ def test_a_settlement_the_node_cannot_take_names_no_node_url(dev_accounts: list[
     with socket.socket() as closed:  # a port nobody listens on
         closed.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{closed.getsockname()[1]}/v3/secret-api-key"
-    client = TokenClient(Sender(fail_fast_web3(url, timeout=1.0), dev_accounts[1], receipt_timeout=1.0), "0x" + "11" * 20)
+    sender = Sender(fail_fast_web3(url, timeout=1.0), dev_accounts[1], receipt_timeout=1.0)
+    client = TokenClient(sender, "0x" + "11" * 20)
     with pytest.raises(PaymentRejected) as sending:
         client.send(TRANSFER, (dev_accounts[2].address, dev_accounts[1].address, 1, 0, 2**40, b"\0" * 32, b"\0" * 65))
     with pytest.raises(PaymentRejected) as waiting:

@@ -14,9 +14,9 @@ from web3 import Web3
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
 from marketplace.errors import PaymentRejected
+from marketplace.payments.eip712 import LICENSE_ACCESS
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes import LicenseScheme, PaidRequest, VerifiedLicense
-from marketplace.payments.eip712 import LICENSE_ACCESS
 from marketplace.payments.schemes.license import LicenseAccess, license_access_digest, sign_license_access
 
 BODY = json.dumps({"inputs": [[1.0, 2.0, 3.0]]}).encode()

@@ -218,7 +218,7 @@ async def test_batch_limit_applies_without_a_schema_limit(iris: ModelSpec) -> No
             in (await refusal(runner, {"inputs": [[None] * 4]})).detail
         )
         assert "not a rectangular array" in (await refusal(runner, {"inputs": [ROW, ROW[:3]]})).detail
-        assert "must have shape [-1, 4], got [1, 5]" in (await refusal(runner, {"inputs": [ROW + [1.0]]})).detail
+        assert "must have shape [-1, 4], got [1, 5]" in (await refusal(runner, {"inputs": [[*ROW, 1.0]]})).detail
         assert "must have shape [-1, 4] (2 dimensions), got [4]" in (await refusal(runner, {"inputs": ROW})).detail
         assert "unknown inputs ['x']" in (await refusal(runner, {"inputs": {"x": [ROW]}})).detail
 

@@ -54,7 +54,8 @@ def web_market(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listi
     with store:
         first_cid = add_path(store, listing.spec.path, PROFILES["kubo-v1"]).cid
         second = add_path(store, second_path, PROFILES["kubo-v1"]).cid
-        hostile = ModelMetadata(name=HOSTILE_NAME, description=HOSTILE_DESCRIPTION, input_schema=listing.spec.input_schema,
+        hostile = ModelMetadata(name=HOSTILE_NAME, description=HOSTILE_DESCRIPTION,
+                                input_schema=listing.spec.input_schema,
                                 example_input={"inputs": [[5.1, 3.5, 1.4, 0.2]], "note": "it's <b>"})
         hostile_meta = add_bytes(store, hostile.to_json_bytes(), PROFILES["kubo-v1"]).cid
     assert first_cid != second
