@@ -192,7 +192,7 @@ class EventReader:
                     continue
                 if source.events is not None and item["name"] not in source.events:
                     continue
-                topic = event_abi_to_log_topic(dict(item))  # type: ignore[arg-type]
+                topic = event_abi_to_log_topic(dict(item))  # type: ignore[arg-type]  # an ABIEvent: "type" checked above
                 event = getattr(contract.events, item["name"])()
                 self._decoders[(source.address.lower(), topic)] = (source.contract, event)
                 topics.add(topic)
@@ -208,7 +208,7 @@ class EventReader:
         return await self.block("latest")
 
     async def block(self, number: int | str) -> Head:
-        block = await node_call(self.url, f"read block {number}", self.w3.eth.get_block(number))  # type: ignore[arg-type]
+        block = await node_call(self.url, f"read block {number}", self.w3.eth.get_block(number))  # type: ignore[arg-type]  # "latest" or a number
         return Head(
             int(block["number"]),
             HexBytes(block["hash"]).to_0x_hex(),
@@ -270,7 +270,7 @@ class EventReader:
             "address": self._addresses,
             "topics": [self._topic0, *[list(t) if isinstance(t, list | tuple) else t for t in topics]],
         }
-        return list(await node_call(self.url, f"read logs {start}..{end}", self.w3.eth.get_logs(params)))  # type: ignore[arg-type]
+        return list(await node_call(self.url, f"read logs {start}..{end}", self.w3.eth.get_logs(params)))  # type: ignore[arg-type]  # FilterParams, built as a dict
 
     def _decode(self, logs: Iterable[Any]) -> list[Event]:
         events = []

@@ -32,7 +32,7 @@ out = Console()
 err = Console(stderr=True)
 
 PROGRESS_THRESHOLD = 64 * 1024 * 1024
-Profile = Enum("Profile", {name: name for name in PROFILES}, type=str)  # type: ignore[misc]
+Profile = Enum("Profile", {name: name for name in PROFILES}, type=str)  # type: ignore[misc]  # members from PROFILES
 
 StoreOption = Annotated[
     StoreKind,
@@ -110,7 +110,7 @@ def _params(
         changes["chunk_size"] = chunk_size
     if max_links is not None:
         changes["max_links"] = max_links
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # each value typed above
 
 
 @app.command()

@@ -24,6 +24,7 @@ from marketplace.errors import ChainError, DeploymentNotFound, ToolchainError
 from marketplace.tokens import parse_tokens
 
 if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
     from web3 import Web3
 
     from marketplace.chain.deploy import Deployment
@@ -35,7 +36,7 @@ DEMO_PRICE = "0.002"
 out = Console()
 
 
-def _deployment(w3: Web3, fresh_chain: bool, accounts: list) -> Deployment:  # type: ignore[type-arg]
+def _deployment(w3: Web3, fresh_chain: bool, accounts: list[LocalAccount]) -> Deployment:
     """Deploy on a fresh chain (and fund the dev accounts); reuse a valid record on a given one."""
     from marketplace.chain.deploy import Deployment, default_deployments_dir, deploy_contracts
     from marketplace.chain.market import Market

@@ -48,7 +48,7 @@ class ResponseStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]  # narrower than WriteableBuffer: what callers pass
         while not self._pending:
             chunk = next(self._chunks, None)
             if chunk is None:

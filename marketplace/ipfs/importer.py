@@ -130,7 +130,7 @@ def _read_full(stream: BinaryIO, buffer: bytearray) -> int:
     """Fill `buffer` unless the stream ends first; return the number of bytes read."""
     view, filled = memoryview(buffer), 0
     while filled < len(buffer):
-        count = stream.readinto(view[filled:])  # type: ignore[attr-defined]
+        count = stream.readinto(view[filled:])  # type: ignore[attr-defined]  # BinaryIO omits it; files have it
         if not count:
             break
         filled += count
