@@ -8,7 +8,8 @@ import errno
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,6 +72,17 @@ def assert_ledger_unavailable(response: httpx.Response) -> None:
     assert "sqlite" not in response.text and "postgres" not in response.text  # the store's address stays private
 
 
+@asynccontextmanager
+async def daemon_on_proxied_postgres(settings: DaemonSettings) -> AsyncIterator[tuple[TcpProxy, httpx.AsyncClient]]:
+    """A daemon whose ledger is a fresh PostgreSQL database reached through a TCP proxy we can cut."""
+    with fresh_postgres_database() as url:
+        parts = urlsplit(url)
+        with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+            through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
+            async with running_daemon(settings.model_copy(update={"database_url": through_proxy})) as daemon:
+                yield proxy, daemon
+
+
 async def test_a_full_disk_is_503_ledger_unavailable_then_recovers(
     settings: DaemonSettings, tiny_disk: Path, listing: object, open_channel: Callable[..., Channel]
 ) -> None:
@@ -100,62 +112,54 @@ async def test_postgres_down_is_503_ledger_unavailable_then_recovers(
     settings: DaemonSettings, listing: object, open_channel: Callable[..., Channel]
 ) -> None:
     channel = open_channel()
-    with fresh_postgres_database() as url:
-        parts = urlsplit(url)
-        with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-            through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
-            async with running_daemon(settings.model_copy(update={"database_url": through_proxy})) as daemon:
-                ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
-                payer = Payer(daemon, listing.model_hex, channel)  # type: ignore[attr-defined]
-                assert (await payer.call(PRICE)).status_code == 200
+    async with daemon_on_proxied_postgres(settings) as (proxy, daemon):
+        ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
+        payer = Payer(daemon, listing.model_hex, channel)  # type: ignore[attr-defined]
+        assert (await payer.call(PRICE)).status_code == 200
 
-                proxy.set_mode("refuse")  # the server is gone, every connection cut
-                for amount in (2 * PRICE, 3 * PRICE):
-                    started = time.monotonic()
-                    assert_ledger_unavailable(await payer.call(amount))
-                    assert time.monotonic() - started < 15
-                ready = await daemon.get("/readyz")
-                assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
-                assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
+        proxy.set_mode("refuse")  # the server is gone, every connection cut
+        for amount in (2 * PRICE, 3 * PRICE):
+            started = time.monotonic()
+            assert_ledger_unavailable(await payer.call(amount))
+            assert time.monotonic() - started < 15
+        ready = await daemon.get("/readyz")
+        assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
+        assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
 
-                proxy.set_mode("forward")  # back (a failover to the same address)
-                deadline = time.monotonic() + 30
-                while (served := await payer.call(2 * PRICE)).status_code != 200 and time.monotonic() < deadline:
-                    assert_ledger_unavailable(served)
-                assert served.status_code == 200, served.text
-                assert (await daemon.get("/readyz")).status_code == 200
-                assert (await ledger.credit(channel.channel_id)).consumed == 2 * PRICE
+        proxy.set_mode("forward")  # back (a failover to the same address)
+        deadline = time.monotonic() + 30
+        while (served := await payer.call(2 * PRICE)).status_code != 200 and time.monotonic() < deadline:
+            assert_ledger_unavailable(served)
+        assert served.status_code == 200, served.text
+        assert (await daemon.get("/readyz")).status_code == 200
+        assert (await ledger.credit(channel.channel_id)).consumed == 2 * PRICE
 
 
 async def test_postgres_hung_mid_query_is_503_within_bounds_then_recovers(
     settings: DaemonSettings, listing: object, open_channel: Callable[..., Channel]
 ) -> None:
     channel = open_channel()
-    with fresh_postgres_database() as url:
-        parts = urlsplit(url)
-        with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-            through_proxy = parts._replace(netloc=f"{parts.username}@127.0.0.1:{proxy.port}").geturl()
-            async with running_daemon(settings.model_copy(update={"database_url": through_proxy})) as daemon:
-                ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
-                payer = Payer(daemon, listing.model_hex, channel)  # type: ignore[attr-defined]
-                assert (await payer.call(PRICE)).status_code == 200
+    async with daemon_on_proxied_postgres(settings) as (proxy, daemon):
+        ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
+        payer = Payer(daemon, listing.model_hex, channel)  # type: ignore[attr-defined]
+        assert (await payer.call(PRICE)).status_code == 200
 
-                proxy.set_mode("freeze")  # connections stay open, the server never answers
-                for amount in (2 * PRICE, 3 * PRICE):
-                    started = time.monotonic()
-                    with anyio.fail_after(30):
-                        refused = await payer.call(amount)
-                    assert_ledger_unavailable(refused)
-                    assert time.monotonic() - started < 8
-                ready = await daemon.get("/readyz")
-                assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
-                assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
+        proxy.set_mode("freeze")  # connections stay open, the server never answers
+        for amount in (2 * PRICE, 3 * PRICE):
+            started = time.monotonic()
+            with anyio.fail_after(30):
+                refused = await payer.call(amount)
+            assert_ledger_unavailable(refused)
+            assert time.monotonic() - started < 8
+        ready = await daemon.get("/readyz")
+        assert ready.status_code == 503 and any(p.startswith("ledger:") for p in ready.json()["problems"])
+        assert "127.0.0.1" not in ready.text, ready.text  # nor the database server's address
 
-                proxy.set_mode("forward")  # the server answers again
-                deadline = time.monotonic() + 30
-                while (served := await payer.call(4 * PRICE)).status_code != 200 and time.monotonic() < deadline:
-                    assert_ledger_unavailable(served)
-                assert served.status_code == 200, served.text
-                # the refused calls may or may not have been committed before the answer was lost,
-                # but none was served: at most their prices were consumed, never more.
-                assert PRICE * 2 <= (await ledger.credit(channel.channel_id)).consumed <= 4 * PRICE
+        proxy.set_mode("forward")  # the server answers again
+        deadline = time.monotonic() + 30
+        while (served := await payer.call(4 * PRICE)).status_code != 200 and time.monotonic() < deadline:
+            assert_ledger_unavailable(served)
+        assert served.status_code == 200, served.text
+        # the refused calls may or may not have been committed before the answer was lost,
+        # but none was served: at most their prices were consumed, never more.
+        assert PRICE * 2 <= (await ledger.credit(channel.channel_id)).consumed <= 4 * PRICE
