@@ -244,15 +244,17 @@ class ChannelStore:
     def observe(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
         """A daemon's `extra.channel`: move the credit (and chain facts) forward, never back.
 
-        A view whose `authorized` or `consumed` is above our `signed` is not applied: it is recorded
+        A view whose `authorized`, `consumed` or `claimed` is above our `signed` is not applied: it is recorded
         as the channel's dispute and `ChannelDispute` is raised."""
-        claimed = DaemonView(TokenAmount(_uint(view, "authorized") or 0), TokenAmount(_uint(view, "consumed") or 0))
+        # `claimed` lifts our `consumed` too (_applied), so it is held to our record like `consumed`.
+        used = max(_uint(view, "consumed") or 0, _uint(view, "claimed") or 0)
+        theirs = DaemonView(TokenAmount(_uint(view, "authorized") or 0), TokenAmount(used))
         with self._lock, self._transaction():
             record = self._read(channel_id)
             if record is None:
                 return None
-            disputed = max(claimed.authorized, claimed.consumed) > record.signed
-            observed = replace(record, dispute=claimed) if disputed else self._applied(record, view, exact=False)
+            disputed = max(theirs.authorized, theirs.consumed) > record.signed
+            observed = replace(record, dispute=theirs) if disputed else self._applied(record, view, exact=False)
             if observed != record:
                 record = self._write(observed)
         if disputed:

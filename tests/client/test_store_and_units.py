@@ -135,3 +135,19 @@ def test_a_store_of_the_previous_release_gets_its_record_from_the_view_it_truste
     migrated = ChannelStore(path).get(7)
     assert migrated is not None and (migrated.signed, migrated.authorized, migrated.consumed) == (30, 30, 20)
     assert migrated.dispute is None
+
+
+def test_a_claimed_figure_above_what_we_signed_is_a_dispute_the_user_can_resolve(tmp_path: Path) -> None:
+    """A daemon cannot lift our `consumed` through the view's `claimed` (a floor the SDK honours so
+    that it signs above a claimed voucher): above our record it is a dispute like any other."""
+    store = ChannelStore(tmp_path / "channels.db")
+    channel = store.remember(record(deposit=100))
+    store.reserve(channel.channel_id, 10)
+    with pytest.raises(ChannelDispute):
+        store.observe(channel.channel_id, {"authorized": "10", "consumed": "10", "claimed": "90"})
+    disputed = store.get(channel.channel_id)
+    assert disputed is not None and disputed.consumed == 0 and disputed.dispute is not None
+    kept = store.keep_own_view(channel.channel_id)  # resolvable: the user keeps our record
+    assert kept.dispute is None and store.reserve(channel.channel_id, 10).amount == 10
+    store.observe(channel.channel_id, {"authorized": "10", "consumed": "10", "claimed": "10"})  # within it: applied
+    assert store.reserve(channel.channel_id, 10).amount == 20
