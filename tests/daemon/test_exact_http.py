@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -379,13 +379,8 @@ async def test_our_sdk_signs_receive_with_authorization_which_nobody_can_front_r
     assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
 
 
-async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_same_authorization(
-    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)  # one call's worth: a held one blocks the next
-    requirements = await exact_requirements(daemon, listing)
-    payload = transfer_payload(payer, requirements, w3)
+def break_the_model(daemon: httpx.AsyncClient, listing: Listing, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make the served model fail every call ("out of memory"); returns what puts it back."""
     runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
     real = runners[listing.model_id]
 
@@ -393,11 +388,22 @@ async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_sam
         raise InferenceFailed("out of memory")
 
     monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    return lambda: monkeypatch.setitem(runners, listing.model_id, real)
+
+
+async def test_a_failed_model_call_is_not_charged_and_frees_its_hold_for_the_same_authorization(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payer = funded_stranger(w3, contracts, dev_accounts[0], PRICE)  # one call's worth: a held one blocks the next
+    requirements = await exact_requirements(daemon, listing)
+    payload = transfer_payload(payer, requirements, w3)
+    restore = break_the_model(daemon, listing, monkeypatch)
     failed = await pay(daemon, listing, requirements, payload)
     assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
     assert balance(contracts, payer.address) == PRICE  # not charged
 
-    monkeypatch.setitem(runners, listing.model_id, real)
+    restore()
     served = await pay(daemon, listing, requirements, payload)  # the hold was released: the same one pays
     assert served.status_code == 200, served.text
     assert balance(contracts, payer.address) == 0
@@ -411,17 +417,11 @@ async def test_a_payer_front_run_whose_model_call_failed_is_served_when_it_sends
     requirements = await exact_requirements(daemon, listing)
     payload = transfer_payload(payer, requirements, w3)
     front_run = submit(w3, contracts, dev_accounts[8], payload)  # the payer has paid, through someone else
-    runners = daemon.app.state.services.runners  # type: ignore[attr-defined]
-    real = runners[listing.model_id]
-
-    def fail() -> None:
-        raise InferenceFailed("out of memory")
-
-    monkeypatch.setitem(runners, listing.model_id, Counting(real, during=fail))
+    restore = break_the_model(daemon, listing, monkeypatch)
     failed = await pay(daemon, listing, requirements, payload)
     assert (failed.status_code, failed.json()["error"]) == (500, "inference_failed")
 
-    monkeypatch.setitem(runners, listing.model_id, real)
+    restore()
     served = await pay(daemon, listing, requirements, payload)
     assert served.status_code == 200, served.text
     assert parse_payment_response(served.headers["PAYMENT-RESPONSE"]).transaction == (
