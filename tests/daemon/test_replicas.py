@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +42,34 @@ def deployment_shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         yield f"sqlite:///{tmp_path / 'ledger.db'}", 1, 2
 
 
-async def test_64_concurrent_calls_across_processes_admit_exactly_what_the_voucher_covers(
-    anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
-    deployment_shape: tuple[str, int, int],
-) -> None:
+@asynccontextmanager
+async def ready_replicas(
+    anvil: Any, listing: Listing, tmp_path: Path, deployment_shape: tuple[str, int, int]
+) -> AsyncIterator[list[DaemonProcess]]:
+    """The daemon processes of `deployment_shape` on one ledger, each answering /readyz; stopped after."""
     database_url, processes, workers = deployment_shape
     config = write_config(tmp_path / "replica.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
                           deployments_dir=listing.deployments_dir, database_url=database_url,
                           models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
                           claim_interval_seconds=3600.0)
-    key = listing.provider.key.to_0x_hex()
-    replicas = [DaemonProcess(config, key, log=tmp_path / f"replica-{n}.log", workers=workers).start()
-                for n in range(processes)]
+    replicas = [DaemonProcess(config, listing.provider.key.to_0x_hex(), log=tmp_path / f"replica-{n}.log",
+                              workers=workers).start() for n in range(processes)]
     try:
         async with anyio.create_task_group() as starting:
             for replica in replicas:
                 starting.start_soon(replica.wait_ready)
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
+async def test_64_concurrent_calls_across_processes_admit_exactly_what_the_voucher_covers(
+    anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
+    deployment_shape: tuple[str, int, int],
+) -> None:
+    async with ready_replicas(anvil, listing, tmp_path, deployment_shape) as replicas:
+        processes = len(replicas)
         channel = open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[3], listing.provider.address,
                                   listing.model_id, 2 * K * PRICE)  # the deposit would allow more: the voucher does not
         path = f"/v1/models/{listing.model_hex}/infer"
@@ -86,26 +99,14 @@ async def test_64_concurrent_calls_across_processes_admit_exactly_what_the_vouch
         finally:
             for client in clients:
                 await client.aclose()
-    finally:
-        for replica in replicas:
-            replica.stop()
 
 
 async def test_concurrent_exact_authorizations_across_processes_run_only_what_the_balance_covers(
     anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
     deployment_shape: tuple[str, int, int],
 ) -> None:
-    database_url, processes, workers = deployment_shape
-    config = write_config(tmp_path / "replica.toml", data_dir=listing.data_dir, rpc_url=anvil.url, chain_id=31337,
-                          deployments_dir=listing.deployments_dir, database_url=database_url,
-                          models=[{"model_id": listing.model_hex}], chain_poll_seconds=0.2,
-                          claim_interval_seconds=3600.0)
-    replicas = [DaemonProcess(config, listing.provider.key.to_0x_hex(), log=tmp_path / f"replica-{n}.log",
-                              workers=workers).start() for n in range(processes)]
-    try:
-        async with anyio.create_task_group() as starting:
-            for replica in replicas:
-                starting.start_soon(replica.wait_ready)
+    async with ready_replicas(anvil, listing, tmp_path, deployment_shape) as replicas:
+        processes = len(replicas)
         payer = Account.create()  # holds what EXACT_K calls cost, no ether: the daemon pays the gas
         Sender(w3, dev_accounts[0]).transact(contracts.token.functions.mint(payer.address, EXACT_K * PRICE))
         provider_before = contracts.token.functions.balanceOf(listing.provider.address).call()
@@ -135,6 +136,3 @@ async def test_concurrent_exact_authorizations_across_processes_run_only_what_th
         finally:
             for client in clients:
                 await client.aclose()
-    finally:
-        for replica in replicas:
-            replica.stop()
