@@ -10,7 +10,17 @@ if TYPE_CHECKING:
 else:
     Address = str  # eth_typing's ChecksumAddress is a str at run time; importing it costs ~20 ms (importlib.metadata)
 
-__all__ = ["SCHEMES", "Address", "ChannelId", "LicenseId", "ModelArtifact", "ModelId", "TokenAmount", "Wei"]
+__all__ = [
+    "SCHEMES",
+    "Address",
+    "ChannelId",
+    "LicenseId",
+    "ModelArtifact",
+    "ModelId",
+    "TokenAmount",
+    "TokenPricing",
+    "Wei",
+]
 
 SCHEMES = ("channel", "exact", "license")  # the x402 payment schemes of the marketplace (docs/payment-protocol.md)
 
@@ -28,3 +38,25 @@ class ModelArtifact:
     codec: int
     digest: bytes  # 32 bytes
     version: int  # ModelRegistry's artifact version, from 1
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPricing:
+    """What one call of a model costs, in token units: ``per_call`` plus ``per_input_token`` for each
+    prompt token and ``per_output_token`` for each generated one, with at most ``max_output_tokens``
+    generated per call (0: no limit but the consumer's cap). A flat-priced model has both token
+    prices 0 (docs/payment-protocol.md, "metered")."""
+
+    per_call: int
+    per_input_token: int = 0
+    per_output_token: int = 0
+    max_output_tokens: int = 0
+
+    @property
+    def metered(self) -> bool:
+        """True when the price depends on tokens (the `metered` scheme applies)."""
+        return self.per_input_token > 0 or self.per_output_token > 0
+
+    def cost(self, input_tokens: int, output_tokens: int) -> int:
+        """The price of one call that read `input_tokens` and generated `output_tokens`."""
+        return self.per_call + input_tokens * self.per_input_token + output_tokens * self.per_output_token

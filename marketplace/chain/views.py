@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-from marketplace.types import ModelArtifact
+from marketplace.types import ModelArtifact, TokenPricing
 
 __all__ = ["ChainState", "ChannelInfo", "ModelInfo", "ModelStatus"]
 
@@ -51,6 +51,13 @@ class ModelInfo:
     artifact_digest: bytes
     artifact_version: int
     endpoint: str
+    # per-token prices (issue 11); None: a flat price per call, `price`
+    token_pricing: TokenPricing | None = None
+
+    @property
+    def pricing(self) -> TokenPricing:
+        """The model's prices: per call (``price``) and, for a metered model, per token."""
+        return self.token_pricing if self.token_pricing is not None else TokenPricing(self.price)
 
     @property
     def artifact(self) -> ModelArtifact:
