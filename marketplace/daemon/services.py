@@ -35,6 +35,7 @@ from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
+from marketplace.runners.text import TextRunner
 
 __all__ = ["Services", "preflight", "start_services"]
 
@@ -58,11 +59,14 @@ class Services:
     runners: dict[bytes, Runner]
     claimer: Claimer
     metrics: Metrics = field(default_factory=Metrics)
+    text_runners: dict[bytes, TextRunner] = field(default_factory=dict)  # text models (OpenAI routes)
 
     async def aclose(self) -> None:
         await self.claimer.stop()
         for runner in self.runners.values():
             await runner.aclose()
+        for text_runner in self.text_runners.values():
+            await text_runner.aclose()
         await self.state.stop()
         await self.access.close()
         await self.holds.close()

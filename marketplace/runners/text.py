@@ -7,7 +7,9 @@ output tokens it carries, then the call's ``TextUsage``. The daemon always strea
 delivers, stops the stream at ``TextCall.max_tokens`` (the tokens the consumer's signed cap pays
 for) and charges the tokens delivered (docs/payment-protocol.md, "metered").
 
-- ``input_tokens(call)`` is known before the run (the daemon checks the cap covers the prompt);
+- ``input_tokens(call)`` is known before the run: exact for a built-in model, an upper bound for an
+  upstream whose tokenizer the daemon does not have (the UTF-8 length of the request body); the
+  daemon reserves by it and charges ``usage.input_tokens``, never more than this bound;
 - iterating the stream raises a ``RunnerError`` if the model fails; ``aclose`` stops it early and
   releases the upstream connection; ``usage`` is final once the iteration ended (the upstream's own
   usage where it reports it, else the runner's count of what it yielded).
@@ -80,7 +82,7 @@ class TextRunner(abc.ABC):
 
     @abc.abstractmethod
     def input_tokens(self, call: TextCall) -> int:
-        """The prompt tokens `call` will be charged for (before the run)."""
+        """The most prompt tokens `call` can be charged for (before the run; see the module docstring)."""
 
     @abc.abstractmethod
     def stream(self, call: TextCall) -> TextStream:
