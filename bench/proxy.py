@@ -116,10 +116,11 @@ def passthrough_app(upstream: str, client: str) -> Any:
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request, Response
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
 
-    from marketplace.errors import RunnerError
+    from marketplace.daemon.errors import error_response, status_for
     from marketplace.runners import RunnerRequest, UpstreamRunner
+    from marketplace.runners.errors import RunnerError
 
     runner = UpstreamRunner(upstream) if client == "aiohttp" else httpx_runner(upstream)
 
@@ -137,7 +138,7 @@ def passthrough_app(upstream: str, client: str) -> Any:
         try:
             result = await runner.infer(call)
         except RunnerError as error:
-            return JSONResponse({"error": error.code, "detail": error.detail}, status_code=error.http_status)
+            return error_response(status_for(error), error.code, error.detail)
         raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in result.headers]
         if result.stream is not None:
             streamed = StreamingResponse(result.stream, status_code=result.status)

@@ -29,20 +29,19 @@ from eth_utils.address import to_checksum_address
 
 from marketplace.chain.devkeys import DEV_CHAIN_ID, dev_account
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
-from marketplace.errors import (
-    AccountExists,
-    AccountNotFound,
-    ConfigError,
-    DevAccountRefused,
-    WrongPassword,
-)
+from marketplace.errors import ConfigError
 from marketplace.types import Address
 
 __all__ = [
     "CONFIG_DIR_ENV",
     "DEV_ACCOUNT_NAMES",
     "AccountEntry",
+    "AccountError",
+    "AccountExists",
+    "AccountNotFound",
     "AccountStore",
+    "DevAccountRefused",
+    "WrongPassword",
     "config_dir",
     "dev_index",
     "resolve_account",
@@ -51,6 +50,40 @@ __all__ = [
 CONFIG_DIR_ENV = "MARKETPLACE_CONFIG_DIR"
 DEV_ACCOUNT_NAMES = tuple(f"dev{i}" for i in range(10))
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class AccountError(ConfigError):
+    """A named local account cannot be used. The message never carries a key or a password."""
+
+
+class AccountNotFound(AccountError):
+    def __init__(self, name: str, directory: object) -> None:
+        self.name = name
+        super().__init__(
+            f"no account named {name!r} in {directory} (see `marketplace account list`; "
+            "dev0..dev9 are Anvil's development keys, chain id 31337 only)"
+        )
+
+
+class AccountExists(AccountError):
+    def __init__(self, name: str, path: object) -> None:
+        self.name = name
+        super().__init__(f"an account named {name!r} exists already ({path}); choose another name")
+
+
+class WrongPassword(AccountError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"wrong password for account {name!r}")
+
+
+class DevAccountRefused(AccountError):
+    def __init__(self, name: str, chain_id: int) -> None:
+        self.name, self.chain_id = name, chain_id
+        super().__init__(
+            f"account {name!r} is a public Anvil development key, usable only on chain id 31337, "
+            f"not on chain id {chain_id}: create one with `marketplace account new`"
+        )
 
 
 def config_dir() -> Path:

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import platformdirs
 
-from marketplace.errors import ToolchainError
+from marketplace.errors import MarketplaceError
 
-__all__ = ["DEFAULT_RPC_URL", "data_dir", "node_tool", "project_root"]
+__all__ = ["DEFAULT_RPC_URL", "ToolchainError", "data_dir", "node_tool", "project_root"]
 
 DEFAULT_RPC_URL = "http://127.0.0.1:8545"  # a local Anvil, as `marketplace up` starts it
+
+
+class ToolchainError(MarketplaceError):
+    """A pinned external tool (anvil, solc, node) is missing or failed."""
 
 
 def data_dir() -> Path:

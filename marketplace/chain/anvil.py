@@ -21,8 +21,7 @@ from typing import IO
 
 import httpx
 
-from marketplace.config import node_tool
-from marketplace.errors import ToolchainError
+from marketplace.config import ToolchainError, node_tool
 
 __all__ = ["DEV_MNEMONIC", "Anvil", "anvil_binary"]
 

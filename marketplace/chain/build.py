@@ -16,8 +16,7 @@ from typing import Any
 
 import solcx
 
-from marketplace.config import project_root
-from marketplace.errors import ToolchainError
+from marketplace.config import ToolchainError, project_root
 
 __all__ = [
     "ARTIFACT_DIR",

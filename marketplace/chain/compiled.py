@@ -8,7 +8,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from marketplace.errors import ToolchainError
+from marketplace.config import ToolchainError
 
 __all__ = ["CONTRACT_NAMES", "CompiledContract", "load_compiled"]
 

@@ -6,7 +6,8 @@ import requests
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from marketplace.errors import ConfigError, RpcUnreachable, WrongChain
+from marketplace.chain.errors import RpcUnreachable, WrongChain
+from marketplace.errors import ConfigError
 
 __all__ = ["connect", "fail_fast_web3"]
 

@@ -23,10 +23,11 @@ from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from marketplace.chain.devkeys import DEV_CHAIN_ID
+from marketplace.chain.errors import ContractReverted, NotFoundOnChain
 from marketplace.chain.events import uint_topic
 from marketplace.chain.transactions import decode_revert
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
-from marketplace.errors import ConfigError, ContractReverted, NotFoundOnChain
+from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
 from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
 from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmount

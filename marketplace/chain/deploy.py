@@ -13,9 +13,9 @@ from web3.contract import Contract
 from web3.exceptions import BlockNotFound
 
 from marketplace.chain.compiled import CONTRACT_NAMES, load_compiled
+from marketplace.chain.errors import DeploymentNotFound
 from marketplace.chain.transactions import Sender
 from marketplace.config import data_dir
-from marketplace.errors import DeploymentNotFound
 
 __all__ = ["Deployment", "default_deployments_dir", "deploy_contracts"]
 

@@ -35,7 +35,7 @@ from web3.exceptions import TimeExhausted, Web3RPCError
 
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.deploy import Deployment
-from marketplace.errors import ChainError, ChainUnavailable, LogQueryRefused
+from marketplace.chain.errors import ChainError, ChainUnavailable, LogQueryRefused
 
 __all__ = [
     "DEFAULT_CHUNK",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from marketplace.errors import MissingKey
+from marketplace.chain.errors import MissingKey
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount

@@ -36,16 +36,11 @@ from marketplace.chain.contracts import (
     reverted,
 )
 from marketplace.chain.deploy import Deployment
+from marketplace.chain.errors import ChainError, InsufficientFunds, MissingKey, NotFoundOnChain
 from marketplace.chain.events import Event, EventReader, EventSource
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChannelInfo, ModelInfo
-from marketplace.errors import (
-    ChainError,
-    InsufficientFunds,
-    MissingKey,
-    NotFoundOnChain,
-)
 from marketplace.ipfs.cid import CID
 from marketplace.tokens import TOKEN_DECIMALS, UINT96_MAX, format_tokens, parse_tokens  # re-exported
 from marketplace.types import Address, ModelId

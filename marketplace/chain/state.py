@@ -35,6 +35,7 @@ from web3.providers.rpc import AsyncHTTPProvider
 
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.deploy import Deployment
+from marketplace.chain.errors import ChainError, ChannelUnconfirmed, WrongChain
 from marketplace.chain.events import (
     DEFAULT_CHUNK,
     Event,
@@ -47,7 +48,6 @@ from marketplace.chain.events import (
     uint_topic,
 )
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
-from marketplace.errors import ChainError, ChannelUnconfirmed, WrongChain
 
 __all__ = ["RECLAIMED_EXPIRY", "ChainStateCache"]
 

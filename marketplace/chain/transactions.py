@@ -18,7 +18,7 @@ from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError, Web3RPCError
 from web3.types import TxParams, TxReceipt, Wei
 
-from marketplace.errors import ChainError, ContractReverted, InsufficientFunds
+from marketplace.chain.errors import ChainError, ContractReverted, InsufficientFunds
 
 __all__ = ["Sender", "decode_revert"]
 

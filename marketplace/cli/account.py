@@ -22,7 +22,7 @@ from rich.table import Table
 
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
 from marketplace.config import DEFAULT_RPC_URL
-from marketplace.errors import ConfigError, DevAccountRefused
+from marketplace.errors import ConfigError
 from marketplace.tokens import format_tokens, parse_tokens
 from marketplace.types import ChannelId, ModelId
 
@@ -105,7 +105,7 @@ def open_session(
 ) -> Session:
     """Connect, load the deployment of the node's chain and unlock `account` (required unless
     `need_account` is False); a dev key is refused off chain id 31337 before anything else."""
-    from marketplace.accounts import dev_index, resolve_account
+    from marketplace.accounts import DevAccountRefused, dev_index, resolve_account
     from marketplace.chain.connection import connect
     from marketplace.chain.deploy import Deployment, default_deployments_dir
     from marketplace.chain.devkeys import DEV_CHAIN_ID

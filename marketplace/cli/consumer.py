@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from marketplace.chain.errors import InsufficientFunds
 from marketplace.chain.views import ModelStatus
 from marketplace.cli.account import (
     AccountOption,
@@ -32,8 +33,9 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.config import DEFAULT_RPC_URL, data_dir
-from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
+from marketplace.errors import ConfigError
 from marketplace.ipfs import DagReader, StoreKind, open_store
+from marketplace.ipfs.errors import ArtifactError
 from marketplace.tokens import format_tokens, parse_tokens
 from marketplace.types import SCHEMES, TokenAmount
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from marketplace.errors import ReceiptInvalid
+from marketplace.payments.errors import ReceiptInvalid
 
 __all__ = ["app", "read_receipt_argument", "verify"]
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from marketplace.chain.errors import ChainError, DeploymentNotFound
 from marketplace.cli.chain import print_deployment
 from marketplace.cli.serve import dashboard_hint
-from marketplace.config import DEFAULT_RPC_URL, data_dir
-from marketplace.errors import ChainError, DeploymentNotFound, ToolchainError
+from marketplace.config import DEFAULT_RPC_URL, ToolchainError, data_dir
 from marketplace.tokens import parse_tokens
 
 if TYPE_CHECKING:

@@ -34,9 +34,9 @@ import anyio.to_thread
 import httpx
 from eth_account.signers.local import LocalAccount
 
+from marketplace.client.errors import BudgetExceeded, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.client.schemes import Attempt, ChannelPayer, ExactPayer, LicensePayer, SchemePayer
 from marketplace.client.store import ChannelRecord, ChannelStore
-from marketplace.errors import BudgetExceeded, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,

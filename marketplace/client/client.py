@@ -21,13 +21,9 @@ import httpx
 from eth_account.signers.local import LocalAccount
 
 from marketplace.client.auth import PaymentAuth
+from marketplace.client.errors import CallFailed, DaemonUnreachable, PaymentRefused
 from marketplace.client.store import ChannelStore
-from marketplace.errors import (
-    CallFailed,
-    DaemonUnreachable,
-    PaymentRefused,
-    ReceiptInvalid,
-)
+from marketplace.payments.errors import ReceiptInvalid
 from marketplace.payments.receipts import body_hash, verify_receipt
 from marketplace.payments.x402 import (
     PAYMENT_RESPONSE_HEADER,

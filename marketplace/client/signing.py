@@ -18,7 +18,7 @@ import httpx
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from marketplace.errors import NoPaymentOption
+from marketplace.client.errors import NoPaymentOption
 from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, sign_digest
 from marketplace.payments.schemes.channel import voucher_payload
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER

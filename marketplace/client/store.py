@@ -32,8 +32,9 @@ from typing import Any, Self
 from web3 import Web3
 
 from marketplace.chain.contracts import ChannelTerms
+from marketplace.client.errors import ChannelDispute, ChannelExhausted
 from marketplace.config import data_dir
-from marketplace.errors import ChannelDispute, ChannelExhausted, ConfigError
+from marketplace.errors import ConfigError
 from marketplace.types import ChannelId, ModelId, TokenAmount
 
 __all__ = ["ChannelRecord", "ChannelStore", "DaemonView", "Reservation", "default_store_path"]

@@ -1,4 +1,8 @@
-"""JSON errors with stable codes: `{"error": code, "detail": ...}`, never a traceback."""
+"""JSON errors with stable codes: `{"error": code, "detail": ...}`, never a traceback.
+
+The only place that maps the packages' errors to HTTP: the status of each (REJECTION_STATUS for a
+refused payment, the tables below for the rest) and when to come back (Retry-After).
+"""
 
 from __future__ import annotations
 
@@ -12,22 +16,69 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from marketplace.chain.errors import ChainError
 from marketplace.daemon.observability import request_id
-from marketplace.errors import ChainError, LedgerUnavailable, MarketplaceError
+from marketplace.errors import MarketplaceError
+from marketplace.payments.errors import REJECTION_CODES, PaymentRejected
+from marketplace.payments.ledger.errors import LedgerUnavailable
+from marketplace.runners.errors import (
+    InvalidInput,
+    MalformedInput,
+    ModelLoadFailed,
+    RunnerClosed,
+    RunnerError,
+    UnsupportedMediaType,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 
 __all__ = [
+    "REJECTION_STATUS",
     "RETRY_AFTER_SECONDS",
     "ApiError",
     "error_response",
     "install_error_handlers",
     "response_for",
     "retry_headers",
+    "status_for",
 ]
 
 log = logging.getLogger("marketplace.daemon")
 
 # Every 503 (the chain node or the ledger cannot be reached) asks the client to come back this soon.
 RETRY_AFTER_SECONDS = 2
+
+
+# A refused payment is a 402 (the client may pay again, with the fresh PAYMENT-REQUIRED), except
+# when the PAYMENT-SIGNATURE header cannot be read at all (400), the client asks too often (429,
+# Retry-After from the rejection's `retry_after`), the chain cannot be asked (503) or does not
+# mine in time (504). docs/payment-protocol.md §6 lists every code with its status.
+REJECTION_STATUS: dict[str, int] = dict.fromkeys(REJECTION_CODES, 402) | {
+    "header_too_large": 400,
+    "invalid_base64": 400,
+    "invalid_json": 400,
+    "invalid_payload": 400,
+    "unsupported_version": 400,
+    "too_many_lookups": 429,
+    "chain_unavailable": 503,
+    "settlement_pending": 504,
+}
+
+# Every other error, by its code where one type has several, else by its type (the nearest class
+# listed); a MarketplaceError listed nowhere is a 500. A failed model call is not charged.
+_STATUS_BY_CODE: dict[str, int] = REJECTION_STATUS | {"request_too_large": 413, "upstream_response_too_large": 502}
+_STATUS_BY_TYPE: dict[type[MarketplaceError], int] = {
+    RunnerError: 500,  # runner_failed, inference_failed, forbidden_upstream
+    InvalidInput: 422,  # the input does not match the model's schema
+    MalformedInput: 400,  # the body is not JSON at all
+    UnsupportedMediaType: 415,
+    ModelLoadFailed: 503,
+    UpstreamError: 502,  # upstream_unreachable, upstream_failed
+    UpstreamTimeout: 504,
+    RunnerClosed: 503,  # the daemon is shutting down
+    LedgerUnavailable: 503,
+}
 
 
 class ApiError(MarketplaceError):
@@ -51,9 +102,21 @@ def error_response(status: int, code: str, detail: str, headers: Mapping[str, st
     )
 
 
+def status_for(error: MarketplaceError) -> int:
+    """The HTTP status the daemon answers `error` with."""
+    if isinstance(error, ApiError):
+        return error.http_status
+    if isinstance(error, UpstreamRejected):
+        return error.upstream_status  # the upstream's own 400/413/415/422, passed on
+    code = getattr(error, "code", None)
+    if isinstance(code, str) and code in _STATUS_BY_CODE:
+        return _STATUS_BY_CODE[code]
+    return next((_STATUS_BY_TYPE[kind] for kind in type(error).__mro__ if kind in _STATUS_BY_TYPE), 500)
+
+
 def retry_headers(error: Exception) -> dict[str, str] | None:
-    """`Retry-After` for an error that says when to come back (`retry_after` seconds), else None."""
-    retry_after = getattr(error, "retry_after", None)
+    """`Retry-After` for a refusal that says when to come back (`retry_after` seconds), else None."""
+    retry_after = error.retry_after if isinstance(error, PaymentRejected) else None
     return {"Retry-After": str(retry_after)} if retry_after is not None else None
 
 
@@ -71,9 +134,8 @@ def response_for(error: Exception) -> Response:
         log.error("credit ledger unavailable: %s", error)
         return error_response(503, error.code, "the daemon's credit ledger is unavailable; retry later")
     if isinstance(error, MarketplaceError):
-        status = getattr(error, "http_status", 500)
-        code = getattr(error, "code", "internal_error")
-        return error_response(status, code, getattr(error, "detail", None) or str(error), retry_headers(error))
+        code, detail = getattr(error, "code", "internal_error"), getattr(error, "detail", None) or str(error)
+        return error_response(status_for(error), code, detail, retry_headers(error))
     log.error("unexpected error", exc_info=error)
     return error_response(500, "internal_error", f"unexpected error; request id {request_id.get()}")
 

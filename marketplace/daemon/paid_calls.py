@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from marketplace.chain.views import ModelInfo, ModelStatus
-from marketplace.daemon.errors import ApiError, error_response, retry_headers
+from marketplace.daemon.errors import ApiError, error_response, retry_headers, status_for
 from marketplace.daemon.limits import peer_address
 from marketplace.daemon.services import Services
-from marketplace.errors import PaymentRejected, RunnerError
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.receipts import Receipt
 from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, payment_required
 from marketplace.payments.x402 import (
@@ -41,6 +41,7 @@ from marketplace.payments.x402 import (
     parse_payment_signature,
 )
 from marketplace.runners import RunnerRequest, RunnerResponse
+from marketplace.runners.errors import RunnerError
 from marketplace.types import ModelArtifact
 
 __all__ = ["PaidCalls", "parse_model_id"]
@@ -178,7 +179,7 @@ class PaidCalls:
     def _runner_failed(self, failure: RunnerError) -> Response:
         self.services.metrics.rejections.labels(failure.code).inc()
         log.warning("model call failed: %s", failure)
-        return error_response(failure.http_status, failure.code, failure.detail)
+        return error_response(status_for(failure), failure.code, failure.detail)
 
     async def _refused(
         self,
@@ -190,9 +191,10 @@ class PaidCalls:
     ) -> Response:
         """A 402 with fresh requirements (or the rejection's 4xx/5xx status when it is not 402)."""
         self.services.metrics.rejections.labels(rejection.code).inc()
-        if rejection.http_status != 402:
+        status = status_for(rejection)
+        if status != 402:
             headers = (retry_headers(rejection) or {}) | (extra_headers or {})
-            return error_response(rejection.http_status, rejection.code, rejection.detail, headers)
+            return error_response(status, rejection.code, rejection.detail, headers)
         required = await self.payment_required(request, model, rejection)
         headers = {PAYMENT_REQUIRED_HEADER: required} | (extra_headers or {})
         return error_response(402, rejection.code, rejection.detail, headers)

@@ -13,6 +13,7 @@ from web3 import Web3
 
 from marketplace.chain.connection import connect, fail_fast_web3
 from marketplace.chain.deploy import Deployment
+from marketplace.chain.errors import MissingKey
 from marketplace.chain.keys import account_from_hex, load_account
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
@@ -20,7 +21,7 @@ from marketplace.chain.views import ModelInfo
 from marketplace.daemon.limits import ClientBuckets
 from marketplace.daemon.observability import Metrics
 from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
-from marketplace.errors import ConfigError, MissingKey
+from marketplace.errors import ConfigError
 from marketplace.ipfs import CID, DagReader
 from marketplace.ipfs.artifacts import get as fetch_artifact
 from marketplace.ipfs.artifacts import open_store

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
-from marketplace.errors import CarFormatError, ConfigError
+from marketplace.errors import ConfigError
 from marketplace.ipfs.car import CarReader, write_car
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import CarFormatError
 from marketplace.ipfs.importer import Imported, Importer, ImportParams
 from marketplace.ipfs.local import LocalStore
 from marketplace.ipfs.reader import DagReader

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
-from marketplace.errors import CarFormatError, InvalidCid
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import CarFormatError, InvalidCid
 from marketplace.ipfs.multiformats import encode_varint
 from marketplace.ipfs.store import MAX_BLOCK_SIZE, Buffer, check_block
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-from marketplace.errors import InvalidCid
+from marketplace.ipfs.errors import InvalidCid
 from marketplace.ipfs.multiformats import (
     CODEC_NAMES,
     DAG_PB,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import io
 
-from marketplace.errors import ArtifactNotFound, ConfigError, StoreError
+from marketplace.errors import ConfigError
 from marketplace.ipfs.car import CarReader
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactNotFound, StoreError
 from marketplace.ipfs.http import (
     ResponseStream,
     make_client,

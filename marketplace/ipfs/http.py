@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import httpx
 
-from marketplace.errors import StoreError, StoreUnavailable
+from marketplace.ipfs.errors import StoreError, StoreUnavailable
 from marketplace.ipfs.store import MAX_BLOCK_SIZE
 
 __all__ = ["ResponseStream", "make_client", "read_block_body", "unreachable_as_error"]

@@ -18,9 +18,10 @@ from typing import Any
 
 import httpx
 
-from marketplace.errors import ArtifactNotFound, ConfigError, StoreError
+from marketplace.errors import ConfigError
 from marketplace.ipfs.car import block_prefix, encode_header
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactNotFound, StoreError
 from marketplace.ipfs.http import make_client, read_block_body, unreachable_as_error
 from marketplace.ipfs.store import BlockStore, BlockWriter, Buffer, GcReport
 

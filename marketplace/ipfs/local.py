@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Self
 
 from marketplace.config import data_dir
-from marketplace.errors import ArtifactNotFound, StoreUnavailable
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactNotFound, StoreUnavailable
 from marketplace.ipfs.multiformats import RAW, b32decode, b32encode
 from marketplace.ipfs.reader import links_of
 from marketplace.ipfs.store import BlockStore, BlockWriter, Buffer, GcReport

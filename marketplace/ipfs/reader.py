@@ -17,9 +17,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from marketplace.errors import ConfigError, DagFormatError
+from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.dagpb import PBNode, decode_node
+from marketplace.ipfs.errors import DagFormatError
 from marketplace.ipfs.multiformats import DAG_PB, RAW
 from marketplace.ipfs.store import BlockStore
 from marketplace.ipfs.unixfs import NodeType, UnixFSData, decode_data

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
-from marketplace.errors import ArtifactIntegrityError
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactIntegrityError
 
 __all__ = ["MAX_BLOCK_SIZE", "BlockSink", "BlockStore", "BlockWriter", "Buffer", "GcReport", "check_block"]
 

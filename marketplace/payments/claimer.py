@@ -43,9 +43,10 @@ from web3.exceptions import ContractCustomError, ContractLogicError, ContractPan
 from web3.logs import DISCARD
 
 from marketplace.chain.compiled import load_compiled
+from marketplace.chain.errors import ChainError
 from marketplace.chain.transactions import Sender, decode_revert
 from marketplace.chain.views import ChannelInfo
-from marketplace.errors import ChainError, MarketplaceError
+from marketplace.errors import MarketplaceError
 from marketplace.payments.ledger.base import Credit, CreditLedger
 from marketplace.types import ChannelId, TokenAmount
 

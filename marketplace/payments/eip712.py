@@ -31,7 +31,7 @@ from coincurve import PrivateKey, PublicKey
 from eth_account.signers.local import LocalAccount
 from sha3 import keccak_256 as _keccak_256  # safe-pysha3: the C implementation
 
-from marketplace.errors import MarketplaceError
+from marketplace.payments.errors import InvalidSignature
 
 __all__ = [
     "CANCEL_AUTHORIZATION",
@@ -47,7 +47,6 @@ __all__ = [
     "TRANSFER_WITH_AUTHORIZATION",
     "VOUCHER",
     "Domain",
-    "InvalidSignature",
     "KeySigner",
     "StructType",
     "checksum_address",
@@ -59,10 +58,6 @@ __all__ = [
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HALF_N = _SECP256K1_N // 2
 _HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class InvalidSignature(MarketplaceError):
-    """A signature that is malformed, malleable or does not recover to a key."""
 
 
 def keccak256(data: bytes) -> bytes:

@@ -29,17 +29,16 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
-from marketplace.errors import PaymentRejected, ReceiptInvalid
 from marketplace.payments.eip712 import (
     DOMAIN_VERSION,
     RECEIPT,
     RECEIPT_DOMAIN_NAME,
     Domain,
-    InvalidSignature,
     KeySigner,
     checksum_address,
     recover_address,
 )
+from marketplace.payments.errors import InvalidSignature, PaymentRejected, ReceiptInvalid
 from marketplace.payments.x402 import Fields
 from marketplace.types import ModelArtifact
 

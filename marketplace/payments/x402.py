@@ -21,7 +21,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from marketplace.errors import PaymentRejected
+from marketplace.payments.errors import PaymentRejected
 
 _orjson: Any
 try:  # orjson is 3-5x faster on these small documents; the stdlib is the fallback

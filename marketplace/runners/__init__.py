@@ -5,7 +5,7 @@
 - :mod:`~marketplace.runners.onnx`: an ONNX model run in-process with onnxruntime;
 - :mod:`~marketplace.runners.demo_models`: demo models from scikit-learn's bundled datasets.
 
-Failures are ``marketplace.errors.RunnerError`` subclasses carrying ``code`` and ``http_status``.
+Failures are ``marketplace.runners.errors.RunnerError`` subclasses carrying a stable ``code``.
 """
 
 from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse

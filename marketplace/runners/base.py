@@ -3,9 +3,10 @@
 A runner turns one admitted request into one answer. The contract with the daemon:
 
 - ``infer`` returns a :class:`RunnerResponse` on success: the call is served and may be charged.
-- ``infer`` raises a :class:`~marketplace.errors.RunnerError` on failure: the daemon gives the
-  price back and answers ``{"error": error.code, "detail": error.detail}`` with
-  ``error.http_status``. ``detail`` is safe to show the consumer; ``str(error)`` is for logs.
+- ``infer`` raises a :class:`~marketplace.runners.errors.RunnerError` on failure: the daemon gives
+  the price back and answers ``{"error": error.code, "detail": error.detail}`` with the status its
+  table gives the error (marketplace.daemon.errors). ``detail`` is safe to show the consumer;
+  ``str(error)`` is for logs.
 - A streamed answer (``RunnerResponse.stream``) can still fail after its first bytes: iterating it
   raises a ``RunnerError`` then. The status line is already sent, so the daemon can only cut the
   response short (and give the price back); it must call :meth:`RunnerResponse.aclose` when it

@@ -32,14 +32,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from marketplace.errors import (
+from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse
+from marketplace.runners.errors import (
     BodyTooLarge,
     InferenceFailed,
     InvalidInput,
+    MalformedInput,
     ModelLoadFailed,
     RunnerError,
+    UnsupportedMediaType,
 )
-from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse
 from marketplace.runners.tensors import TensorSpec, input_schema_for, nest, to_array
 from marketplace.runners.threads import WorkerThreads
 from marketplace.types import ModelArtifact
@@ -89,7 +91,7 @@ def compile_validator(schema: Mapping[str, Any]) -> Callable[[Any], None]:
 
 
 def _reject_constant(name: str) -> None:
-    raise InvalidInput(f"{name} is not a JSON number", http_status=400)
+    raise MalformedInput(f"{name} is not a JSON number")
 
 
 # Built once: json.loads/dumps with options build a new decoder/encoder on every call.
@@ -197,7 +199,7 @@ class OnnxRunner(Runner):
             raise BodyTooLarge("request", self.max_request_bytes, len(request.body))
         content_type = request.content_type.partition(";")[0].strip().lower()
         if content_type and not (content_type == "application/json" or content_type.endswith("+json")):
-            raise InvalidInput(f"send application/json, not {content_type}", http_status=415)
+            raise UnsupportedMediaType(content_type)
         inline = (
             self._mean_seconds is not None
             and self._mean_seconds < self._inline_below
@@ -227,9 +229,9 @@ class OnnxRunner(Runner):
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
             if isinstance(exc, RunnerError):
                 raise
-            raise InvalidInput(f"the body is not UTF-8 JSON ({exc})", http_status=400) from None
+            raise MalformedInput(f"the body is not UTF-8 JSON ({exc})") from None
         except RecursionError:
-            raise InvalidInput("the body's JSON is nested too deeply", http_status=400) from None
+            raise MalformedInput("the body's JSON is nested too deeply") from None
         if not isinstance(document, dict):
             raise InvalidInput(f"the body must be a JSON object, got {type(document).__name__}")
         if "inputs" not in document:

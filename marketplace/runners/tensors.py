@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from marketplace.errors import InvalidInput
+from marketplace.runners.errors import InvalidInput
 
 __all__ = ["ONNX_TO_V2", "TensorSpec", "input_schema_for", "nest", "tensor_schema", "to_array"]
 

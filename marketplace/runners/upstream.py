@@ -19,15 +19,16 @@ from collections.abc import Mapping
 import aiohttp
 from yarl import URL
 
-from marketplace.errors import (
+from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse
+from marketplace.runners.errors import (
     BodyTooLarge,
     ForbiddenUpstream,
+    RunnerClosed,
     UpstreamFailed,
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from marketplace.runners.base import Runner, RunnerRequest, RunnerResponse
 from marketplace.runners.headers import (
     has_control_characters,
     request_headers,
@@ -167,7 +168,7 @@ class UpstreamRunner(Runner):
 
     async def infer(self, request: RunnerRequest) -> RunnerResponse:
         if self._closed:
-            raise UpstreamUnreachable(self.url, "the runner is closed", http_status=503)
+            raise RunnerClosed(self.url)
         size = len(request.body)
         if size > self.max_request_bytes:
             raise BodyTooLarge("request", self.max_request_bytes, size)
@@ -203,7 +204,7 @@ class UpstreamRunner(Runner):
             raise UpstreamFailed(self.url, None, f"{type(exc).__name__}: {exc}") from exc
         except RuntimeError as exc:  # the session was closed under a call in flight
             if self._closed:
-                raise UpstreamUnreachable(self.url, "the runner is closed", http_status=503) from exc
+                raise RunnerClosed(self.url) from exc
             raise
         finally:
             if response is not None and not response.content.is_eof():

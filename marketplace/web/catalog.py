@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from marketplace.chain.contracts import Offer
+from marketplace.chain.errors import ChainUnavailable
 from marketplace.chain.events import Event, EventReader, EventSource
 from marketplace.chain.market import ArtifactVersion
 from marketplace.chain.views import ChannelInfo, ModelInfo
-from marketplace.errors import ChainUnavailable, MarketplaceError
+from marketplace.errors import MarketplaceError
 from marketplace.ipfs import CID, DagReader
 from marketplace.ipfs.artifacts import open_store
 from marketplace.metadata import ModelMetadata, parse_metadata

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from marketplace.chain.anvil import Anvil
-from marketplace.errors import ToolchainError
+from marketplace.config import ToolchainError
 
 
 def _rpc(url: str, method: str) -> object:

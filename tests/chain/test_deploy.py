@@ -16,8 +16,8 @@ from marketplace.chain.anvil import Anvil
 from marketplace.chain.compiled import CONTRACT_NAMES
 from marketplace.chain.deploy import Deployment, deploy_contracts
 from marketplace.chain.devkeys import dev_account
+from marketplace.chain.errors import DeploymentNotFound
 from marketplace.chain.keys import PASSWORD_ENV, PRIVATE_KEY_ENV
-from marketplace.errors import DeploymentNotFound
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "deploy.py"
 

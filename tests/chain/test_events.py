@@ -12,9 +12,9 @@ from web3.exceptions import Web3RPCError
 from web3.providers.rpc import AsyncHTTPProvider
 
 from marketplace.chain.anvil import Anvil
+from marketplace.chain.errors import ChainUnavailable, LogQueryRefused
 from marketplace.chain.events import EventFollower, EventReader, EventSource, uint_topic
 from marketplace.chain.transactions import Sender
-from marketplace.errors import ChainUnavailable, LogQueryRefused
 
 pytestmark = pytest.mark.anyio
 

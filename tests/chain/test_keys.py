@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
+from marketplace.chain.errors import MissingKey
 from marketplace.chain.keys import PASSWORD_ENV, PRIVATE_KEY_ENV, load_account
-from marketplace.errors import MissingKey
 
 KEY = "0x" + "11" * 32
 

@@ -19,10 +19,10 @@ from web3.types import TxReceipt
 from marketplace.chain.anvil import Anvil
 from marketplace.chain.deploy import Deployment, deploy_contracts
 from marketplace.chain.devkeys import dev_accounts as make_dev_accounts
+from marketplace.chain.errors import ChainUnavailable
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChainState, ModelStatus
-from marketplace.errors import ChainUnavailable
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 
 pytestmark = pytest.mark.anyio

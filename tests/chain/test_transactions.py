@@ -10,8 +10,8 @@ from web3 import Web3
 
 from marketplace.chain.connection import fail_fast_web3
 from marketplace.chain.devkeys import dev_account
+from marketplace.chain.errors import ContractReverted
 from marketplace.chain.transactions import Sender
-from marketplace.errors import ContractReverted
 
 
 def test_a_revert_names_its_custom_error_and_values(w3: Web3, contracts, snapshot: None) -> None:

@@ -8,16 +8,17 @@ from typing import Any
 from cli_fixtures import Cli, find
 from eth_account import Account
 
-from marketplace.accounts import AccountStore, resolve_account
-from marketplace.chain.anvil import Anvil
-from marketplace.errors import (
+from marketplace.accounts import (
     AccountExists,
     AccountNotFound,
-    ConfigError,
+    AccountStore,
     DevAccountRefused,
-    MissingKey,
     WrongPassword,
+    resolve_account,
 )
+from marketplace.chain.anvil import Anvil
+from marketplace.chain.errors import MissingKey
+from marketplace.errors import ConfigError
 
 
 def test_new_writes_an_encrypted_keystore_and_never_shows_the_key(cli: Cli) -> None:

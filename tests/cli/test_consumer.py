@@ -17,8 +17,10 @@ from tampering_proxy import tampering_proxy
 from web3 import Web3
 
 from marketplace.chain.devkeys import dev_account
+from marketplace.chain.errors import ContractReverted
+from marketplace.client.errors import PriceAboveMax
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import ConfigError, ContractReverted, PriceAboveMax
+from marketplace.errors import ConfigError
 
 INPUT = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
 

@@ -17,10 +17,11 @@ from eth_account import Account
 from web3 import Web3
 
 from marketplace.accounts import AccountStore
+from marketplace.chain.errors import ContractReverted, InsufficientFunds
 from marketplace.chain.market import Market
 from marketplace.chain.views import ModelStatus
 from marketplace.cli import ipfs as ipfs_cli
-from marketplace.errors import ConfigError, ContractReverted, InsufficientFunds
+from marketplace.errors import ConfigError
 from marketplace.ipfs import CID
 from marketplace.metadata import ModelMetadata
 from marketplace.runners.demo_models import ModelSpec, train_iris_classifier

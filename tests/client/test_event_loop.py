@@ -19,8 +19,8 @@ from daemon_fixtures import PRICE, Listing
 from eth_account.signers.local import LocalAccount
 
 from marketplace.client import AsyncMarketplaceClient, ChannelRecord, ChannelStore
+from marketplace.client.errors import BudgetExceeded
 from marketplace.client.store import Reservation
-from marketplace.errors import BudgetExceeded
 
 pytestmark = pytest.mark.anyio
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}

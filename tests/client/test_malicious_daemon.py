@@ -20,8 +20,8 @@ from tampering_proxy import TamperingProxy, tampering_proxy
 from marketplace.chain.market import Market
 from marketplace.client import ChannelRecord, ChannelStore, MarketplaceClient
 from marketplace.client.client import infer_path
+from marketplace.client.errors import ChannelDispute, PriceAboveMax
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import ChannelDispute, PriceAboveMax
 from marketplace.payments.x402 import parse_payment_required
 
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}

@@ -16,7 +16,7 @@ from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.client import AsyncMarketplaceClient, ChannelRecord, ChannelStore
-from marketplace.errors import PriceAboveMax
+from marketplace.client.errors import PriceAboveMax
 
 pytestmark = pytest.mark.anyio
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}

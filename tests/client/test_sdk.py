@@ -22,7 +22,7 @@ from marketplace.client import (
     ChannelRecord,
     ChannelStore,
 )
-from marketplace.errors import BudgetExceeded, ChannelDispute, ChannelExhausted, NoPaymentOption, PriceAboveMax
+from marketplace.client.errors import BudgetExceeded, ChannelDispute, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.payments.receipts import verify_receipt
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,8 @@ from marketplace.chain.contracts import ChannelTerms
 from marketplace.chain.market import format_tokens, parse_tokens
 from marketplace.cli.account import parse_duration
 from marketplace.client import ChannelRecord, ChannelStore
-from marketplace.errors import ChannelDispute, ChannelExhausted, ConfigError
+from marketplace.client.errors import ChannelDispute, ChannelExhausted
+from marketplace.errors import ConfigError
 
 PAYER = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC"
 PAYEE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"

@@ -24,13 +24,14 @@ from x402.http.clients.httpx import x402AsyncTransport
 from x402.http.x402_http_client import x402HTTPClient
 from x402.mechanisms.evm.exact.client import ExactEvmScheme
 
+from marketplace.chain.errors import ContractReverted
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
-from marketplace.errors import ContractReverted, InferenceFailed
 from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, Domain, sign_digest
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response, parse_payment_signature
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
+from marketplace.runners.errors import InferenceFailed
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

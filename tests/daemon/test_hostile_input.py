@@ -16,7 +16,7 @@ import httpx
 import pytest
 from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 
-from marketplace.errors import REJECTION_STATUS
+from marketplace.daemon.errors import REJECTION_STATUS
 
 pytestmark = pytest.mark.anyio
 REPO = Path(__file__).resolve().parents[2]
@@ -161,11 +161,12 @@ def codes_the_daemon_sends() -> set[str]:
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and isinstance(node.func.value, ast.Dict)):  # {404: "not_found", ...}.get(status, "http_error")
                 codes |= _string_constants(node)
-    for node in ast.walk(ast.parse((REPO / "marketplace" / "errors.py").read_text())):
-        targets = (node.targets if isinstance(node, ast.Assign)
-                   else [node.target] if isinstance(node, ast.AnnAssign) else [])
-        if any(getattr(target, "id", getattr(target, "attr", None)) == "code" for target in targets):
-            codes |= _string_constants(node.value)  # type: ignore[union-attr, arg-type]
+    for path in (REPO / "marketplace").rglob("errors.py"):  # each package's exceptions
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            if any(getattr(target, "id", getattr(target, "attr", None)) == "code" for target in targets):
+                codes |= _string_constants(node.value)  # type: ignore[union-attr, arg-type]
     return codes
 
 

@@ -19,8 +19,8 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import RunnerError
 from marketplace.runners import Runner, RunnerRequest, RunnerResponse
+from marketplace.runners.errors import RunnerError
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()

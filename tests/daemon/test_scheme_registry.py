@@ -16,7 +16,7 @@ from marketplace.chain.views import ModelInfo
 from marketplace.daemon.app import create_app
 from marketplace.daemon.services import start_services
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import PaymentRejected
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.schemes import Admission, Charge, PaidRequest, PaymentScheme, SchemeRegistry
 from marketplace.payments.x402 import (

@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
-from marketplace.errors import InvalidCid
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import InvalidCid
 from marketplace.ipfs.importer import PROFILES, Importer
 from marketplace.ipfs.multiformats import (
     DAG_PB,

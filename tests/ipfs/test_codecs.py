@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from marketplace.errors import ArtifactIntegrityError, CarFormatError
 from marketplace.ipfs.car import CarReader, encode_header, write_car
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.dagpb import PBLink, decode_node, encode_node, sorted_by_name
+from marketplace.ipfs.errors import ArtifactIntegrityError, CarFormatError
 from marketplace.ipfs.multiformats import DAG_PB, RAW
 from marketplace.ipfs.unixfs import (
     DIRECTORY_DATA,

@@ -9,14 +9,10 @@ import httpx
 import pytest
 from gateway_standin import GatewayStandin
 
-from marketplace.errors import (
-    ArtifactIntegrityError,
-    ArtifactNotFound,
-    ConfigError,
-    StoreError,
-)
+from marketplace.errors import ConfigError
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactIntegrityError, ArtifactNotFound, StoreError
 from marketplace.ipfs.gateway import GatewayStore
 from marketplace.ipfs.importer import ImportParams
 from marketplace.ipfs.local import LocalStore

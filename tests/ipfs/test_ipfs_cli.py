@@ -16,8 +16,9 @@ from standin_server import MemoryBlocks
 from typer.testing import CliRunner, Result
 
 from marketplace.cli import ipfs as ipfs_cli
-from marketplace.errors import ConfigError, InvalidCid
+from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import InvalidCid
 from marketplace.ipfs.importer import PROFILES, Importer, ImportParams
 
 runner = CliRunner()

@@ -10,16 +10,11 @@ import httpx
 import pytest
 from kubo_standin import KuboStandin
 
-from marketplace.errors import (
-    ArtifactIntegrityError,
-    ArtifactNotFound,
-    ConfigError,
-    StoreError,
-    StoreUnavailable,
-)
+from marketplace.errors import ConfigError
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.car import write_car
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactIntegrityError, ArtifactNotFound, StoreError, StoreUnavailable
 from marketplace.ipfs.importer import Importer, ImportParams
 from marketplace.ipfs.kubo import KuboStore
 from marketplace.ipfs.local import LocalStore

@@ -12,14 +12,10 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from marketplace.errors import (
-    ArtifactIntegrityError,
-    ArtifactNotFound,
-    StoreUnavailable,
-)
 from marketplace.ipfs import local
 from marketplace.ipfs.artifacts import add_bytes
 from marketplace.ipfs.cid import CID
+from marketplace.ipfs.errors import ArtifactIntegrityError, ArtifactNotFound, StoreUnavailable
 from marketplace.ipfs.importer import PROFILES, ImportParams
 from marketplace.ipfs.local import LocalStore, default_data_dir
 from marketplace.ipfs.multiformats import b32decode, b32encode

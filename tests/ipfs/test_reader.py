@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.errors import ConfigError, DagFormatError
+from marketplace.errors import ConfigError
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.dagpb import PBLink, encode_node
+from marketplace.ipfs.errors import DagFormatError
 from marketplace.ipfs.importer import ImportParams
 from marketplace.ipfs.local import LocalStore
 from marketplace.ipfs.multiformats import DAG_PB, RAW

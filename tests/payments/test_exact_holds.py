@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import psycopg
 import pytest
 
-from marketplace.errors import AuthorizationHeld, BalanceCommitted
 from marketplace.payments.ledger import open_ledger
+from marketplace.payments.ledger.errors import AuthorizationHeld, BalanceCommitted
 from marketplace.payments.ledger.holds import BlockHead, ExactHolds, Hold, open_holds
 from marketplace.payments.ledger.holds.base import RETENTION_SECONDS
 

@@ -9,9 +9,9 @@ from collections.abc import Awaitable
 
 import pytest
 
-from marketplace.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
 from marketplace.payments.ledger import Credit, CreditLedger
 from marketplace.payments.ledger.base import UINT256_MAX
+from marketplace.payments.ledger.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
 from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio

@@ -9,8 +9,8 @@ from multiprocessing.synchronize import Barrier
 
 import pytest
 
-from marketplace.errors import InsufficientCredit
 from marketplace.payments.ledger import CreditLedger, open_ledger
+from marketplace.payments.ledger.errors import InsufficientCredit
 from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from marketplace.errors import LedgerSchemaTooNew, LedgerUnavailable
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.batching import BatchedLedger
+from marketplace.payments.ledger.errors import LedgerSchemaTooNew, LedgerUnavailable
 from marketplace.payments.ledger.migrations import COMPONENT, POSTGRES_SCHEMA, SQLITE_SCHEMA, Schema
 from marketplace.payments.ledger.sqlite import sqlite_path
 from marketplace.types import ChannelId, TokenAmount

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.base import display_url
+from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.postgres import PostgresLedger
 from marketplace.payments.ledger.sqlite import SqliteLedger, sqlite_path
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.cli.receipt import app
-from marketplace.errors import ReceiptInvalid
+from marketplace.payments.errors import ReceiptInvalid
 from marketplace.payments.receipts import Receipt, ReceiptDomain, ReceiptSigner, body_hash, sign_receipt, verify_receipt
 from marketplace.payments.x402 import SettlementResponse
 

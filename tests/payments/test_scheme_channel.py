@@ -25,7 +25,8 @@ from scheme_fixtures import (
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.chain.transactions import Sender
-from marketplace.errors import PaymentRejected
+from marketplace.daemon.errors import status_for
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.schemes import ChannelScheme, PaidRequest, VerifiedVoucher
 from marketplace.payments.schemes.channel import parse_channel_hint, voucher_payload
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
@@ -84,7 +85,7 @@ def offer(
 def code_of(s: Setup, **kwargs) -> str:
     with pytest.raises(PaymentRejected) as caught:
         offer(s, **kwargs)
-    assert caught.value.http_status == 402
+    assert status_for(caught.value) == 402
     return caught.value.code
 
 
@@ -156,7 +157,7 @@ def test_only_lookups_that_reach_the_chain_spend_the_clients_budget(setup: Setup
                  voucher_payload(0xF00D, PRICE, sign_voucher(SIGNER, setup.domain, 0xF00D, PRICE)))
     with pytest.raises(PaymentRejected) as caught:
         run(setup.scheme.verify(other, request))
-    assert (caught.value.code, caught.value.http_status, caught.value.retry_after) == ("too_many_lookups", 429, 7)
+    assert (caught.value.code, status_for(caught.value), caught.value.retry_after) == ("too_many_lookups", 429, 7)
     assert setup.state.refreshes == [0xBEEF]
 
 
@@ -234,7 +235,7 @@ def test_channel_id_must_be_32_byte_hex(setup: Setup, channel_id: object) -> Non
     payload["channelId"] = channel_id  # type: ignore[assignment]
     with pytest.raises(PaymentRejected) as caught:
         run(setup.scheme.verify(paid(setup.scheme.requirements(setup.model_a), payload), PaidRequest(setup.model_a)))
-    assert (caught.value.code, caught.value.http_status) == ("invalid_payload", 400)
+    assert (caught.value.code, status_for(caught.value)) == ("invalid_payload", 400)
 
 
 def test_amount_above_deposit_refreshes_once_then_refuses(setup: Setup) -> None:

@@ -20,10 +20,11 @@ from x402.http.x402_http_client import x402HTTPClientSync
 from x402.mechanisms.evm.exact.client import ExactEvmScheme as X402ExactClient
 
 from marketplace.chain.connection import fail_fast_web3
+from marketplace.chain.errors import ContractReverted
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
-from marketplace.errors import ContractReverted, PaymentRejected
 from marketplace.payments.eip712 import CANCEL_AUTHORIZATION, MESSAGE_TYPES, Domain, sign_digest
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.ledger.holds.sqlite import SqliteHolds
 from marketplace.payments.schemes import ChannelScheme, ExactScheme, LicenseScheme, PaidRequest, payment_required
 from marketplace.payments.schemes.eip3009 import TRANSFER, TokenClient

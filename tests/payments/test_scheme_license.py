@@ -13,8 +13,9 @@ from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
-from marketplace.errors import PaymentRejected
+from marketplace.daemon.errors import status_for
 from marketplace.payments.eip712 import LICENSE_ACCESS
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes import LicenseScheme, PaidRequest, VerifiedLicense
 from marketplace.payments.schemes.license import LicenseAccess, license_access_digest, sign_license_access
@@ -90,7 +91,7 @@ class Setup:
     def code_of(self, payload: dict[str, str], **kwargs: Any) -> str:
         with pytest.raises(PaymentRejected) as caught:
             self.verify(payload, **kwargs)
-        assert caught.value.http_status == 402
+        assert status_for(caught.value) == 402
         return caught.value.code
 
     def advance(self, seconds: int) -> None:

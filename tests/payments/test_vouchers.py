@@ -22,7 +22,8 @@ from scheme_fixtures import (
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.chain.transactions import Sender
-from marketplace.payments.eip712 import InvalidSignature, checksum_address, keccak256, recover_address
+from marketplace.payments.eip712 import checksum_address, keccak256, recover_address
+from marketplace.payments.errors import InvalidSignature
 from marketplace.payments.vouchers import VoucherDomain, recover_signer, recover_signer_address, sign_voucher
 
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141

@@ -14,14 +14,10 @@ import pytest
 from onnx import TensorProto, helper
 from sklearn.datasets import load_diabetes, load_iris
 
-from marketplace.errors import (
-    BodyTooLarge,
-    InferenceFailed,
-    InvalidInput,
-    ModelLoadFailed,
-)
+from marketplace.daemon.errors import status_for
 from marketplace.runners import OnnxRunner, RunnerRequest
 from marketplace.runners.demo_models import ModelSpec
+from marketplace.runners.errors import BodyTooLarge, InferenceFailed, InvalidInput, ModelLoadFailed
 
 pytestmark = pytest.mark.anyio
 
@@ -189,13 +185,13 @@ async def test_bad_input_is_refused_with_a_precise_detail(
 ) -> None:
     error = await refusal(runner, document)
     assert error.code == "invalid_input"
-    assert error.http_status == status
+    assert status_for(error) == status
     assert expected in error.detail, error.detail
 
 
 async def test_wrong_content_type_is_refused(runner: OnnxRunner) -> None:
     error = await refusal(runner, {"inputs": [ROW]}, content_type="text/csv")
-    assert error.http_status == 415
+    assert status_for(error) == 415
     assert (await call(runner, {"inputs": [ROW]}, content_type="application/vnd.kserve+json; charset=utf-8"))["outputs"]
 
 
@@ -203,7 +199,7 @@ async def test_oversized_body_is_refused(iris: ModelSpec) -> None:
     async with OnnxRunner(iris.path, iris.input_schema, max_request_bytes=100) as runner:
         with pytest.raises(BodyTooLarge) as caught:
             await call(runner, {"inputs": [ROW] * 10})
-    assert caught.value.http_status == 413
+    assert status_for(caught.value) == 413
 
 
 async def test_batch_limit_applies_without_a_schema_limit(iris: ModelSpec) -> None:
@@ -292,7 +288,7 @@ async def test_nan_output_is_an_inference_failure(tmp_path: Path) -> None:
         assert (await call(runner, {"inputs": [[1.0]]}))["outputs"] == {"y": [[0.0]]}
         with pytest.raises(InferenceFailed) as caught:
             await call(runner, {"inputs": [[-1.0]]})
-    assert (caught.value.code, caught.value.http_status) == ("inference_failed", 500)
+    assert (caught.value.code, status_for(caught.value)) == ("inference_failed", 500)
 
 
 def test_unloadable_files_are_refused(tmp_path: Path) -> None:
@@ -300,7 +296,7 @@ def test_unloadable_files_are_refused(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a model")
     with pytest.raises(ModelLoadFailed) as caught:
         OnnxRunner(garbage)
-    assert (caught.value.code, caught.value.http_status) == ("model_unavailable", 503)
+    assert (caught.value.code, status_for(caught.value)) == ("model_unavailable", 503)
     assert "garbage.onnx" in str(caught.value) and "garbage.onnx" not in caught.value.detail
     with pytest.raises(ModelLoadFailed):
         OnnxRunner(tmp_path / "missing.onnx")

@@ -7,14 +7,17 @@ import threading
 
 import pytest
 
-from marketplace.errors import (
+from marketplace.daemon.errors import status_for
+from marketplace.errors import MarketplaceError
+from marketplace.runners import RunnerResponse, request_headers, response_headers
+from marketplace.runners.errors import (
     BodyTooLarge,
     InvalidInput,
-    MarketplaceError,
+    MalformedInput,
     RunnerError,
+    UnsupportedMediaType,
     UpstreamRejected,
 )
-from marketplace.runners import RunnerResponse, request_headers, response_headers
 from marketplace.runners.threads import WorkerThreads
 
 
@@ -67,14 +70,13 @@ def test_response_headers_keep_order_and_repeats() -> None:
 def test_errors_carry_stable_codes_and_statuses() -> None:
     request = BodyTooLarge("request", 10, 11)
     response = BodyTooLarge("response", 10)
-    assert (request.code, request.http_status) == ("request_too_large", 413)
-    assert (response.code, response.http_status) == ("upstream_response_too_large", 502)
+    assert (request.code, status_for(request)) == ("request_too_large", 413)
+    assert (response.code, status_for(response)) == ("upstream_response_too_large", 502)
     invalid = InvalidInput("must be number", path="inputs[0][3]")
-    assert (invalid.code, invalid.http_status, invalid.detail) == ("invalid_input", 422, "inputs[0][3]: must be number")
-    assert InvalidInput("not JSON", http_status=400).http_status == 400
-    assert InvalidInput.http_status == 422  # an instance's status does not leak into the class
+    assert (invalid.code, status_for(invalid), invalid.detail) == ("invalid_input", 422, "inputs[0][3]: must be number")
+    assert (status_for(MalformedInput("not JSON")), status_for(UnsupportedMediaType("text/csv"))) == (400, 415)
     rejected = UpstreamRejected("http://10.0.0.5:9000/x", 400, "")
-    assert rejected.http_status == 400 and "10.0.0.5" not in rejected.detail
+    assert status_for(rejected) == 400 and "10.0.0.5" not in rejected.detail
     assert isinstance(rejected, RunnerError) and isinstance(rejected, MarketplaceError)
 
 

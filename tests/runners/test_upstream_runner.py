@@ -10,7 +10,9 @@ import json
 import pytest
 from aiohttp import web
 
-from marketplace.errors import (
+from marketplace.daemon.errors import status_for
+from marketplace.runners import RunnerRequest, UpstreamRunner
+from marketplace.runners.errors import (
     BodyTooLarge,
     ForbiddenUpstream,
     RunnerError,
@@ -19,7 +21,6 @@ from marketplace.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
-from marketplace.runners import RunnerRequest, UpstreamRunner
 
 pytestmark = pytest.mark.anyio
 
@@ -209,7 +210,7 @@ async def test_slow_upstream_times_out(serve) -> None:
             await runner.infer(RunnerRequest(b"{}"))
         release.set()
     error = caught.value
-    assert (error.code, error.http_status, error.phase) == ("upstream_timeout", 504, "answer")
+    assert (error.code, status_for(error), error.phase) == ("upstream_timeout", 504, "answer")
     assert url not in error.detail and url in str(error)
 
 
@@ -244,7 +245,7 @@ async def test_upstream_error_status_is_upstream_failed(serve, status: int) -> N
             await runner.infer(RunnerRequest(b"{}"))
     error = caught.value
     assert type(error) is UpstreamFailed
-    assert (error.code, error.http_status, error.upstream_status) == ("upstream_failed", 502, status)
+    assert (error.code, status_for(error), error.upstream_status) == ("upstream_failed", 502, status)
     assert "secret" not in error.detail and url not in error.detail
 
 
@@ -256,7 +257,7 @@ async def test_upstream_refusing_the_input_is_passed_on(serve) -> None:
         with pytest.raises(UpstreamRejected) as caught:
             await runner.infer(RunnerRequest(b"{}"))
     error = caught.value
-    assert (error.code, error.http_status, error.upstream_status) == ("upstream_rejected_input", 422, 422)
+    assert (error.code, status_for(error), error.upstream_status) == ("upstream_rejected_input", 422, 422)
     assert "field 'prompt' is required" in error.detail
 
 
@@ -264,7 +265,7 @@ async def test_refused_connection_is_unreachable(closed_port: int) -> None:
     async with UpstreamRunner(f"http://127.0.0.1:{closed_port}/predict") as runner:
         with pytest.raises(UpstreamUnreachable) as caught:
             await runner.infer(RunnerRequest(b"{}"))
-    assert (caught.value.code, caught.value.http_status) == ("upstream_unreachable", 502)
+    assert (caught.value.code, status_for(caught.value)) == ("upstream_unreachable", 502)
 
 
 async def test_closed_runner_refuses_calls(serve) -> None:
@@ -274,7 +275,7 @@ async def test_closed_runner_refuses_calls(serve) -> None:
         await runner.aclose()
         with pytest.raises(UpstreamUnreachable) as caught:
             await runner.infer(RunnerRequest(b"{}"))
-    assert caught.value.http_status == 503
+    assert status_for(caught.value) == 503
 
 
 async def test_oversized_request_is_refused_before_connecting(serve) -> None:
@@ -289,7 +290,7 @@ async def test_oversized_request_is_refused_before_connecting(serve) -> None:
         assert (await runner.infer(RunnerRequest(b"x" * 1000))).status == 200
         with pytest.raises(BodyTooLarge) as caught:
             await runner.infer(RunnerRequest(b"x" * 1001))
-    assert (caught.value.code, caught.value.http_status, caught.value.size) == ("request_too_large", 413, 1001)
+    assert (caught.value.code, status_for(caught.value), caught.value.size) == ("request_too_large", 413, 1001)
     assert calls == 1
 
 
@@ -313,7 +314,7 @@ async def test_oversized_answer_is_refused(serve, chunked: bool) -> None:
         async with UpstreamRunner(url, max_response_bytes=4999) as runner:
             with pytest.raises(BodyTooLarge) as caught:
                 await runner.infer(RunnerRequest(b"{}"))
-    assert (caught.value.code, caught.value.http_status) == ("upstream_response_too_large", 502)
+    assert (caught.value.code, status_for(caught.value)) == ("upstream_response_too_large", 502)
 
 
 async def test_oversized_stream_is_cut(serve) -> None:

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import httpx
 from eth_account.signers.local import LocalAccount
 
+from marketplace.client.errors import NoPaymentOption
 from marketplace.client.schemes.base import Attempt, SchemePayer, model_of
 from marketplace.client.signing import chain_id_of, channel_payload, voucher_domain
 from marketplace.client.store import ChannelRecord, ChannelStore, Reservation
-from marketplace.errors import NoPaymentOption
 from marketplace.payments.schemes.channel import CHANNEL_HEADER
 from marketplace.payments.x402 import PAYMENT_RESPONSE_HEADER, PaymentRequirements, parse_payment_response
 from marketplace.types import ChannelId, TokenAmount

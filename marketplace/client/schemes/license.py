@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 import httpx
 from eth_account.signers.local import LocalAccount
 
+from marketplace.client.errors import NoPaymentOption
 from marketplace.client.schemes.base import Attempt, SchemePayer, model_of
 from marketplace.client.signing import license_payload
-from marketplace.errors import NoPaymentOption
 from marketplace.payments.x402 import PaymentRequirements
 from marketplace.types import LicenseId
 

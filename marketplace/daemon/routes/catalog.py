@@ -11,8 +11,8 @@ from marketplace.chain.views import ModelInfo
 from marketplace.daemon.errors import ApiError
 from marketplace.daemon.limits import peer_address
 from marketplace.daemon.paid_calls import parse_model_id
-from marketplace.errors import PaymentRejected
 from marketplace.ipfs import CID
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.x402 import parse_uint256_text
 
 __all__ = ["router"]

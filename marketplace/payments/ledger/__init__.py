@@ -11,9 +11,9 @@ accepted voucher is never lost.
 
 from __future__ import annotations
 
-from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, CreditLedger, display_url
 from marketplace.payments.ledger.batching import BatchStats
+from marketplace.payments.ledger.errors import LedgerUnavailable
 
 __all__ = ["DEFAULT_URL", "BatchStats", "Credit", "CreditLedger", "open_ledger"]
 

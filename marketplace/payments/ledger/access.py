@@ -24,8 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.base import check_uint256, display_url
+from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import Schema
 from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
 

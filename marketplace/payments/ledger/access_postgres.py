@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.access import POSTGRES_ACCESS_SCHEMA, AccessNonces
 from marketplace.payments.ledger.base import display_url
+from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import migrate
 from marketplace.payments.ledger.postgres import driver_reason, open_pool
 

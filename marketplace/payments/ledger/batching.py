@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
-from marketplace.errors import InsufficientCredit, LedgerUnavailable
 from marketplace.payments.ledger.base import UINT256_MAX, Credit, CreditLedger, check_signature, check_uint256
+from marketplace.payments.ledger.errors import InsufficientCredit, LedgerUnavailable
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [

@@ -16,7 +16,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from marketplace.errors import LedgerSchemaTooNew
+from marketplace.payments.ledger.errors import LedgerSchemaTooNew
 
 __all__ = ["COMPONENT", "POSTGRES_SCHEMA", "SQLITE_DIGITS", "SQLITE_SCHEMA", "Schema", "migrate"]
 

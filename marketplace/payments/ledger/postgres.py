@@ -41,7 +41,6 @@ from psycopg.adapt import Loader
 from psycopg.types.numeric import IntNumericDumper
 from psycopg_pool import AsyncConnectionPool
 
-from marketplace.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, check_uint256, display_url
 from marketplace.payments.ledger.batching import (
     Admit,
@@ -52,6 +51,7 @@ from marketplace.payments.ledger.batching import (
     Refund,
     ResetClaim,
 )
+from marketplace.payments.ledger.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.migrations import POSTGRES_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 

@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from marketplace.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.base import Credit, check_uint256, display_url
 from marketplace.payments.ledger.batching import (
     Admit,
@@ -49,6 +48,7 @@ from marketplace.payments.ledger.batching import (
     Refund,
     ResetClaim,
 )
+from marketplace.payments.ledger.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 

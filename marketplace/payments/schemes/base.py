@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from marketplace.chain.views import ChainState, ModelInfo
-from marketplace.errors import PaymentRejected
-from marketplace.payments.eip712 import InvalidSignature, checksum_address, recover_address
+from marketplace.payments.eip712 import checksum_address, recover_address
+from marketplace.payments.errors import InvalidSignature, PaymentRejected
 from marketplace.payments.x402 import (
     Fields,
     PaymentPayload,

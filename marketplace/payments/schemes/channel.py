@@ -30,10 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from marketplace.chain.errors import ChainError, ChannelUnconfirmed
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
-from marketplace.errors import ChainError, ChannelUnconfirmed, InsufficientCredit, PaymentRejected
 from marketplace.payments.eip712 import VOUCHER, checksum_address
+from marketplace.payments.errors import ChannelRejected, PaymentRejected
 from marketplace.payments.ledger.base import Credit, CreditLedger
+from marketplace.payments.ledger.errors import InsufficientCredit
 from marketplace.payments.schemes.base import (
     Admission,
     Charge,
@@ -56,7 +58,6 @@ from marketplace.types import ChannelId, TokenAmount
 __all__ = [
     "CHANNEL_HEADER",
     "ChannelAdmission",
-    "ChannelRejected",
     "ChannelScheme",
     "CreditView",
     "LookupBudget",
@@ -99,14 +100,6 @@ class VerifiedVoucher:
     @property
     def payer(self) -> str:
         return self.channel.payer
-
-
-class ChannelRejected(PaymentRejected):
-    """A refusal about a named channel: the 402 shows the daemon's view of it."""
-
-    def __init__(self, code: str, detail: str, *, channel_id: ChannelId) -> None:
-        super().__init__(code, detail)
-        self.channel_id = channel_id
 
 
 class ChannelAdmission(Admission):

@@ -23,14 +23,15 @@ from web3.exceptions import TimeExhausted, Web3Exception
 from web3.types import TxReceipt
 
 from marketplace.chain.compiled import load_compiled
+from marketplace.chain.errors import ChainError, ContractReverted
 from marketplace.chain.transactions import Sender
-from marketplace.errors import ChainError, ContractReverted, PaymentRejected
 from marketplace.payments.eip712 import (
     RECEIVE_WITH_AUTHORIZATION,
     TRANSFER_WITH_AUTHORIZATION,
     checksum_address,
     keccak256,
 )
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.ledger.holds import BlockHead
 
 log = logging.getLogger("marketplace.payments.exact")

@@ -44,8 +44,9 @@ from typing import Any, ClassVar
 
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChainState, ModelInfo
-from marketplace.errors import AuthorizationHeld, BalanceCommitted, PaymentRejected
 from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, checksum_address
+from marketplace.payments.errors import PaymentRejected
+from marketplace.payments.ledger.errors import AuthorizationHeld, BalanceCommitted
 from marketplace.payments.ledger.holds import ExactHolds, Hold
 from marketplace.payments.schemes.base import (
     Admission,

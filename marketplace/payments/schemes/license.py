@@ -44,7 +44,6 @@ from web3.exceptions import ContractCustomError, ContractLogicError, Web3Excepti
 
 from marketplace.chain.compiled import load_compiled
 from marketplace.chain.views import ChainState, ModelInfo
-from marketplace.errors import PaymentRejected
 from marketplace.payments.eip712 import (
     DOMAIN_VERSION,
     LICENSE_ACCESS,
@@ -53,6 +52,7 @@ from marketplace.payments.eip712 import (
     checksum_address,
     sign_digest,
 )
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.ledger.access import AccessNonces
 from marketplace.payments.receipts import body_hash
 from marketplace.payments.schemes.base import (

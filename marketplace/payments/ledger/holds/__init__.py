@@ -11,8 +11,8 @@ why runs never exceed payments across replicas: `base.py`; the protocol: docs/pa
 
 from __future__ import annotations
 
-from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger.base import display_url
+from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.holds.base import BlockHead, ExactHolds, Hold
 
 __all__ = ["BlockHead", "ExactHolds", "Hold", "open_holds"]

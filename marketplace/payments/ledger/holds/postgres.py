@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from marketplace.errors import AuthorizationHeld, BalanceCommitted, LedgerUnavailable
 from marketplace.payments.ledger.base import display_url
+from marketplace.payments.ledger.errors import AuthorizationHeld, BalanceCommitted, LedgerUnavailable
 from marketplace.payments.ledger.holds.base import RETENTION_SECONDS, BlockHead, ExactHolds, Hold
 from marketplace.payments.ledger.holds.schema import POSTGRES_HOLDS
 from marketplace.payments.ledger.migrations import migrate

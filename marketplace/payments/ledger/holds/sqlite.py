@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from marketplace.errors import AuthorizationHeld, BalanceCommitted, LedgerUnavailable
 from marketplace.payments.ledger.base import display_url
+from marketplace.payments.ledger.errors import AuthorizationHeld, BalanceCommitted, LedgerUnavailable
 from marketplace.payments.ledger.holds.base import RETENTION_SECONDS, BlockHead, ExactHolds, Hold
 from marketplace.payments.ledger.holds.schema import SQLITE_HOLDS
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS
