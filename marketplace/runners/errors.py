@@ -80,7 +80,8 @@ class BodyTooLarge(RunnerError):
 
     def __init__(self, what: str, limit: int, size: int | None = None) -> None:
         self.what, self.limit, self.size = what, limit, size
-        self.code = "request_too_large" if what == "request" else "upstream_response_too_large"
+        is_request = what == "request"
+        self.code = "request_too_large" if is_request else "upstream_response_too_large"
         seen = f"{size} bytes" if size is not None else "more"
         super().__init__(f"the {what} body is {seen}, over the limit of {limit} bytes")
 
