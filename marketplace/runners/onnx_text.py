@@ -113,11 +113,14 @@ class OnnxTextRunner(TextRunner):
         options.inter_op_num_threads = 1
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own unrelated types for bad files
+            raise ModelLoadFailed(path, f"onnxruntime cannot load it: {exc}") from exc
+        try:
             vocabulary = json.loads(self._session.get_modelmeta().custom_metadata_map[VOCABULARY_KEY])
-        except (KeyError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as exc:  # type: ignore[attr-defined]
-            raise ModelLoadFailed(f"not the built-in text model ({type(exc).__name__}: {exc})") from exc
+        except (KeyError, ValueError) as exc:
+            raise ModelLoadFailed(path, f"not the built-in text model (no {VOCABULARY_KEY} in its metadata)") from exc
         if not isinstance(vocabulary, list) or not all(isinstance(token, str) for token in vocabulary):
-            raise ModelLoadFailed("the text model's vocabulary is not a list of strings")
+            raise ModelLoadFailed(path, "the text model's vocabulary is not a list of strings")
         self.vocabulary: list[str] = vocabulary
         self._ids = {token: index for index, token in enumerate(vocabulary)}
 

@@ -72,7 +72,7 @@ def _train(paragraphs: list[str]) -> tuple[list[str], list[list[int]], list[list
     """The vocabulary, and for each token its TOP_K successors and their log-probabilities."""
     sequences = [tokenize(paragraph) for paragraph in paragraphs]
     counts = Counter(token for tokens in sequences for token in tokens)
-    vocabulary = [""] + sorted((t for t, c in counts.items() if c >= MIN_COUNT), key=lambda t: (-counts[t], t))
+    vocabulary = ["", *sorted((t for t, c in counts.items() if c >= MIN_COUNT), key=lambda t: (-counts[t], t))]
     ids = {token: index for index, token in enumerate(vocabulary)}
     unigram = [0] * len(vocabulary)
     bigrams: list[Counter[int]] = [Counter() for _ in vocabulary]
