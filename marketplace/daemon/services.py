@@ -19,12 +19,18 @@ from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
 from marketplace.daemon.limits import ClientBuckets
 from marketplace.daemon.observability import Metrics
-from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
+from marketplace.daemon.settings import (
+    DaemonSettings,
+    OnnxTextRunnerConfig,
+    OpenAIUpstreamRunnerConfig,
+    ServedModel,
+    UpstreamRunnerConfig,
+)
 from marketplace.errors import ConfigError, MissingKey
 from marketplace.ipfs import CID, DagReader
 from marketplace.ipfs.artifacts import get as fetch_artifact
 from marketplace.ipfs.artifacts import open_store
-from marketplace.metadata import parse_metadata
+from marketplace.metadata import ModelMetadata, parse_metadata
 from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
@@ -35,6 +41,8 @@ from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
+from marketplace.runners.onnx_text import OnnxTextRunner
+from marketplace.runners.openai_upstream import OpenAIUpstreamRunner
 from marketplace.runners.text import TextRunner
 
 __all__ = ["Services", "preflight", "start_services"]
@@ -83,17 +91,8 @@ def _daemon_key(settings: DaemonSettings) -> LocalAccount:
     return load_account(settings.keystore, ask_password=(lambda: password) if password is not None else None)
 
 
-def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings) -> Runner:
-    """Build the runner of one served model (blocking: fetches and verifies artifacts)."""
-    if isinstance(served.runner, UpstreamRunnerConfig):
-        return UpstreamRunner(
-            served.runner.url,
-            timeout=served.runner.timeout_seconds,
-            stream_timeout=served.runner.stream_timeout_seconds,
-            max_request_bytes=settings.max_request_bytes,
-            max_response_bytes=served.runner.max_response_bytes,
-            artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
-        )
+def _fetch_model(model: ModelInfo, settings: DaemonSettings) -> tuple[ModelMetadata, Path]:
+    """The model's metadata and its artifact, fetched from IPFS and verified against their CIDs."""
     store = open_store(settings.ipfs_store, api=settings.ipfs_api, data_dir=settings.data_dir / "ipfs")
     with store, DagReader(store) as reader:
         metadata = parse_metadata(b"".join(reader.cat(CID(1, model.metadata_codec, model.metadata_digest))))
@@ -102,6 +101,36 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
         models_dir.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(dir=models_dir)) / f"{artifact}.onnx"
         fetch_artifact(store, artifact, target)
+    return metadata, target
+
+
+def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings) -> Runner | TextRunner:
+    """Build the runner of one served model (blocking: fetches and verifies artifacts)."""
+    config = served.runner
+    if isinstance(config, UpstreamRunnerConfig):
+        return UpstreamRunner(
+            config.url,
+            timeout=config.timeout_seconds,
+            stream_timeout=config.stream_timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            max_response_bytes=config.max_response_bytes,
+            artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
+        )
+    if isinstance(config, OpenAIUpstreamRunnerConfig):
+        return OpenAIUpstreamRunner(
+            config.base_url,
+            model=config.model,
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            timeout=config.timeout_seconds,
+            stream_timeout=config.stream_timeout_seconds,
+            stream_idle_timeout=config.stream_idle_timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            context_tokens=config.context_tokens,
+            artifact=model.artifact,
+        )
+    metadata, target = _fetch_model(model, settings)
+    if isinstance(config, OnnxTextRunnerConfig):
+        return OnnxTextRunner(target, artifact=model.artifact)
     return OnnxRunner(
         target,
         metadata.input_schema,
@@ -152,6 +181,7 @@ async def start_services(settings: DaemonSettings) -> Services:
     ).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
+    text_runners: dict[bytes, TextRunner] = {}
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
     try:
@@ -163,11 +193,15 @@ async def start_services(settings: DaemonSettings) -> Services:
             if model is None:
                 deep = f" (at least {state.confirmations} blocks deep)" if state.confirmations else ""
                 raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}{deep}")
-            runners[model_id] = await asyncio.to_thread(_load_runner, served, model, settings)
-            log.info("serving model %s with %r", served.model_id, runners[model_id])
+            runner = await asyncio.to_thread(_load_runner, served, model, settings)
+            if isinstance(runner, TextRunner):
+                text_runners[model_id] = runner
+            else:
+                runners[model_id] = runner
+            log.info("serving model %s with %r", served.model_id, runner)
     except BaseException:
-        for runner in runners.values():
-            await runner.aclose()
+        for loaded in [*runners.values(), *text_runners.values()]:
+            await loaded.aclose()
         await state.stop()
         for store in (access, holds):
             if store is not None:
@@ -192,6 +226,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
+        text_runners=text_runners,
         claimer=Claimer(ledger, state, sender, policy),
     )
     services.claimer.start()

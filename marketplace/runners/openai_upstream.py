@@ -11,9 +11,9 @@ The answer is parsed as server-sent events; each OpenAI chunk becomes a ``TextCh
 ``usage`` removed, its ``model`` set back to what the consumer asked for) carrying 1 output token
 if it has content, or what the upstream's cumulative ``usage`` says when it reports one per chunk.
 The chunk with the ``finish_reason`` is held until the final ``usage`` (sent right after it), so
-tokens the upstream reports beyond those counted are carried by it (up to ``max_tokens`` in all). ``usage.input_tokens`` is the
-upstream's ``prompt_tokens``, else the bound ``input_tokens(call)``: the UTF-8 length of the body
-as compact JSON (every prompt token takes at least one byte of it). An answer that is not a stream,
+tokens the upstream reports beyond those counted are carried by it (up to ``max_tokens`` in all).
+``usage.input_tokens`` is the upstream's ``prompt_tokens``, else the bound ``input_tokens(call)``:
+the UTF-8 length of the body as compact JSON (every prompt token takes at least one byte of it). An answer that is not a stream,
 an ``error`` event, a chunk that is not an OpenAI chunk, or a stream ending before ``[DONE]`` is an
 ``UpstreamFailed``: the tokens delivered before it stay delivered.
 """
