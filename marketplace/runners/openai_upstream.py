@@ -13,9 +13,9 @@ if it has content, or what the upstream's cumulative ``usage`` says when it repo
 The chunk with the ``finish_reason`` is held until the final ``usage`` (sent right after it), so
 tokens the upstream reports beyond those counted are carried by it (up to ``max_tokens`` in all).
 ``usage.input_tokens`` is the upstream's ``prompt_tokens``, else the bound ``input_tokens(call)``:
-the UTF-8 length of the body as compact JSON (every prompt token takes at least one byte of it). An answer that is not a stream,
-an ``error`` event, a chunk that is not an OpenAI chunk, or a stream ending before ``[DONE]`` is an
-``UpstreamFailed``: the tokens delivered before it stay delivered.
+the UTF-8 length of the body as compact JSON (every prompt token takes at least one byte of it).
+An answer that is not a stream, an ``error`` event, a chunk that is not an OpenAI chunk, or a stream
+ending before ``[DONE]`` is an ``UpstreamFailed``: the tokens delivered before it stay delivered.
 """
 
 from __future__ import annotations
