@@ -193,15 +193,17 @@ async def start_services(settings: DaemonSettings) -> Services:
             if model is None:
                 deep = f" (at least {state.confirmations} blocks deep)" if state.confirmations else ""
                 raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}{deep}")
-            runner = await asyncio.to_thread(_load_runner, served, model, settings)
-            if isinstance(runner, TextRunner):
-                text_runners[model_id] = runner
+            loaded = await asyncio.to_thread(_load_runner, served, model, settings)
+            if isinstance(loaded, TextRunner):
+                text_runners[model_id] = loaded
             else:
-                runners[model_id] = runner
-            log.info("serving model %s with %r", served.model_id, runner)
+                runners[model_id] = loaded
+            log.info("serving model %s with %r", served.model_id, loaded)
     except BaseException:
-        for loaded in [*runners.values(), *text_runners.values()]:
-            await loaded.aclose()
+        for runner in runners.values():
+            await runner.aclose()
+        for text_runner in text_runners.values():
+            await text_runner.aclose()
         await state.stop()
         for store in (access, holds):
             if store is not None:
