@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -158,3 +159,20 @@ def test_input_tokens_are_the_exact_count_of_the_rendered_prompt(runner: OnnxTex
 def test_a_model_that_is_not_the_text_model_is_refused(iris: ModelSpec) -> None:
     with pytest.raises(ModelLoadFailed, match="not the built-in text model"):
         OnnxTextRunner(iris.path)
+
+
+async def test_a_long_reply_lets_other_tasks_run(runner: OnnxTextRunner) -> None:
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    ticker = asyncio.create_task(other_task())
+    await asyncio.sleep(0)
+    turns = 0
+    _, usage = await _run(runner, {"model": "m", "prompt": "The", "temperature": 0}, 1600, "completion")
+    ticker.cancel()
+    assert usage.output_tokens == 1600 and turns >= 1600 // 16 - 1  # a turn every 16 tokens at least
