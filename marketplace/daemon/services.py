@@ -40,10 +40,14 @@ from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
-from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
-from marketplace.runners.onnx_text import OnnxTextRunner
-from marketplace.runners.openai_upstream import OpenAIUpstreamRunner
-from marketplace.runners.text import TextRunner
+from marketplace.runners import (
+    OnnxRunner,
+    OnnxTextRunner,
+    OpenAIUpstreamRunner,
+    Runner,
+    TextRunner,
+    UpstreamRunner,
+)
 
 __all__ = ["Services", "preflight", "start_services"]
 

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from marketplace.errors import (
+    ForbiddenUpstream,
     InvalidInput,
     RunnerError,
     UpstreamFailed,
@@ -220,3 +221,9 @@ def test_more_than_one_choice_is_refused_before_the_call() -> None:
     runner = OpenAIUpstreamRunner("http://127.0.0.1:9")
     with pytest.raises(InvalidInput):
         runner.input_tokens(TextCall("chat", {**CHAT, "n": 3}, 10))
+
+
+@pytest.mark.parametrize("base_url", ["file:///etc", "http://user:pw@127.0.0.1:8080", "http://127.0.0.1:8080#x", "gopher://h"])
+def test_a_base_url_outside_the_rules_is_refused(base_url: str) -> None:
+    with pytest.raises(ForbiddenUpstream):
+        OpenAIUpstreamRunner(base_url)
