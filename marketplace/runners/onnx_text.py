@@ -176,6 +176,8 @@ class _Generation(TextStream):
 
     async def aclose(self) -> None:
         await self._iterator.aclose()  # type: ignore[attr-defined]
+        if self._usage is None:  # closed before it started
+            self._usage = TextUsage(self._input_tokens, 0)
 
     def _chunk(self, text: str | None, tokens: int, finish: str | None = None) -> TextChunk:
         if self._call.kind == "chat":

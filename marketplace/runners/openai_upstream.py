@@ -20,11 +20,12 @@ ending before ``[DONE]`` is an ``UpstreamFailed``: the tokens delivered before i
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from marketplace.errors import InvalidInput, UpstreamFailed
+from marketplace.errors import InvalidInput, RunnerError, UpstreamFailed
 from marketplace.runners.base import RunnerRequest, RunnerResponse
 from marketplace.runners.text import TextCall, TextChunk, TextRunner, TextStream, TextUsage
 from marketplace.runners.upstream import MiB, UpstreamRunner
@@ -35,6 +36,7 @@ __all__ = ["OpenAIUpstreamRunner", "input_bound"]
 
 _ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 _CONTENT_KEYS = ("content", "reasoning_content", "refusal", "tool_calls")
+_DRAIN_SECONDS = 1.0  # after [DONE], the wait for the end of the body (so the connection is kept)
 
 
 def input_bound(body: Mapping[str, Any]) -> int:
@@ -129,6 +131,8 @@ class _UpstreamTextStream(TextStream):
         await self._iterator.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             await self._response.aclose()
+        if self._usage is None:  # closed before it started: nothing was asked of the upstream
+            self._usage = TextUsage(self._bound, 0)
 
     def _garbage(self, reason: str) -> UpstreamFailed:
         return UpstreamFailed(self._route.url, None, f"not an OpenAI stream: {reason}")
@@ -163,6 +167,7 @@ class _UpstreamTextStream(TextStream):
                     if held is not None:
                         extra = max(min(reported, self._limit) - counted, 0)
                         yield TextChunk(held.data, held.output_tokens + extra)
+                    await self._drain(response.stream)
                     return
                 data = self._parse(event)
                 usage = data.get("usage")
@@ -189,6 +194,16 @@ class _UpstreamTextStream(TextStream):
                 else:
                     yield chunk
         raise UpstreamFailed(self._route.url, None, "the stream ended before [DONE]")
+
+    @staticmethod
+    async def _drain(stream: AsyncIterator[bytes]) -> None:
+        """Read the body's end (normally there already), so the connection goes back to the pool."""
+        try:
+            async with asyncio.timeout(_DRAIN_SECONDS):
+                async for _ in stream:
+                    pass
+        except (TimeoutError, RunnerError):
+            pass  # nothing more is used: closing the connection is enough
 
     def _parse(self, event: str) -> dict[str, Any]:
         try:

@@ -213,7 +213,8 @@ async def test_an_upstream_that_is_down_is_unreachable(closed_port: int) -> None
     stream = runner.stream(TextCall("chat", CHAT, 100))
     with pytest.raises(UpstreamUnreachable):
         await _collect(runner, TextCall("chat", CHAT, 100))
-    await stream.aclose()  # never started: harmless
+    await stream.aclose()  # never started: harmless, and nothing is used
+    assert stream.usage == TextUsage(runner.input_tokens(TextCall("chat", CHAT, 100)), 0)
     await runner.aclose()
 
 
@@ -227,3 +228,24 @@ def test_more_than_one_choice_is_refused_before_the_call() -> None:
 def test_a_base_url_outside_the_rules_is_refused(base_url: str) -> None:
     with pytest.raises(ForbiddenUpstream):
         OpenAIUpstreamRunner(base_url)
+
+
+async def test_calls_in_a_row_reuse_one_connection(serve) -> None:
+    peers = []
+
+    async def late_end(request: web.Request) -> web.StreamResponse:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [{"index": 0, "text": "a", "finish_reason": "stop"}]}\n\n')
+        await response.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(0.05)  # the body's end comes apart from [DONE]
+        return response
+
+    async with serve(late_end) as url:
+        runner = OpenAIUpstreamRunner(url)
+        for _ in range(3):
+            _, usage = await _collect(runner, TextCall("completion", PROMPT, 5))
+            assert usage.output_tokens == 1
+        await runner.aclose()
+    assert len(peers) == 3 and len(set(peers)) == 1

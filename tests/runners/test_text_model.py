@@ -124,6 +124,9 @@ async def test_closing_early_keeps_the_usage_of_what_was_sent(runner: OnnxTextRu
             break
     await stream.aclose()
     assert stream.usage.output_tokens == 4
+    unstarted = runner.stream(TextCall("chat", QUESTION, 100))
+    await unstarted.aclose()
+    assert unstarted.usage == TextUsage(runner.input_tokens(TextCall("chat", QUESTION, 100)), 0)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ include_usage`` honoured) or not; ``max_tokens`` (or ``max_completion_tokens``) 
 else ``FakeUpstream.tokens`` does. Faults for tests: ``break_after`` (the connection is cut after that
 many tokens), ``garbage`` (a non-JSON event after the first token), ``extra_usage`` (usage reports
 that many completion tokens more than it sent), ``no_usage``. ``FakeUpstream`` records the request
-bodies, and the streams the client stopped before their end (``closed_early``).
+bodies and headers, and the streams the client stopped before their end (``closed_early``).
 
 In-process: ``async with serve_upstream(FakeUpstream(...)) as url``. As a process (for bench/):
 ``python -m tests.support.openai_upstream --port 8100 --rate 0 --tokens 256`` (from the repository root).
