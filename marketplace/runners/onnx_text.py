@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from marketplace.errors import InvalidInput, ModelLoadFailed
+from marketplace.errors import InferenceFailed, InvalidInput, ModelLoadFailed
 from marketplace.runners.text import TextCall, TextChunk, TextRunner, TextStream, TextUsage
 from marketplace.runners.text_model import VOCABULARY_KEY
 from marketplace.text.prompt import chat_context, prompt_tokens
@@ -146,8 +146,14 @@ class OnnxTextRunner(TextRunner):
 
     def successors(self, token: int) -> tuple[list[int], list[float]]:
         """The likely next tokens after ``token`` and their log-probabilities, likeliest first."""
-        next_tokens, logprobs = self._session.run(None, {"token": np.array([token], dtype=np.int64)})
-        return next_tokens[0].tolist(), logprobs[0].tolist()
+        try:
+            next_tokens, logprobs = self._session.run(None, {"token": np.array([token], dtype=np.int64)})
+        except Exception as exc:  # onnxruntime's pybind exceptions share no useful base class
+            raise InferenceFailed(f"onnxruntime: {exc}") from exc
+        candidates: list[int] = next_tokens[0].tolist()
+        if not all(0 <= candidate < len(self.vocabulary) for candidate in candidates):
+            raise InferenceFailed("a token id outside the vocabulary")
+        return candidates, logprobs[0].tolist()
 
 
 class _Generation(TextStream):

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from marketplace.errors import InvalidInput, ModelLoadFailed
+from marketplace.errors import InferenceFailed, InvalidInput, ModelLoadFailed
 from marketplace.ipfs import Importer
 from marketplace.runners.demo_models import ModelSpec
 from marketplace.runners.onnx_text import OnnxTextRunner
@@ -179,3 +179,17 @@ async def test_a_long_reply_lets_other_tasks_run(runner: OnnxTextRunner) -> None
     _, usage = await _run(runner, {"model": "m", "prompt": "The", "temperature": 0}, 1600, "completion")
     ticker.cancel()
     assert usage.output_tokens == 1600 and turns >= 1600 // 16 - 1  # a turn every 16 tokens at least
+
+
+async def test_a_model_naming_tokens_outside_its_vocabulary_fails_the_call(
+    text_model: ModelSpec, tmp_path: Path
+) -> None:
+    model = onnx.load(str(text_model.path))
+    vocabulary = json.loads({p.key: p.value for p in model.metadata_props}[VOCABULARY_KEY])
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {VOCABULARY_KEY: json.dumps(vocabulary[:10])})  # ids beyond 9 unknown
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(model.SerializeToString())
+    runner = OnnxTextRunner(broken)
+    with pytest.raises(InferenceFailed, match="outside the vocabulary"):
+        await _run(runner, QUESTION)
