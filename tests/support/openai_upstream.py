@@ -68,8 +68,9 @@ def create_app(fake: FakeUpstream) -> Starlette:
         fake.bodies.append(body)
         fake.headers.append(dict(request.headers))
         chat = request.url.path.endswith("/chat/completions")
-        limit = body.get("max_tokens") or body.get("max_completion_tokens") or fake.tokens
-        count = min(int(limit), fake.tokens)
+        asked = body.get("max_tokens") or body.get("max_completion_tokens")
+        count = min(int(asked), fake.tokens) if asked else fake.tokens
+        finish = "length" if asked and count == int(asked) else "stop"
         words = [WORDS[i % len(WORDS)] for i in range(count)]
         envelope = {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
                     "created": int(time.time()), "model": fake.model}
@@ -78,8 +79,8 @@ def create_app(fake: FakeUpstream) -> Starlette:
                  "total_tokens": prompt + count + fake.extra_usage}
         if not body.get("stream"):
             text = "".join(words)
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
-                      if chat else {"index": 0, "text": text, "finish_reason": "length"})
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+                      if chat else {"index": 0, "text": text, "finish_reason": finish})
             kind = "chat.completion" if chat else "text_completion"
             return JSONResponse({**envelope, "object": kind, "choices": [choice], "usage": usage})
 
@@ -102,7 +103,7 @@ def create_app(fake: FakeUpstream) -> Starlette:
                     yield chunk(word)
                     if fake.garbage:
                         yield b"data: {not json\n\n"
-                yield chunk(None, "length" if count == limit else "stop")
+                yield chunk(None, finish)
                 if (body.get("stream_options") or {}).get("include_usage") and not fake.no_usage:
                     yield _sse({**envelope, "choices": [], "usage": usage})
                 yield b"data: [DONE]\n\n"
