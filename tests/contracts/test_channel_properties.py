@@ -173,7 +173,7 @@ class ChannelBooks(RuleBasedStateMachine):
         amount, signature = channel.signed[which % len(channel.signed)]
         if short:
             signature = b"".join(compact(signature))
-        fn = self.escrow.channels.functions.claim(channel.terms, amount, signature)
+        fn = self.escrow.channels.functions.claim(channel.terms, amount, amount, signature)
         everyone = self.payers + self.payees + self.others
         submitter = everyone[sender % len(everyone)]
         error = channel.outcome(amount)
@@ -184,7 +184,7 @@ class ChannelBooks(RuleBasedStateMachine):
         receipt = send(fn, submitter)
         paid = self._apply_claim(channel, amount)
         logged = self.escrow.channels.events.VoucherClaimed().process_receipt(receipt, errors=DISCARD)
-        assert [(e["args"]["amount"], e["args"]["paid"]) for e in logged] == [(amount, paid)]
+        assert [(e["args"]["claimed"], e["args"]["paid"]) for e in logged] == [(amount, paid)]
 
     @precondition(lambda self: any(c.signed for c in self.channels))
     @rule(picks=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), min_size=1, max_size=4))
@@ -200,7 +200,7 @@ class ChannelBooks(RuleBasedStateMachine):
         for channel, amount, signature in chosen:
             r, vs = compact(signature)
             payer, signer, _, model_id, salt = channel.terms
-            batch.append((payer, signer, model_id, salt, amount, r, vs))
+            batch.append((payer, signer, model_id, salt, amount, amount, r, vs))
         # All or nothing: replay the batch on copies; the first failure is the error of the whole call.
         trial = {id(c): dataclasses.replace(c) for c, _, _ in chosen}
         error = None
@@ -233,7 +233,7 @@ class ChannelBooks(RuleBasedStateMachine):
         else:
             signature = self.escrow.voucher(_as_channel(channel, salt_offset=10_000), value, key=channel.signer.key)
         with expect_revert("PaymentChannelsInvalidSignature", channel.id, channel.signer.address):
-            send(self.escrow.channels.functions.claim(channel.terms, value, signature), self.others[0])
+            send(self.escrow.channels.functions.claim(channel.terms, value, value, signature), self.others[0])
 
     @rule(hours=st.integers(1, 48))
     def time_passes(self, hours: int) -> None:
