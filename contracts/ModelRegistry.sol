@@ -168,7 +168,6 @@ contract ModelRegistry is IModelRegistry {
 
     /// @inheritdoc IModelRegistry
     function tokenPricesOf(bytes32 modelId) external view returns (TokenPrices memory) {
-        if (_models[modelId].status == Status.None) revert ModelRegistryUnknownModel(modelId);
         return _tokenPrices[modelId];
     }
 

@@ -241,7 +241,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         }
         // payout <= amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
         _store(channel, deposit, uint96(payout), expiry);
-        emit VoucherClaimed(channelId, payout, paid);
+        emit VoucherClaimed(channelId, amount, payout);
     }
 
     /// @dev `signature` as ERC-2098 (`r`, `yParityAndS`): 64 bytes are taken as they are, 65 bytes `r || s || v` must be

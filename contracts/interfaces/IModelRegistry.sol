@@ -146,7 +146,7 @@ interface IModelRegistry {
     /// @notice The price per call; reverts for an unknown model.
     function priceOf(bytes32 modelId) external view returns (uint96);
 
-    /// @notice The model's per-token prices (all zero for a flat model); reverts for an unknown model.
+    /// @notice The model's per-token prices (all zero for a flat or unknown model, as `getModel`).
     function tokenPricesOf(bytes32 modelId) external view returns (TokenPrices memory);
 
     function providerProfile(address provider) external view returns (Cid memory);

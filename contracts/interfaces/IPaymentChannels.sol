@@ -70,11 +70,13 @@ interface IPaymentChannels {
     /// @notice The payer moved a channel's expiry to `newExpiry`.
     event ChannelExtended(uint256 indexed channelId, uint64 newExpiry);
 
-    /// @notice A voucher was claimed: the channel's watermark is now `claimed` (the claim's payout, at most the
-    /// voucher's amount), and `paid` (`claimed` minus the previous watermark) went to the channel's payee.
-    /// @dev The payee is a term of the channel (see `ChannelOpened`); not indexing it again saves 375 gas a voucher.
-    /// The voucher's own amount is in the transaction's calldata only (a word of log data costs 256 gas).
-    event VoucherClaimed(uint256 indexed channelId, uint256 claimed, uint256 paid);
+    /// @notice A voucher for cumulative `amount` was claimed for a payout: the channel's watermark is now `claimed`
+    /// (at most `amount`), and `claimed` minus the previous watermark went to the channel's payee.
+    /// @dev `amount` tells watchers which voucher is now public (a partial claim leaves `amount - claimed` that the
+    /// voucher still authorizes: a daemon must not accept it again). What was paid is the difference of two
+    /// successive `claimed` (the first from 0); not logging it saves 256 gas a voucher. The payee is a term of the
+    /// channel (see `ChannelOpened`); not indexing it again saves 375 gas a voucher.
+    event VoucherClaimed(uint256 indexed channelId, uint256 amount, uint256 claimed);
 
     /// @notice The payer took back the unclaimed `refunded` tokens of an expired channel, which is now closed.
     /// @dev The payer is a term of the channel (see `ChannelOpened`).

@@ -354,6 +354,9 @@ def test_claim_many_mixing_good_and_bad_partial_claims_changes_nothing(escrow: E
         escrow.channels.functions.claimMany(escrow.payee, [item(good, 4 * TOKEN, TOKEN), item(bad, 2 * TOKEN, 2)]),
         escrow.relayer,
     )
-    assert [e["paid"] for e in events(escrow.channels, "VoucherClaimed", receipt)] == [TOKEN, 2]
+    assert events(escrow.channels, "VoucherClaimed", receipt) == [
+        {"channelId": good.id, "amount": 4 * TOKEN, "claimed": TOKEN},
+        {"channelId": bad.id, "amount": 2 * TOKEN, "claimed": 2},
+    ]
     assert escrow.balance(escrow.payee) == payee_before + TOKEN + 2
     _assert_books_balance(escrow, good, bad)

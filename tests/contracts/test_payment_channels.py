@@ -240,10 +240,10 @@ def test_claims_are_cumulative_and_pay_the_difference(escrow: Escrow) -> None:
     second = escrow.claim(channel, 5 * TOKEN)
 
     assert events(escrow.channels, "VoucherClaimed", first) == [
-        {"channelId": channel.id, "claimed": 2 * TOKEN, "paid": 2 * TOKEN}
+        {"channelId": channel.id, "amount": 2 * TOKEN, "claimed": 2 * TOKEN}
     ]
     assert events(escrow.channels, "VoucherClaimed", second) == [
-        {"channelId": channel.id, "claimed": 5 * TOKEN, "paid": 3 * TOKEN}
+        {"channelId": channel.id, "amount": 5 * TOKEN, "claimed": 5 * TOKEN}
     ]
     assert events(escrow.token, "Transfer", second) == [
         {"from": escrow.channels.address, "to": escrow.payee, "value": 3 * TOKEN}
@@ -264,10 +264,10 @@ def test_a_voucher_is_a_cap_a_claim_takes_its_payout_and_the_payer_keeps_the_res
     second = escrow.claim(channel, 6 * TOKEN, signature=voucher, payout=9 * TOKEN // 2)
 
     assert events(escrow.channels, "VoucherClaimed", first) == [
-        {"channelId": channel.id, "claimed": 2 * TOKEN, "paid": 2 * TOKEN}
+        {"channelId": channel.id, "amount": 6 * TOKEN, "claimed": 2 * TOKEN}
     ]
     assert events(escrow.channels, "VoucherClaimed", second) == [
-        {"channelId": channel.id, "claimed": 9 * TOKEN // 2, "paid": 5 * TOKEN // 2}
+        {"channelId": channel.id, "amount": 6 * TOKEN, "claimed": 9 * TOKEN // 2}
     ]
     assert escrow.state(channel) == (DEPOSIT, 9 * TOKEN // 2, channel.expiry)
     advance_time(escrow.w3, 2 * DAY)
@@ -343,7 +343,7 @@ def test_claim_many_pays_the_payee_once_for_many_channels(escrow: Escrow, accoun
     receipt = send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
 
     assert events(escrow.channels, "VoucherClaimed", receipt) == [
-        {"channelId": c.id, "claimed": a, "paid": a} for c, a in zip(opened, amounts, strict=True)
+        {"channelId": c.id, "amount": a, "claimed": a} for c, a in zip(opened, amounts, strict=True)
     ]
     assert events(escrow.token, "Transfer", receipt) == [
         {"from": escrow.channels.address, "to": escrow.payee, "value": 6 * TOKEN}
@@ -357,7 +357,8 @@ def test_claim_many_takes_successive_vouchers_of_one_channel(escrow: Escrow) -> 
     escrow.claim(channel, TOKEN)
     batch = [_item(escrow, channel, 2 * TOKEN), _item(escrow, channel, 5 * TOKEN)]
     receipt = send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
-    assert [e["paid"] for e in events(escrow.channels, "VoucherClaimed", receipt)] == [TOKEN, 3 * TOKEN]
+    assert [e["claimed"] for e in events(escrow.channels, "VoucherClaimed", receipt)] == [2 * TOKEN, 5 * TOKEN]
+    assert events(escrow.token, "Transfer", receipt)[0]["value"] == 4 * TOKEN
     assert escrow.state(channel)[1] == 5 * TOKEN
 
 
