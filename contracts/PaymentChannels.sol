@@ -108,7 +108,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     // Settlement
 
     /// @inheritdoc IPaymentChannels
-    function claim(ChannelTerms calldata terms, uint96 amount, uint96 payout, bytes calldata signature) external {
+    function claim(ChannelTerms calldata terms, uint120 amount, uint120 payout, bytes calldata signature) external {
         uint256 channelId = _channelId(terms);
         (bool wellFormed, bytes32 r, bytes32 vs) = _compact(signature);
         if (!wellFormed) revert PaymentChannelsInvalidSignature(channelId, terms.signer);

@@ -137,11 +137,13 @@ interface IPaymentChannels {
 
     /// @notice Pays the payee `payout - claimed` for a voucher of cumulative `amount` and sets `claimed = payout`;
     /// anyone may submit it. Requires `claimed < payout <= amount <= deposit`.
-    /// @param amount The voucher's cumulative amount (what the signer allowed at most); `uint96` like a deposit.
+    /// @param amount The voucher's cumulative amount (what the signer allowed at most). `uint120`, wider than a
+    /// deposit (`uint96`: a larger amount fails `amount <= deposit`), because these two types make `claim`'s selector
+    /// (0x011109ff) the lowest, so the first case of the dispatcher (264 gas less than `uint96, uint96`).
     /// @param payout The channel's new watermark: what the payee earned in total (`amount` for a whole voucher).
     /// @param signature By `terms.signer` over the EIP-712 voucher: 65 bytes `r || s || v` (v = 27 or 28), or the
     /// 64-byte ERC-2098 compact form `r || yParityAndS` (about 330 gas cheaper). High-s signatures are refused.
-    function claim(ChannelTerms calldata terms, uint96 amount, uint96 payout, bytes calldata signature) external;
+    function claim(ChannelTerms calldata terms, uint120 amount, uint120 payout, bytes calldata signature) external;
 
     /// @notice Claims many vouchers (each for its own `payout`, as `claim`) of channels paying one `payee`, with one
     /// token transfer in total. All or nothing: one refused claim reverts the batch.
