@@ -19,10 +19,13 @@ taken out of the batch and the rest is sent; a voucher found unclaimable is not 
 the ledger holds a higher one.
 
 The chain can change under a claim (docs/chain-state.md):
-- the voucher claimed is the highest the ledger holds (`authorized`), or, if a reorg rolled a
-  top-up back so the deposit is below it, the highest one kept within the deposit; its payout is
-  ``min(that voucher, consumed)``, so a claim never takes credit a refunded or unused call left:
-  the rest of a pre-authorization is the payer's to reclaim after expiry;
+- the voucher claimed is one for exactly what was served when the ledger holds it (`earned ==
+  consumed`: claimed whole, it makes no unused credit public), else the highest the ledger holds
+  (`authorized`), or, if a reorg rolled a top-up back so the deposit is below it, the highest one
+  kept within the deposit; its payout is ``min(that voucher, consumed)``, so a claim never takes
+  credit a refunded or unused call left: the rest of a pre-authorization is the payer's to
+  reclaim after expiry. A voucher claimed in part is public while it still allows more: the
+  daemon refuses it as payment from then on (`ChannelInfo.claimed_voucher`);
 - with `confirmations` N > 0 a mined claim is recorded in the ledger only once the chain state
   (which sees blocks N deep) shows it; if that block arrives without it, it was rolled back and
   the channel is claimed again;
@@ -247,10 +250,14 @@ class Claimer:
     async def _claimable_voucher(
         self, credit: Credit, info: ChannelInfo, report: ClaimReport
     ) -> tuple[int, bytes, int] | None:
-        """(amount, signature, payout) to claim: the stored voucher (`authorized`), unless it exceeds
-        the deposit (a reorg rolled a top-up back): then the highest one kept within the deposit.
-        The payout is ``min(voucher, consumed)``: credit a call did not use stays the payer's."""
+        """(amount, signature, payout) to claim: a voucher for exactly what was served (`earned ==
+        consumed`, the pay-as-you-go case) whole, as it publishes no credit; else the stored voucher
+        (`authorized`), unless it exceeds the deposit (a reorg rolled a top-up back): then the
+        highest one kept within the deposit. The payout is ``min(voucher, consumed)``: credit a call
+        did not use stays the payer's."""
         assert credit.signature is not None
+        if credit.earned == credit.consumed <= info.deposit and credit.earned_signature is not None:
+            return int(credit.earned), bytes(credit.earned_signature), int(credit.earned)
         voucher: tuple[int, bytes] | None = (int(credit.authorized), bytes(credit.signature))
         if credit.authorized > info.deposit:
             voucher = await self.ledger.best_voucher(credit.channel_id, TokenAmount(info.deposit))

@@ -198,6 +198,38 @@ async def test_a_pre_authorization_is_a_cap_even_near_expiry(setup: Setup) -> No
     assert setup.balance(provider) - before == 3 * PRICE == report.paid + 2 * PRICE
 
 
+
+async def test_a_voucher_for_exactly_what_was_served_is_claimed_whole(setup: Setup) -> None:
+    """Pay as you go, the last call refunded: the 2-price voucher (what was served) is claimed whole,
+    so the 3-price voucher, which would still allow a price, never goes public."""
+    provider, payer = setup.accounts[1], setup.accounts[2]
+    _, channel_id = setup.open(payer, provider, salt=1)
+    await setup.pay(payer, channel_id, PRICE, 2 * PRICE, 3 * PRICE)
+    await setup.ledger.refund(ChannelId(channel_id), TokenAmount(PRICE))  # the 3rd call failed
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert report.recorded == {channel_id: 2 * PRICE} and report.paid == 2 * PRICE
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (2 * PRICE, 2 * PRICE)
+    # The next call (voucher 4) makes the kept 3-price voucher the one served: claimed whole again.
+    await setup.pay(payer, channel_id, 4 * PRICE)
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert [batch.claims for batch in report.batches] == [((channel_id, 3 * PRICE, PRICE),)]
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (3 * PRICE, 3 * PRICE)
+    # A pre-authorizing voucher used in part: claimed in part, and public from then on.
+    await setup.pay(payer, channel_id, 9 * PRICE, 9 * PRICE)  # 2 calls: no voucher for exactly 5 prices
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert [batch.claims for batch in report.batches] == [((channel_id, 5 * PRICE, 2 * PRICE),)]
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (5 * PRICE, 9 * PRICE)
+
+
 async def test_a_stale_voucher_is_dropped_and_the_rest_of_the_batch_is_claimed(setup: Setup) -> None:
     provider, payer, other = setup.accounts[1], setup.accounts[2], setup.accounts[3]
     _, kept = setup.open(payer, provider, salt=1)
