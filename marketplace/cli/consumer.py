@@ -34,7 +34,7 @@ from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
-from marketplace.tokens import format_tokens, parse_tokens
+from marketplace.tokens import format_pricing, format_tokens, parse_tokens
 from marketplace.types import SCHEMES, TokenAmount
 
 if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that use them
@@ -97,7 +97,7 @@ def models(
                          listed.info.endpoint]).lower()
         if needle and needle not in text:
             continue
-        table.add_row("0x" + listed.model_id.hex(), name, format_tokens(listed.info.price),
+        table.add_row("0x" + listed.model_id.hex(), name, format_pricing(listed.info.pricing, short=True),
                       str(listed.info.artifact_version), _status(listed), listed.info.endpoint or "-")
         shown += 1
     out.print(table if shown else "no model matches" if needle else "no model is listed yet")
@@ -120,7 +120,7 @@ def show(
     metadata = load_metadata(listed, store, api, data_dir_)
     out.print(f"[bold]model 0x{info.model_id.hex()}[/]  {metadata.name if metadata else ''}")
     for label, value in (
-        ("status", _status(listed)), ("price", f"{format_tokens(info.price)} MKT per call"), ("owner", info.owner),
+        ("status", _status(listed)), ("price", format_pricing(info.pricing)), ("owner", info.owner),
         ("payee", info.payee), ("endpoint", info.endpoint or "-"), ("metadata", str(listed.metadata_cid)),
         ("artifact", f"{listed.artifact_cid} (version {info.artifact_version})"),
     ):
@@ -182,7 +182,7 @@ def open_channel(
     with ChannelStore() as channels:
         channels.remember(ChannelRecord.opened(session.chain_id, market.channels.address, terms, units, expiry))
     out.print(f"opened channel [bold]0x{sent.value:064x}[/]")
-    out.print(f"  model      {model}  ({format_tokens(listed.info.price)} MKT per call)")
+    out.print(f"  model      {model}  ({format_pricing(listed.info.pricing)})")
     out.print(f"  deposit    {format_tokens(units)} MKT, expires {format_time(expiry)}")
     out.print(f"  tx         {sent.transaction_hash} (one transaction, gas {sent.gas_used:,})")
 

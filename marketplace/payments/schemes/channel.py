@@ -237,6 +237,8 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         if channel is not None:
             view["deposit"] = str(channel.deposit)
             view["claimed"] = str(channel.claimed)
+            if channel.claimed_voucher > channel.claimed:  # a partial claim published a higher voucher
+                view["claimedVoucher"] = str(channel.claimed_voucher)
             view["expiry"] = channel.expiry
             view["reclaimed"] = channel.reclaimed
         return view
@@ -293,12 +295,14 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
             if channel is None:
                 raise PaymentRejected("unknown_channel", f"no channel {channel_id:#x} on chain {self.chain_id}")
         self._check_terms(channel, model, now)
-        if channel.claimed and amount <= channel.claimed:
-            # A claim put this voucher in public calldata: anyone could replay it (no RPC: the
-            # cache follows VoucherClaimed events).
+        spent = channel.spent_vouchers
+        if spent and amount <= spent:
+            # A claim put this voucher (or a higher one) in public calldata: anyone could replay it
+            # (no RPC: the cache follows VoucherClaimed events, whose `amount` a partial claim leaves
+            # above `claimed`).
             raise PaymentRejected(
                 "voucher_claimed",
-                f"the voucher for {amount} was claimed on chain: sign a new one above {channel.claimed}",
+                f"the voucher for {amount} was claimed on chain: sign a new one above {spent}",
             )
         if amount > channel.deposit:
             # Prove the signature first: only the channel's signer can make the daemon ask the chain.
