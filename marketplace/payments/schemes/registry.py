@@ -22,5 +22,5 @@ class SchemeRegistry:
         return self._schemes[name]
 
     async def offers(self, model: ModelInfo, context: OfferContext) -> list[PaymentRequirements]:
-        """Every scheme's entry of a 402's `accepts` for `model`."""
-        return [await scheme.offer(model, context) for scheme in self._schemes.values()]
+        """The entry of a 402's `accepts` of every scheme that `serves` `model`."""
+        return [await scheme.offer(model, context) for scheme in self._schemes.values() if scheme.serves(model)]
