@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -52,7 +52,7 @@ class FakeStream(TextStream):
         return self._chunks()
 
     async def _chunks(self) -> AsyncIterator[TextChunk]:
-        runner, kind = self.runner, self.call.kind
+        runner = self.runner
         length = min(runner.length, self.call.max_tokens)
         runner.started += 1
         for n in range(length):
@@ -114,7 +114,6 @@ class MeteredDaemon:
     app: Any
     model_id: bytes
     runner: FakeTextRunner
-    channels: list[Channel] = field(default_factory=list)
 
     @property
     def model_hex(self) -> str:
