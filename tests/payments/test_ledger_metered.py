@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from marketplace.errors import LedgerUnavailable
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.metered import PendingCall, open_metered_calls, settle_unfinished
 from marketplace.types import ChannelId, TokenAmount
@@ -52,7 +53,7 @@ async def test_a_checkpoint_above_the_cap_is_refused_by_the_store(ledger_url: st
     try:
         call = PendingCall(os.urandom(16), "me", CHANNEL, TokenAmount(100))
         await calls.start(call)
-        with pytest.raises(Exception, match="(?i)check|constraint"):
+        with pytest.raises(LedgerUnavailable, match=r"(?i)check|constraint"):
             await calls.checkpoint(call.call_id, TokenAmount(101))
         assert [c.charge for c in await calls.unfinished("me")] == [0]
     finally:
