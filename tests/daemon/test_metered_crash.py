@@ -1,6 +1,7 @@
-"""SIGKILL mid-stream: the restarted daemon settles the metered call at its last checkpoint
-(charged at most what was delivered, never the whole cap, at most one checkpoint interval lost
-to the provider). Real processes: the daemon (tests/daemon/metered_server.py) over real sockets."""
+"""SIGKILL mid-stream, the ledger in SQLite and in PostgreSQL: the restarted daemon settles the
+metered call at its last checkpoint (charged at most what was delivered, never the whole cap, at
+most one checkpoint interval lost to the provider), once. Real processes: the daemon
+(tests/daemon/metered_server.py) over real sockets."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from daemon_fixtures import Listing, open_channel_on, pay_header, register_model, requirements_of
-from daemon_process import DaemonProcess, _die_with_parent, write_config
+from daemon_process import DaemonProcess, _die_with_parent, fresh_postgres_database, write_config
 from eth_account.signers.local import LocalAccount
 from metered_fixtures import PRICING, split_stream
 from web3 import Web3
@@ -44,8 +47,29 @@ class MeteredProcess(DaemonProcess):
         return self
 
 
+def _rows(database_url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the daemon's database directly (SQLite file or PostgreSQL), as an operator would."""
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url[len("sqlite:///"):]) as db:
+            rows = db.execute(query.replace("%s", "?"), params).fetchall()
+        db.close()
+        return rows
+    with psycopg.connect(database_url) as pg:
+        return pg.execute(query, params).fetchall()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    with fresh_postgres_database() as url:
+        yield url
+
+
 async def test_sigkill_mid_stream_settles_the_call_at_its_checkpoint_on_restart(
     anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
+    database_url: str,
 ) -> None:
     provider = listing.provider
     model_id = register_model(w3, contracts.registry, provider, price=PRICING.per_call)
@@ -53,7 +77,7 @@ async def test_sigkill_mid_stream_settles_the_call_at_its_checkpoint_on_restart(
     cap = PRICING.cost(3, 2_000)
     channel = open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[4], provider.address, model_id, 10 * cap)
     config = write_config(tmp_path / "daemon.toml", data_dir=tmp_path / "data", rpc_url=anvil.url, chain_id=31337,
-                          deployments_dir=listing.deployments_dir, database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+                          deployments_dir=listing.deployments_dir, database_url=database_url,
                           chain_poll_seconds=0.1, claim_interval_seconds=3600)
     key = provider.key.to_0x_hex()
     daemon = MeteredProcess(config, key, model_hex).start()
@@ -74,23 +98,21 @@ async def test_sigkill_mid_stream_settles_the_call_at_its_checkpoint_on_restart(
                         daemon.kill()  # mid-stream: no shutdown code runs
                         break
         k = sum(event["x402_tokens"] for event in split_stream(received)[0])
-        with sqlite3.connect(tmp_path / "ledger.db") as db:  # what the crash left: the cap reserved, a checkpoint
-            consumed = int(db.execute("SELECT consumed FROM channel_credit WHERE channel_id = ?",
-                                      (f"{channel.channel_id:078d}",)).fetchone()[0])
-            (checkpoint,) = db.execute("SELECT charge FROM metered_call").fetchone()
-        db.close()
-        assert consumed == cap and PRICING.cost(3, k - CHECKPOINT_TOKENS - 10) <= int(checkpoint) <= PRICING.cost(3, k)
+        channel_key = f"{channel.channel_id:078d}" if database_url.startswith("sqlite") else channel.channel_id
+        # what the crash left: the cap reserved, a checkpoint
+        ((consumed,),) = _rows(database_url, "SELECT consumed FROM channel_credit WHERE channel_id = %s", channel_key)
+        ((checkpoint,),) = _rows(database_url, "SELECT charge FROM metered_call")
+        consumed, checkpoint = int(consumed), int(checkpoint)
+        assert consumed == cap and PRICING.cost(3, k - CHECKPOINT_TOKENS - 10) <= checkpoint <= PRICING.cost(3, k)
 
         restarted.start()
         await restarted.wait_ready()
         async with httpx.AsyncClient(base_url=restarted.url, timeout=10.0) as client:
             view = (await client.get(f"/v1/channels/0x{channel.channel_id:064x}")).json()["view"]
         assert int(view["authorized"]) == cap
-        assert int(view["consumed"]) == int(checkpoint)  # settled at its checkpoint, to the unit
+        assert int(view["consumed"]) == checkpoint  # settled at its checkpoint, to the unit
         assert int(view["consumed"]) <= PRICING.cost(3, k) < cap  # never more than delivered, never the cap
-        with sqlite3.connect(tmp_path / "ledger.db") as db:
-            assert db.execute("SELECT count(*) FROM metered_call").fetchone() == (0,)  # settled once
-        db.close()
+        assert _rows(database_url, "SELECT count(*) FROM metered_call") == [(0,)]  # settled once
         restarted.stop()  # a second restart refunds nothing more
         restarted.start()
         await restarted.wait_ready()
