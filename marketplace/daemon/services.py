@@ -119,7 +119,8 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
 
 def metered_owner(settings: DaemonSettings) -> str:
     """The name of this daemon's metered calls in the shared store: its host and data directory
-    (a restarted daemon settles the calls it left; replicas, each with its own, never another's)."""
+    (a restarted daemon settles the calls its dead processes left; replicas, each with its own
+    data directory or host, never another's)."""
     return f"{socket.gethostname()}:{settings.data_dir.resolve()}"
 
 

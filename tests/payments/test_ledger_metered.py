@@ -23,24 +23,27 @@ async def test_calls_left_unfinished_are_settled_once_at_their_checkpoint_by_the
     ledger = await asyncio.to_thread(open_ledger, ledger_url)
     calls = await asyncio.to_thread(open_metered_calls, ledger_url)
     try:
-        await ledger.admit(CHANNEL, TokenAmount(3 * CAP), b"\x01" * 65, TokenAmount(3 * CAP))  # three caps reserved
-        first, second, other = (PendingCall(os.urandom(16), owner, CHANNEL, CAP)
-                                for owner in ("host:/a", "host:/a", "host:/b"))
+        await ledger.admit(CHANNEL, TokenAmount(4 * CAP), b"\x01" * 65, TokenAmount(4 * CAP))  # four caps reserved
+        first, second, other = (PendingCall(os.urandom(16), owner, pid, CHANNEL, CAP)
+                                for owner, pid in (("host:/a", 4_194_305), ("host:/a", 4_194_306), ("host:/b", 1)))
+        # a call of a running process (a sibling worker: here, our parent) is left alone
+        await calls.start(PendingCall(os.urandom(16), "host:/a", os.getppid(), CHANNEL, CAP))
         for call in (first, second, other):
             await calls.start(call)
         await calls.checkpoint(first.call_id, TokenAmount(1_234))
         await calls.checkpoint(first.call_id, TokenAmount(5_678))  # the last one counts
-        assert {c.call_id: c.charge for c in await calls.unfinished("host:/a")} == {first.call_id: 5_678,
-                                                                                   second.call_id: 0}
+        left = {c.call_id: c.charge for c in await calls.unfinished("host:/a") if c.pid != os.getppid()}
+        assert left == {first.call_id: 5_678, second.call_id: 0}
 
-        settled = await settle_unfinished(calls, ledger, "host:/a")
-        assert len(settled) == 2
+        settled = await settle_unfinished(calls, ledger, "host:/a")  # pids above Linux's pid_max: none runs
+        assert {call.call_id for call in settled} == {first.call_id, second.call_id}
         credit = await ledger.credit(CHANNEL)
-        assert credit is not None and credit.consumed == CAP + 5_678  # the other owner's call still reserved
-        assert await calls.unfinished("host:/a") == [] and len(await calls.unfinished("host:/b")) == 1
+        assert credit is not None and credit.consumed == 2 * CAP + 5_678  # the other owner's and the live call
+        assert [c.pid for c in await calls.unfinished("host:/a")] == [os.getppid()]
+        assert len(await calls.unfinished("host:/b")) == 1
         assert await settle_unfinished(calls, ledger, "host:/a") == []  # a second start refunds nothing
         credit = await ledger.credit(CHANNEL)
-        assert credit is not None and credit.consumed == CAP + 5_678
+        assert credit is not None and credit.consumed == 2 * CAP + 5_678
         await calls.finish(other.call_id)
         assert await calls.unfinished("host:/b") == []
     finally:
@@ -51,7 +54,7 @@ async def test_calls_left_unfinished_are_settled_once_at_their_checkpoint_by_the
 async def test_a_checkpoint_above_the_cap_is_refused_by_the_store(ledger_url: str) -> None:
     calls = await asyncio.to_thread(open_metered_calls, ledger_url)
     try:
-        call = PendingCall(os.urandom(16), "me", CHANNEL, TokenAmount(100))
+        call = PendingCall(os.urandom(16), "me", 1, CHANNEL, TokenAmount(100))
         await calls.start(call)
         with pytest.raises(LedgerUnavailable, match=r"(?i)check|constraint"):
             await calls.checkpoint(call.call_id, TokenAmount(101))

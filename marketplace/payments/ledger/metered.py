@@ -1,7 +1,7 @@
 """Metered calls in flight: each admitted cap, recorded durably until its stream is settled.
 
     calls = open_metered_calls(settings.database_url)        # the credit ledger's database
-    await calls.start(PendingCall(call_id, owner, channel_id, cap))     # after ledger.admit(price=cap)
+    await calls.start(PendingCall(call_id, owner, pid, channel_id, cap))   # after ledger.admit(price=cap)
     await calls.checkpoint(call_id, charge)                   # every 64 tokens or 1 s delivered
     await ledger.refund(channel_id, cap - charge); await calls.finish(call_id)   # the stream ended
 
@@ -9,7 +9,8 @@ A metered call reserves its whole cap on the credit ledger (`consumed += cap`) a
 ``cap - charge`` when the stream ends. A daemon killed mid-stream never reaches that refund, so the
 call is recorded here when admitted (charge 0) and its charge so far is checkpointed while it
 streams; on start, `settle_unfinished` refunds every call its owner (this daemon: data directory
-and host) left, at its last checkpoint. The consumer is never charged above what was delivered;
+and host) left in a process that is no longer running, at its last checkpoint. The consumer is
+never charged above what was delivered;
 the provider loses at most what was delivered since the last checkpoint. The refund commits
 before the record is deleted: a crash between the two refunds that call once more on restart
 (the consumer pays less, never more). Docs: docs/payment-protocol.md, "metered".
@@ -23,6 +24,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,7 @@ __all__ = [
     "PendingCall",
     "SqliteMeteredCalls",
     "open_metered_calls",
+    "process_alive",
     "settle_unfinished",
 ]
 
@@ -59,6 +62,7 @@ SQLITE_METERED_SCHEMA = Schema(
             f"""CREATE TABLE metered_call (
                 call_id    BLOB NOT NULL PRIMARY KEY CHECK (length(call_id) = 16),
                 owner      TEXT NOT NULL,
+                pid        INTEGER NOT NULL,
                 channel_id TEXT NOT NULL CHECK (length(channel_id) = {SQLITE_DIGITS}),
                 cap        TEXT NOT NULL CHECK (length(cap) = {SQLITE_DIGITS}),
                 charge     TEXT NOT NULL CHECK (length(charge) = {SQLITE_DIGITS} AND charge <= cap)
@@ -78,6 +82,7 @@ POSTGRES_METERED_SCHEMA = Schema(
             """CREATE TABLE metered_call (
                 call_id    BYTEA NOT NULL PRIMARY KEY CHECK (length(call_id) = 16),
                 owner      TEXT NOT NULL,
+                pid        BIGINT NOT NULL,
                 channel_id NUMERIC(78, 0) NOT NULL,
                 cap        NUMERIC(78, 0) NOT NULL CHECK (cap >= 0),
                 charge     NUMERIC(78, 0) NOT NULL CHECK (charge >= 0 AND charge <= cap)
@@ -97,6 +102,7 @@ class PendingCall:
 
     call_id: bytes  # 16 random bytes
     owner: str  # the daemon that serves it (settle_unfinished settles only its own)
+    pid: int  # the daemon process (one of its workers) that serves it
     channel_id: ChannelId
     cap: TokenAmount
     charge: TokenAmount = TokenAmount(0)  # noqa: RUF009
@@ -128,10 +134,24 @@ class MeteredCalls(abc.ABC):
         """Release the database. Idempotent."""
 
 
-async def settle_unfinished(calls: MeteredCalls, ledger: CreditLedger, owner: str) -> list[PendingCall]:
-    """Settle every call `owner` left unfinished at its last checkpoint: refund ``cap - charge``
-    on the credit ledger, then forget it. The calls settled."""
-    pending = await calls.unfinished(owner)
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (a worker of the same daemon may still be serving)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def settle_unfinished(
+    calls: MeteredCalls, ledger: CreditLedger, owner: str, *, alive: Callable[[int], bool] = process_alive
+) -> list[PendingCall]:
+    """Settle every call `owner` left unfinished in a process no longer `alive` (never this one)
+    at its last checkpoint: refund ``cap - charge`` on the credit ledger, then forget it. The
+    calls settled. (A sibling worker restarted by the server leaves the live workers' calls alone.)"""
+    pending = [call for call in await calls.unfinished(owner) if call.pid != os.getpid() and not alive(call.pid)]
     for call in pending:
         await ledger.refund(call.channel_id, TokenAmount(call.cap - call.charge))
         await calls.finish(call.call_id)
@@ -140,10 +160,10 @@ async def settle_unfinished(calls: MeteredCalls, ledger: CreditLedger, owner: st
     return pending
 
 
-_INSERT = "INSERT INTO metered_call (call_id, owner, channel_id, cap, charge) VALUES (?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge) VALUES (?, ?, ?, ?, ?, ?)"
 _CHECKPOINT = "UPDATE metered_call SET charge = ? WHERE call_id = ?"
 _DELETE = "DELETE FROM metered_call WHERE call_id = ?"
-_UNFINISHED = "SELECT call_id, channel_id, cap, charge FROM metered_call WHERE owner = ? ORDER BY call_id"
+_UNFINISHED = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WHERE owner = ? ORDER BY call_id"
 
 
 class SqliteMeteredCalls(MeteredCalls):
@@ -156,7 +176,7 @@ class SqliteMeteredCalls(MeteredCalls):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="metered-calls-sqlite")
 
     async def start(self, call: PendingCall) -> None:
-        params = (call.call_id, call.owner, format(call.channel_id, _FORMAT), format(call.cap, _FORMAT),
+        params = (call.call_id, call.owner, call.pid, format(call.channel_id, _FORMAT), format(call.cap, _FORMAT),
                   format(call.charge, _FORMAT))
         await self._on(lambda db: db.execute(_INSERT, params))
 
@@ -168,8 +188,8 @@ class SqliteMeteredCalls(MeteredCalls):
 
     async def unfinished(self, owner: str) -> list[PendingCall]:
         rows = await self._on(lambda db: db.execute(_UNFINISHED, (owner,)).fetchall())
-        return [PendingCall(row[0], owner, ChannelId(int(row[1])), TokenAmount(int(row[2])), TokenAmount(int(row[3])))
-                for row in rows]
+        return [PendingCall(row[0], owner, row[1], ChannelId(int(row[2])), TokenAmount(int(row[3])),
+                            TokenAmount(int(row[4]))) for row in rows]
 
     async def close(self) -> None:
         db, self._db = self._db, None

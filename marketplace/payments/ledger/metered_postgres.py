@@ -20,10 +20,10 @@ from marketplace.types import ChannelId, TokenAmount
 
 __all__ = ["PostgresMeteredCalls"]
 
-_INSERT = "INSERT INTO metered_call (call_id, owner, channel_id, cap, charge) VALUES (%s, %s, %s, %s, %s)"
+_INSERT = "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge) VALUES (%s, %s, %s, %s, %s, %s)"
 _CHECKPOINT = "UPDATE metered_call SET charge = %s WHERE call_id = %s"
 _DELETE = "DELETE FROM metered_call WHERE call_id = %s"
-_UNFINISHED = "SELECT call_id, channel_id, cap, charge FROM metered_call WHERE owner = %s ORDER BY call_id"
+_UNFINISHED = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WHERE owner = %s ORDER BY call_id"
 
 
 class PostgresMeteredCalls(MeteredCalls):
@@ -42,7 +42,7 @@ class PostgresMeteredCalls(MeteredCalls):
         self._closed = False
 
     async def start(self, call: PendingCall) -> None:
-        await self._execute(_INSERT, (call.call_id, call.owner, call.channel_id, call.cap, call.charge))
+        await self._execute(_INSERT, (call.call_id, call.owner, call.pid, call.channel_id, call.cap, call.charge))
 
     async def checkpoint(self, call_id: bytes, charge: TokenAmount) -> None:
         await self._execute(_CHECKPOINT, (charge, call_id))
@@ -52,8 +52,8 @@ class PostgresMeteredCalls(MeteredCalls):
 
     async def unfinished(self, owner: str) -> list[PendingCall]:
         rows = await self._execute(_UNFINISHED, (owner,))
-        return [PendingCall(bytes(row[0]), owner, ChannelId(int(row[1])), TokenAmount(int(row[2])),
-                            TokenAmount(int(row[3]))) for row in rows]
+        return [PendingCall(bytes(row[0]), owner, int(row[1]), ChannelId(int(row[2])), TokenAmount(int(row[3])),
+                            TokenAmount(int(row[4]))) for row in rows]
 
     async def close(self) -> None:
         self._closed = True

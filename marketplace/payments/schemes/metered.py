@@ -149,7 +149,7 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
                                              deposit=TokenAmount(voucher.channel.deposit))
         except InsufficientCredit as refusal:
             raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
-        call = PendingCall(os.urandom(16), self.owner, voucher.channel_id, verified.cap)
+        call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
         try:
             await self.calls.start(call)
         except BaseException:
