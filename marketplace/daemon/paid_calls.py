@@ -78,7 +78,7 @@ class PaidCalls:
         try:
             payment = parse_payment_signature(header, schemes=self._schemes.names)
             paid = PaidRequest(model, body, request.method, request.url.path, peer_address(request))
-            admission = await self._schemes[payment.scheme].admit(payment, paid)
+            admission = await self._schemes.for_model(payment.scheme, model).admit(payment, paid)
             response = await self._serve(request, model, body, admission)
         except PaymentRejected as rejection:
             response = await self.refused(request, model, rejection)

@@ -117,7 +117,7 @@ class TextCalls:
             bound = runner.input_tokens(TextCall(kind, parsed, requested or 1))
             paid = TextRequest(model, body, request.method, request.url.path, peer_address(request),
                                input_bound=bound, requested_max_tokens=requested)
-            admission = await self.services.schemes[MeteredScheme.name].admit(payment, paid)
+            admission = await self.services.schemes.for_model(MeteredScheme.name, model).admit(payment, paid)
         except PaymentRejected as rejection:
             return await self._paid.refused(request, model, rejection)
         except RunnerError as failure:

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from daemon_fixtures import pay_header
+from daemon_fixtures import pay_header, requirements_of
 from eth_account.signers.local import LocalAccount
 from metered_fixtures import PRICING, MeteredDaemon, open_text_channel, serve_metered, sha256, split_stream
 from web3 import Web3
@@ -275,3 +275,31 @@ async def test_plain_completions_are_metered_too(
     assert answer.status_code == 200, answer.text
     assert answer.json()["object"] == "text_completion" and answer.json()["choices"][0]["text"] == "w0 w1 w2 w3 "
     assert await fresh.credit(ch) == (cap, PRICING.cost(2, 4))
+
+
+async def test_a_flat_price_never_pays_for_a_metered_model(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Any,
+    open_channel: Any,
+) -> None:
+    state = fresh.services.state
+    iris = state.model(listing.model_id)
+    ch = open_channel(10**18)
+    infer = f"/v1/models/{listing.model_hex}/infer"
+    body = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
+    offer = requirements_of(await fresh.client.post(infer, json=body), "channel")
+    state._models[listing.model_id] = dataclasses.replace(iris, token_pricing=PRICING)  # repriced per token
+    try:
+        answer = await fresh.client.post(infer, json=body, headers={
+            "PAYMENT-SIGNATURE": pay_header(offer, ch.voucher(iris.price))})
+        assert (answer.status_code, answer.json()["error"]) == (402, "unsupported_scheme")
+        assert [a.scheme for a in parse_payment_required(answer.headers["PAYMENT-REQUIRED"]).accepts] == ["metered"]
+        assert await fresh.credit(ch) == (0, 0)
+    finally:
+        state._models[listing.model_id] = iris
+    chat_offer = await fresh.requirements(fresh.chat())  # and `channel` on the text routes: not accepted
+    channel_offer = dataclasses.replace(chat_offer, scheme="channel", extra={})
+    text_ch = channel(w3, contracts, dev_accounts, fresh)
+    answer = await fresh.client.post("/v1/chat/completions", json=fresh.chat(), headers={
+        "PAYMENT-SIGNATURE": pay_header(channel_offer, text_ch.voucher(10**5))})
+    assert (answer.status_code, answer.json()["error"]) == (402, "unsupported_scheme")
+    assert await fresh.credit(text_ch) == (0, 0)
