@@ -1,7 +1,7 @@
 """Metered calls in flight: each admitted cap, recorded durably until its stream is settled.
 
     calls = open_metered_calls(settings.database_url)        # the credit ledger's database
-    await calls.start(PendingCall(call_id, owner, pid, channel_id, cap))   # after ledger.admit(price=cap)
+    await calls.start(PendingCall(call_id, owner, pid, channel_id, cap))   # then ledger.admit(price=cap)
     await calls.checkpoint(call_id, charge)                   # every 64 tokens or 1 s delivered
     await ledger.refund(channel_id, cap - charge); await calls.finish(call_id)   # the stream ended
 
@@ -10,10 +10,10 @@ A metered call reserves its whole cap on the credit ledger (`consumed += cap`) a
 call is recorded here when admitted (charge 0) and its charge so far is checkpointed while it
 streams; on start, `settle_unfinished` refunds every call its owner (this daemon: data directory
 and host) left in a process that is no longer running, at its last checkpoint. The consumer is
-never charged above what was delivered;
-the provider loses at most what was delivered since the last checkpoint. The refund commits
-before the record is deleted: a crash between the two refunds that call once more on restart
-(the consumer pays less, never more). Docs: docs/payment-protocol.md, "metered".
+never charged above what was delivered; the provider loses at most what was delivered since the
+last checkpoint. The record commits before the cap is reserved and the refund before the record
+is deleted: a crash between two such commits refunds that call once too often on restart (the
+consumer pays less, never more). Docs: docs/payment-protocol.md, "metered".
 
 Its own component in `schema_version` (`metered_calls`). Amounts are 78-digit TEXT (SQLite) or
 NUMERIC(78, 0) (PostgreSQL), as in the credit ledger.

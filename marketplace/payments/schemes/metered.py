@@ -141,19 +141,22 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         return VerifiedCap(voucher, cap, pricing, request.input_bound, max_tokens)
 
     async def admit(self, payment: PaymentPayload, request: PaidRequest) -> MeteredAdmission:
-        """Verify, reserve the cap on the ledger (durable), record the call (durable)."""
+        """Verify, record the call, reserve the cap on the ledger (both durable).
+
+        The record commits first: a crash between the two commits makes the next start refund a
+        cap that was never reserved (the consumer pays less), never leaves one reserved unrecorded."""
         verified = await self.verify(payment, request)
         voucher = verified.voucher
+        call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
+        await self.calls.start(call)
         try:
             credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, verified.cap,
                                              deposit=TokenAmount(voucher.channel.deposit))
         except InsufficientCredit as refusal:
+            await self.calls.finish(call.call_id)
             raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
-        call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
-        try:
-            await self.calls.start(call)
         except BaseException:
-            await self.ledger.refund(voucher.channel_id, verified.cap)
+            await self.calls.finish(call.call_id)
             raise
         return MeteredAdmission(self, verified, call.call_id, credit)
 
