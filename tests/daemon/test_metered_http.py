@@ -303,3 +303,33 @@ async def test_a_flat_price_never_pays_for_a_metered_model(
         "PAYMENT-SIGNATURE": pay_header(channel_offer, text_ch.voucher(10**5))})
     assert (answer.status_code, answer.json()["error"]) == (402, "unsupported_scheme")
     assert await fresh.credit(text_ch) == (0, 0)
+
+
+async def test_the_unmodified_openai_client_reads_paid_answers_streamed_and_not(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount],
+) -> None:
+    from openai import AsyncOpenAI
+
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    cap = PRICING.cost(3, 20)
+    requirements = await fresh.requirements(fresh.chat())
+    client = AsyncOpenAI(base_url=f"{fresh.url}/v1", api_key="unused", max_retries=0)
+    messages: Any = [{"role": "user", "content": "one two three"}]
+    header = pay_header(requirements, {**ch.voucher(cap), "cap": str(cap)})
+    whole = await client.chat.completions.create(model=fresh.model_hex, messages=messages,
+                                                 extra_headers={"PAYMENT-SIGNATURE": header})
+    assert whole.choices[0].message.content == "".join(f"w{n} " for n in range(20))
+    assert whole.usage is not None and whole.usage.completion_tokens == 20
+
+    header = pay_header(requirements, {**ch.voucher(2 * cap), "cap": str(cap)})
+    stream = await client.chat.completions.create(model=fresh.model_hex, messages=messages, stream=True,
+                                                  stream_options={"include_usage": True},
+                                                  extra_headers={"PAYMENT-SIGNATURE": header})
+    text, usage = "", None
+    async for chunk in stream:  # the settlement comment line is skipped by its SSE parser
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+        usage = chunk.usage or usage
+    assert text == "".join(f"w{n} " for n in range(20)) and usage is not None and usage.prompt_tokens == 3
+    assert await fresh.credit(ch) == (2 * cap, 2 * cap)
+    await client.close()
