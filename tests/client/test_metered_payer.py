@@ -1,129 +1,41 @@
-"""The `metered` payer against constructed daemon answers (the daemon's side is H5's; these streams are
-built byte for byte as docs/payment-protocol.md says, with receipts signed by a real key): the cap,
+"""The `metered` payer against constructed daemon answers (tests/client/metered_standin.py: streams built
+byte for byte as docs/payment-protocol.md says, receipts signed by a real key): the cap,
 the voucher `owed + cap`, the settlement checked against what was received, a cut stream owed at our
 own count, a lying daemon turned into a dispute, the spending limits settled to the charge."""
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import hashlib
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from eth_account import Account
+from metered_standin import MODEL, PRICING, Standin, chunk, open_channel
 
-from marketplace.chain.contracts import ChannelTerms
 from marketplace.client import ChannelRecord, ChannelStore, PaymentAuth, SpendingBook, SpendingLimits
 from marketplace.client.schemes.metered import cap_for
 from marketplace.client.sse import Meter
 from marketplace.errors import ChannelDispute, PriceAboveMax
-from marketplace.payments.receipts import Receipt, ReceiptDomain, ReceiptSigner
-from marketplace.payments.x402 import (
-    PAYMENT_REQUIRED_HEADER,
-    PAYMENT_RESPONSE_HEADER,
-    PaymentRequired,
-    PaymentRequirements,
-    ResourceInfo,
-    SettlementResponse,
-)
 from marketplace.types import TokenPricing
 
-ESCROW = "0x9fE46736679d2D9a65F0992F2272dE9f3c7fa6e0"
-REGISTRY = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-PAYEE = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-MODEL = b"\x42" * 32
-PRICING = TokenPricing(per_call=1_000, per_input_token=10, per_output_token=100, max_output_tokens=50)
 URL = "http://daemon.test/v1/chat/completions"
-DAEMON_KEY = Account.create()
 CONSUMER = Account.create()
-
-
-def offer() -> PaymentRequirements:
-    return PaymentRequirements("metered", "eip155:31337", PRICING.per_call, ESCROW, PAYEE, 60, {
-        "escrow": ESCROW, "chainId": 31337, "payee": PAYEE, "modelId": "0x" + MODEL.hex(), "inputBound": "utf8-body",
-        "pricing": {"perCall": str(PRICING.per_call), "perInputToken": str(PRICING.per_input_token),
-                    "perOutputToken": str(PRICING.per_output_token), "maxOutputTokens": PRICING.max_output_tokens}})
-
-
-def chunk(text: str, tokens: int) -> bytes:
-    body = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}],
-            "x402_tokens": tokens}
-    return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-
-def receipt(request: bytes, streamed: bytes, charge: int, inputs: int, outputs: int) -> dict[str, Any]:
-    """A receipt signed by the daemon's key; its token fields signed when the Receipt type has them."""
-    names = {field.name for field in dataclasses.fields(Receipt)}
-    tokens = {"input_tokens": inputs, "output_tokens": outputs} if "input_tokens" in names else {}
-    signed = ReceiptSigner(DAEMON_KEY, ReceiptDomain(31337, REGISTRY)).sign(Receipt(
-        model_id=MODEL, artifact_digest=bytes(32), artifact_version=1, request_hash=hashlib.sha256(request).digest(),
-        response_hash=hashlib.sha256(streamed).digest(), scheme="metered", amount=charge, **tokens))
-    signed["message"].setdefault("inputTokens", inputs)
-    signed["message"].setdefault("outputTokens", outputs)
-    return signed
-
-
-class Daemon:
-    """Answers like a metered daemon: a 402 offer, then a stream of `chunks` and (unless `settle` is
-    False) a settlement whose fields `lie` overrides."""
-
-    def __init__(self, chunks: list[tuple[str, int]], *, settle: bool = True, lie: dict[str, Any] | None = None,
-                 inputs: int = 20, tamper_hash: bool = False) -> None:
-        self.chunks, self.settle, self.lie = chunks, settle, lie or {}
-        self.inputs, self.tamper_hash = inputs, tamper_hash
-        self.payments: list[dict[str, Any]] = []
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        header = request.headers.get("PAYMENT-SIGNATURE")
-        if header is None:
-            required = PaymentRequired(ResourceInfo(str(request.url)), (offer(),))
-            return httpx.Response(402, headers={PAYMENT_REQUIRED_HEADER: required.header()}, json={"error": "x"})
-        payment = json.loads(base64.b64decode(header))
-        self.payments.append(payment)
-        cap = int(payment["payload"]["cap"])
-        streamed = b"".join(chunk(text, tokens) for text, tokens in self.chunks)
-        outputs = sum(tokens for _, tokens in self.chunks)
-        charge = PRICING.cost(self.inputs, outputs)
-        figures: dict[str, Any] = {"charge": str(charge), "inputTokens": self.inputs, "outputTokens": outputs,
-                                   "cap": str(cap)}
-        figures.update(self.lie)
-        figures["receipt"] = receipt(request.content, streamed + (b" " if self.tamper_hash else b""),
-                                     int(figures["charge"]), figures["inputTokens"], figures["outputTokens"])
-        events = [chunk(text, tokens) for text, tokens in self.chunks]
-        if self.settle:
-            events += [b": x402-settlement " + json.dumps(figures).encode() + b"\n\n", b"data: [DONE]\n\n"]
-        start = SettlementResponse(True, "eip155:31337", amount=cap, extra={"scheme": "metered", "cap": str(cap)})
-        return httpx.Response(200, headers={"content-type": "text/event-stream",
-                                            PAYMENT_RESPONSE_HEADER: start.header()}, stream=_Events(events))
-
-
-class _Events(httpx.SyncByteStream):
-    def __init__(self, events: list[bytes]) -> None:
-        self.events = events
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield from self.events
 
 
 @pytest.fixture
 def channel(tmp_path: Path) -> tuple[ChannelStore, ChannelRecord]:
     store = ChannelStore(tmp_path / "channels.db")
-    terms = ChannelTerms.new(CONSUMER.address, PAYEE, MODEL)
-    record = store.remember(ChannelRecord.opened(31337, ESCROW, terms, 10**9, int(time.time()) + 3600))
-    return store, record
+    return store, open_channel(store, CONSUMER.address)
 
 
 BODY = {"model": "0x" + MODEL.hex(), "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10,
         "stream": True}
 
 
-def call(daemon: Daemon, store: ChannelStore, **options: Any) -> tuple[bytes, PaymentAuth]:
+def call(daemon: Standin, store: ChannelStore, **options: Any) -> tuple[bytes, PaymentAuth]:
     auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"], limits=SpendingLimits(per_day=10**6), **options)
     with httpx.Client(transport=httpx.MockTransport(daemon), auth=auth) as http, \
             http.stream("POST", URL, json=BODY) as response:
@@ -137,7 +49,7 @@ def sent_body() -> bytes:
 
 def test_a_settled_stream_is_owed_its_charge_and_the_next_voucher_is_owed_plus_cap(channel: Any) -> None:
     store, record = channel
-    daemon = Daemon([("Hel", 1), ("lo", 1), (" world", 1)])
+    daemon = Standin([("Hel", 1), ("lo", 1), (" world", 1)])
     body, auth = call(daemon, store)
     assert b"x402-settlement" in body and body.endswith(b"data: [DONE]\n\n")
     cap = PRICING.cost(len(sent_body()), 10)  # max_tokens 10, the input bound the body's UTF-8 length
@@ -154,19 +66,19 @@ def test_a_settled_stream_is_owed_its_charge_and_the_next_voucher_is_owed_plus_c
 
 def test_tokens_inflated_beyond_the_content_are_refused_as_a_dispute(channel: Any) -> None:
     store, record = channel
-    daemon = Daemon([("a", 40), ("b", 1)])  # one byte of content cannot be 40 tokens: counted as 1
+    daemon = Standin([("a", 40), ("b", 1)])  # one byte of content cannot be 40 tokens: counted as 1
     with pytest.raises(ChannelDispute):
         call(daemon, store)
     after = store.get(record.channel_id)
     assert after.owed == PRICING.cost(len(sent_body()), 2)  # our own count, at our input bound
     assert after.dispute is not None and after.dispute.consumed == PRICING.cost(20, 41)  # the claim, for the user
     with pytest.raises(ChannelDispute):  # nothing more is signed until the user resolves it
-        call(Daemon([("ok", 1)]), store)
+        call(Standin([("ok", 1)]), store)
 
 
 def test_a_stream_cut_short_is_owed_at_the_clients_own_count(channel: Any) -> None:
     store, record = channel
-    _, auth = call(Daemon([("Hel", 1), ("lo", 1)], settle=False), store)
+    _, auth = call(Standin([("Hel", 1), ("lo", 1)], settle=False), store)
     own = PRICING.cost(len(sent_body()), 2)
     assert store.get(record.channel_id).owed == own and store.get(record.channel_id).dispute is None
     assert auth.spending is not None and auth.spending.spent()[0] == own
@@ -174,7 +86,7 @@ def test_a_stream_cut_short_is_owed_at_the_clients_own_count(channel: Any) -> No
 
 def test_a_stream_the_caller_stops_reading_is_owed_what_it_received(channel: Any) -> None:
     store, record = channel
-    daemon = Daemon([("Hel", 1), ("lo", 1), (" world", 1)])
+    daemon = Standin([("Hel", 1), ("lo", 1), (" world", 1)])
     auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"])
     with httpx.Client(transport=httpx.MockTransport(daemon), auth=auth) as http, \
             http.stream("POST", URL, json=BODY) as response:
@@ -190,14 +102,14 @@ def test_a_stream_the_caller_stops_reading_is_owed_what_it_received(channel: Any
 def test_a_settlement_that_does_not_check_out_is_a_dispute(channel: Any, lie: dict[str, Any]) -> None:
     store, record = channel
     with pytest.raises(ChannelDispute):
-        call(Daemon([("Hel", 1), ("lo", 1), (" world", 1)], lie=lie), store)
+        call(Standin([("Hel", 1), ("lo", 1), (" world", 1)], lie=lie), store)
     assert store.get(record.channel_id).owed == PRICING.cost(len(sent_body()), 3)
 
 
 def test_a_receipt_naming_other_bytes_than_received_is_a_dispute(channel: Any) -> None:
     store, record = channel
     with pytest.raises(ChannelDispute):
-        call(Daemon([("Hel", 1)], tamper_hash=True), store)
+        call(Standin([("Hel", 1)], tamper_hash=True), store)
     assert store.get(record.channel_id).dispute is not None
 
 
@@ -212,7 +124,7 @@ def test_the_cap_follows_max_tokens_and_the_callers_ceiling() -> None:
 
 def test_a_ceiling_below_one_token_refuses_before_signing(channel: Any) -> None:
     store, record = channel
-    daemon = Daemon([("a", 1)])
+    daemon = Standin([("a", 1)])
     with pytest.raises(PriceAboveMax):
         call(daemon, store, max_price=PRICING.per_call)
     assert daemon.payments == [] and store.get(record.channel_id).signed == 0

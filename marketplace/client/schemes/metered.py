@@ -103,6 +103,15 @@ def cap_for(pricing: TokenPricing, body: bytes, ceiling: int | None) -> int | No
     return cap
 
 
+def _plain_figures(amount: int | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain answer's settlement figures: the PAYMENT-RESPONSE's amount, its receipt's tokens."""
+    receipt = extra.get("receipt")
+    message = receipt.get("message") if isinstance(receipt, Mapping) else None
+    named = message if isinstance(message, Mapping) else {}
+    return {"charge": amount if amount is not None else named.get("amount"), "inputTokens": named.get("inputTokens"),
+            "outputTokens": named.get("outputTokens"), "receipt": receipt}
+
+
 def check_settlement(attempt: MeteredAttempt, figures: Mapping[str, Any], *, counted: int | None,
                      digest: bytes | None) -> int:
     """The charge a daemon's settlement states, once checked against what we sent, counted and received
@@ -180,7 +189,8 @@ class MeteredPayer(ChannelPayer):
         if not response.is_success or header is None:
             self.release(attempt)
             return 0
-        extra = parse_payment_response(header).extra or {}
+        settlement = parse_payment_response(header)
+        extra = settlement.extra or {}
         try:
             if isinstance(view := extra.get("channel"), dict):
                 self.store.observe(attempt.channel_id, view)
@@ -192,7 +202,8 @@ class MeteredPayer(ChannelPayer):
             response.stream = MeteredStream(response.stream, meter, lambda: self._finish_stream(attempt, meter),
                                             run_sync=anyio.to_thread.run_sync)
             return None
-        return self._finish(attempt, lambda: check_settlement(attempt, extra, counted=None, digest=None),
+        figures = _plain_figures(settlement.amount, extra)
+        return self._finish(attempt, lambda: check_settlement(attempt, figures, counted=None, digest=None),
                             own=attempt.price)  # a plain answer's tokens are not ours to count: the cap
 
     def _finish_stream(self, attempt: MeteredAttempt, meter: Meter) -> None:
