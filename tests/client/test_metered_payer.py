@@ -144,3 +144,14 @@ def test_spending_books_settle_metered_holds(tmp_path: Path) -> None:
     hold = book.hold(URL, 500, SpendingLimits(per_day=600))
     book.settle(hold, 120)
     assert book.spent() == (120, 120)
+
+
+def test_a_payment_the_daemon_refuses_gives_its_hold_back(channel: Any) -> None:
+    store, record = channel
+    standin = Standin([("a", 1)])
+    refusing = httpx.MockTransport(lambda request: standin(httpx.Request("POST", URL, content=request.content)))
+    auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"], limits=SpendingLimits(per_day=10**6))
+    with httpx.Client(transport=refusing, auth=auth) as http:
+        assert http.post(URL, json=BODY).status_code == 402  # paid, and refused again
+    assert store.get(record.channel_id).signed > 0  # a cap voucher was signed (and held) ...
+    assert len(standin.headers) == 2 and auth.spending is not None and auth.spending.spent() == (0, 0)  # ... given back
