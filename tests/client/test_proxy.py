@@ -42,7 +42,7 @@ def proxy(auth: PaymentAuth, daemon: str) -> Iterator[str]:
         yield url
 
 
-def test_plain_httpx_through_the_proxy_gets_paid_answers_until_the_daily_limit(
+def test_plain_httpx_through_the_proxy_gets_paid_answers_from_the_models_endpoint_until_the_daily_limit(
     live_url: str, settings: DaemonSettings, listing: Listing, consumer: LocalAccount, tmp_path: Path,
     open_paid_channel: Callable[..., ChannelRecord],
 ) -> None:
@@ -50,7 +50,13 @@ def test_plain_httpx_through_the_proxy_gets_paid_answers_until_the_daily_limit(
     channel = open_paid_channel(store, 20 * PRICE)
     auth = PaymentAuth(consumer, store=store, limits=SpendingLimits(per_day=2 * PRICE))
     path = f"/v1/models/0x{listing.model_id.hex()}/infer"
-    with proxy(auth, live_url) as url:
+    endpoints: list[bytes] = []
+
+    def endpoint_of(model_id: bytes) -> str:  # the CLI reads the model's registered endpoint from the chain
+        endpoints.append(model_id)
+        return live_url
+
+    with serve(create_proxy(auth, endpoint_of=endpoint_of), ready_path=path.removesuffix("/infer")) as url:
         for _ in range(2):
             answer = httpx.post(url + path, json=INPUT, headers={"authorization": "Bearer sk-not-for-the-daemon"})
             assert answer.status_code == 200, answer.text
@@ -60,6 +66,7 @@ def test_plain_httpx_through_the_proxy_gets_paid_answers_until_the_daily_limit(
         refused = httpx.post(url + path, json=INPUT)
     assert refused.status_code == 402
     assert refused.json()["error"] == "spending_limit_reached" and "per_day" in refused.json()["detail"]
+    assert endpoints == [listing.model_id]  # the model the path names, looked up once
     assert consumed_on_the_daemon(settings, channel.channel_id) == 2 * PRICE  # two paid, the third never signed
     assert SpendingBook(store.path).spent() == (2 * PRICE, 2 * PRICE)
 
