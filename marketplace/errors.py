@@ -508,6 +508,8 @@ REJECTION_STATUS: dict[str, int] = {
     "access_window_too_long": 402,
     "request_mismatch": 402,
     "access_replayed": 402,  # this (licenseId, nonce) already opened a request, on some replica
+    # metered
+    "cap_too_low": 402,  # the cap does not cover per call + input bound + one output token
 }
 
 

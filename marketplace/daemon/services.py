@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,17 @@ from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds
+from marketplace.payments.ledger.metered import MeteredCalls, open_metered_calls, settle_unfinished
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
+from marketplace.payments.schemes.metered import MeteredScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
 from marketplace.runners.text import TextRunner
 
-__all__ = ["Services", "preflight", "start_services"]
+__all__ = ["Services", "metered_owner", "preflight", "start_services"]
 
 log = logging.getLogger("marketplace.daemon")
 _SETTLEMENT_WAIT = 60.0  # seconds a paid `exact` call waits for its settlement to be mined
@@ -53,6 +56,7 @@ class Services:
     ledger: CreditLedger
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
+    metered_calls: MeteredCalls  # metered calls in flight, settled on start if a crash left any
     schemes: SchemeRegistry  # what PaidCalls dispatches on
     channel: ChannelScheme  # also GET /v1/channels/{id}
     receipts: ReceiptSigner
@@ -70,6 +74,7 @@ class Services:
         await self.state.stop()
         await self.access.close()
         await self.holds.close()
+        await self.metered_calls.close()
         await self.ledger.close()
 
 
@@ -112,9 +117,17 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
     )
 
 
+def metered_owner(settings: DaemonSettings) -> str:
+    """The name of this daemon's metered calls in the shared store: its host and data directory
+    (a restarted daemon settles the calls its dead processes left; replicas, each with its own
+    data directory or host, never another's)."""
+    return f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+
+
 def _schemes(
     settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
-    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds,
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, metered_calls: MeteredCalls,
+    text_runners: dict[bytes, TextRunner],
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
     and the channel scheme, which GET /v1/channels/{id} uses as well."""
@@ -130,7 +143,11 @@ def _schemes(
                         search_from=deployment.start_block)
     license = LicenseScheme(state, w3, access=access)
     state.on_license_change(license.invalidate)
-    return SchemeRegistry((channel, exact, license)), channel
+    def exact_input(model_id: bytes) -> bool:
+        return model_id in text_runners and text_runners[model_id].exact_input
+
+    metered = MeteredScheme(channel, ledger, metered_calls, owner=metered_owner(settings), exact_input=exact_input)
+    return SchemeRegistry((channel, exact, license, metered)), channel
 
 
 def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
@@ -154,9 +171,12 @@ async def start_services(settings: DaemonSettings) -> Services:
     runners: dict[bytes, Runner] = {}
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
+    metered_calls: MeteredCalls | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         holds = await asyncio.to_thread(open_holds, settings.database_url)
+        metered_calls = await asyncio.to_thread(open_metered_calls, settings.database_url)
+        await settle_unfinished(metered_calls, ledger, metered_owner(settings))
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
@@ -169,7 +189,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         for runner in runners.values():
             await runner.aclose()
         await state.stop()
-        for store in (access, holds):
+        for store in (access, holds, metered_calls):
             if store is not None:
                 await store.close()
         await ledger.close()
@@ -180,7 +200,9 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds)
+    text_runners: dict[bytes, TextRunner] = {}
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, metered_calls,
+                                text_runners)
     services = Services(
         settings=settings,
         account=account,
@@ -188,11 +210,13 @@ async def start_services(settings: DaemonSettings) -> Services:
         ledger=ledger,
         access=access,
         holds=holds,
+        metered_calls=metered_calls,
         schemes=schemes,
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
         claimer=Claimer(ledger, state, sender, policy),
+        text_runners=text_runners,
     )
     services.claimer.start()
     return services

@@ -278,10 +278,14 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         return ChannelAdmission(self, self.ledger, voucher, price, credit)
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
-        model = request.model
         self.check_accepted(payment, asset=self._token_lower)
-        self.check_price(payment, model)  # the call is charged model.price: at most what the client accepted
-        fields = Fields(payment.payload, "payment.payload")
+        self.check_price(payment, request.model)  # the call is charged model.price: at most what the client accepted
+        return await self.verify_voucher(Fields(payment.payload, "payment.payload"), request)
+
+    async def verify_voucher(self, fields: Fields, request: PaidRequest) -> VerifiedVoucher:
+        """The voucher checks alone (channel, terms, claimed, deposit, signature) on a payload's
+        `channelId`, `amount`, `signature`: shared with the `metered` scheme."""
+        model = request.model
         channel_id = ChannelId(int.from_bytes(fields.hex_bytes("channelId", 32), "big"))
         amount = TokenAmount(fields.uint("amount"))
         signature = read_signature(fields)
