@@ -155,3 +155,14 @@ def test_a_payment_the_daemon_refuses_gives_its_hold_back(channel: Any) -> None:
         assert http.post(URL, json=BODY).status_code == 402  # paid, and refused again
     assert store.get(record.channel_id).signed > 0  # a cap voucher was signed (and held) ...
     assert len(standin.headers) == 2 and auth.spending is not None and auth.spending.spent() == (0, 0)  # ... given back
+
+
+def test_a_plain_answer_is_owed_and_spent_its_charge_once(channel: Any) -> None:
+    store, record = channel
+    auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"], limits=SpendingLimits(per_day=10**6))
+    with httpx.Client(transport=httpx.MockTransport(Standin([("Hel", 1), ("lo", 1)])), auth=auth) as http:
+        answer = http.post(URL, json={**BODY, "stream": False})
+    assert answer.json()["choices"][0]["message"]["content"] == "Hello"
+    charge = PRICING.cost(20, 2)
+    assert store.get(record.channel_id).owed == charge
+    assert auth.spending is not None and auth.spending.spent() == (charge, charge)  # settled once (was twice)

@@ -12,8 +12,8 @@ A payer is built once per `PaymentAuth` for one scheme the caller allows. Per ca
                                       sign it: an `Attempt` (`max_price`, the budget and the limits were checked)
     complete(attempt, response) -> charge | None
                                       the answer to a paid request: record what it says, let the next call go;
-                                      what it cost, or None when the payer calls `attempt.settle` later
-                                      (a metered stream, when it ends)
+                                      what it cost, or None when the payer calls `attempt.settle` itself
+                                      (metered: once the charge is checked; a stream's when it ends)
     release(attempt)                  no answer to record (refused, failed in transit, cancelled)
 
 All but `release` may block (the channel store's reads and commits): `PaymentAuth` runs them on a

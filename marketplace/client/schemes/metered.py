@@ -203,8 +203,9 @@ class MeteredPayer(ChannelPayer):
                                             run_sync=anyio.to_thread.run_sync)
             return None
         figures = _plain_figures(settlement.amount, extra)
-        return self._finish(attempt, lambda: check_settlement(attempt, figures, counted=None, digest=None),
-                            own=attempt.price)  # a plain answer's tokens are not ours to count: the cap
+        self._finish(attempt, lambda: check_settlement(attempt, figures, counted=None, digest=None),
+                     own=attempt.price)  # a plain answer's tokens are not ours to count: the cap
+        return None  # settled by `_finish`
 
     def _finish_stream(self, attempt: MeteredAttempt, meter: Meter) -> None:
         own = min(attempt.pricing.cost(attempt.input_bound, meter.counted), attempt.price)
