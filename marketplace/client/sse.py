@@ -5,8 +5,9 @@ its bytes, find its settlement, without holding the stream back.
                    event's `x402_tokens`, bounded by max(1, UTF-8 bytes of its content): a daemon
                    overstating a chunk is counted at that bound), `digest` (sha-256 of the bytes before
                    the `: x402-settlement` line) and `settlement` (that line's JSON), once seen
-    MeteredStream  an httpx byte stream (sync and async) that feeds a Meter and calls `finish` once,
-                   at the end of the stream or when it is closed before (a cut stream)
+    MeteredStream  an httpx byte stream (sync and async) that feeds a Meter and calls `finish(ended)`
+                   once: at the end of the stream (True), or when it is closed before (False: cut by us
+                   or broken, so bytes the daemon sent may never have arrived)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -92,11 +94,11 @@ class Meter:
 
 
 class MeteredStream(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """Passes an answer's bytes through a Meter; `finish` runs once when it ends or is closed
+    """Passes an answer's bytes through a Meter; `finish(ended)` runs once when it ends or is closed
     (`run_sync` runs it off the event loop for an async stream; its exception reaches the reader)."""
 
-    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, meter: Meter, finish: Callable[[], None],
-                 *, run_sync: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+    def __init__(self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, meter: Meter,
+                 finish: Callable[[bool], None], *, run_sync: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
         self._inner, self._meter, self._finish, self._run_sync = inner, meter, finish, run_sync
         self._finished = False
 
@@ -110,7 +112,7 @@ class MeteredStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._meter.feed(chunk)
             yield chunk
         if self._take_finish():
-            self._finish()
+            self._finish(True)
 
     def close(self) -> None:
         try:
@@ -118,7 +120,7 @@ class MeteredStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 self._inner.close()
         finally:
             if self._take_finish():
-                self._finish()
+                self._finish(False)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         assert isinstance(self._inner, httpx.AsyncByteStream)
@@ -127,7 +129,7 @@ class MeteredStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             yield chunk
         if self._take_finish():
             with anyio.CancelScope(shield=True):
-                await self._run_sync(self._finish)
+                await self._run_sync(partial(self._finish, True))
 
     async def aclose(self) -> None:
         try:
@@ -136,4 +138,4 @@ class MeteredStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         finally:
             if self._take_finish():
                 with anyio.CancelScope(shield=True):
-                    await self._run_sync(self._finish)
+                    await self._run_sync(partial(self._finish, False))

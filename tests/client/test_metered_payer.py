@@ -87,11 +87,24 @@ def test_a_stream_cut_short_is_owed_at_the_clients_own_count(channel: Any) -> No
 def test_a_stream_the_caller_stops_reading_is_owed_what_it_received(channel: Any) -> None:
     store, record = channel
     daemon = Standin([("Hel", 1), ("lo", 1), (" world", 1)])
-    auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"])
+    auth = PaymentAuth(CONSUMER, store=store, schemes=["metered"], limits=SpendingLimits())
     with httpx.Client(transport=httpx.MockTransport(daemon), auth=auth) as http, \
             http.stream("POST", URL, json=BODY) as response:
         next(response.iter_raw())  # the first event only, then the caller hangs up
-    assert store.get(record.channel_id).owed == PRICING.cost(len(sent_body()), 1)
+    own, cap = PRICING.cost(len(sent_body()), 1), int(daemon.payments[0]["payload"]["cap"])
+    after = store.get(record.channel_id)
+    assert (after.owed, after.slack) == (own, cap - own)  # what was sent meanwhile may be charged, up to the cap
+    assert auth.spending is not None and auth.spending.spent()[0] == cap  # counted at the most it can cost
+
+
+def test_the_daemons_view_after_a_hang_up_is_accepted_within_the_cap_and_a_dispute_beyond(channel: Any) -> None:
+    store, record = channel
+    store.reserve(record.channel_id, 2_000, owed=True)  # a cap voucher of 2,000 ...
+    store.owe(record.channel_id, 1_500, slack=500)  # ... for a stream we cut short: 1,500 counted
+    seen = store.observe(record.channel_id, {"authorized": "2000", "consumed": "1700"}, owed=True)
+    assert seen is not None and (seen.owed, seen.slack, seen.dispute) == (1_700, 0, None)  # delivered, not received
+    with pytest.raises(ChannelDispute):  # beyond what any cut stream can explain
+        store.observe(record.channel_id, {"authorized": "2000", "consumed": "1800"}, owed=True)
 
 
 @pytest.mark.parametrize("lie", [

@@ -84,3 +84,39 @@ async def test_the_openai_client_through_the_proxy_pays_the_metered_daemon_exact
     assert record is not None and record.dispute is None
     assert consumed == record.owed == both  # the client's record and the daemon's ledger agree to the unit
     assert auth.spending is not None and auth.spending.spent()[0] == both
+
+
+async def test_a_stream_the_caller_breaks_off_is_charged_what_was_sent_and_the_next_call_is_paid_without_dispute(
+    metered: MeteredDaemon, market_of: Callable[[LocalAccount | None], Market], consumer: LocalAccount,
+    tmp_path: Path,
+) -> None:
+    metered.runner.reset(length=40, delay=0.02)
+    store = ChannelStore(tmp_path / "channels.db")
+    channel = await anyio.to_thread.run_sync(open_metered_channel, market_of, consumer, metered, store, 10**6)
+    auth = PaymentAuth(consumer, store=store, schemes=["metered"])
+    messages: Any = [{"role": "user", "content": "one two three"}]
+    serving = serve(create_proxy(auth, daemon=metered.url), ready_path="/v1/models")
+    proxy = await anyio.to_thread.run_sync(serving.__enter__)
+    try:
+        client = AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-unused", max_retries=0)
+        stream = await client.chat.completions.create(model=metered.model_hex, max_tokens=30, messages=messages,
+                                                      stream=True)
+        received = 0
+        async for chunk in stream:
+            received += len(chunk.choices[0].delta.content or "") if chunk.choices else 0
+            if received >= 6:  # "w0 w1 ": the caller has had enough
+                break
+        await stream.close()
+        metered.runner.reset(length=5)
+        answer = await client.chat.completions.create(model=metered.model_hex, max_tokens=5, messages=messages)
+        assert answer.choices[0].message.content == "w0 w1 w2 w3 w4 "
+    finally:
+        await anyio.to_thread.run_sync(serving.__exit__, None, None, None)
+    credit = await metered.services.ledger.credit(channel.channel_id)
+    record = store.get(channel.channel_id)
+    assert credit is not None and record is not None and record.dispute is None
+    cut = credit.consumed - PRICING.cost(3, 5)  # the daemon's charge for the stream broken off
+    assert PRICING.cost(3, 2) <= cut < PRICING.cost(3, 30)  # what it sent, at least what we read, not the cap
+    # ours: the plain call as settled, the cut stream at our own count (the input at its bound, the body's
+    # bytes, since no settlement said less): never below the daemon's figure, so no dispute
+    assert record.owed >= credit.consumed and record.dispute is None

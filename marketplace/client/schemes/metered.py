@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import anyio.to_thread
@@ -199,7 +200,7 @@ class MeteredPayer(ChannelPayer):
             raise
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             meter = Meter()
-            response.stream = MeteredStream(response.stream, meter, lambda: self._finish_stream(attempt, meter),
+            response.stream = MeteredStream(response.stream, meter, partial(self._finish_stream, attempt, meter),
                                             run_sync=anyio.to_thread.run_sync)
             return None
         figures = _plain_figures(settlement.amount, extra)
@@ -207,16 +208,17 @@ class MeteredPayer(ChannelPayer):
                      own=attempt.price)  # a plain answer's tokens are not ours to count: the cap
         return None  # settled by `_finish`
 
-    def _finish_stream(self, attempt: MeteredAttempt, meter: Meter) -> None:
+    def _finish_stream(self, attempt: MeteredAttempt, meter: Meter, ended: bool) -> None:
         own = min(attempt.pricing.cost(attempt.input_bound, meter.counted), attempt.price)
         settlement = meter.settlement
         if settlement is None:  # cut short: what we received, at our own count
-            self._finish(attempt, lambda: own, own=own)
+            # (not read to its end: what the daemon sent meanwhile may be charged, up to the cap: `slack`)
+            self._finish(attempt, lambda: own, own=own, slack=0 if ended else attempt.price - own)
         else:
             self._finish(attempt, lambda: check_settlement(attempt, settlement, counted=meter.counted,
                                                            digest=meter.digest), own=own)
 
-    def _finish(self, attempt: MeteredAttempt, charge_of: Callable[[], int], *, own: int) -> int:
+    def _finish(self, attempt: MeteredAttempt, charge_of: Callable[[], int], *, own: int, slack: int = 0) -> int:
         """Owe the checked charge and settle the limits; a refused settlement owes `own` and raises the dispute."""
         try:
             try:
@@ -229,8 +231,8 @@ class MeteredPayer(ChannelPayer):
                 self.store.dispute(attempt.channel_id, DaemonView(
                     authorized, TokenAmount(attempt.owed_at_sign + refused.claimed))).check_dispute()
                 raise  # check_dispute raised: a dispute is recorded
-            self.store.owe(attempt.channel_id, charge)
-            attempt.settle(charge)
+            self.store.owe(attempt.channel_id, charge, slack)
+            attempt.settle(charge + slack)
             return charge
         finally:
             self.release(attempt)
