@@ -18,10 +18,10 @@ counts tokens, bounded per chunk, and reads the settlement line); a plain answer
 PAYMENT-RESPONSE receipt. A stream cut short is owed at our own count; one we stop reading before
 its end also adds `cap - count` to the channel's `slack` (the daemon charges what it wrote, which
 may never have arrived): a later view with `consumed` within `owed + slack` is accepted (`observe`).
-A settlement that claims
-more than we counted, a charge that is not `pricing.cost(...)`, above the cap, or a receipt that
-does not name the bytes we received is a `ChannelDispute`: our count is owed, the daemon's figure
-recorded for the user (`marketplace consumer resolve`) and nothing more is signed on the channel.
+A settlement that claims more than we counted, a charge that is not `pricing.cost(...)`, above the
+cap, or a receipt that does not name the bytes we received is a `ChannelDispute`: our count is
+owed, the daemon's figure recorded for the user (`marketplace consumer resolve`) and nothing more
+is signed on the channel.
 """
 
 from __future__ import annotations
