@@ -31,6 +31,7 @@ from marketplace.cli.account import (
     read_json_argument,
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
+from marketplace.cli.spend import PerCallOption, PerDayOption, TotalOption, limits, limits_of, proxy
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
@@ -50,6 +51,9 @@ app = typer.Typer(
     "per call with vouchers, licenses or EIP-3009 transfers, and reclaim what you did not spend.",
     no_args_is_help=True,
 )
+
+app.command()(limits)
+app.command()(proxy)
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 ChannelArgument = Annotated[str, typer.Argument(metavar="CHANNEL", help="Channel id (0x-hex or decimal).")]
@@ -262,12 +266,16 @@ def call(
     receipts_dir: Annotated[
         Path | None, typer.Option(help="Where receipts go (default: the data dir's receipts/).")
     ] = None,
+    per_call: PerCallOption = None,
+    per_day: PerDayOption = None,
+    total: TotalOption = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Call a model once, paying per call; print its output (stdout) and where the receipt was saved."""
-    from marketplace.client import ChannelStore, MarketplaceClient
+    """Call a model once, paying per call within your spending limits (`consumer limits`); print its
+    output (stdout) and where the receipt was saved."""
+    from marketplace.client import ChannelStore, MarketplaceClient, SpendingBook
 
     model_id, body = model_id_arg(model), read_json_argument(input_, "--input")
     schemes = scheme or ["channel"]
@@ -286,9 +294,10 @@ def call(
         if license_id is None and schemes == ["license"]:
             raise ConfigError(f"{market.address} holds no valid license of model {model}: `marketplace license buy`")
     assert market.account is not None
-    with ChannelStore() as channels, MarketplaceClient(
+    with ChannelStore() as channels, SpendingBook(channels.path) as book, MarketplaceClient(
         url, market.account, store=channels, channel_id=channel_id_arg(channel) if channel else None,
         schemes=[s for s in schemes if s != "license" or license_id is not None], license_id=license_id, max_price=cap,
+        limits=limits_of(book, per_call, per_day, total),
     ) as client:
         result = client.call(model_id, body)
     out.print_json(json.dumps(result.output))
