@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from marketplace.errors import ConfigError
 
-__all__ = ["MAX_TAGS", "TAG_PATTERN", "ModelMetadata", "parse_metadata"]
+__all__ = ["MAX_TAGS", "TAG_PATTERN", "TAG_RULE", "ModelMetadata", "is_tag", "parse_metadata"]
 
 MAX_TAGS = 16
 TAG_PATTERN = r"^[a-z0-9][a-z0-9._+-]{0,31}$"  # lowercase ASCII words: what `search --tag` compares exactly
+TAG_RULE = "lowercase letters, digits and . _ + -, at most 32 characters"
+_TAG = re.compile(TAG_PATTERN)
+
+
+def is_tag(text: str) -> bool:
+    """`text` is a valid tag (`TAG_RULE`)."""
+    return _TAG.fullmatch(text) is not None
 
 
 class ModelMetadata(BaseModel):

@@ -124,10 +124,12 @@ def list_model(
 
     from marketplace.listing import GAS_PROBE_CID
     from marketplace.listing import list_model as publish_model
-    from marketplace.metadata import ModelMetadata
+    from marketplace.metadata import TAG_RULE, ModelMetadata, is_tag
 
     artifact_path = _artifact(path)
     schema = _schema(input_schema)
+    for bad in (text for text in tag or [] if not is_tag(text)):
+        raise ConfigError(f"--tag {bad[:40]!r} is not a tag ({TAG_RULE})")
     units = parse_tokens(price, what="--price")
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"--endpoint must be an http:// or https:// URL, got {endpoint!r}")

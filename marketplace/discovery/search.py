@@ -28,7 +28,7 @@ from typing import Any
 from marketplace.chain.views import ModelInfo, ModelStatus
 from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
-from marketplace.metadata import TAG_PATTERN, ModelMetadata
+from marketplace.metadata import TAG_RULE, ModelMetadata, is_tag
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -49,7 +49,6 @@ _MAX_TERMS = 8  # tags, and words of q
 _UINT256_MAX = 2**256 - 1
 _DECIMAL = re.compile(r"[0-9]{1,78}")
 _CURSOR = re.compile(r"0x[0-9a-f]{64}")
-_TAG = re.compile(TAG_PATTERN)
 _STATUSES = {"active": (ModelStatus.ACTIVE,), "paused": (ModelStatus.PAUSED,), "retired": (ModelStatus.RETIRED,),
              "any": (ModelStatus.ACTIVE, ModelStatus.PAUSED, ModelStatus.RETIRED)}
 
@@ -103,8 +102,8 @@ class SearchQuery:
         if len(words) > _MAX_TERMS or len(tags) > _MAX_TERMS:
             raise InvalidQuery(f"at most {_MAX_TERMS} words in q and {_MAX_TERMS} tags")
         for tag in tags:
-            if _TAG.fullmatch(tag) is None:
-                raise InvalidQuery(f"tag {tag[:40]!r} is not a tag (lowercase letters, digits, . _ + -; 32 at most)")
+            if not is_tag(tag):
+                raise InvalidQuery(f"tag {tag[:40]!r} is not a tag ({TAG_RULE})")
         min_price = _amount(params, "min_price", 0)
         max_price = _amount(params, "max_price", _UINT256_MAX)
         if min_price > max_price:

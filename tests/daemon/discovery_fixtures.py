@@ -19,8 +19,6 @@ from marketplace.ipfs.artifacts import add_bytes, add_path, open_store
 from marketplace.ipfs.local import LocalStore
 from marketplace.metadata import ModelMetadata
 
-TAG = "disc-" + os.urandom(3).hex()  # this module's models only, on the session's shared chain
-TAMPERED_PRICE = 777_777_777_777  # a price no other model has: finds the tampered one unfiltered
 MILLI = 10**15  # 0.001 MKT
 
 SPECIES_OUTPUT = {"type": "object", "properties": {"label": {"type": "integer", "title": "iris species"}}}
@@ -29,12 +27,14 @@ TEXT_INPUT = {"type": "object", "properties": {"text": {"type": "string", "maxLe
 
 @dataclass(frozen=True)
 class DiscoveryMarket:
+    tag: str  # every model below has it: this market's models only, on the session's shared chain
     listing: Listing  # the iris model (served, no tags)
     flowers: bytes  # served, tags botany+tabular, 0.001, an output schema
     sentiment: bytes  # not served, tag nlp, 0.005, a `text` input
     paused: bytes  # served but paused, tag botany, 0.002
     retired: bytes  # retired, 0.003
     tampered: bytes  # its metadata block no longer matches its CID
+    tampered_price: int  # a price no other model has: finds the tampered one unfiltered
 
     def hex(self, model_id: bytes) -> str:
         return "0x" + model_id.hex()
@@ -48,23 +48,25 @@ def _metadata(listing: Listing, **fields: Any) -> ModelMetadata:
 @pytest.fixture(scope="module")
 def discovery_market(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> DiscoveryMarket:
     provider = listing.provider
+    tag = "disc-" + os.urandom(4).hex()
+    tampered_price = 777 * 10**12 + int.from_bytes(os.urandom(4), "big")
     profile = PROFILES["kubo-v1"]
     store = open_store("local", data_dir=listing.data_dir / "ipfs")
     with store:
         artifact = add_path(store, listing.spec.path, profile).cid
         documents = {
             "flowers": _metadata(listing, name="Flower sorter", description="Sorts iris flowers by species",
-                                 tags=[TAG, "botany", "tabular"], output_schema=SPECIES_OUTPUT),
+                                 tags=[tag, "botany", "tabular"], output_schema=SPECIES_OUTPUT),
             "sentiment": ModelMetadata(name="Sentiment scorer", description="How positive a text is", format="http",
-                                       tags=[TAG, "nlp"], input_schema=TEXT_INPUT,
+                                       tags=[tag, "nlp"], input_schema=TEXT_INPUT,
                                        outputs={"score": "positivity from 0 to 1"}),
-            "paused": _metadata(listing, name="Paused flowers", tags=[TAG, "botany"]),
-            "retired": _metadata(listing, name="Retired thing", tags=[TAG]),
-            "tampered": _metadata(listing, name="Honest model", tags=[TAG]),
+            "paused": _metadata(listing, name="Paused flowers", tags=[tag, "botany"]),
+            "retired": _metadata(listing, name="Retired thing", tags=[tag]),
+            "tampered": _metadata(listing, name="Honest model", tags=[tag]),
         }
         cids = {key: add_bytes(store, document.to_json_bytes(), profile).cid for key, document in documents.items()}
         # whoever serves the block now serves other bytes under the same CID: a fake name and tags
-        fake = _metadata(listing, name="Trusted sorter", tags=[TAG, "botany"]).to_json_bytes()
+        fake = _metadata(listing, name="Trusted sorter", tags=[tag, "botany"]).to_json_bytes()
         assert isinstance(store, LocalStore)
         store.block_path(cids["tampered"]).write_bytes(fake)
 
@@ -73,9 +75,9 @@ def discovery_market(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount],
         return register_model(w3, contracts.registry, provider, price=price, metadata=(cid.codec, cid.digest),
                               artifact=(artifact.codec, artifact.digest))
 
-    found = DiscoveryMarket(listing, register("flowers", MILLI), register("sentiment", 5 * MILLI),
+    found = DiscoveryMarket(tag, listing, register("flowers", MILLI), register("sentiment", 5 * MILLI),
                             register("paused", 2 * MILLI), register("retired", 3 * MILLI),
-                            register("tampered", TAMPERED_PRICE))
+                            register("tampered", tampered_price), tampered_price)
     registry = Market(w3, contracts.deployment, provider).registry
     registry.set_paused(found.paused, True)
     registry.retire(found.retired)
@@ -103,5 +105,5 @@ def discovery_settings(
     )
 
 
-__all__ = ["MILLI", "SPECIES_OUTPUT", "TAG", "TAMPERED_PRICE", "TEXT_INPUT", "DiscoveryMarket", "discovery_market",
+__all__ = ["MILLI", "SPECIES_OUTPUT", "TEXT_INPUT", "DiscoveryMarket", "discovery_market",
            "discovery_settings"]

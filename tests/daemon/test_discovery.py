@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from daemon_fixtures import PRICE, Channel, pay_header, running_daemon
-from discovery_fixtures import MILLI, SPECIES_OUTPUT, TAG, TAMPERED_PRICE, TEXT_INPUT, DiscoveryMarket
+from discovery_fixtures import MILLI, SPECIES_OUTPUT, TEXT_INPUT, DiscoveryMarket
 from jsonschema import Draft202012Validator
 from web3 import Web3
 
@@ -58,7 +58,8 @@ async def test_well_known_lists_exactly_the_active_served_models(
     flowers = items[flowers_url]
     assert flowers["type"] == "http" and flowers["method"] == "POST" and flowers["mimeType"] == "application/json"
     assert flowers["x402Version"] == 2 and "Flower sorter" in flowers["description"]
-    assert flowers["metadata"]["tags"] == [TAG, "botany", "tabular"] and flowers["metadata"]["verified"] is True
+    assert flowers["metadata"]["tags"] == [discovery_market.tag, "botany", "tabular"]
+    assert flowers["metadata"]["verified"] is True
     assert flowers["metadata"]["output_schema"] == SPECIES_OUTPUT
     assert {entry["scheme"] for entry in flowers["accepts"]} == {"channel", "exact", "license"}
     assert all(entry["amount"] == str(MILLI) for entry in flowers["accepts"] if entry["scheme"] != "license")
@@ -128,30 +129,36 @@ async def test_well_known_follows_the_chain(
 # --- GET /v1/search ------------------------------------------------------------------------------------
 
 
-async def test_search_by_words_tags_price_and_schemas(client: httpx.AsyncClient) -> None:
-    assert names(await search(client, q="FLOWER sorts", tag=TAG)) == ["Flower sorter"]
-    assert sorted(names(await search(client, q="flower", tag=TAG, status="any"))) == ["Flower sorter", "Paused flowers"]
-    assert names(await search(client, tag=[TAG, "botany"])) == ["Flower sorter"]  # the paused one is not offered
-    assert names(await search(client, tag=[TAG, "nlp"])) == ["Sentiment scorer"]
-    assert names(await search(client, tag=TAG, max_price=str(MILLI))) == ["Flower sorter"]
-    assert sorted(names(await search(client, tag=TAG, min_price=str(2 * MILLI), max_price=str(5 * MILLI),
+async def test_search_by_words_tags_price_and_schemas(
+    client: httpx.AsyncClient, discovery_market: DiscoveryMarket
+) -> None:
+    tag = discovery_market.tag
+    assert names(await search(client, q="FLOWER sorts", tag=tag)) == ["Flower sorter"]
+    assert sorted(names(await search(client, q="flower", tag=tag, status="any"))) == ["Flower sorter",
+                                                                                      "Paused flowers"]
+    assert names(await search(client, tag=[tag, "botany"])) == ["Flower sorter"]  # the paused one is not offered
+    assert names(await search(client, tag=[tag, "nlp"])) == ["Sentiment scorer"]
+    assert names(await search(client, tag=tag, max_price=str(MILLI))) == ["Flower sorter"]
+    assert sorted(names(await search(client, tag=tag, min_price=str(2 * MILLI), max_price=str(5 * MILLI),
                                      status="any"))) == ["Paused flowers", "Retired thing", "Sentiment scorer"]
-    assert names(await search(client, tag=TAG, input="text")) == ["Sentiment scorer"]
-    assert names(await search(client, tag=TAG, output="species")) == ["Flower sorter"]
-    assert names(await search(client, tag=TAG, output="positivity")) == ["Sentiment scorer"]
-    assert names(await search(client, tag=TAG, status="retired")) == ["Retired thing"]
-    sentiment = (await search(client, tag=[TAG, "nlp"]))["items"][0]
+    assert names(await search(client, tag=tag, input="text")) == ["Sentiment scorer"]
+    assert names(await search(client, tag=tag, output="species")) == ["Flower sorter"]
+    assert names(await search(client, tag=tag, output="positivity")) == ["Sentiment scorer"]
+    assert names(await search(client, tag=tag, status="retired")) == ["Retired thing"]
+    sentiment = (await search(client, tag=[tag, "nlp"]))["items"][0]
     assert sentiment["input_schema"] == TEXT_INPUT and sentiment["price"] == str(5 * MILLI)
     assert sentiment["verified"] is True and sentiment["status"] == "active"
 
 
-async def test_search_pages_with_a_cursor(client: httpx.AsyncClient) -> None:
-    everything = await search(client, tag=TAG, status="any", limit=100)
+async def test_search_pages_with_a_cursor(client: httpx.AsyncClient, discovery_market: DiscoveryMarket) -> None:
+    tag = discovery_market.tag
+    everything = await search(client, tag=tag, status="any", limit=100)
     assert everything["total"] == 4 and everything["next_cursor"] is None
     seen: list[str] = []
     cursor = None
     while True:
-        page = await search(client, tag=TAG, status="any", limit=3, **({"cursor": cursor} if cursor else {}))
+        more = {"cursor": cursor} if cursor else {}
+        page = await search(client, tag=tag, status="any", limit=3, **more)
         assert page["total"] == 4 and len(page["items"]) <= 3
         seen += [item["model_id"] for item in page["items"]]
         cursor = page["next_cursor"]
@@ -163,13 +170,15 @@ async def test_search_pages_with_a_cursor(client: httpx.AsyncClient) -> None:
 async def test_tampered_metadata_is_never_shown_as_verified(
     client: httpx.AsyncClient, discovery_market: DiscoveryMarket
 ) -> None:
-    page = await search(client, min_price=str(TAMPERED_PRICE), max_price=str(TAMPERED_PRICE))
+    price = str(discovery_market.tampered_price)
+    page = await search(client, min_price=price, max_price=price)
     assert [item["model_id"] for item in page["items"]] == [discovery_market.hex(discovery_market.tampered)]
     item = page["items"][0]
     assert item["verified"] is False and item["name"] is None and item["tags"] == []
     assert "metadata_problem" in item
     # neither its fake name and tags nor its real ones make it match
-    for params in ({"q": "trusted"}, {"q": "honest"}, {"tag": [TAG, "botany"], "status": "any"}, {"tag": TAG}):
+    tag = discovery_market.tag
+    for params in ({"q": "trusted"}, {"q": "honest"}, {"tag": [tag, "botany"], "status": "any"}, {"tag": tag}):
         found = await search(client, **params)
         assert discovery_market.hex(discovery_market.tampered) not in [i["model_id"] for i in found["items"]]
 
@@ -189,6 +198,6 @@ async def test_hostile_search_parameters_are_400_json(client: httpx.AsyncClient,
 async def test_search_covers_models_not_served_here(
     client: httpx.AsyncClient, discovery_market: DiscoveryMarket
 ) -> None:
-    item = (await search(client, tag=[TAG, "nlp"]))["items"][0]
+    item = (await search(client, tag=[discovery_market.tag, "nlp"]))["items"][0]
     assert item["model_id"] == discovery_market.hex(discovery_market.sentiment)
     assert discovery_market.sentiment not in client.app.state.services.runners  # type: ignore[attr-defined]
