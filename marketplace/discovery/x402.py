@@ -13,7 +13,7 @@ indexer or an x402 client reads it unchanged::
 
 `extensions.bazaar` is x402's discovery extension (input: an HTTP POST with a JSON body, the
 model's example; output: JSON), its `schema` validating `info` with the model's own input
-schema as the body's. Documented in docs/payment-protocol.md §7.
+schema as the body's. Documented in docs/payment-protocol.md §8.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ DiscoveryDep = Annotated[Discovery, Depends(discovery)]
 @router.get("/.well-known/x402", summary="x402 discovery: the paid resources of this daemon, with their accepts")
 async def well_known_x402(request: Request, found: DiscoveryDep) -> dict[str, Any]:
     """Every paid resource served here (active models only), each with the `accepts` its 402 sends,
-    in the form of an x402 facilitator's discovery list (docs/payment-protocol.md §7)."""
+    in the form of an x402 facilitator's discovery list (docs/payment-protocol.md §8)."""
     return await found.document(request.app)
 
 
