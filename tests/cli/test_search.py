@@ -8,10 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from cli_fixtures import Cli, find
 from discovery_fixtures import MILLI, DiscoveryMarket
 from live_daemon import live_daemon
+from x402.extensions.bazaar import ListDiscoveryResourcesParams, with_bazaar
+from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
 
 from marketplace.cli.search import SearchFailed
 from marketplace.daemon.settings import DaemonSettings
@@ -72,6 +75,13 @@ def test_search_a_daemon_gives_the_same_answers(
         assert "Flower sorter" in market_cli("search", "flower", "--tag", tag, "--url", url).stdout
         refused = market_cli.fails("search", "--tag", "Bad Tag!", "--url", url, error=SearchFailed)
         assert "400" in str(refused) and "tag" in str(refused)
+        # an unmodified x402 Bazaar client, pointed at the daemon as at a facilitator, lists what it sells
+        bazaar = with_bazaar(HTTPFacilitatorClientSync(FacilitatorConfig(url=url))).extensions.bazaar
+        listed = bazaar.list_resources(ListDiscoveryResourcesParams(type="http"))
+        well_known = httpx.get(f"{url}/.well-known/x402").json()["items"]
+        assert [item.resource for item in listed.items] == [item["resource"] for item in well_known]
+        assert [item.accepts for item in listed.items] == [item["accepts"] for item in well_known]
+        assert listed.pagination.total == 2 and {item.service_name for item in listed.items} >= {"Flower sorter"}
 
 
 def test_bad_filters_are_one_line_errors(market_cli: Cli) -> None:

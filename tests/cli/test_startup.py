@@ -21,7 +21,8 @@ HEAVY = (
     "web3", "eth_account", "eth_typing", "eth_utils", "onnxruntime", "numpy", "fastapi", "uvicorn",
     "sklearn", "psycopg", "aiohttp", "httpx", "requests", "pydantic", "jsonschema",
 )  # fmt: skip
-AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license", "search")  # marketplace.cli.*
+AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license",
+         "search")  # marketplace.cli.*
 
 _EVERY_HELP = """
 import json, sys

@@ -60,6 +60,7 @@ async def test_well_known_lists_exactly_the_active_served_models(
     assert flowers["x402Version"] == 2 and "Flower sorter" in flowers["description"]
     assert flowers["metadata"]["tags"] == [discovery_market.tag, "botany", "tabular"]
     assert flowers["metadata"]["verified"] is True
+    assert flowers["serviceName"] == "Flower sorter" and flowers["tags"] == [discovery_market.tag, "botany", "tabular"]
     assert flowers["metadata"]["output_schema"] == SPECIES_OUTPUT
     assert {entry["scheme"] for entry in flowers["accepts"]} == {"channel", "exact", "license"}
     assert all(entry["amount"] == str(MILLI) for entry in flowers["accepts"] if entry["scheme"] != "license")
@@ -124,6 +125,24 @@ async def test_well_known_follows_the_chain(
         registry.set_paused(discovery_market.flowers, False)
         registry.set_price(discovery_market.flowers, MILLI)
         await state.wait_for_block(w3.eth.block_number)
+
+
+async def test_discovery_resources_filters_and_pages_like_a_facilitator(
+    client: httpx.AsyncClient, discovery_market: DiscoveryMarket
+) -> None:
+    whole = (await client.get("/.well-known/x402")).json()
+    every = (await client.get("/discovery/resources")).json()
+    assert every["items"] == whole["items"] and every["pagination"] == {"limit": 100, "offset": 0, "total": 2}
+    second = (await client.get("/discovery/resources", params={"limit": "1", "offset": "1"})).json()
+    assert second["items"] == whole["items"][1:] and second["pagination"] == {"limit": 1, "offset": 1, "total": 2}
+    payee = discovery_market.listing.provider.address
+    for params, total in [({"type": "http", "scheme": "channel"}, 2), ({"scheme": "upto"}, 0), ({"type": "mcp"}, 0),
+                          ({"network": "eip155:31337", "payTo": payee.lower()}, 2), ({"network": "eip155:1"}, 0),
+                          ({"payTo": "0x" + "00" * 20}, 0)]:
+        assert (await client.get("/discovery/resources", params=params)).json()["pagination"]["total"] == total
+    for params in ({"limit": "0"}, {"limit": "-1"}, {"offset": "x"}, {"offset": "1e3"}, {"scheme": "s" * 500}):
+        refused = await client.get("/discovery/resources", params=params)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_query"
 
 
 # --- GET /v1/search ------------------------------------------------------------------------------------

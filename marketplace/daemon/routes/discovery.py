@@ -1,4 +1,5 @@
-"""Free discovery routes: `GET /.well-known/x402` (what this daemon sells) and `GET /v1/search` (the registry)."""
+"""Free discovery routes: `GET /.well-known/x402` and `GET /discovery/resources` (what this daemon
+sells, as x402 clients and Bazaar indexers read it) and `GET /v1/search` (the registry)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from marketplace.discovery.search import (
     entry_json,
     search,
 )
+from marketplace.discovery.x402 import page_of
 
 __all__ = ["router"]
 
@@ -43,6 +45,34 @@ async def well_known_x402(request: Request, found: DiscoveryDep) -> dict[str, An
     """Every paid resource served here (active models only), each with the `accepts` its 402 sends,
     in the form of an x402 facilitator's discovery list (docs/payment-protocol.md §8)."""
     return await found.document(request.app)
+
+
+@router.get("/discovery/resources", summary="The same list, filtered and paged as an x402 facilitator's Bazaar")
+async def discovery_resources(
+    request: Request,
+    found: DiscoveryDep,
+    kind: Annotated[str | None, Query(alias="type", description="http")] = None,
+    scheme: Annotated[str | None, Query(description="only resources offering this scheme")] = None,
+    network: Annotated[str | None, Query(description="CAIP-2, e.g. eip155:1")] = None,
+    pay_to: Annotated[str | None, Query(alias="payTo", description="only resources paying this address")] = None,
+    limit: Annotated[str | None, Query(description="1-100 (default 100)")] = None,
+    offset: Annotated[str | None, Query(description="resources to skip (default 0)")] = None,
+) -> dict[str, Any]:
+    """`/.well-known/x402` as `GET /discovery/resources` of a facilitator answers, so an x402
+    Bazaar client pointed at this daemon lists its resources."""
+    for name, value in (("type", kind), ("scheme", scheme), ("network", network), ("payTo", pay_to)):
+        if value is not None and len(value) > MAX_QUERY_CHARS:
+            raise ApiError(400, "invalid_query", f"{name} is longer than {MAX_QUERY_CHARS} characters")
+    return page_of(await found.document(request.app), kind=kind, scheme=scheme, network=network, pay_to=pay_to,
+                   limit=_whole(limit, "limit", 1, MAX_LIMIT, MAX_LIMIT), offset=_whole(offset, "offset", 0, 10**6, 0))
+
+
+def _whole(text: str | None, name: str, low: int, high: int, default: int) -> int:
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 7 or not low <= int(text) <= high:
+        raise ApiError(400, "invalid_query", f"{name} must be a whole number from {low} to {high}")
+    return int(text)
 
 
 @router.get("/v1/search", summary="Search the registry's models by name, tags, price and schemas")
