@@ -42,9 +42,10 @@ if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that
     from marketplace.chain.contracts import ChannelTerms
     from marketplace.chain.market import Catalog, ListedModel, Market
     from marketplace.client.store import ChannelRecord, DaemonView
+    from marketplace.ipfs import CID
     from marketplace.metadata import ModelMetadata
 
-__all__ = ["app", "load_metadata"]
+__all__ = ["app", "load_metadata", "read_metadata"]
 
 app = typer.Typer(
     help="For consumers: browse models, open payment channels (one transaction), call models paying "
@@ -59,16 +60,23 @@ ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0
 ChannelArgument = Annotated[str, typer.Argument(metavar="CHANNEL", help="Channel id (0x-hex or decimal).")]
 
 
-def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, directory: Path | None) -> ModelMetadata | None:
-    """The model's metadata from IPFS, or None when the store does not have it (or it is invalid)."""
+def read_metadata(
+    cid: CID, kind: StoreKind, api: str | None, directory: Path | None
+) -> tuple[ModelMetadata | None, str | None]:
+    """The metadata document `cid` from IPFS (every block re-hashed against its CID), or None and why."""
     from marketplace.metadata import parse_metadata
 
     try:
         store_dir = (directory or data_dir()) / "ipfs"
         with open_store(kind, api=api, data_dir=store_dir) as store, DagReader(store) as reader:
-            return parse_metadata(b"".join(reader.cat(model.metadata_cid)))
-    except (ArtifactError, ConfigError, OSError):
-        return None
+            return parse_metadata(b"".join(reader.cat(cid))), None
+    except (ArtifactError, ConfigError, OSError) as error:
+        return None, f"metadata {cid} unavailable: {error}"
+
+
+def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, directory: Path | None) -> ModelMetadata | None:
+    """The model's metadata from IPFS, or None when the store does not have it (or it is invalid)."""
+    return read_metadata(model.metadata_cid, kind, api, directory)[0]
 
 
 def _status(model: ListedModel) -> str:

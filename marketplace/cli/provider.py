@@ -60,23 +60,23 @@ def _store(kind: StoreKind, api: str | None, directory: Path | None) -> Any:
     return open_store(kind, api=api, data_dir=(directory or data_dir()) / "ipfs")
 
 
-def _schema(path: Path) -> dict[str, Any]:
+def _schema(path: Path, what: str = "input schema") -> dict[str, Any]:
     from jsonschema import SchemaError
     from jsonschema.validators import validator_for
 
     try:
         schema = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"input schema file {path} does not exist") from None
+        raise ConfigError(f"{what} file {path} does not exist") from None
     except (OSError, ValueError) as error:
-        raise ConfigError(f"input schema {path} is not JSON: {error}") from None
+        raise ConfigError(f"{what} {path} is not JSON: {error}") from None
     if not isinstance(schema, dict):
-        raise ConfigError(f"input schema {path} must be a JSON object (a JSON Schema)")
+        raise ConfigError(f"{what} {path} must be a JSON object (a JSON Schema)")
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise ConfigError(f"input schema {path} is not a valid JSON Schema at {where}: {error.message}") from None
+        raise ConfigError(f"{what} {path} is not a valid JSON Schema at {where}: {error.message}") from None
     return schema
 
 
@@ -106,6 +106,8 @@ def list_model(
         str | None, typer.Option(help="An example request body: JSON text or @file (checked against the schema).")
     ] = None,
     format: Annotated[str | None, typer.Option(help="Artifact format (default: the file suffix, e.g. onnx).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A search tag, e.g. vision (repeatable).")] = None,
+    output_schema: Annotated[Path | None, typer.Option(help="JSON Schema (a file) of the answer.")] = None,
     salt: Annotated[
         str | None, typer.Option(help="32-byte hex salt: the model id is derived from you and it (default: random).")
     ] = None,
@@ -127,10 +129,12 @@ def list_model(
 
     from marketplace.listing import GAS_PROBE_CID
     from marketplace.listing import list_model as publish_model
-    from marketplace.metadata import ModelMetadata
+    from marketplace.metadata import TAG_RULE, ModelMetadata, is_tag
 
     artifact_path = _artifact(path)
     schema = _schema(input_schema)
+    for bad in (text for text in tag or [] if not is_tag(text)):
+        raise ConfigError(f"--tag {bad[:40]!r} is not a tag ({TAG_RULE})")
     units = parse_tokens(price, what="--price")
     metered = token_pricing(TokenPricing(units), price_per_input_token, price_per_output_token, max_output_tokens)
     if endpoint and not endpoint.startswith(("http://", "https://")):
@@ -142,7 +146,9 @@ def list_model(
             raise ConfigError(f"--example-input does not match the input schema: {errors[0].message}")
     try:
         metadata = ModelMetadata(name=name, description=description, input_schema=schema, example_input=example,
-                                 format=format or (artifact_path.suffix.lstrip(".").lower() or "onnx"))
+                                 format=format or (artifact_path.suffix.lstrip(".").lower() or "onnx"),
+                                 tags=tag or None,
+                                 output_schema=_schema(output_schema, "output schema") if output_schema else None)
     except ValidationError as error:
         raise ConfigError(f"invalid model metadata: {error.errors(include_input=False)[0]['msg']}") from None
     salt_bytes = _salt(salt)
