@@ -359,3 +359,47 @@ def test_a_tiny_model_runs_on_the_event_loop_once_measured_cheap(tmp_path) -> No
 
     asyncio.run(calls())
     assert threads[0].startswith("onnx-") and threads[1] == "MainThread" and threads[2].startswith("onnx-")
+
+
+def test_a_tiny_model_stays_on_the_event_loop_while_other_threads_hold_the_gil(tmp_path) -> None:
+    """Calls are timed by their thread's CPU time: a thread busy in Python (the ledger's writer,
+    other models) makes a cheap call wait for the GIL, which must not send it to the workers."""
+    import asyncio
+    import threading
+
+    from marketplace.runners import OnnxRunner, RunnerRequest
+    from marketplace.runners.demo_models import train_iris_classifier
+
+    spec = train_iris_classifier(tmp_path / "iris.onnx")
+    runner = OnnxRunner(spec.path, spec.input_schema)  # the default threshold, 0.2 ms
+    threads: list[str] = []
+    original = runner.infer_bytes
+
+    def recording(body: bytes) -> bytes:
+        threads.append(threading.current_thread().name)
+        return original(body)
+
+    runner.infer_bytes = recording  # type: ignore[method-assign]
+    small = RunnerRequest(body=b'{"inputs": [[5.1, 3.5, 1.4, 0.2]]}')
+    stop = threading.Event()
+
+    def spin() -> None:  # a C loop holding the GIL for milliseconds, as a long statement would
+        while not stop.is_set():
+            sum(range(300_000))
+
+    async def calls() -> None:
+        for _ in range(50):  # measured on a quiet process first: inline from here on
+            await runner.infer(small)
+        spinner = threading.Thread(target=spin, daemon=True)
+        spinner.start()
+        try:
+            for _ in range(300):
+                assert (await runner.infer(small)).status == 200
+        finally:
+            stop.set()
+            spinner.join()
+            await runner.aclose()
+
+    asyncio.run(calls())  # onnxruntime lets the GIL go during a call: getting it back takes ms
+    assert threads[0].startswith("onnx-") and threads[49] == "MainThread"
+    assert threads[-300:] == ["MainThread"] * 300
