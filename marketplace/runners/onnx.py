@@ -115,8 +115,6 @@ def _flatten(data: list[Any], path: str) -> list[Any]:
     return flat
 
 
-_SAMPLE_EVERY = 8  # an inline model times one call in this many
-
 class OnnxRunner(Runner):
     """One ONNX model loaded once (the file was already verified against its CID).
 
@@ -128,10 +126,6 @@ class OnnxRunner(Runner):
     of the calls seen so far under ``inline_below_seconds``, ~0.2 ms) runs on the event loop for
     small bodies (``inline_max_body`` bytes); anything else, or any model once it gets slower, goes
     to the worker threads, so the loop is never held longer than a thread hand-off would cost.
-    Calls are timed (each one until inline, then one in 8) by the CPU time of their thread
-    (onnxruntime runs a call on that thread alone when ``intra_op_threads`` is 1): wall time would
-    count the waits for the GIL that other threads cause under load, and push a cheap model onto
-    the threads just when the hand-off costs most.
     """
 
     def __init__(
@@ -182,8 +176,6 @@ class OnnxRunner(Runner):
         self._inline_below = inline_below_seconds
         self._inline_max_body = inline_max_body
         self._mean_seconds: float | None = None  # moving average of a whole call, measured
-        self._clock = time.thread_time if intra_op_threads == 1 else time.perf_counter
-        self._calls = 0
 
     def __repr__(self) -> str:
         return f"OnnxRunner({str(self.path)!r}, model_name={self.model_name!r})"
@@ -215,12 +207,9 @@ class OnnxRunner(Runner):
         return RunnerResponse(200, list(_JSON_HEADERS), body=body)
 
     def _timed(self, body: bytes) -> bytes:
-        self._calls += 1
-        if self._calls % _SAMPLE_EVERY and self._mean_seconds is not None and self._mean_seconds < self._inline_below:
-            return self.infer_bytes(body)  # cheap so far: time one call in _SAMPLE_EVERY (thread_time is a syscall)
-        started = self._clock()
+        started = time.perf_counter()
         answer = self.infer_bytes(body)
-        elapsed = self._clock() - started
+        elapsed = time.perf_counter() - started
         mean = self._mean_seconds
         self._mean_seconds = elapsed if mean is None else 0.9 * mean + 0.1 * elapsed
         return answer
