@@ -50,6 +50,11 @@ _TOKEN = 10**18
 _UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
 
 
+def _url_path(request: Request) -> str:
+    """`request.url.path` without parsing a whole URL (Starlette escapes these three the same way)."""
+    return str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
 def parse_model_id(text: str) -> bytes:
     """A bytes32 model id from its 0x-hex form; 404 `unknown_model` otherwise."""
     body = text[2:] if text[:2] in ("0x", "0X") else text
@@ -77,7 +82,7 @@ class PaidCalls:
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
             payment = parse_payment_signature(header, schemes=self._schemes.names)
-            paid = PaidRequest(model, body, request.method, request.url.path, peer_address(request))
+            paid = PaidRequest(model, body, request.method, _url_path(request), peer_address(request))
             admission = await self._schemes.for_model(payment.scheme, model).admit(payment, paid)
             response = await self._serve(request, model, body, admission)
         except PaymentRejected as rejection:

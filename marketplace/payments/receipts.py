@@ -56,6 +56,7 @@ __all__ = [
     "verify_receipt",
 ]
 
+_2_256 = 2**256
 
 
 def body_hash(body: bytes) -> bytes:
@@ -83,16 +84,23 @@ class Receipt:
     output_tokens: int = 0  # metered: output tokens delivered and charged
 
     def __post_init__(self) -> None:
-        for name in ("model_id", "artifact_digest", "request_hash", "response_hash", "transaction"):
-            if len(getattr(self, name)) != 32:
-                raise ValueError(f"receipt {name} must have 32 bytes")
+        # One receipt per paid call: test everything at once, name the culprit only on failure.
+        if not (
+            len(self.model_id) == len(self.artifact_digest) == len(self.request_hash) == len(self.response_hash)
+            == len(self.transaction) == 32
+        ):
+            for name in ("model_id", "artifact_digest", "request_hash", "response_hash", "transaction"):
+                if len(getattr(self, name)) != 32:
+                    raise ValueError(f"receipt {name} must have 32 bytes")
         if not 0 <= self.artifact_version < 2**32 or not all(
             0 <= value < 2**64 for value in (self.issued_at, self.input_tokens, self.output_tokens)
         ):
             raise ValueError("receipt artifact_version/issued_at/inputTokens/outputTokens out of range")
-        for name in ("channel_id", "license_id", "amount", "cumulative"):
-            if not 0 <= getattr(self, name) < 2**256:
-                raise ValueError(f"receipt {name} must fit in a uint256")
+        if not (0 <= self.channel_id < _2_256 and 0 <= self.license_id < _2_256 and 0 <= self.amount < _2_256
+                and 0 <= self.cumulative < _2_256):
+            for name in ("channel_id", "license_id", "amount", "cumulative"):
+                if not 0 <= getattr(self, name) < _2_256:
+                    raise ValueError(f"receipt {name} must fit in a uint256")
 
     @classmethod
     def for_call(
@@ -213,12 +221,13 @@ class ReceiptSigner:
         self._signer = KeySigner(key)
         self.domain = domain
         self.address = self._signer.address
+        self._domain_json = domain.to_json()  # copied per receipt (cheaper than building it)
 
     def sign(self, receipt: Receipt) -> dict[str, Any]:
         """The receipt JSON: {"domain", "message", "signer", "signature"}."""
         signature = self._signer.sign(self.domain.digest(receipt))
         return {
-            "domain": self.domain.to_json(),
+            "domain": self._domain_json.copy(),
             "message": receipt.to_message(),
             "signer": self.address,
             "signature": "0x" + signature.hex(),
