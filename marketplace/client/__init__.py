@@ -3,7 +3,8 @@ an EIP-3009 transfer, keeping the channel's state durably.
 
     PaymentAuth              httpx.Auth: answers 402s, signs, retries once (sync and async httpx);
                              `ChannelAuth` is its earlier name
-    schemes                  the client side of each scheme (channel, exact, license), driven by PaymentAuth
+    schemes                  the client side of each scheme (channel, exact, license, metered), driven by PaymentAuth
+    SpendingLimits           per call, per UTC day, in total; kept by SpendingBook in the store's file
     ChannelStore             the consumer's channels and their credit, in SQLite (crash-safe): the only
                              module that touches the disk
     MarketplaceClient        .infer(model_id, input) -> (output, receipt); AsyncMarketplaceClient
@@ -15,6 +16,7 @@ from marketplace.client.client import (
     CallResult,
     MarketplaceClient,
 )
+from marketplace.client.spending import SpendingBook, SpendingLimits
 from marketplace.client.store import ChannelRecord, ChannelStore, default_store_path
 
 __all__ = [
@@ -26,5 +28,7 @@ __all__ = [
     "ChannelStore",
     "MarketplaceClient",
     "PaymentAuth",
+    "SpendingBook",
+    "SpendingLimits",
     "default_store_path",
 ]

@@ -22,6 +22,7 @@ from eth_account.signers.local import LocalAccount
 
 from marketplace.client.auth import PaymentAuth
 from marketplace.client.errors import CallFailed, DaemonUnreachable, PaymentRefused
+from marketplace.client.spending import SpendingLimits
 from marketplace.client.store import ChannelStore
 from marketplace.payments.errors import ReceiptInvalid
 from marketplace.payments.receipts import body_hash, verify_receipt
@@ -131,12 +132,14 @@ class MarketplaceClient:
         license_id: int | None = None,
         max_price: int | None = None,
         budget: int | None = None,
+        limits: SpendingLimits | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget})
+                                          "license_id": license_id, "max_price": max_price, "budget": budget,
+                                          "limits": limits})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any) -> CallResult:
@@ -177,12 +180,14 @@ class AsyncMarketplaceClient:
         license_id: int | None = None,
         max_price: int | None = None,
         budget: int | None = None,
+        limits: SpendingLimits | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget})
+                                          "license_id": license_id, "max_price": max_price, "budget": budget,
+                                          "limits": limits})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

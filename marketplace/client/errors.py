@@ -7,11 +7,15 @@
         ├── ChannelExhausted     the channel's deposit cannot cover the next call
         ├── ChannelDispute       the daemon claims more of a channel than the client ever signed
         ├── BudgetExceeded       the next call would take the client over its total budget
+        ├── SpendingLimitReached the next call would pass a spending limit (per call, per day, total)
         └── PaymentRefused       the daemon refused the payment even after one retry (code)
     MarketplaceError
     └── ClientError              the consumer SDK talking to a daemon
         ├── DaemonUnreachable    no daemon answers at the URL
         └── CallFailed           the daemon answered with an error (status, code; not charged)
+    Exception
+    └── SettlementRefused        a metered call's settlement does not check out (internal: becomes a
+                                 ChannelDispute)
 
 None of them ever carries a private key or a password.
 """
@@ -33,6 +37,8 @@ __all__ = [
     "NoPaymentOption",
     "PaymentRefused",
     "PriceAboveMax",
+    "SettlementRefused",
+    "SpendingLimitReached",
 ]
 
 
@@ -94,6 +100,19 @@ class BudgetExceeded(ClientPaymentError):
         )
 
 
+class SpendingLimitReached(ClientPaymentError):
+    """The next call would take the consumer past one of its spending limits (durable, all processes)."""
+
+    def __init__(self, url: str, limit: str, limit_amount: int, spent: int, needed: int) -> None:
+        self.url, self.limit, self.limit_amount, self.spent, self.needed = url, limit, limit_amount, spent, needed
+        what = "per call" if limit == "per_call" else ("today (UTC)" if limit == "per_day" else "in total")
+        super().__init__(
+            f"{url} would need up to {format_tokens(needed)} tokens, but the {limit} spending limit is "
+            f"{format_tokens(limit_amount)} tokens {what} and {format_tokens(spent)} are spent or held: "
+            "nothing was signed"
+        )
+
+
 class PaymentRefused(ClientPaymentError):
     def __init__(self, url: str, code: str, detail: str) -> None:
         self.url, self.code, self.detail = url, code, detail
@@ -116,3 +135,11 @@ class CallFailed(ClientError):
     def __init__(self, url: str, status: int, code: str, detail: str) -> None:
         self.url, self.status, self.code, self.detail = url, status, code, detail
         super().__init__(f"{url} answered {status} ({code}): {detail}")
+
+
+class SettlementRefused(Exception):
+    """A daemon's settlement of a metered call that does not check out (internal: becomes a dispute)."""
+
+    def __init__(self, reason: str, claimed: int) -> None:
+        super().__init__(reason)
+        self.claimed = claimed

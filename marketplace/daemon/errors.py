@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from marketplace.chain.errors import ChainError
 from marketplace.daemon.observability import request_id
+from marketplace.discovery.errors import InvalidQuery
 from marketplace.errors import MarketplaceError
 from marketplace.payments.errors import REJECTION_CODES, PaymentRejected
 from marketplace.payments.ledger.errors import LedgerUnavailable
@@ -78,6 +79,7 @@ _STATUS_BY_TYPE: dict[type[MarketplaceError], int] = {
     UpstreamTimeout: 504,
     RunnerClosed: 503,  # the daemon is shutting down
     LedgerUnavailable: 503,
+    InvalidQuery: 400,  # a malformed search parameter (GET /v1/search)
 }
 
 

@@ -69,6 +69,8 @@ REJECTION_CODES: frozenset[str] = frozenset({
     "access_window_too_long",
     "request_mismatch",
     "access_replayed",  # this (licenseId, nonce) already opened a request, on some replica
+    # metered
+    "cap_too_low",  # the cap does not cover per call + input bound + one output token
 })
 
 

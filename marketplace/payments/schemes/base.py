@@ -115,6 +115,10 @@ class Scheme(Protocol):
     @property
     def name(self) -> str: ...
 
+    def serves(self, model: ModelInfo) -> bool:
+        """Whether this scheme pays for calls of `model` (a metered model has `metered` only)."""
+        ...
+
     async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
         """This scheme's entry in the `accepts` of a 402 for `model`."""
         ...
@@ -135,6 +139,10 @@ class PaymentScheme(abc.ABC, Generic[ProofT]):
         self.network = network_id(state.chain_id)
         self.token = checksum_address(state.token)
         self._token_lower = self.token.lower()
+
+    def serves(self, model: ModelInfo) -> bool:
+        """Flat-priced models (per-token prices are the `metered` scheme's)."""
+        return not model.pricing.metered
 
     @abc.abstractmethod
     def requirements(self, model: ModelInfo) -> PaymentRequirements:
