@@ -240,7 +240,6 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    text_runners: dict[bytes, TextRunner] = {}
     schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, metered_calls,
                                 text_runners)
     services = Services(
@@ -256,8 +255,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
         text_runners=text_runners,
-        claimer=Claimer(ledger, state, sender, policy),
-        text_runners=text_runners,
+        claimer=Claimer(ledger, state, sender, policy, reserved=metered_calls.reserved),
     )
     services.claimer.start()
     return services
