@@ -364,3 +364,15 @@ async def test_a_claim_during_a_stream_never_takes_the_cap_it_holds(
     await fresh.services.claimer.claim_now(everything=True)
     info = await fresh.services.state.refresh_channel(ch.channel_id)
     assert info.claimed == consumed  # the provider is paid exactly what was served, to the unit
+
+
+async def test_the_openai_routes_are_listed_in_well_known_x402_with_the_metered_offer(fresh: MeteredDaemon) -> None:
+    document = (await fresh.client.get("/.well-known/x402")).json()
+    listed = {item["resource"]: item for item in document["items"] if fresh.model_hex in item["description"]}
+    base = fresh.services.settings.public_url.rstrip("/")  # never the request's Host
+    assert set(listed) == {base + "/v1/chat/completions", base + "/v1/completions"}  # not /infer
+    offer = await fresh.requirements(fresh.chat())
+    for item in listed.values():
+        assert item["method"] == "POST"
+        assert [a["scheme"] for a in item["accepts"]] == ["metered"]
+        assert item["accepts"][0]["extra"]["pricing"] == offer.extra["pricing"]  # the same offer as a real 402
