@@ -109,6 +109,8 @@ def _held(text: str, stops: tuple[str, ...]) -> int:
 class OnnxTextRunner(TextRunner):
     """The built-in text model, loaded once from its ONNX file (already verified against its CID)."""
 
+    exact_input = True  # input tokens counted by marketplace/text, which clients run too
+
     def __init__(self, path: Path, *, artifact: ModelArtifact | None = None) -> None:
         self.artifact = artifact
         options = ort.SessionOptions()
