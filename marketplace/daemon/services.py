@@ -29,11 +29,13 @@ from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds
+from marketplace.payments.ledger.trials import TrialCounter, open_trial_counter
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
+from marketplace.payments.schemes.trial import TrialScheme, TrialTerms
 from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
 from marketplace.runners.text import TextRunner
 
@@ -53,6 +55,7 @@ class Services:
     ledger: CreditLedger
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
+    trials: TrialCounter  # free trial calls used per (consumer, model), in the ledger's database
     schemes: SchemeRegistry  # what PaidCalls dispatches on
     channel: ChannelScheme  # also GET /v1/channels/{id}
     receipts: ReceiptSigner
@@ -69,6 +72,7 @@ class Services:
             await text_runner.aclose()
         await self.state.stop()
         await self.access.close()
+        await self.trials.close()
         await self.holds.close()
         await self.ledger.close()
 
@@ -114,7 +118,7 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
 
 def _schemes(
     settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
-    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds,
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter, account: LocalAccount,
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
     and the channel scheme, which GET /v1/channels/{id} uses as well."""
@@ -130,7 +134,11 @@ def _schemes(
                         search_from=deployment.start_block)
     license = LicenseScheme(state, w3, access=access)
     state.on_license_change(license.invalidate)
-    return SchemeRegistry((channel, exact, license)), channel
+    terms = {bytes.fromhex(served.model_id[2:]): TrialTerms(served.trial_calls, served.trial_token_required)
+             for served in settings.models}
+    trial = TrialScheme(state, deployment.addresses["ModelRegistry"], terms, access=access, counter=trials,
+                        issuers=(account.address,))
+    return SchemeRegistry((channel, exact, license, trial)), channel
 
 
 def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
@@ -154,9 +162,11 @@ async def start_services(settings: DaemonSettings) -> Services:
     runners: dict[bytes, Runner] = {}
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
+    trials: TrialCounter | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         holds = await asyncio.to_thread(open_holds, settings.database_url)
+        trials = await asyncio.to_thread(open_trial_counter, settings.database_url)
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
@@ -169,7 +179,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         for runner in runners.values():
             await runner.aclose()
         await state.stop()
-        for store in (access, holds):
+        for store in (access, holds, trials):
             if store is not None:
                 await store.close()
         await ledger.close()
@@ -180,7 +190,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds)
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, account)
     services = Services(
         settings=settings,
         account=account,
@@ -188,6 +198,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         ledger=ledger,
         access=access,
         holds=holds,
+        trials=trials,
         schemes=schemes,
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),

@@ -22,5 +22,6 @@ class SchemeRegistry:
         return self._schemes[name]
 
     async def offers(self, model: ModelInfo, context: OfferContext) -> list[PaymentRequirements]:
-        """Every scheme's entry of a 402's `accepts` for `model`."""
-        return [await scheme.offer(model, context) for scheme in self._schemes.values()]
+        """Every scheme's entry of a 402's `accepts` for `model` (a scheme may offer nothing for it)."""
+        offers = [await scheme.offer(model, context) for scheme in self._schemes.values()]
+        return [offer for offer in offers if offer is not None]
