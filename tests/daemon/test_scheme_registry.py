@@ -1,5 +1,6 @@
 """A new scheme is one module plus its registration: the daemon offers, admits, serves, refunds it
-without knowing anything about it (a toy `promo` scheme: a few free calls per name, unsigned; the real `trial` is in test_trial_http.py)."""
+without knowing anything about it (a toy `promo` scheme: a few free calls per name, unsigned; the
+real `trial` scheme is tested in test_trial_http.py)."""
 
 from __future__ import annotations
 

@@ -167,7 +167,8 @@ class TrialAdmission(Admission):
         return Charge(0)
 
     def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
-        extra = {"scheme": self.scheme, "receipt": receipt, "trial": {"call": self.used, "calls": self.verified.allowed}}
+        trial = {"call": self.used, "calls": self.verified.allowed}
+        extra = {"scheme": self.scheme, "receipt": receipt, "trial": trial}
         return SettlementResponse(success=True, network=self._trials.network, transaction="",
                                   payer=checksum_address(self.verified.consumer), amount=0, extra=extra)
 
@@ -259,14 +260,15 @@ class TrialScheme(PaymentScheme[VerifiedTrial]):
         fields = Fields(payment.payload, "payment.payload")
         consumer = checksum_address(fields.address("consumer"))
         method, path = fields.text("method"), fields.text("path")
-        request_hash, nonce, deadline = fields.hex_bytes("requestHash", 32), fields.uint("nonce"), fields.uint("deadline")
+        request_hash = fields.hex_bytes("requestHash", 32)
+        nonce, deadline = fields.uint("nonce"), fields.uint("deadline")
         signature = read_signature(fields)
         token_fields = fields.optional_dict("token")
         now = int(self._clock())
         check_binding(request, method=method, path=path, request_hash=request_hash, deadline=deadline, now=now,
                       max_window=self.max_window_seconds)
-        digest = self.domain.digest(TRIAL_REQUEST, consumer, model.model_id, method, path, request_hash, nonce, deadline)
-        signer = recover_or_reject(digest, signature)
+        signer = recover_or_reject(self.domain.digest(
+            TRIAL_REQUEST, consumer, model.model_id, method, path, request_hash, nonce, deadline), signature)
         if checksum_address(signer) != consumer:
             raise PaymentRejected("bad_signature", f"the trial request is not signed by {consumer}")
         allowed = terms.calls
