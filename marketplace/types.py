@@ -22,7 +22,8 @@ __all__ = [
     "Wei",
 ]
 
-SCHEMES = ("channel", "exact", "license")  # the x402 payment schemes of the marketplace (docs/payment-protocol.md)
+# the x402 payment schemes of the marketplace (docs/payment-protocol.md)
+SCHEMES = ("channel", "exact", "license", "trial")
 
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256(abi.encode(owner, salt))
 ChannelId = NewType("ChannelId", int)  # uint256(keccak256(abi.encode(ChannelTerms)))

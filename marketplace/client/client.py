@@ -29,6 +29,7 @@ from marketplace.errors import (
     ReceiptInvalid,
 )
 from marketplace.payments.receipts import body_hash, verify_receipt
+from marketplace.payments.schemes.trial import TrialToken
 from marketplace.payments.x402 import (
     PAYMENT_RESPONSE_HEADER,
     SettlementResponse,
@@ -66,6 +67,15 @@ class CallResult:
     @property
     def scheme(self) -> str:
         return str((self.settlement.extra or {}).get("scheme", ""))
+
+    @property
+    def trial(self) -> tuple[int, int] | None:
+        """(call, calls) of a free trial call: this was call `call` of the `calls` the consumer has."""
+        trial = (self.settlement.extra or {}).get("trial")
+        if self.scheme != "trial" or not isinstance(trial, dict):
+            return None
+        call, calls = trial.get("call"), trial.get("calls")
+        return (call, calls) if isinstance(call, int) and isinstance(calls, int) else None
 
     def save(self, directory: Path) -> Path:
         """Write the PAYMENT-RESPONSE (receipt included) and both bodies; the receipt file's path.
@@ -131,8 +141,9 @@ class MarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("channel",),
+        schemes: Sequence[str] = ("trial", "channel"),
         license_id: int | None = None,
+        trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
         timeout: float = 60.0,
@@ -140,7 +151,8 @@ class MarketplaceClient:
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget})
+                                          "license_id": license_id, "trial_tokens": trial_tokens,
+                                          "max_price": max_price, "budget": budget})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any) -> CallResult:
@@ -177,8 +189,9 @@ class AsyncMarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("channel",),
+        schemes: Sequence[str] = ("trial", "channel"),
         license_id: int | None = None,
+        trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
         timeout: float = 60.0,
@@ -186,7 +199,8 @@ class AsyncMarketplaceClient:
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget})
+                                          "license_id": license_id, "trial_tokens": trial_tokens,
+                                          "max_price": max_price, "budget": budget})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

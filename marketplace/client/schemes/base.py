@@ -60,6 +60,7 @@ class SchemePayer(abc.ABC, Generic[A]):
 
     name: ClassVar[str]
     missing = ""  # why `pays` said no, for NoPaymentOption
+    falls_back: ClassVar[bool] = False  # a refusal of its payment lets the next scheme pay the same request
 
     def __init__(self, account: LocalAccount, clock: Callable[[], float] = time.time) -> None:
         self.account = account
