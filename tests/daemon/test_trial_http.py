@@ -64,6 +64,8 @@ async def test_the_402_offers_trials_only_for_models_that_have_them(
     open_offer = await offer(trial_daemon, open_model)
     assert (open_offer.extra["calls"], open_offer.extra["tokenRequired"]) == (OPEN_CALLS, False)
     assert "used" not in open_offer.extra
+    garbled = await ask(trial_daemon, open_model, **{"PAYMENT-CONSUMER": "0x12"})
+    assert (garbled.status_code, garbled.json()["error"]) == (400, "invalid_payload")
     async with running_daemon(settings) as plain:  # no trial_calls: no trial offered, none admitted
         refused = await ask(plain, listing.model_id)
         assert "trial" not in [r.scheme for r in parse_payment_required(refused.headers["PAYMENT-REQUIRED"]).accepts]
@@ -97,6 +99,17 @@ async def test_a_token_holder_gets_exactly_n_free_calls_then_pays(
     assert schemes == ["channel", "exact", "license", "trial"]  # the paid schemes are offered next
     hinted = await offer(trial_daemon, listing.model_id, **{"PAYMENT-CONSUMER": consumer.address})
     assert hinted.extra["used"] == TOKEN_CALLS
+
+
+async def test_a_token_for_more_calls_than_a_counter_holds_is_served(
+    trial_daemon: httpx.AsyncClient, listing: Listing, w3: Web3, contracts: Any
+) -> None:
+    consumer = Account.create()
+    requirements = await offer(trial_daemon, listing.model_id)
+    token = token_for(w3, contracts, listing.provider, consumer.address, listing.model_id, calls=2**256 - 1)
+    served = await ask(trial_daemon, listing.model_id,
+                       trial_header(w3, contracts, requirements, consumer, listing.model_id, token=token))
+    assert served.status_code == 200, served.text
 
 
 async def test_a_replayed_trial_request_is_refused(

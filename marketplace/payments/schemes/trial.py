@@ -76,6 +76,7 @@ TRIAL_CONSUMER_HEADER = "PAYMENT-CONSUMER"  # a hint: the 402's trial offer then
 # Trial nonces share the license-access nonce table, keyed (TRIAL_NONCE_TAG | consumer, nonce):
 # license ids count up from 1 and never reach 2**255, so the two never meet.
 TRIAL_NONCE_TAG = 1 << 255
+_MAX_CALLS = 2**31  # a token may say more (uint256): the counter stores a 64-bit integer
 
 
 def trial_domain(chain_id: int, registry: str) -> Domain:
@@ -289,4 +290,4 @@ class TrialScheme(PaymentScheme[VerifiedTrial]):
                                   f"0x{model.model_id.hex()} is not signed by its provider")
         if expiry <= now:
             raise PaymentRejected("trial_token_expired", f"the trial token expired at {expiry} (now {now})")
-        return calls
+        return min(calls, _MAX_CALLS)
