@@ -10,8 +10,8 @@
    offers of its scheme (the channel payer checks the daemon's view against our own record); then
    the first scheme the caller allows that is offered and that its payer `pays` is signed, and the
    request is sent again, once (and once more if the refused scheme `falls_back`: a trial used up
-   meanwhile lets the next scheme pay). A price above `max_price`,
-   or one that would take the client past its `budget`, aborts before anything is signed.
+   meanwhile lets the next scheme pay). A price above `max_price`, or one that would take the
+   client past its `budget`, aborts before anything is signed.
 3. A 2xx with PAYMENT-RESPONSE is `complete`d by the payer (the channel's state moves forward,
    committed to disk before the caller sees the answer).
 
@@ -224,9 +224,11 @@ class PaymentAuth(httpx.Auth):
     def _upfront(self, call: _Call) -> None:
         """Pay a URL paid before with the same offer; otherwise let the payers announce the unpaid request."""
         known = self._paid.get(call.url)
-        if known is not None and self._payers[known.scheme].pays(known, call.url):  # not a trial used up
+        upfront = self._payers[known.scheme] if known is not None else None
+        # a scheme that falls back (trial) is paid upfront only while its payer still pays (trials left)
+        if known is not None and upfront is not None and (not upfront.falls_back or upfront.pays(known, call.url)):
             try:
-                self._sign(call, self._payers[known.scheme], known)
+                self._sign(call, upfront, known)
                 return
             except ChannelExhausted:  # the deposit looks spent: ask the daemon first (a top-up?)
                 pass
