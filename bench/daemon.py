@@ -21,6 +21,8 @@ access log), loaded by wrk (Debian package ``wrk``, one thread, 64 connections):
 (a)-(d) run with 1 and 2 uvicorn workers (two daemon workers share the SQLite ledger file), and
 (b), (b'), (d) once more with 2 workers on a PostgreSQL ledger (`--postgres ''` skips it); (e)
 with 1 worker (its settlement nonces are per process). p50 at ONE connection for (a) vs (b).
+`--baseline DIR` (a checkout of an older commit) runs that tree's daemon beside this one in every
+round, interleaved, as "... baseline" rows: before/after of a change in one run on one machine.
 "wrk ceiling": wrk against the raw upstream sending the paid requests (1.5 KiB header each,
 built in Lua per request): the most this load generator can offer on this machine.
 The daemon runs as ``marketplace serve`` runs it (``create_app`` under uvicorn), through a
@@ -159,6 +161,8 @@ def main() -> None:
     parser.add_argument("--exact-duration", type=float, default=3.0)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="admin URL of a PostgreSQL server for the 2-worker run on a PostgreSQL ledger ('' skips)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of another commit whose paid daemon is measured beside this one")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -189,8 +193,18 @@ def main() -> None:
             group = [Server("paid_app", workers, key | {"MARKETPLACE_CONFIG_FILE": str(config)})]
             if database_url.startswith("sqlite"):  # the unpaid servers have no ledger: measured once per count
                 group += [Server("unpaid_onnx_app", workers, model_env), Server("unpaid_proxy_app", workers, model_env)]
-            servers += group
+            baseline = None
+            if args.baseline is not None:  # its own ledger: a second daemon must not see this one's vouchers
+                base_url = (f"sqlite:///{workdir / f'ledger-{workers}-baseline.db'}"
+                            if database_url.startswith("sqlite") else postgres_database(args.postgres, "baseline"))
+                base_config = market.daemon_config(workdir / f"daemon-{workers}-baseline.toml", str(base_url),
+                                                   upstream.url + "/predict")
+                baseline = Server("paid_app", workers, key | {"MARKETPLACE_CONFIG_FILE": str(base_config)},
+                                  tree=args.baseline.resolve())
+            servers += group + ([baseline] if baseline else [])
             daemon = group[0].wait(iris_path)
+            if baseline is not None:
+                baseline.wait(iris_path)
             if iris_vouchers is None:
                 iris_vouchers = Vouchers(market, market.iris, iris_channels,
                                          requirements_of(daemon, iris_path, "channel"))
@@ -204,6 +218,9 @@ def main() -> None:
                 (f"(c) unpaid-proxy {label}", proxy, "/infer", None),
                 (f"(d) paid-proxy {label}", daemon, proxy_path, proxy_vouchers.batch),
             ]
+            if baseline is not None:
+                scenarios += [(f"{name} baseline", baseline, path, vouchers)
+                              for name, server, path, vouchers in scenarios if server is daemon]
             scenarios = [scenario for scenario in scenarios if scenario[1] is not None]
             print(f"{label}: warm-up", file=sys.stderr)
             for name, server, path, vouchers in scenarios:
@@ -213,15 +230,16 @@ def main() -> None:
                 for name, server, path, vouchers in scenarios:
                     bench.run(name, server, path, vouchers)
             if label == "w1":
+                one = [s for s in scenarios if s[0].startswith(("(a) unpaid-onnx", "(b) paid-onnx"))]
                 for _ in range(args.repeat):
-                    for name, server, path, vouchers in scenarios[:2]:  # (a), (b)
+                    for name, server, path, vouchers in one:  # (a), (b) (and (b) baseline)
                         bench.run(name.replace(label, "1 connection"), server, path, vouchers, connections=1)
                 exact = requirements_of(daemon, iris_path, "exact")
                 count = int(args.exact_duration * 200) + 200  # far above what one settler mines here
                 bench.run("(e) exact w1", daemon, iris_path,
                           lambda _, exact=exact, count=count: exact_headers(market, exact, count),
                           seconds=args.exact_duration)
-            for server in group:
+            for server in group + ([baseline] if baseline else []):
                 server.stop()
                 servers.remove(server)
         sample = iris_vouchers.batch(20_000) if iris_vouchers else None
@@ -255,6 +273,13 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: float
             "(c) unpaid proxy / upstream direct": ratio(f"(c) unpaid-proxy {unpaid}", "upstream direct"),
             "(b) channel / (e) exact": ratio(f"(b) paid-onnx {w}", "(e) exact w1"),
         }
+    baseline = {}  # this tree against the baseline's daemon, same scenario, same run
+    for name in results:
+        if name.endswith(" baseline"):
+            now = name.removesuffix(" baseline")
+            if now in results:
+                baseline[now] = {"rps": ratio(now, name), "cpu_us_per_request": [
+                    get(name, "cpu_us_per_request"), get(now, "cpu_us_per_request")]}
     one_a, one_b = get("(a) unpaid-onnx 1 connection", "p50_ms"), get("(b) paid-onnx 1 connection", "p50_ms")
     extra = round(one_b - one_a, 3) if one_a is not None and one_b is not None else None
     best_paid = max((get(f"(b) paid-onnx {w}") or 0.0) for w in labels)
@@ -276,6 +301,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: float
                     "load_average_before": round(load_before, 2), "load_average_after": round(os.getloadavg()[0], 2),
                     "elapsed_s": round(elapsed)},
         "results": results, "ratios": ratios, "one_connection_p50_extra_ms": extra,
+        "baseline": {"tree": str(args.baseline), "now_over_baseline": baseline} if args.baseline else None,
         "targets": TARGETS, "targets_met": met,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -294,6 +320,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: float
         print(f"\nratios ({w}): " + ", ".join(f"{k} {v:.2f}x" for k, v in group.items() if v is not None))
     if extra is not None:
         print(f"one connection: p50 (b) - p50 (a) = {extra:.3f} ms")
+    for name, compared in baseline.items():
+        before, after = compared["cpu_us_per_request"]
+        print(f"vs baseline, {name}: req/s {compared['rps']:.2f}x, CPU µs/req {before:.0f} -> {after:.0f}")
     print("\ntargets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items()))
     print(f"written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
 

@@ -98,13 +98,19 @@ def free_port() -> int:
 
 
 class Server:
-    """One server process (and its uvicorn workers), ready when `probe` answers 2xx/402."""
+    """One server process (and its uvicorn workers), ready when `probe` answers 2xx/402.
 
-    def __init__(self, kind: str, workers: int = 1, env: dict[str, str] | None = None) -> None:
+    `tree` is the checkout whose code it runs: this one, or a baseline (another commit's tree,
+    e.g. from `git worktree add` or `git archive`) measured side by side.
+    """
+
+    def __init__(self, kind: str, workers: int = 1, env: dict[str, str] | None = None, tree: Path = ROOT) -> None:
         self.kind, self.workers, self.port = kind, workers, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([sys.executable, __file__, "_serve", kind, str(self.port), str(workers)],
-                                        cwd=ROOT, stdin=subprocess.DEVNULL, env=os.environ | (env or {}))
+        env = os.environ | (env or {}) | ({"PYTHONPATH": str(tree)} if tree != ROOT else {})
+        self.process = subprocess.Popen(
+            [sys.executable, str(tree / "bench" / "daemon_setup.py"), "_serve", kind, str(self.port), str(workers)],
+            cwd=tree, stdin=subprocess.DEVNULL, env=env)
 
     def wait(self, probe: str, timeout: float = 90.0) -> "Server":
         import httpx
@@ -274,20 +280,21 @@ def exact_headers(market: Market, requirements: dict[str, Any], count: int) -> l
 _DATABASE = f"bench_daemon_{os.getpid()}"
 
 
-def postgres_database(admin_url: str) -> str | None:
+def postgres_database(admin_url: str, suffix: str = "") -> str | None:
     """A fresh database on the server at `admin_url` (None, with a note, if it does not answer)."""
     if not admin_url:
         return None
     import psycopg
 
+    name = f"{_DATABASE}_{suffix}" if suffix else _DATABASE
     try:
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE DATABASE "{_DATABASE}"')
+            admin.execute(f'CREATE DATABASE "{name}"')
     except psycopg.Error as error:
         print(f"PostgreSQL at {admin_url} unusable ({error}): its run is skipped", file=sys.stderr)
         return None
     base, _, query = admin_url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{_DATABASE}" + (f"?{query}" if query else "")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
 
 
 def drop_postgres_databases(admin_url: str) -> None:
@@ -296,7 +303,8 @@ def drop_postgres_databases(admin_url: str) -> None:
 
         try:
             with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{_DATABASE}" WITH (FORCE)')
+                for name in (_DATABASE, f"{_DATABASE}_baseline"):
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         except psycopg.Error:
             pass
 

@@ -10,10 +10,11 @@ Scenarios (all deterministic: fixed keys, salts and block times):
 - open: the payer approved a large allowance earlier; the escrow already holds other channels' tokens.
 - open with permit: a payer's first permit ever (nonce 0 -> 1), approving exactly the deposit.
 - top up: by the payer, from an earlier large allowance.
-- claim: a channel claimed before; the payee already holds tokens.
-- claimMany: 10 channels never claimed before, one payee who already holds tokens.
+- claim: a channel claimed before; the payee already holds tokens; the whole voucher (payout = amount).
+- claimMany: 10 channels never claimed before, one payee who already holds tokens, whole vouchers.
+- (extra) a partial claim (payout below the voucher's amount), claimMany of one channel.
 - reclaim: after expiry; the payer still holds tokens.
-- register: a model with a 40-character endpoint URL.
+- register: a model with a 40-character endpoint URL; (extra) then give it per-token prices.
 `measure()` is also used by tests/contracts/test_gas_snapshot.py.
 """
 
@@ -140,24 +141,31 @@ def measure(
 
     # A first claim on the channel, then the measured one (the channel and the payee are both not fresh).
     first = _sign_voucher(env, signer, channel_id, 2 * 10**15)
-    _send(env, channels.functions.claim(terms, 2 * 10**15, first), provider)
+    _send(env, channels.functions.claim(terms, 2 * 10**15, 2 * 10**15, first), provider)
     voucher = b"".join(compact_signature(_sign_voucher(env, signer, channel_id, 3 * 10**15)))
     gas["claim one voucher, payee already holds tokens"] = _send(
-        env, channels.functions.claim(terms, 3 * 10**15, voucher), provider
+        env, channels.functions.claim(terms, 3 * 10**15, 3 * 10**15, voucher), provider
     )["gasUsed"]
     long_form = _sign_voucher(env, signer, channel_id, 4 * 10**15)  # 65 bytes r || s || v
     gas["(extra) the same claim with a 65-byte signature"] = _send(
-        env, channels.functions.claim(terms, 4 * 10**15, long_form), provider
+        env, channels.functions.claim(terms, 4 * 10**15, 4 * 10**15, long_form), provider
+    )["gasUsed"]
+    capped = b"".join(compact_signature(_sign_voucher(env, signer, channel_id, 6 * 10**15)))
+    gas["(extra) a partial claim: payout below the voucher"] = _send(
+        env, channels.functions.claim(terms, 6 * 10**15, 5 * 10**15 - 12_345, capped), provider
     )["gasUsed"]
 
     batch = []
-    for salt in range(100, 110):
+    for salt in range(100, 111):
         fresh = _terms(payer, signer.address, payee, model_id, salt)
         _send(env, channels.functions.open(fresh, deposit, expiry), payer)
         fresh_id = channels.functions.channelIdOf(fresh).call()
         r, vs = compact_signature(_sign_voucher(env, signer, fresh_id, 10**15))
-        batch.append((payer, signer.address, model_id, salt, 10**15, r, vs))
-    gas["claimMany, 10 fresh channels, one payee"] = _send(env, channels.functions.claimMany(payee, batch), provider)[
+        batch.append((payer, signer.address, model_id, salt, 10**15, 10**15, r, vs))
+    gas["claimMany, 10 fresh channels, one payee"] = _send(
+        env, channels.functions.claimMany(payee, batch[:10]), provider
+    )["gasUsed"]
+    gas["(extra) claimMany, 1 fresh channel"] = _send(env, channels.functions.claimMany(payee, batch[10:]), provider)[
         "gasUsed"
     ]
 
@@ -171,6 +179,14 @@ def measure(
         env,
         registry.functions.registerModel(keccak(b"bench salt"), provider, 2 * 10**15, metadata, artifact, endpoint),
         provider,
+    )["gasUsed"]
+    registered = registry.functions.modelIdOf(provider, keccak(b"bench salt")).call()
+    prices = (2 * 10**12, 6 * 10**12, 4_096)  # per input token, per output token, max output tokens
+    gas["(extra) set token prices, first time"] = _send(
+        env, registry.functions.setTokenPrices(registered, prices), provider
+    )["gasUsed"]
+    gas["(extra) set token prices, again"] = _send(
+        env, registry.functions.setTokenPrices(registered, (3 * 10**12, 6 * 10**12, 4_096)), provider
     )["gasUsed"]
     return gas
 

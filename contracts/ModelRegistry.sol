@@ -7,13 +7,15 @@ import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
 /**
  * @title ModelRegistry
  * @notice Catalog of models sold per inference; see {IModelRegistry}.
- * @dev A model takes four storage slots (see `Model`); the endpoint URL and artifact history live in events only.
+ * @dev A model takes four storage slots (see `Model`), plus one for per-token prices if it has any (`TokenPrices`,
+ * apart so that flat models pay nothing for them); the endpoint URL and artifact history live in events only.
  * Only a model's owner may change it, and a retired model cannot be changed at all.
  */
 contract ModelRegistry is IModelRegistry {
     IERC20 private immutable _paymentToken;
 
     mapping(bytes32 modelId => Model) private _models;
+    mapping(bytes32 modelId => TokenPrices) private _tokenPrices;
     mapping(address provider => Cid) private _profiles;
 
     /// @param paymentToken_ The token all prices are quoted and paid in (the PaymentChannels escrow's token).
@@ -78,6 +80,13 @@ contract ModelRegistry is IModelRegistry {
         uint96 oldPrice = model.price;
         model.price = price;
         emit PriceChanged(modelId, oldPrice, price);
+    }
+
+    /// @inheritdoc IModelRegistry
+    function setTokenPrices(bytes32 modelId, TokenPrices calldata prices) external {
+        _owned(modelId);
+        _tokenPrices[modelId] = prices;
+        emit TokenPricesChanged(modelId, prices.perInputToken, prices.perOutputToken, prices.maxOutputTokens);
     }
 
     /// @inheritdoc IModelRegistry
@@ -155,6 +164,11 @@ contract ModelRegistry is IModelRegistry {
         Model storage model = _models[modelId];
         if (model.status == Status.None) revert ModelRegistryUnknownModel(modelId);
         return model.price;
+    }
+
+    /// @inheritdoc IModelRegistry
+    function tokenPricesOf(bytes32 modelId) external view returns (TokenPrices memory) {
+        return _tokenPrices[modelId];
     }
 
     /// @inheritdoc IModelRegistry

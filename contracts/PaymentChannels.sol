@@ -108,11 +108,11 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     // Settlement
 
     /// @inheritdoc IPaymentChannels
-    function claim(ChannelTerms calldata terms, uint96 amount, bytes calldata signature) external {
+    function claim(ChannelTerms calldata terms, uint120 amount, uint120 payout, bytes calldata signature) external {
         uint256 channelId = _channelId(terms);
         (bool wellFormed, bytes32 r, bytes32 vs) = _compact(signature);
         if (!wellFormed) revert PaymentChannelsInvalidSignature(channelId, terms.signer);
-        uint256 paid = _settle(_domainSeparatorV4(), channelId, amount, terms.signer, r, vs);
+        uint256 paid = _settle(_domainSeparatorV4(), channelId, amount, payout, terms.signer, r, vs);
         _token.safeTransfer(terms.payee, paid);
     }
 
@@ -128,6 +128,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
                 domainSeparator,
                 channelId,
                 item.amount,
+                item.payout,
                 item.signer,
                 item.r,
                 item.yParityAndS
@@ -150,7 +151,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         if (block.timestamp < expiry) revert PaymentChannelsNotExpired(channelId, expiry, block.timestamp);
         _store(channel, deposit, claimed, RECLAIMED);
         uint256 refunded;
-        // claimed <= deposit always holds: every claim checks amount <= deposit, and deposits only grow.
+        // claimed <= deposit always holds: every claim checks payout <= amount <= deposit, and deposits only grow.
         unchecked {
             refunded = deposit - claimed;
         }
@@ -213,12 +214,13 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         _pull(amount);
     }
 
-    /// @dev Checks a voucher of cumulative `amount` against the channel, records it and emits its event; returns
-    /// what it pays. The signature is ERC-2098 compact (`r`, `vs`).
+    /// @dev Checks a voucher of cumulative `amount` against the channel, raises the watermark to `payout` (at most
+    /// `amount`), emits its event and returns what it pays. The signature is ERC-2098 compact (`r`, `vs`).
     function _settle(
         bytes32 domainSeparator,
         uint256 channelId,
         uint256 amount,
+        uint256 payout,
         address signer,
         bytes32 r,
         bytes32 vs
@@ -226,19 +228,20 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         PackedChannel storage channel = _channels[channelId];
         (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
         _requireOpen(channelId, expiry);
-        if (amount <= claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, amount, claimed);
+        if (payout <= claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, payout, claimed);
+        if (payout > amount) revert PaymentChannelsPayoutExceedsVoucher(channelId, payout, amount);
         if (amount > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, amount, deposit);
         address recovered = _recover(_voucherDigest(domainSeparator, channelId, amount), r, vs);
         if (recovered == address(0) || recovered != signer) {
             revert PaymentChannelsInvalidSignature(channelId, signer);
         }
-        // amount > claimed was checked above.
+        // payout > claimed was checked above.
         unchecked {
-            paid = amount - claimed;
+            paid = payout - claimed;
         }
-        // amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
-        _store(channel, deposit, uint96(amount), expiry);
-        emit VoucherClaimed(channelId, amount, paid);
+        // payout <= amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
+        _store(channel, deposit, uint96(payout), expiry);
+        emit VoucherClaimed(channelId, amount, payout);
     }
 
     /// @dev `signature` as ERC-2098 (`r`, `yParityAndS`): 64 bytes are taken as they are, 65 bytes `r || s || v` must be

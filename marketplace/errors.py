@@ -52,6 +52,7 @@
     │       ├── ChannelExhausted     the channel's deposit cannot cover the next call
     │       ├── ChannelDispute       the daemon claims more of a channel than the client ever signed
     │       ├── BudgetExceeded       the next call would take the client over its total budget
+    │       ├── SpendingLimitReached the next call would pass a spending limit (per call, per day, total)
     │       └── PaymentRefused       the daemon refused the payment even after one retry (code)
     └── ClientError                  the consumer SDK talking to a daemon
         ├── DaemonUnreachable        no daemon answers at the URL
@@ -508,12 +509,13 @@ REJECTION_STATUS: dict[str, int] = {
     "request_mismatch": 402,
     "access_replayed": 402,  # this (licenseId, nonce) already opened a request, on some replica
     # trial (access_expired, access_window_too_long, request_mismatch as for a license)
-    "trial_not_offered": 402,  # the provider offers no free trial of this model
     "trial_token_required": 402,  # trials of this model need a token the provider signed for the consumer
     "trial_token_invalid": 402,  # the token is not the provider's, or for another consumer or model
     "trial_token_expired": 402,
     "trial_exhausted": 402,  # the consumer used every trial call it is allowed, on some replica
     "trial_replayed": 402,  # this (consumer, nonce) already opened a request, on some replica
+    # metered
+    "cap_too_low": 402,  # the cap does not cover per call + input bound + one output token
 }
 
 
@@ -560,6 +562,7 @@ __all__ += [
     "NotFoundOnChain",
     "PaymentRefused",
     "PriceAboveMax",
+    "SpendingLimitReached",
     "WrongPassword",
 ]
 
@@ -666,6 +669,18 @@ class BudgetExceeded(ClientPaymentError):
         super().__init__(
             f"{url} asks {_tokens(price)} tokens but this client has committed {_tokens(committed)} of its budget "
             f"of {_tokens(budget)} tokens: nothing was signed"
+        )
+
+
+class SpendingLimitReached(ClientPaymentError):
+    """The next call would take the consumer past one of its spending limits (durable, all processes)."""
+
+    def __init__(self, url: str, limit: str, limit_amount: int, spent: int, needed: int) -> None:
+        self.url, self.limit, self.limit_amount, self.spent, self.needed = url, limit, limit_amount, spent, needed
+        what = "per call" if limit == "per_call" else ("today (UTC)" if limit == "per_day" else "in total")
+        super().__init__(
+            f"{url} would need up to {_tokens(needed)} tokens, but the {limit} spending limit is "
+            f"{_tokens(limit_amount)} tokens {what} and {_tokens(spent)} are spent or held: nothing was signed"
         )
 
 

@@ -12,6 +12,10 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
  * registration to squat it. The endpoint URL is not stored: it lives in the `ModelRegistered` and
  * `EndpointChanged` events, from which the catalog is built. Artifact versions are numbered from 1; each one
  * is in an `ArtifactPublished` event and only the latest is stored.
+ *
+ * Prices: every call costs the model's `price`; a metered model (an LLM priced by use) also has `TokenPrices`: a
+ * price per input (prompt) token and per output (generated) token, and a cap on output tokens per call. A call
+ * then costs `price + inputTokens * perInputToken + outputTokens * perOutputToken`. All zero: a flat model.
  */
 interface IModelRegistry {
     /// @notice A CIDv1 whose multihash is sha2-256: the multicodec (0x70 dag-pb, 0x55 raw, ...) and the digest.
@@ -40,6 +44,13 @@ interface IModelRegistry {
         bytes32 artifactDigest; // slot D
     }
 
+    /// @notice Per-token prices of a metered model, in one slot of their own (flat models have none).
+    struct TokenPrices {
+        uint96 perInputToken; // token units per input (prompt) token
+        uint96 perOutputToken; // token units per output (generated) token
+        uint32 maxOutputTokens; // output tokens one call may generate at most; 0: no cap but the consumer's
+    }
+
     event ModelRegistered(
         bytes32 indexed modelId,
         address indexed owner,
@@ -51,6 +62,13 @@ interface IModelRegistry {
     event ArtifactPublished(bytes32 indexed modelId, uint32 indexed version, Cid artifact);
     event MetadataUpdated(bytes32 indexed modelId, Cid metadata);
     event PriceChanged(bytes32 indexed modelId, uint96 oldPrice, uint96 newPrice);
+    /// @notice The model's per-token prices are now these (all zero: flat again, `price` per call only).
+    event TokenPricesChanged(
+        bytes32 indexed modelId,
+        uint96 perInputToken,
+        uint96 perOutputToken,
+        uint32 maxOutputTokens
+    );
     event EndpointChanged(bytes32 indexed modelId, string endpoint);
     event PayeeChanged(bytes32 indexed modelId, address oldPayee, address newPayee);
     event ModelPaused(bytes32 indexed modelId);
@@ -93,6 +111,10 @@ interface IModelRegistry {
 
     function setPrice(bytes32 modelId, uint96 price) external;
 
+    /// @notice Sets the model's per-token prices (all zero makes it flat again); owner only, not once retired.
+    /// Emits `TokenPricesChanged`. The per-call `price` stays, and is charged on top (see `setPrice`).
+    function setTokenPrices(bytes32 modelId, TokenPrices calldata prices) external;
+
     function setEndpoint(bytes32 modelId, string calldata endpoint) external;
 
     function setPayee(bytes32 modelId, address payee) external;
@@ -123,6 +145,9 @@ interface IModelRegistry {
 
     /// @notice The price per call; reverts for an unknown model.
     function priceOf(bytes32 modelId) external view returns (uint96);
+
+    /// @notice The model's per-token prices (all zero for a flat or unknown model, as `getModel`).
+    function tokenPricesOf(bytes32 modelId) external view returns (TokenPrices memory);
 
     function providerProfile(address provider) external view returns (Cid memory);
 }

@@ -10,9 +10,11 @@ pragma solidity ^0.8.24;
  * (deposit, claimed, expiry) in one storage slot.
  *
  * Voucher (EIP-712, domain name "ModelMarketplace", version "1"): `Voucher(uint256 channelId,uint256 amount)`,
- * signed by the channel's `signer`. `amount` is cumulative over the channel's life: claiming a voucher for `A`
- * pays `A - claimed` to the payee and sets `claimed = A`. Channels are never deleted, so `claimed` is a
- * permanent watermark and no voucher can be replayed.
+ * signed by the channel's `signer`. `amount` is cumulative over the channel's life and is a cap: a claim of a
+ * voucher for `A` names a `payout` with `claimed < payout <= A <= deposit`, pays `payout - claimed` to the payee and
+ * sets `claimed = payout` (the payee takes what was served, not necessarily all the voucher allows; the rest stays
+ * the payer's). Channels are never deleted, so `claimed` is a permanent watermark: a voucher can be claimed again,
+ * for a higher payout, but never pays beyond its amount, and no claim can lower the watermark.
  *
  * Life cycle: open -> (topUp | extend | claim)* -> expiry -> (topUp | extend | claim)* -> reclaim (final, payer
  * only). Claims stay possible after expiry until the payer reclaims.
@@ -44,7 +46,8 @@ interface IPaymentChannels {
         address signer;
         bytes32 modelId;
         uint256 salt;
-        uint256 amount;
+        uint256 amount; // the voucher's cumulative amount (signed)
+        uint256 payout; // the new watermark: claimed < payout <= amount
         bytes32 r;
         bytes32 yParityAndS;
     }
@@ -67,10 +70,13 @@ interface IPaymentChannels {
     /// @notice The payer moved a channel's expiry to `newExpiry`.
     event ChannelExtended(uint256 indexed channelId, uint64 newExpiry);
 
-    /// @notice A voucher for cumulative `amount` was claimed, paying `paid` (`amount` minus the previous watermark)
-    /// to the channel's payee.
-    /// @dev The payee is a term of the channel (see `ChannelOpened`); not indexing it again saves 375 gas a voucher.
-    event VoucherClaimed(uint256 indexed channelId, uint256 amount, uint256 paid);
+    /// @notice A voucher for cumulative `amount` was claimed for a payout: the channel's watermark is now `claimed`
+    /// (at most `amount`), and `claimed` minus the previous watermark went to the channel's payee.
+    /// @dev `amount` tells watchers which voucher is now public (a partial claim leaves `amount - claimed` that the
+    /// voucher still authorizes: a daemon must not accept it again). What was paid is the difference of two
+    /// successive `claimed` (the first from 0); not logging it saves 256 gas a voucher. The payee is a term of the
+    /// channel (see `ChannelOpened`); not indexing it again saves 375 gas a voucher.
+    event VoucherClaimed(uint256 indexed channelId, uint256 amount, uint256 claimed);
 
     /// @notice The payer took back the unclaimed `refunded` tokens of an expired channel, which is now closed.
     /// @dev The payer is a term of the channel (see `ChannelOpened`).
@@ -96,8 +102,10 @@ interface IPaymentChannels {
     error PaymentChannelsExpiryNotLater(uint256 channelId, uint64 newExpiry, uint64 expiry);
     /// @notice The channel cannot be reclaimed before `expiry` (block time `timestamp`).
     error PaymentChannelsNotExpired(uint256 channelId, uint64 expiry, uint256 timestamp);
-    /// @notice A voucher for `amount` pays nothing: the channel already claimed `claimed`.
+    /// @notice A claim's payout `amount` pays nothing: the channel already claimed `claimed`.
     error PaymentChannelsAmountNotAboveClaimed(uint256 channelId, uint256 amount, uint256 claimed);
+    /// @notice A claim's `payout` exceeds the `amount` its voucher was signed for.
+    error PaymentChannelsPayoutExceedsVoucher(uint256 channelId, uint256 payout, uint256 amount);
     /// @notice A voucher for `amount` exceeds the channel's `deposit`.
     error PaymentChannelsAmountExceedsDeposit(uint256 channelId, uint256 amount, uint256 deposit);
     /// @notice The voucher signature is malformed, malleable, or not by the channel's `signer`.
@@ -127,14 +135,18 @@ interface IPaymentChannels {
     /// @notice Moves the channel's expiry later; payer only.
     function extend(ChannelTerms calldata terms, uint64 newExpiry) external;
 
-    /// @notice Pays the payee `amount - claimed` for a voucher of cumulative `amount`; anyone may submit it.
-    /// @param amount The voucher's cumulative amount; `uint96` like a deposit (this also makes `claim` the first
-    /// selector the dispatcher tries).
+    /// @notice Pays the payee `payout - claimed` for a voucher of cumulative `amount` and sets `claimed = payout`;
+    /// anyone may submit it. Requires `claimed < payout <= amount <= deposit`.
+    /// @param amount The voucher's cumulative amount (what the signer allowed at most). `uint120`, wider than a
+    /// deposit (`uint96`: a larger amount fails `amount <= deposit`), because these two types make `claim`'s selector
+    /// (0x011109ff) the lowest, so the first case of the dispatcher (264 gas less than `uint96, uint96`).
+    /// @param payout The channel's new watermark: what the payee earned in total (`amount` for a whole voucher).
     /// @param signature By `terms.signer` over the EIP-712 voucher: 65 bytes `r || s || v` (v = 27 or 28), or the
     /// 64-byte ERC-2098 compact form `r || yParityAndS` (about 330 gas cheaper). High-s signatures are refused.
-    function claim(ChannelTerms calldata terms, uint96 amount, bytes calldata signature) external;
+    function claim(ChannelTerms calldata terms, uint120 amount, uint120 payout, bytes calldata signature) external;
 
-    /// @notice Claims many vouchers of channels paying one `payee`, with one token transfer in total.
+    /// @notice Claims many vouchers (each for its own `payout`, as `claim`) of channels paying one `payee`, with one
+    /// token transfer in total. All or nothing: one refused claim reverts the batch.
     /// @return paid The total transferred to `payee`.
     function claimMany(address payee, Claim[] calldata claims) external returns (uint256 paid);
 

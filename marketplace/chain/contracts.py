@@ -25,11 +25,11 @@ from web3.types import TxReceipt
 from marketplace.chain.devkeys import DEV_CHAIN_ID
 from marketplace.chain.events import uint_topic
 from marketplace.chain.transactions import decode_revert
-from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
+from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus, token_pricing
 from marketplace.errors import ConfigError, ContractReverted, NotFoundOnChain
 from marketplace.ipfs.cid import CID
 from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
-from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmount
+from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmount, TokenPricing
 
 if TYPE_CHECKING:
     from marketplace.chain.market import Market
@@ -252,6 +252,11 @@ class Registry(_Wrapper):
     def set_price(self, model_id: bytes, price: int) -> Sent[None]:
         return Sent(None, (self._send(self.contract.functions.setPrice(model_id, price)),))
 
+    def set_token_prices(self, model_id: bytes, prices: TokenPricing) -> Sent[None]:
+        """Set the per-token prices (the per-call price is `set_price`'s; zero token prices: flat again)."""
+        values = (prices.per_input_token, prices.per_output_token, prices.max_output_tokens)
+        return Sent(None, (self._send(self.contract.functions.setTokenPrices(model_id, values)),))
+
     def set_endpoint(self, model_id: bytes, endpoint: str) -> Sent[None]:
         return Sent(None, (self._send(self.contract.functions.setEndpoint(model_id, endpoint)),))
 
@@ -267,8 +272,10 @@ class Registry(_Wrapper):
         owner, price, payee, metadata_codec, artifact_codec, version, status, metadata_digest, artifact_digest = raw
         if status == ModelStatus.NONE:
             raise NotFoundOnChain("model", "0x" + bytes(model_id).hex(), self.market.chain_id)
+        token_prices = (int(value) for value in self._call(self.contract.functions.tokenPricesOf(model_id)))
         return ModelInfo(bytes(model_id), owner, payee, int(price), ModelStatus(status), int(metadata_codec),
-                         bytes(metadata_digest), int(artifact_codec), bytes(artifact_digest), int(version), "")
+                         bytes(metadata_digest), int(artifact_codec), bytes(artifact_digest), int(version), "",
+                         token_pricing(int(price), *token_prices))
 
 
 class Channels(_Wrapper):

@@ -46,7 +46,7 @@ from marketplace.chain.events import (
     node_call,
     uint_topic,
 )
-from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus
+from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus, token_pricing
 from marketplace.errors import ChainError, ChannelUnconfirmed, WrongChain
 
 __all__ = ["RECLAIMED_EXPIRY", "ChainStateCache"]
@@ -57,21 +57,34 @@ RECLAIMED_EXPIRY = 1  # PaymentChannels.RECLAIMED: the stored expiry of a reclai
 
 _CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "ChannelExtended", "VoucherClaimed", "ChannelReclaimed")
 _MODEL_EVENTS = (
-    "ModelRegistered", "ArtifactPublished", "MetadataUpdated", "PriceChanged", "EndpointChanged",
+    "ModelRegistered", "ArtifactPublished", "MetadataUpdated", "PriceChanged", "TokenPricesChanged", "EndpointChanged",
     "PayeeChanged", "ModelPaused", "ModelUnpaused", "ModelRetired", "ModelTransferred",
 )  # fmt: skip
 
 
 def _advance(
-    info: ChannelInfo, *, deposit: int = 0, claimed: int = 0, expiry: int = 0, reclaimed: bool = False
+    info: ChannelInfo,
+    *,
+    deposit: int = 0,
+    claimed: int = 0,
+    expiry: int = 0,
+    reclaimed: bool = False,
+    claimed_voucher: int = 0,
 ) -> ChannelInfo:
     """`info` moved forward by what a later observation says (monotone merge; reclaim is final)."""
     reclaimed = reclaimed or info.reclaimed
     claimed = max(info.claimed, claimed)
+    claimed_voucher = max(info.claimed_voucher, claimed_voucher)
     if reclaimed:  # the contract leaves deposit == claimed; keep the last real expiry (it stores 1)
-        return dataclasses.replace(info, deposit=claimed, claimed=claimed, reclaimed=True)
+        return dataclasses.replace(
+            info, deposit=claimed, claimed=claimed, reclaimed=True, claimed_voucher=claimed_voucher
+        )
     return dataclasses.replace(
-        info, deposit=max(info.deposit, deposit), claimed=claimed, expiry=max(info.expiry, expiry)
+        info,
+        deposit=max(info.deposit, deposit),
+        claimed=claimed,
+        expiry=max(info.expiry, expiry),
+        claimed_voucher=claimed_voucher,
     )
 
 
@@ -378,11 +391,18 @@ class ChainStateCache:
         self._channels[channel_id] = info
         self._channel_seen[channel_id] = block
 
-    async def _read_model(self, model_id: bytes, block: int) -> Any:
-        call = self._registry.functions.getModel(model_id).call(block_identifier=block)
-        return await node_call(self.url, f"read model 0x{model_id.hex()}", call)
+    async def _read_model(self, model_id: bytes, block: int) -> tuple[Any, Any]:
+        """The model and its per-token prices at `block`."""
+        functions = self._registry.functions
+        what = f"read model 0x{model_id.hex()}"
+        model, token_prices = await asyncio.gather(
+            node_call(self.url, what, functions.getModel(model_id).call(block_identifier=block)),
+            node_call(self.url, what, functions.tokenPricesOf(model_id).call(block_identifier=block)),
+        )
+        return model, token_prices
 
-    def _replace_model(self, model_id: bytes, raw: Any, block: int) -> None:
+    def _replace_model(self, model_id: bytes, raws: tuple[Any, Any], block: int) -> None:
+        raw, token_prices = raws
         owner, price, payee, metadata_codec, artifact_codec, version, status, metadata_digest, artifact_digest = raw
         model = self._models.get(model_id)
         if status == ModelStatus.NONE or model is None:  # its registration was rolled back
@@ -393,6 +413,7 @@ class ChainStateCache:
             model, owner=owner, payee=payee, price=int(price), status=ModelStatus(status),
             metadata_codec=int(metadata_codec), metadata_digest=bytes(metadata_digest),
             artifact_codec=int(artifact_codec), artifact_digest=bytes(artifact_digest), artifact_version=int(version),
+            token_pricing=token_pricing(int(price), *(int(value) for value in token_prices)),
         )  # fmt: skip
         self._model_seen[model_id] = block
 
@@ -420,7 +441,7 @@ class ChainStateCache:
         elif event.name == "ChannelExtended":
             info = _advance(info, expiry=int(args["newExpiry"]))
         elif event.name == "VoucherClaimed":
-            info = _advance(info, claimed=int(args["amount"]))
+            info = _advance(info, claimed=int(args["claimed"]), claimed_voucher=int(args["amount"]))
         elif event.name == "ChannelReclaimed":
             info = _advance(info, reclaimed=True)
         self._channels[channel_id] = info
@@ -460,7 +481,11 @@ class ChainStateCache:
             metadata = args["metadata"]
             change = {"metadata_codec": int(metadata["codec"]), "metadata_digest": bytes(metadata["digest"])}
         elif event.name == "PriceChanged":
-            change = {"price": int(args["newPrice"])}
+            self._models[model_id] = model.repriced(int(args["newPrice"]))
+            return
+        elif event.name == "TokenPricesChanged":
+            prices = (int(args["perInputToken"]), int(args["perOutputToken"]), int(args["maxOutputTokens"]))
+            change = {"token_pricing": token_pricing(model.price, *prices)}
         elif event.name == "EndpointChanged":
             change = {"endpoint": str(args["endpoint"])}
         elif event.name == "PayeeChanged":

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Protocol
 
 from marketplace.types import ModelArtifact, TokenPricing
 
-__all__ = ["ChainState", "ChannelInfo", "ModelInfo", "ModelStatus"]
+__all__ = ["ChainState", "ChannelInfo", "ModelInfo", "ModelStatus", "token_pricing"]
 
 
 class ModelStatus(IntEnum):
@@ -34,6 +34,14 @@ class ChannelInfo:
     claimed: int
     expiry: int  # unix seconds
     reclaimed: bool
+    # the highest voucher amount a claim made public (VoucherClaimed's `amount`; above `claimed` after a
+    # partial claim): whoever read the calldata holds it, so the daemon accepts no voucher up to it
+    claimed_voucher: int = 0
+
+    @property
+    def spent_vouchers(self) -> int:
+        """Vouchers up to this amount are spent or public: `claimed`, or a claim's voucher above it."""
+        return max(self.claimed, self.claimed_voucher)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ class ModelInfo:
     # per-token prices (issue 11); None: a flat price per call, `price`
     token_pricing: TokenPricing | None = None
 
+    def repriced(self, price: int) -> ModelInfo:
+        """This model with a new per-call `price` (also in its per-token pricing, which carries it)."""
+        tokens = self.token_pricing
+        return replace(self, price=price, token_pricing=None if tokens is None else replace(tokens, per_call=price))
+
     @property
     def pricing(self) -> TokenPricing:
         """The model's prices: per call (``price``) and, for a metered model, per token."""
@@ -63,6 +76,16 @@ class ModelInfo:
     def artifact(self) -> ModelArtifact:
         """The artifact the registry names now (a running daemon may still serve an older one)."""
         return ModelArtifact(self.artifact_codec, self.artifact_digest, self.artifact_version)
+
+
+def token_pricing(
+    price: int, per_input_token: int, per_output_token: int, max_output_tokens: int
+) -> TokenPricing | None:
+    """`ModelInfo.token_pricing` from the registry's `price` and `TokenPrices`: None for a flat model (no
+    per-token price; a `maxOutputTokens` alone changes nothing)."""
+    if per_input_token == 0 and per_output_token == 0:
+        return None
+    return TokenPricing(price, per_input_token, per_output_token, max_output_tokens)
 
 
 class ChainState(Protocol):

@@ -31,20 +31,22 @@ from marketplace.cli.account import (
     read_json_argument,
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
-from marketplace.cli.trial import read_trial_tokens
+from marketplace.cli.spend import PerCallOption, PerDayOption, TotalOption, limits, limits_of, proxy
+from marketplace.cli.trial import TrialTokenOption, read_trial_tokens
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ArtifactError, ConfigError, InsufficientFunds
 from marketplace.ipfs import DagReader, StoreKind, open_store
-from marketplace.tokens import format_tokens, parse_tokens
+from marketplace.tokens import format_pricing, format_tokens, parse_tokens
 from marketplace.types import SCHEMES, TokenAmount
 
 if TYPE_CHECKING:  # the chain and HTTP stacks are imported by the commands that use them
     from marketplace.chain.contracts import ChannelTerms
     from marketplace.chain.market import Catalog, ListedModel, Market
     from marketplace.client.store import ChannelRecord, DaemonView
+    from marketplace.ipfs import CID
     from marketplace.metadata import ModelMetadata
 
-__all__ = ["app", "load_metadata"]
+__all__ = ["app", "load_metadata", "read_metadata"]
 
 app = typer.Typer(
     help="For consumers: browse models, open payment channels (one transaction), call models paying "
@@ -52,20 +54,30 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+app.command()(limits)
+app.command()(proxy)
+
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 ChannelArgument = Annotated[str, typer.Argument(metavar="CHANNEL", help="Channel id (0x-hex or decimal).")]
 
 
-def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, directory: Path | None) -> ModelMetadata | None:
-    """The model's metadata from IPFS, or None when the store does not have it (or it is invalid)."""
+def read_metadata(
+    cid: CID, kind: StoreKind, api: str | None, directory: Path | None
+) -> tuple[ModelMetadata | None, str | None]:
+    """The metadata document `cid` from IPFS (every block re-hashed against its CID), or None and why."""
     from marketplace.metadata import parse_metadata
 
     try:
         store_dir = (directory or data_dir()) / "ipfs"
         with open_store(kind, api=api, data_dir=store_dir) as store, DagReader(store) as reader:
-            return parse_metadata(b"".join(reader.cat(model.metadata_cid)))
-    except (ArtifactError, ConfigError, OSError):
-        return None
+            return parse_metadata(b"".join(reader.cat(cid))), None
+    except (ArtifactError, ConfigError, OSError) as error:
+        return None, f"metadata {cid} unavailable: {error}"
+
+
+def load_metadata(model: ListedModel, kind: StoreKind, api: str | None, directory: Path | None) -> ModelMetadata | None:
+    """The model's metadata from IPFS, or None when the store does not have it (or it is invalid)."""
+    return read_metadata(model.metadata_cid, kind, api, directory)[0]
 
 
 def _status(model: ListedModel) -> str:
@@ -98,7 +110,7 @@ def models(
                          listed.info.endpoint]).lower()
         if needle and needle not in text:
             continue
-        table.add_row("0x" + listed.model_id.hex(), name, format_tokens(listed.info.price),
+        table.add_row("0x" + listed.model_id.hex(), name, format_pricing(listed.info.pricing, short=True),
                       str(listed.info.artifact_version), _status(listed), listed.info.endpoint or "-")
         shown += 1
     out.print(table if shown else "no model matches" if needle else "no model is listed yet")
@@ -121,7 +133,7 @@ def show(
     metadata = load_metadata(listed, store, api, data_dir_)
     out.print(f"[bold]model 0x{info.model_id.hex()}[/]  {metadata.name if metadata else ''}")
     for label, value in (
-        ("status", _status(listed)), ("price", f"{format_tokens(info.price)} MKT per call"), ("owner", info.owner),
+        ("status", _status(listed)), ("price", format_pricing(info.pricing)), ("owner", info.owner),
         ("payee", info.payee), ("endpoint", info.endpoint or "-"), ("metadata", str(listed.metadata_cid)),
         ("artifact", f"{listed.artifact_cid} (version {info.artifact_version})"),
     ):
@@ -183,7 +195,7 @@ def open_channel(
     with ChannelStore() as channels:
         channels.remember(ChannelRecord.opened(session.chain_id, market.channels.address, terms, units, expiry))
     out.print(f"opened channel [bold]0x{sent.value:064x}[/]")
-    out.print(f"  model      {model}  ({format_tokens(listed.info.price)} MKT per call)")
+    out.print(f"  model      {model}  ({format_pricing(listed.info.pricing)})")
     out.print(f"  deposit    {format_tokens(units)} MKT, expires {format_time(expiry)}")
     out.print(f"  tx         {sent.transaction_hash} (one transaction, gas {sent.gas_used:,})")
 
@@ -260,21 +272,21 @@ def call(
         typer.Option(help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: trial, then "
                           "channel: free trial calls while the daemon offers them, then your channel)."),
     ] = None,
-    trial_token: Annotated[
-        list[str] | None,
-        typer.Option(help="A trial token the provider gave you (JSON, @FILE or @-), for models whose free "
-                          "trials need one; repeatable."),
-    ] = None,
+    trial_token: TrialTokenOption = None,
     channel: Annotated[str | None, typer.Option(help="Pay from this channel (default: your best open one).")] = None,
     receipts_dir: Annotated[
         Path | None, typer.Option(help="Where receipts go (default: the data dir's receipts/).")
     ] = None,
+    per_call: PerCallOption = None,
+    per_day: PerDayOption = None,
+    total: TotalOption = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Call a model once, paying per call; print its output (stdout) and where the receipt was saved."""
-    from marketplace.client import ChannelStore, MarketplaceClient
+    """Call a model once, paying per call within your spending limits (`consumer limits`); print its
+    output (stdout) and where the receipt was saved."""
+    from marketplace.client import ChannelStore, MarketplaceClient, SpendingBook
 
     model_id, body = model_id_arg(model), read_json_argument(input_, "--input")
     tokens = read_trial_tokens(trial_token or [])
@@ -294,10 +306,11 @@ def call(
         if license_id is None and schemes == ["license"]:
             raise ConfigError(f"{market.address} holds no valid license of model {model}: `marketplace license buy`")
     assert market.account is not None
-    with ChannelStore() as channels, MarketplaceClient(
+    with ChannelStore() as channels, SpendingBook(channels.path) as book, MarketplaceClient(
         url, market.account, store=channels, channel_id=channel_id_arg(channel) if channel else None,
         schemes=[s for s in schemes if s != "license" or license_id is not None], license_id=license_id, max_price=cap,
         trial_tokens=tokens,
+        limits=limits_of(book, per_call, per_day, total),
     ) as client:
         result = client.call(model_id, body)
     out.print_json(json.dumps(result.output))

@@ -28,6 +28,7 @@ _SUBCOMMANDS = {  # in the order `marketplace --help` lists them: a command func
     "account": "marketplace.cli.account:app",
     "provider": "marketplace.cli.provider:app",
     "consumer": "marketplace.cli.consumer:app",
+    "search": "marketplace.cli.search:search",
     "license": "marketplace.cli.license:app",
 }
 

@@ -30,6 +30,7 @@ from marketplace.cli.account import (
     read_json_argument,
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
+from marketplace.cli.pricing import InputTokenOption, MaxOutputTokensOption, OutputTokenOption, token_pricing
 from marketplace.cli.trial import trial_token
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ConfigError
@@ -40,8 +41,8 @@ from marketplace.ipfs import (
     add_path,
     open_store,
 )
-from marketplace.tokens import format_tokens, parse_tokens
-from marketplace.types import ChannelId
+from marketplace.tokens import format_pricing, format_tokens, parse_tokens
+from marketplace.types import ChannelId, TokenPricing
 
 __all__ = ["app"]
 
@@ -61,23 +62,23 @@ def _store(kind: StoreKind, api: str | None, directory: Path | None) -> Any:
     return open_store(kind, api=api, data_dir=(directory or data_dir()) / "ipfs")
 
 
-def _schema(path: Path) -> dict[str, Any]:
+def _schema(path: Path, what: str = "input schema") -> dict[str, Any]:
     from jsonschema import SchemaError
     from jsonschema.validators import validator_for
 
     try:
         schema = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"input schema file {path} does not exist") from None
+        raise ConfigError(f"{what} file {path} does not exist") from None
     except (OSError, ValueError) as error:
-        raise ConfigError(f"input schema {path} is not JSON: {error}") from None
+        raise ConfigError(f"{what} {path} is not JSON: {error}") from None
     if not isinstance(schema, dict):
-        raise ConfigError(f"input schema {path} must be a JSON object (a JSON Schema)")
+        raise ConfigError(f"{what} {path} must be a JSON object (a JSON Schema)")
     try:
         validator_for(schema).check_schema(schema)
     except SchemaError as error:
         where = "/".join(str(part) for part in error.absolute_path) or "the top level"
-        raise ConfigError(f"input schema {path} is not a valid JSON Schema at {where}: {error.message}") from None
+        raise ConfigError(f"{what} {path} is not a valid JSON Schema at {where}: {error.message}") from None
     return schema
 
 
@@ -97,6 +98,9 @@ def list_model(
     name: Annotated[str, typer.Option(help="Short name shown in the catalog.")],
     price: Annotated[str, typer.Option(help="Price per call in tokens, e.g. 0.002.")],
     input_schema: Annotated[Path, typer.Option(help="JSON Schema (a file) of the request body.")],
+    price_per_input_token: InputTokenOption = None,
+    price_per_output_token: OutputTokenOption = None,
+    max_output_tokens: MaxOutputTokensOption = None,
     description: Annotated[str, typer.Option(help="What the model does, its inputs and outputs.")] = "",
     endpoint: Annotated[str, typer.Option(help="Base URL of the daemon serving it (http://host:port).")] = "",
     payee: Annotated[str | None, typer.Option(help="Address paid for calls and licenses (default: you).")] = None,
@@ -104,6 +108,8 @@ def list_model(
         str | None, typer.Option(help="An example request body: JSON text or @file (checked against the schema).")
     ] = None,
     format: Annotated[str | None, typer.Option(help="Artifact format (default: the file suffix, e.g. onnx).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="A search tag, e.g. vision (repeatable).")] = None,
+    output_schema: Annotated[Path | None, typer.Option(help="JSON Schema (a file) of the answer.")] = None,
     salt: Annotated[
         str | None, typer.Option(help="32-byte hex salt: the model id is derived from you and it (default: random).")
     ] = None,
@@ -117,18 +123,22 @@ def list_model(
     """List a model: import PATH and its metadata into IPFS, register both CIDs on chain, print the model id.
 
     Checked before any transaction: the file exists, the schema is a valid JSON Schema, the price is
-    above 0, the registration would not revert and your account can pay its gas."""
+    above 0, the registration would not revert and your account can pay its gas. With per-token
+    prices (a metered model, e.g. an LLM) a second transaction sets them right after."""
     from jsonschema.validators import validator_for  # these stacks are imported by the commands that use them
     from pydantic import ValidationError
     from web3 import Web3
 
     from marketplace.listing import GAS_PROBE_CID
     from marketplace.listing import list_model as publish_model
-    from marketplace.metadata import ModelMetadata
+    from marketplace.metadata import TAG_RULE, ModelMetadata, is_tag
 
     artifact_path = _artifact(path)
     schema = _schema(input_schema)
+    for bad in (text for text in tag or [] if not is_tag(text)):
+        raise ConfigError(f"--tag {bad[:40]!r} is not a tag ({TAG_RULE})")
     units = parse_tokens(price, what="--price")
+    metered = token_pricing(TokenPricing(units), price_per_input_token, price_per_output_token, max_output_tokens)
     if endpoint and not endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"--endpoint must be an http:// or https:// URL, got {endpoint!r}")
     example = read_json_argument(example_input, "--example-input") if example_input is not None else None
@@ -138,7 +148,9 @@ def list_model(
             raise ConfigError(f"--example-input does not match the input schema: {errors[0].message}")
     try:
         metadata = ModelMetadata(name=name, description=description, input_schema=schema, example_input=example,
-                                 format=format or (artifact_path.suffix.lstrip(".").lower() or "onnx"))
+                                 format=format or (artifact_path.suffix.lstrip(".").lower() or "onnx"),
+                                 tags=tag or None,
+                                 output_schema=_schema(output_schema, "output schema") if output_schema else None)
     except ValidationError as error:
         raise ConfigError(f"invalid model metadata: {error.errors(include_input=False)[0]['msg']}") from None
     salt_bytes = _salt(salt)
@@ -156,9 +168,11 @@ def list_model(
     out.print(f"listed model [bold]{model_hex}[/]")
     out.print(f"  artifact   {artifact}  (version 1)")
     out.print(f"  metadata   {meta_cid}")
-    out.print(f"  price      {format_tokens(units)} MKT per call, paid to {payee_address}")
+    out.print(f"  price      {format_pricing(metered or TokenPricing(units))}, paid to {payee_address}")
     out.print(f"  endpoint   {endpoint or '(none: consumers pass --daemon URL)'}")
     _print_sent(sent)
+    if metered is not None:
+        _print_sent(registry.set_token_prices(sent.value, metered))
     err.print(f"serve it: MARKETPLACE_MODELS='[{{\"model_id\": \"{model_hex}\"}}]' marketplace serve")
 
 
@@ -203,16 +217,34 @@ def update_model(
 @app.command()
 def reprice(
     model: ModelArgument,
-    price: Annotated[str, typer.Argument(help="New price per call in tokens, e.g. 0.003.")],
+    price: Annotated[
+        str | None, typer.Argument(help="New price per call in tokens, e.g. 0.003 (omit to keep it).")
+    ] = None,
+    price_per_input_token: InputTokenOption = None,
+    price_per_output_token: OutputTokenOption = None,
+    max_output_tokens: MaxOutputTokensOption = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Change the price per call (calls already paid for are unaffected)."""
-    model_id, units = model_id_arg(model), parse_tokens(price, what="PRICE")
-    sent = open_session(rpc_url, account, deployments_dir=deployments_dir).market.registry.set_price(model_id, units)
-    out.print(f"model {model} now costs {format_tokens(units)} MKT per call")
-    _print_sent(sent)
+    """Change the price per call and/or the per-token prices (calls already paid for are unaffected).
+
+    Per-token options not given keep their value; both token prices at 0 make the model flat again.
+    One transaction per kind of price changed."""
+    model_id = model_id_arg(model)
+    units = parse_tokens(price, what="PRICE") if price is not None else None
+    registry = open_session(rpc_url, account, deployments_dir=deployments_dir).market.registry
+    current = registry.get_model(model_id)
+    pricing = current.pricing if units is None else current.repriced(units).pricing
+    metered = token_pricing(pricing, price_per_input_token, price_per_output_token, max_output_tokens)
+    if units is None and metered is None:
+        raise ConfigError("give a new PRICE per call, or --price-per-input-token/--price-per-output-token/"
+                          "--max-output-tokens")
+    if units is not None:
+        _print_sent(registry.set_price(model_id, units))
+    if metered is not None:
+        _print_sent(registry.set_token_prices(model_id, metered))
+    out.print(f"model {model} now costs {format_pricing(metered or pricing)}")
 
 
 def _set_paused(model: str, paused: bool, account: str | None, rpc_url: str, deployments_dir: Path | None) -> None:
@@ -317,12 +349,13 @@ def earnings(
     for event in market.events("Licenses", ["LicensePurchased"]):
         sales[bytes(event.args["modelId"])].append(int(event.args["price"]))
     repriced = {bytes(e.args["modelId"]) for e in market.events("ModelRegistry", ["PriceChanged"])}
+    repriced |= {m.info.model_id for m in mine if m.info.token_pricing is not None}  # priced by use too
     table = Table("model", "price", "calls", "served", "unclaimed", "claimed", "licenses",
                   title=f"earnings of {me} (MKT)")
     for listed in mine:
         info = listed.info
-        served = sum(known[c.channel_id][0] for c in channels[info.model_id] if c.channel_id in known)
-        unclaimed = sum(max(known[c.channel_id][1] - c.claimed, 0)
+        served = sum(known[c.channel_id] for c in channels[info.model_id] if c.channel_id in known)
+        unclaimed = sum(max(known[c.channel_id] - c.claimed, 0)
                         for c in channels[info.model_id] if c.channel_id in known)
         claimed = sum(c.claimed for c in channels[info.model_id])
         calls = "?" if credits is None else (("~" if info.model_id in repriced else "") + str(served // info.price))
@@ -335,11 +368,13 @@ def earnings(
     if credits is None:
         err.print(f"no ledger at {url}: calls and unclaimed credit unknown (pass --database-url)")
     elif any(m.info.model_id in repriced for m in mine):
-        err.print("~: the price changed since listing, so calls are estimated as served / current price")
+        err.print("~: the price changed since listing or depends on tokens (metered), so calls are estimated as "
+                  "served / current price per call")
 
 
-def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, int]] | None:
-    """{channel: (consumed, earned)} from the daemon's ledger; None if there is no ledger there."""
+def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, int] | None:
+    """{channel: consumed} from the daemon's ledger: what was served, which is what a claim takes
+    (a partial claim of the voucher held); None if there is no ledger there."""
     import asyncio  # asyncio and the ledger are imported by the commands that read the ledger
 
     from marketplace.payments.ledger import open_ledger
@@ -348,14 +383,14 @@ def _ledger_credits(url: str, channel_ids: list[int]) -> dict[int, tuple[int, in
     if url.startswith("sqlite:") and not sqlite_path(url).exists():
         return None
 
-    async def read() -> dict[int, tuple[int, int]]:
+    async def read() -> dict[int, int]:
         ledger = await asyncio.to_thread(open_ledger, url)
         try:
             found = {}
             for channel_id in channel_ids:
                 credit = await ledger.credit(ChannelId(channel_id))
                 if credit is not None:
-                    found[channel_id] = (int(credit.consumed), int(credit.earned))
+                    found[channel_id] = int(credit.consumed)
             return found
         finally:
             await ledger.close()

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from marketplace.errors import ReceiptInvalid
 
-__all__ = ["app", "read_receipt_argument", "verify"]
+__all__ = ["app", "check_token_amount", "read_receipt_argument", "verify"]
 
 app = typer.Typer(help="Check receipts of paid calls.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -52,6 +52,20 @@ def read_receipt_argument(argument: str) -> dict[str, Any]:
     return obj
 
 
+def check_token_amount(amount: int, input_tokens: int, output_tokens: int, pricing: str) -> None:
+    """ReceiptInvalid unless `amount` is what `pricing` ("per call,per input,per output") makes of the tokens."""
+    from marketplace.types import TokenPricing
+
+    parts = pricing.split(",")
+    if len(parts) != 3 or not all(part.strip().isdigit() for part in parts):
+        raise ReceiptInvalid(f"--pricing must be PER_CALL,PER_INPUT_TOKEN,PER_OUTPUT_TOKEN in token units, "
+                             f"got {pricing!r}")
+    expected = TokenPricing(*(int(part) for part in parts)).cost(input_tokens, output_tokens)
+    if amount != expected:
+        raise ReceiptInvalid(f"amount {amount} is not the cost of {input_tokens} input and {output_tokens} output "
+                             f"tokens at {pricing}: {expected}")
+
+
 @app.command()
 def verify(
     receipt: Annotated[
@@ -62,10 +76,16 @@ def verify(
         Path | None, typer.Option(help="The request body sent: its SHA-256 must be the receipt's requestHash.")
     ] = None,
     response: Annotated[
-        Path | None, typer.Option(help="The response body received: its SHA-256 must be the responseHash.")
+        Path | None, typer.Option(help="The response body received: its SHA-256 must be the responseHash "
+                                       "(for a stream: its bytes before the `: x402-settlement` line).")
+    ] = None,
+    pricing: Annotated[
+        str | None, typer.Option(help="PER_CALL,PER_INPUT_TOKEN,PER_OUTPUT_TOKEN (token units, the model's "
+                                      "prices): the amount must be their cost of the receipt's tokens.")
     ] = None,
 ) -> None:
-    """Check a receipt's signature (and signer, and body hashes when given); exit 1 on any mismatch."""
+    """Check a receipt's signature (and signer, body hashes and the per-token amount when given);
+    exit 1 on any mismatch."""
     from marketplace.payments.receipts import body_hash, load_receipt, verify_receipt  # eth_account: when run
 
     try:
@@ -85,10 +105,17 @@ def verify(
                     f"{label} body {path} hashes to 0x{actual.hex()}, the receipt signed 0x{expected.hex()}"
                 )
             checked.append(label)
+        if pricing is not None:
+            check_token_amount(message.amount, message.input_tokens, message.output_tokens, pricing)
+            checked.append("pricing")
     except (ReceiptInvalid, OSError) as error:
         err.print(f"[bold red]invalid:[/] {error}")
         raise typer.Exit(1) from None
-    bodies = f"; {' and '.join(checked)} bodies match" if checked else ""
+    matched = [label for label in checked if label != "pricing"]
+    bodies = f"; {' and '.join(matched)} bodies match" if matched else ""
+    if message.input_tokens or message.output_tokens:
+        bodies += (f"; {message.input_tokens} input + {message.output_tokens} output tokens"
+                   + (", priced as given" if "pricing" in checked else ""))
     what = (
         f"channel 0x{message.channel_id:x}"
         if message.channel_id

@@ -27,7 +27,11 @@ from marketplace.errors import ConfigError, PaymentRejected
 if TYPE_CHECKING:
     from marketplace.payments.schemes.trial import TrialToken
 
-__all__ = ["read_trial_tokens", "trial_token"]
+__all__ = ["TrialTokenOption", "read_trial_tokens", "trial_token"]
+
+TrialTokenOption = Annotated[list[str] | None, typer.Option(
+    help="A trial token the provider gave you (JSON, @FILE or @-), for models whose free trials need one; "
+         "repeatable.")]
 
 
 def trial_token(

@@ -1,8 +1,10 @@
 """`marketplace up`: the whole marketplace on this machine, with embedded defaults.
 
 A local Anvil (or --rpc-url), the contracts deployed, the dev accounts funded, an embedded IPFS
-blockstore (or --ipfs-api), a demo ONNX model (trained on scikit-learn's bundled iris data) listed
-by dev account 1, and the paid-inference daemon serving it; Ctrl-C stops everything.
+blockstore (or --ipfs-api), two demo models listed by dev account 1 — an ONNX iris classifier (trained
+on scikit-learn's bundled iris data) and the built-in text model (a bigram language model trained on
+prose shipped with Python and scikit-learn, served on the OpenAI routes) — and the paid-inference
+daemon serving them; Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ __all__ = ["up"]
 
 DEMO_TOKENS = 1_000_000 * 10**18  # minted to each Anvil dev account, so consumers can pay
 DEMO_PRICE = "0.002"
+# The text model's price per call, flat for now: per-token prices (issue 11) are registered here
+# once ModelRegistry takes them (per call, per input token, per output token, max output tokens).
+TEXT_PRICE = "0.001"
 out = Console()
 
 
@@ -71,7 +76,8 @@ def up(
         bool, typer.Option("--exit-after-start", help="Stop everything once it is up (for scripts and tests).")
     ] = False,
 ) -> None:
-    """Start a chain, deploy, list a demo model and serve it with the paid daemon; run until Ctrl-C."""
+    """Start a chain, deploy, list two demo models (iris, text) and serve them with the paid daemon; run until
+    Ctrl-C."""
     import uvicorn  # the daemon's stack is imported only by the commands that run it
 
     from marketplace.chain.anvil import Anvil
@@ -85,6 +91,7 @@ def up(
     from marketplace.listing import list_model
     from marketplace.metadata import ModelMetadata
     from marketplace.runners.demo_models import train_iris_classifier
+    from marketplace.runners.text_model import train_text_model
 
     home = data_dir() / "up"
     home.mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,10 @@ def up(
         listed = list_model(Market(w3, deployment, provider), store, spec.path,
                             ModelMetadata.model_validate(spec.metadata()), price=parse_tokens(DEMO_PRICE),
                             payee=provider.address, endpoint=daemon_url)
+        text_spec = train_text_model(home / "text.onnx")
+        text = list_model(Market(w3, deployment, provider), store, text_spec.path,
+                          ModelMetadata.model_validate(text_spec.metadata()), price=parse_tokens(TEXT_PRICE),
+                          payee=provider.address, endpoint=daemon_url)
         ledger = home / "ledger.db"
         if database_url is None:  # a fresh chain has fresh channels: start the ledger afresh too
             for stale in home.glob("ledger.db*"):
@@ -112,7 +123,8 @@ def up(
             deployments_dir=default_deployments_dir(), database_url=database_url or f"sqlite:///{ledger}",
             ipfs_store="kubo" if ipfs_api else "local", ipfs_api=ipfs_api,
             private_key="0x" + provider.key.hex(), public_url=daemon_url,
-            models=[{"model_id": "0x" + listed.model_id.hex()}],
+            models=[{"model_id": "0x" + listed.model_id.hex()},
+                    {"model_id": "0x" + text.model_id.hex(), "runner": {"kind": "onnx-text"}}],
         )
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                                log_level="warning", access_log=False))
@@ -122,7 +134,9 @@ def up(
         stack.callback(setattr, server, "should_exit", True)
         _wait_started(server, thread)
         _print_welcome(daemon_url, node_url, settings.database_url, "0x" + listed.model_id.hex(),
-                       str(listed.artifact), spec.example_input, dashboard_hint(daemon_url, settings))
+                       str(listed.artifact), spec.example_input, dashboard_hint(daemon_url, settings),
+                       f"0x{text.model_id.hex()}  (built-in text model, {TEXT_PRICE} MKT per call, artifact "
+                       f"{text.artifact}; OpenAI routes /v1/chat/completions, /v1/completions)")
         if not exit_after_start:
             out.print("[bold green]marketplace is up[/] — press Ctrl-C to stop")
             _wait_for_interrupt()
@@ -140,7 +154,8 @@ def _wait_started(server: object, thread: threading.Thread) -> None:
 
 
 def _print_welcome(
-    url: str, rpc_url: str, database_url: str, model: str, artifact: str, example: object, dashboard: str
+    url: str, rpc_url: str, database_url: str, model: str, artifact: str, example: object, dashboard: str,
+    text_model: str,
 ) -> None:
     body = json.dumps(example)
     chain = "" if rpc_url == DEFAULT_RPC_URL else f" --rpc-url {rpc_url}"
@@ -149,6 +164,7 @@ def _print_welcome(
     out.print(f"API docs   {url}/docs")
     out.print(f"model      {model}  (iris classifier, {DEMO_PRICE} MKT per call, artifact {artifact})",
               soft_wrap=True, highlight=False)
+    out.print(f"text model {text_model}", soft_wrap=True, highlight=False)
     out.print("\nsee what a call costs (402 + PAYMENT-REQUIRED):")
     out.print(f"  curl -i -X POST {url}/v1/models/{model}/infer -H 'content-type: application/json' "
               f"-d {shlex.quote(body)}", soft_wrap=True, highlight=False)

@@ -10,10 +10,16 @@
    offers of its scheme (the channel payer checks the daemon's view against our own record); then
    the first scheme the caller allows that is offered and that its payer `pays` is signed, and the
    request is sent again, once (and once more if the refused scheme `falls_back`: a trial used up
-   meanwhile lets the next scheme pay). A price above `max_price`, or one that would take the
-   client past its `budget`, aborts before anything is signed.
+   meanwhile lets the next scheme pay). A price above `max_price`, or one that would take the client
+   past its `budget` or a spending limit (`limits`, durable: `SpendingBook`), aborts before anything
+   is signed; the limits hold the price (a metered call's cap; a trial's 0) on disk before the
+   payment leaves.
 3. A 2xx with PAYMENT-RESPONSE is `complete`d by the payer (the channel's state moves forward,
-   committed to disk before the caller sees the answer).
+   committed to disk before the caller sees the answer) and the hold is settled to the charge (a
+   metered stream's when it ends); a refused payment gives the hold back (but an `exact` transfer's).
+   A call lost in transit keeps its hold: the figures never understate what was spent.
+
+Only a 402 is read by the flow: a paid answer reaches the caller unread, so a stream streams.
 
 Signing is each scheme's business (`marketplace.client.schemes`); this class chooses the scheme and
 enforces `max_price` and the budget. Its flow does no I/O itself: it yields either a request to
@@ -35,7 +41,16 @@ import anyio.to_thread
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.schemes import Attempt, ChannelPayer, ExactPayer, LicensePayer, SchemePayer, TrialPayer
+from marketplace.client.schemes import (
+    Attempt,
+    ChannelPayer,
+    ExactPayer,
+    LicensePayer,
+    MeteredPayer,
+    SchemePayer,
+    TrialPayer,
+)
+from marketplace.client.spending import Hold, SpendingBook, SpendingLimits
 from marketplace.client.store import ChannelRecord, ChannelStore
 from marketplace.errors import BudgetExceeded, ChannelExhausted, NoPaymentOption, PriceAboveMax
 from marketplace.payments.schemes.trial import TrialToken
@@ -49,7 +64,10 @@ from marketplace.payments.x402 import (
 )
 from marketplace.types import SCHEMES
 
-__all__ = ["SCHEMES", "ChannelAuth", "PaymentAuth"]
+__all__ = ["DEFAULT_SCHEMES", "SCHEMES", "ChannelAuth", "PaymentAuth"]
+
+# free trials first while offered, then a channel (flat-priced models) or `metered` (per-token models)
+DEFAULT_SCHEMES = ("trial", "channel", "metered")
 
 
 @dataclass(frozen=True)
@@ -86,13 +104,16 @@ class PaymentAuth(httpx.Auth):
     """Pays x402 402s with a free trial, a payment channel (default: trial, then channel), a
     license, or an EIP-3009 transfer.
 
-    `schemes` is the caller's order of preference among "trial", "channel", "exact" and "license";
-    "trial" is used while the daemon offers trials left for this account (`trial_tokens`: the
-    providers' TrialTokens for it, when a model's trials need one).
+    `schemes` is the caller's order of preference among "trial", "channel", "exact", "license" and
+    "metered" (a daemon offers a metered model `metered` only, a flat one never: list both to call
+    either); "trial" is used while the daemon offers trials left for this account (`trial_tokens`:
+    the providers' TrialTokens for it, when a model's trials need one).
     `channel_id` pins the channel; otherwise the store's best unexpired channel for the model is
     used. `license_id` (or `licenses`, per model id) enables "license". `max_price` (per call) and
     `budget` (in total: what this client's signatures can cost, see `committed`) are in token units.
-    `store` keeps channel state on disk (default `<data dir>/client/channels.db`).
+    `store` keeps channel state on disk (default `<data dir>/client/channels.db`). `limits` (per
+    call, per UTC day, in total) are enforced over every process sharing the store's file: the figures
+    are kept in it (`spending`, a `SpendingBook`, opened on that file unless given).
     """
 
     def __init__(
@@ -101,12 +122,14 @@ class PaymentAuth(httpx.Auth):
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("trial", "channel"),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
         licenses: Mapping[bytes, int] | None = None,
         trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
+        limits: SpendingLimits | None = None,
+        spending: SpendingBook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
@@ -117,10 +140,13 @@ class PaymentAuth(httpx.Auth):
         self.schemes = tuple(schemes)
         self.max_price = max_price
         self.budget = budget
+        self.limits = limits
+        self.spending = spending if spending is not None or limits is None else SpendingBook(self.store.path)
         payers: dict[str, Callable[[], SchemePayer[Any]]] = {
             "channel": lambda: ChannelPayer(account, self.store, channel_id=channel_id, clock=clock),
             "exact": lambda: ExactPayer(account, clock),
             "license": lambda: LicensePayer(account, license_id=license_id, licenses=licenses, clock=clock),
+            "metered": lambda: MeteredPayer(account, self.store, channel_id=channel_id, clock=clock),
             "trial": lambda: TrialPayer(account, tokens=trial_tokens, clock=clock),
         }
         self._payers = {scheme: payers[scheme]() for scheme in self.schemes}  # in the caller's order
@@ -153,7 +179,8 @@ class PaymentAuth(httpx.Auth):
             while True:
                 if isinstance(step, httpx.Request):
                     response = yield step
-                    response.read()
+                    if response.status_code == 402:
+                        response.read()
                     step = flow.send(response)
                     continue
                 try:
@@ -175,7 +202,8 @@ class PaymentAuth(httpx.Auth):
             while True:
                 if isinstance(step, httpx.Request):
                     response = yield step
-                    await response.aread()
+                    if response.status_code == 402:
+                        await response.aread()
                     step = flow.send(response)
                     continue
                 try:  # on a worker thread; a cancelled caller waits for it, so no reservation is lost
@@ -197,13 +225,13 @@ class PaymentAuth(httpx.Auth):
             yield _Blocking(partial(self._upfront, call))
             response = yield request
             if (offers := _offers(response)) is not None:
-                self._release(call)
+                yield _Blocking(partial(self._refused, call))
                 self._paid.pop(call.url, None)  # the offer paid upfront may be outdated (a new price)
                 yield _Blocking(partial(self._pay, call, offers))
                 response = yield request
                 if (offers := _offers(response)) is not None:
                     refused = call.attempt
-                    self._release(call)
+                    yield _Blocking(partial(self._refused, call))
                     yield _Blocking(partial(self._learn, offers))  # so that the next call starts from the daemon's view
                     if refused is None or not self._payers[refused.requirements.scheme].falls_back:
                         return
@@ -211,7 +239,7 @@ class PaymentAuth(httpx.Auth):
                     yield _Blocking(partial(self._pay, call, offers, skip=refused.requirements.scheme))
                     response = yield request
                     if (offers := _offers(response)) is not None:
-                        self._release(call)
+                        yield _Blocking(partial(self._refused, call))
                         yield _Blocking(partial(self._learn, offers))
                         return
             if call.attempt is not None:
@@ -261,18 +289,28 @@ class PaymentAuth(httpx.Auth):
                 payer.offered(requirements)
 
     def _sign(self, call: _Call, payer: SchemePayer[Any], requirements: PaymentRequirements) -> None:
-        """Sign `requirements` for the call (every payment goes through here: `max_price`, the budget)."""
-        price = requirements.amount
+        """Sign `requirements` for the call (every payment goes through here: `max_price`, the budget, the limits)."""
+        ceilings = [c for c in (self.max_price, self.limits.per_call if self.limits else None) if c is not None]
+        price = payer.price(call.request, requirements, min(ceilings, default=None))
         if self.max_price is not None and price > self.max_price:
             raise PriceAboveMax(call.url, requirements.scheme, price, self.max_price)
         with self._lock:
             if self.budget is not None and self._committed + self._held + price > self.budget:
                 raise BudgetExceeded(call.url, price, self._committed + self._held, self.budget)
             self._held += price  # a concurrent call cannot spend it meanwhile
-        cost = 0
+        cost, spending = 0, self.spending
+        hold: Hold | None = None
         try:
-            call.attempt = payer.sign(call.request, requirements, call.url)
+            if spending is not None:  # on disk before the payment leaves; concurrent calls wait on SQLite's lock
+                hold = spending.hold(call.url, price, self.limits or SpendingLimits())
+            call.attempt = payer.sign(call.request, requirements, call.url, price)
             cost = call.attempt.cost
+            if spending is not None and hold is not None:
+                call.attempt.settle = partial(spending.settle, hold)
+        except BaseException:
+            if spending is not None and hold is not None:
+                spending.settle(hold, 0)
+            raise
         finally:
             with self._lock:
                 self._held -= price
@@ -284,9 +322,19 @@ class PaymentAuth(httpx.Auth):
         """A paid answer: the payer records it; a paid URL is paid upfront next time."""
         attempt, call.attempt = call.attempt, None
         assert attempt is not None
-        self._payers[attempt.requirements.scheme].complete(attempt, response)
+        charge = self._payers[attempt.requirements.scheme].complete(attempt, response)
+        if charge is not None:
+            attempt.settle(charge)
         if response.is_success and PAYMENT_RESPONSE_HEADER in response.headers:
             self._paid[call.url] = attempt.requirements
+
+    def _refused(self, call: _Call) -> None:
+        """The daemon refused the call's payment (a 402): let it go; the hold is given back unless binding."""
+        attempt, call.attempt = call.attempt, None
+        if attempt is not None:
+            payer = self._payers[attempt.requirements.scheme]
+            payer.release(attempt)
+            attempt.settle(attempt.price if payer.binding else 0)
 
     def _release(self, call: _Call) -> None:
         """Let go of the call's payment without an answer to record (memory only: never blocks)."""

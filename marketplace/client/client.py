@@ -20,7 +20,8 @@ from typing import Any, Self
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.auth import PaymentAuth
+from marketplace.client.auth import DEFAULT_SCHEMES, PaymentAuth
+from marketplace.client.spending import SpendingLimits
 from marketplace.client.store import ChannelStore
 from marketplace.errors import (
     CallFailed,
@@ -141,18 +142,19 @@ class MarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("trial", "channel"),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
         trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
+        limits: SpendingLimits | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "trial_tokens": trial_tokens,
-                                          "max_price": max_price, "budget": budget})
+                                          "max_price": max_price, "budget": budget, "limits": limits})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any) -> CallResult:
@@ -189,18 +191,19 @@ class AsyncMarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("trial", "channel"),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
         trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
+        limits: SpendingLimits | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "trial_tokens": trial_tokens,
-                                          "max_price": max_price, "budget": budget})
+                                          "max_price": max_price, "budget": budget, "limits": limits})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

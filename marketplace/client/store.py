@@ -59,6 +59,8 @@ _ADDED = {  # columns added since the first release (`_migrate` adds them to eve
     "signed": "TEXT NOT NULL DEFAULT '0'",  # ours: the highest cumulative amount ever signed
     "disputed_authorized": "TEXT",  # a daemon's view above `signed`, until the user resolves it (else NULL)
     "disputed_consumed": "TEXT",
+    "owed": "TEXT NOT NULL DEFAULT '0'",  # ours, metered calls: the sum of their charges as we checked them
+    "slack": "TEXT NOT NULL DEFAULT '0'",  # ours: what streams we cut short may have been charged beyond `owed`
 }
 _COLUMNS = ("channel_id", "chain_id", "escrow", "payer", "signer", "payee", "model_id", "salt", "deposit", "expiry",
             "authorized", "consumed", "updated_at", *_ADDED)
@@ -94,6 +96,8 @@ class ChannelRecord:
     updated_at: float = 0.0
     signed: TokenAmount = TokenAmount(0)  # noqa: RUF009 - ours: the highest voucher ever signed
     dispute: DaemonView | None = None  # a daemon's view above `signed`, until the user resolves it
+    owed: TokenAmount = TokenAmount(0)  # noqa: RUF009 - ours, metered calls: what their charges add up to
+    slack: TokenAmount = TokenAmount(0)  # noqa: RUF009 - cut streams: tokens sent but never received, at most
 
     @classmethod
     def opened(cls, chain_id: int, escrow: str, terms: ChannelTerms, deposit: int, expiry: int) -> ChannelRecord:
@@ -131,7 +135,8 @@ def _row(record: ChannelRecord) -> tuple[Any, ...]:
     return (f"0x{record.channel_id:064x}", record.chain_id, record.escrow.lower(), record.payer, record.signer,
             record.payee, "0x" + bytes(record.model_id).hex(), str(record.salt), str(record.deposit), record.expiry,
             str(record.authorized), str(record.consumed), record.updated_at, str(record.signed),
-            str(dispute.authorized) if dispute else None, str(dispute.consumed) if dispute else None)
+            str(dispute.authorized) if dispute else None, str(dispute.consumed) if dispute else None,
+            str(record.owed), str(record.slack))
 
 
 def _record(row: tuple[Any, ...]) -> ChannelRecord:
@@ -146,6 +151,7 @@ def _record(row: tuple[Any, ...]) -> ChannelRecord:
         dispute=DaemonView(TokenAmount(int(values["disputed_authorized"])),
                            TokenAmount(int(values["disputed_consumed"])))
         if values["disputed_authorized"] is not None else None,
+        owed=TokenAmount(int(values["owed"])), slack=TokenAmount(int(values["slack"])),
     )
 
 
@@ -241,11 +247,13 @@ class ChannelStore:
             record = self._write(record)
         return record
 
-    def observe(self, channel_id: int, view: Mapping[str, Any]) -> ChannelRecord | None:
+    def observe(self, channel_id: int, view: Mapping[str, Any], *, owed: bool = False) -> ChannelRecord | None:
         """A daemon's `extra.channel`: move the credit (and chain facts) forward, never back.
 
-        A view whose `authorized`, `consumed` or `claimed` is above our `signed` is not applied: it is recorded
-        as the channel's dispute and `ChannelDispute` is raised."""
+        A view whose `authorized`, `consumed` or `claimed` is above our `signed` (with `owed`: whose `consumed` or
+        `claimed` is above our `owed + slack`, for metered calls when none is in flight) is not applied: it is
+        recorded as the channel's dispute and `ChannelDispute` is raised. With `owed`, a view within it
+        settles the streams we cut short: `owed` rises to the daemon's `consumed`, `slack` is spent."""
         # `claimed` lifts our `consumed` too (_applied), so it is held to our record like `consumed`.
         used = max(_uint(view, "consumed") or 0, _uint(view, "claimed") or 0)
         theirs = DaemonView(TokenAmount(_uint(view, "authorized") or 0), TokenAmount(used))
@@ -253,8 +261,11 @@ class ChannelStore:
             record = self._read(channel_id)
             if record is None:
                 return None
-            disputed = max(theirs.authorized, theirs.consumed) > record.signed
+            disputed = (max(theirs.authorized, theirs.consumed) > record.signed
+                        or (owed and theirs.consumed > record.owed + record.slack))
             observed = replace(record, dispute=theirs) if disputed else self._applied(record, view, exact=False)
+            if owed and not disputed:
+                observed = replace(observed, owed=TokenAmount(max(record.owed, theirs.consumed)), slack=TokenAmount(0))
             if observed != record:
                 record = self._write(observed)
         if disputed:
@@ -267,8 +278,9 @@ class ChannelStore:
             record = self._read(channel_id)
             return self._write(self._applied(record, view, exact=True)) if record is not None else None
 
-    def reserve(self, channel_id: int, price: int, floor: int = 0) -> Reservation:
-        """The next voucher for a call at `price`: `max(floor, consumed) + price`, recorded as signed.
+    def reserve(self, channel_id: int, price: int, floor: int = 0, *, owed: bool = False) -> Reservation:
+        """The next voucher for a call at `price`: `max(floor, consumed) + price`, recorded as signed
+        (with `owed`, a metered call's cap: `max(floor, owed) + price`).
 
         `floor` is the highest amount reserved by calls still in flight (0 when none is). Refused
         with `ChannelDispute` when a dispute awaits the user or the amount would pass `signed + price`,
@@ -278,7 +290,7 @@ class ChannelStore:
             if record is None:
                 raise ConfigError(f"channel {channel_id:#x} is not in the channel store {self.path}")
             record.check_dispute()
-            amount = TokenAmount(max(floor, record.consumed) + price)
+            amount = TokenAmount(max(floor, record.owed if owed else record.consumed) + price)
             if amount > record.signed + price:  # a daemon view written past our record (`resync`)
                 raise ChannelDispute(channel_id, record.signed, record.authorized, record.consumed)
             if record.deposit and amount > record.deposit:
@@ -288,12 +300,31 @@ class ChannelStore:
                 record = self._write(replace(record, signed=amount))
         return Reservation(amount, added, record)
 
+    def owe(self, channel_id: int, charge: int, slack: int = 0) -> ChannelRecord:
+        """A metered call on the channel cost `charge` (as we checked it; a stream we cut short: as we counted
+        it, and up to `slack` more may have been sent but never received): add them to `owed` and `slack`."""
+        with self._lock, self._transaction():
+            record = self._read(channel_id)
+            if record is None:
+                raise ConfigError(f"channel {channel_id:#x} is not in the channel store {self.path}")
+            return self._write(replace(record, owed=TokenAmount(record.owed + charge),
+                                       slack=TokenAmount(record.slack + slack)))
+
+    def dispute(self, channel_id: int, view: DaemonView) -> ChannelRecord:
+        """Record a daemon's claim we refuse (a metered settlement above our count): the user resolves it."""
+        with self._lock, self._transaction():
+            record = self._read(channel_id)
+            if record is None:
+                raise ConfigError(f"channel {channel_id:#x} is not in the channel store {self.path}")
+            return self._write(replace(record, dispute=view))
+
     def accept_view(self, channel_id: int) -> ChannelRecord:
-        """Resolve a dispute for the daemon: its figures become ours (and `signed` rises to them)."""
+        """Resolve a dispute for the daemon: its figures become ours (`signed` and `owed` rise to them)."""
         with self._lock, self._transaction():
             record, view = self._disputed(channel_id)
             return self._write(replace(record, authorized=view.authorized, consumed=view.consumed, dispute=None,
-                                       signed=TokenAmount(max(record.signed, view.authorized, view.consumed))))
+                                       signed=TokenAmount(max(record.signed, view.authorized, view.consumed)),
+                                       owed=TokenAmount(max(record.owed, view.consumed))))
 
     def keep_own_view(self, channel_id: int) -> ChannelRecord:
         """Resolve a dispute for us: the daemon's figures are dropped; the next call checks them again."""

@@ -14,9 +14,10 @@ from marketplace.daemon.body_limit import BodyLimitMiddleware
 from marketplace.daemon.errors import install_error_handlers, response_for
 from marketplace.daemon.observability import RequestIdMiddleware
 from marketplace.daemon.paid_calls import PaidCalls
-from marketplace.daemon.routes import catalog, infer, ops, web
+from marketplace.daemon.routes import catalog, discovery, infer, openai, ops, web
 from marketplace.daemon.services import Services, start_services
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.daemon.text_calls import TextCalls
 
 __all__ = ["DaemonApp", "create_app", "paid_model_text"]
 
@@ -76,6 +77,7 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
         running = services or await start_services(settings)
         app.state.services = running
         app.state.paid_calls = PaidCalls(running)
+        app.state.text_calls = TextCalls(app.state.paid_calls)
         app.serve_paid_calls(app.state.paid_calls, settings.max_request_bytes)
         try:
             yield
@@ -94,6 +96,6 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id
     install_error_handlers(app)
-    for module in (infer, catalog, ops, web):
+    for module in (infer, openai, catalog, discovery, ops, web):
         app.include_router(module.router)
     return app

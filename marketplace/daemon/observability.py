@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -15,6 +16,9 @@ __all__ = ["JsonLogFormatter", "Metrics", "RequestIdMiddleware", "configure_logg
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 _HEADER = b"x-request-id"
+# Ids are unique per process (a random prefix, then a counter): no random bytes per request.
+_ID_PREFIX = secrets.token_hex(4)
+_ID_COUNTER = itertools.count(1)
 
 
 class RequestIdMiddleware:
@@ -28,7 +32,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v for k, v in scope["headers"] if k == _HEADER), b"")
-        rid = given.decode("latin-1") if 0 < len(given) <= 64 and given.isascii() else secrets.token_hex(8)
+        if 0 < len(given) <= 64 and given.isascii():
+            rid = given.decode("latin-1")
+        else:
+            rid = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         token = request_id.set(rid)
 
         async def send_with_id(message: Message) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
 from typing import Any
 
 from starlette.requests import Request
@@ -31,7 +31,7 @@ from marketplace.daemon.errors import ApiError, error_response, retry_headers
 from marketplace.daemon.limits import peer_address
 from marketplace.daemon.services import Services
 from marketplace.errors import PaymentRejected, RunnerError
-from marketplace.payments.receipts import Receipt
+from marketplace.payments.receipts import Receipt, body_hash
 from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, payment_required
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
@@ -48,6 +48,11 @@ __all__ = ["PaidCalls", "parse_model_id"]
 log = logging.getLogger("marketplace.daemon")
 _TOKEN = 10**18
 _UNKNOWN_ARTIFACT = ModelArtifact(0, bytes(32), 0)  # a runner that does not say what it runs
+
+
+def _url_path(request: Request) -> str:
+    """`request.url.path` without parsing a whole URL (Starlette escapes these three the same way)."""
+    return str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
 
 
 def parse_model_id(text: str) -> bytes:
@@ -72,16 +77,16 @@ class PaidCalls:
 
     async def handle(self, request: Request, model_text: str) -> Response:
         started = time.perf_counter()
-        model = self._served_model(model_text)
+        model = self.served_model(model_text, self.services.runners)
         body = await request.body()  # within max_request_bytes: BodyLimitMiddleware stops a longer one
         header = request.headers.get(PAYMENT_SIGNATURE_HEADER)
         try:
             payment = parse_payment_signature(header, schemes=self._schemes.names)
-            paid = PaidRequest(model, body, request.method, request.url.path, peer_address(request))
-            admission = await self._schemes[payment.scheme].admit(payment, paid)
+            paid = PaidRequest(model, body, request.method, _url_path(request), peer_address(request))
+            admission = await self._schemes.for_model(payment.scheme, model).admit(payment, paid)
             response = await self._serve(request, model, body, admission)
         except PaymentRejected as rejection:
-            response = await self._refused(request, model, rejection)
+            response = await self.refused(request, model, rejection)
         self._latency.observe(time.perf_counter() - started)
         return response
 
@@ -91,7 +96,7 @@ class PaidCalls:
             answer = await self._run(model, request, body)
         except RunnerError as failure:
             await admission.refund()
-            return self._runner_failed(failure)
+            return self.runner_failed(failure)
         except Exception:  # a bug, not the consumer's doing: nothing is sent, so nothing is charged
             await admission.refund()
             raise
@@ -106,22 +111,24 @@ class PaidCalls:
                 await answer.aclose()
                 settled = admission.failure(rejection)
                 extra = {PAYMENT_RESPONSE_HEADER: settled.header()} if settled is not None else None
-                return await self._refused(request, model, rejection, extra_headers=extra)
+                return await self.refused(request, model, rejection, extra_headers=extra)
             receipt = self._receipt(model, body, answer, admission.scheme, charge)
             response = self._answer(answer, admission.response(charge, receipt).header(),
                                     on_broken_stream=admission.refund)
         except Exception:
             await admission.refund()
             raise
-        self._count(model, admission.scheme, charge.amount)
+        self.count(model, admission.scheme, charge.amount)
         return response
 
     # --- pieces --------------------------------------------------------------------------------
 
-    def _served_model(self, model_text: str) -> ModelInfo:
+    def served_model(self, model_text: str, served: Container[bytes]) -> ModelInfo:
+        """The model `model_text` names, if `served` (runners by id) has it and it is active;
+        404 `unknown_model`, 409 `model_paused`, 410 `model_retired` otherwise."""
         model_id = parse_model_id(model_text)
         model = self.services.state.model(model_id)
-        if model is None or model_id not in self.services.runners:
+        if model is None or model_id not in served:
             raise ApiError(404, "unknown_model", f"model {model_text} is not served here")
         if model.status is ModelStatus.PAUSED:
             raise ApiError(409, "model_paused", f"model {model_text} is paused by its provider")
@@ -141,13 +148,23 @@ class PaidCalls:
         response_body = answer.body if answer.body is not None else b""
         # The artifact the runner loaded and ran, not the registry's latest (update-model does not
         # reload a running daemon).
-        artifact = self.services.runners[model.model_id].artifact or _UNKNOWN_ARTIFACT
-        receipt = Receipt.for_call(model.model_id, artifact, body, response_body, scheme, amount=charge.amount,
-                                   channel_id=charge.channel_id, cumulative=charge.cumulative,
-                                   transaction=charge.transaction, license_id=charge.license_id)
+        return self.receipt(model, self.services.runners[model.model_id].artifact, body, body_hash(response_body),
+                            scheme, charge)
+
+    def receipt(
+        self, model: ModelInfo, artifact: ModelArtifact | None, body: bytes, response_hash: bytes, scheme: str,
+        charge: Charge, *, input_tokens: int = 0, output_tokens: int = 0,
+    ) -> dict[str, Any]:
+        """The signed receipt of a served call of `model` answered by `artifact` (its runner's)."""
+        receipt = Receipt.for_call(model.model_id, artifact or _UNKNOWN_ARTIFACT, body, b"", scheme,
+                                   amount=charge.amount, channel_id=charge.channel_id, cumulative=charge.cumulative,
+                                   transaction=charge.transaction, license_id=charge.license_id,
+                                   input_tokens=input_tokens, output_tokens=output_tokens,
+                                   response_hash=response_hash)
         return self.services.receipts.sign(receipt)
 
-    def _count(self, model: ModelInfo, scheme: str, amount: int) -> None:
+    def count(self, model: ModelInfo, scheme: str, amount: int) -> None:
+        """One served call of `model` paid `amount` with `scheme`, in the metrics."""
         key = (model.model_id, scheme, amount > 0)
         counters = self._counters.get(key)
         if counters is None:  # label lookups cost more than the increments: done once per series
@@ -175,12 +192,13 @@ class PaidCalls:
             response.headers.append(name, value)
         return response
 
-    def _runner_failed(self, failure: RunnerError) -> Response:
+    def runner_failed(self, failure: RunnerError) -> Response:
+        """The JSON error of a model that failed (nothing charged)."""
         self.services.metrics.rejections.labels(failure.code).inc()
         log.warning("model call failed: %s", failure)
         return error_response(failure.http_status, failure.code, failure.detail)
 
-    async def _refused(
+    async def refused(
         self,
         request: Request,
         model: ModelInfo,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,27 +20,41 @@ from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ModelInfo
 from marketplace.daemon.limits import ClientBuckets
 from marketplace.daemon.observability import Metrics
-from marketplace.daemon.settings import DaemonSettings, ServedModel, UpstreamRunnerConfig
+from marketplace.daemon.settings import (
+    DaemonSettings,
+    OnnxTextRunnerConfig,
+    OpenAIUpstreamRunnerConfig,
+    ServedModel,
+    UpstreamRunnerConfig,
+)
 from marketplace.errors import ConfigError, MissingKey
 from marketplace.ipfs import CID, DagReader
 from marketplace.ipfs.artifacts import get as fetch_artifact
 from marketplace.ipfs.artifacts import open_store
-from marketplace.metadata import parse_metadata
+from marketplace.metadata import ModelMetadata, parse_metadata
 from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds
+from marketplace.payments.ledger.metered import MeteredCalls, open_metered_calls, settle_unfinished
 from marketplace.payments.ledger.trials import TrialCounter, open_trial_counter
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
+from marketplace.payments.schemes.metered import MeteredScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
 from marketplace.payments.schemes.trial import TrialScheme, TrialTerms
-from marketplace.runners import OnnxRunner, Runner, UpstreamRunner
-from marketplace.runners.text import TextRunner
+from marketplace.runners import (
+    OnnxRunner,
+    OnnxTextRunner,
+    OpenAIUpstreamRunner,
+    Runner,
+    TextRunner,
+    UpstreamRunner,
+)
 
-__all__ = ["Services", "preflight", "start_services"]
+__all__ = ["Services", "metered_owner", "preflight", "start_services"]
 
 log = logging.getLogger("marketplace.daemon")
 _SETTLEMENT_WAIT = 60.0  # seconds a paid `exact` call waits for its settlement to be mined
@@ -56,6 +71,7 @@ class Services:
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
     trials: TrialCounter  # free trial calls used per (consumer, model), in the ledger's database
+    metered_calls: MeteredCalls  # metered calls in flight, settled on start if a crash left any
     schemes: SchemeRegistry  # what PaidCalls dispatches on
     channel: ChannelScheme  # also GET /v1/channels/{id}
     receipts: ReceiptSigner
@@ -74,6 +90,7 @@ class Services:
         await self.access.close()
         await self.trials.close()
         await self.holds.close()
+        await self.metered_calls.close()
         await self.ledger.close()
 
 
@@ -87,17 +104,8 @@ def _daemon_key(settings: DaemonSettings) -> LocalAccount:
     return load_account(settings.keystore, ask_password=(lambda: password) if password is not None else None)
 
 
-def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings) -> Runner:
-    """Build the runner of one served model (blocking: fetches and verifies artifacts)."""
-    if isinstance(served.runner, UpstreamRunnerConfig):
-        return UpstreamRunner(
-            served.runner.url,
-            timeout=served.runner.timeout_seconds,
-            stream_timeout=served.runner.stream_timeout_seconds,
-            max_request_bytes=settings.max_request_bytes,
-            max_response_bytes=served.runner.max_response_bytes,
-            artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
-        )
+def _fetch_model(model: ModelInfo, settings: DaemonSettings) -> tuple[ModelMetadata, Path]:
+    """The model's metadata and its artifact, fetched from IPFS and verified against their CIDs."""
     store = open_store(settings.ipfs_store, api=settings.ipfs_api, data_dir=settings.data_dir / "ipfs")
     with store, DagReader(store) as reader:
         metadata = parse_metadata(b"".join(reader.cat(CID(1, model.metadata_codec, model.metadata_digest))))
@@ -106,6 +114,36 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
         models_dir.mkdir(parents=True, exist_ok=True)
         target = Path(tempfile.mkdtemp(dir=models_dir)) / f"{artifact}.onnx"
         fetch_artifact(store, artifact, target)
+    return metadata, target
+
+
+def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings) -> Runner | TextRunner:
+    """Build the runner of one served model (blocking: fetches and verifies artifacts)."""
+    config = served.runner
+    if isinstance(config, UpstreamRunnerConfig):
+        return UpstreamRunner(
+            config.url,
+            timeout=config.timeout_seconds,
+            stream_timeout=config.stream_timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            max_response_bytes=config.max_response_bytes,
+            artifact=model.artifact,  # what the registry names now: the daemon cannot look inside
+        )
+    if isinstance(config, OpenAIUpstreamRunnerConfig):
+        return OpenAIUpstreamRunner(
+            config.base_url,
+            model=config.model,
+            api_key=config.api_key.get_secret_value() if config.api_key else None,
+            timeout=config.timeout_seconds,
+            stream_timeout=config.stream_timeout_seconds,
+            stream_idle_timeout=config.stream_idle_timeout_seconds,
+            max_request_bytes=settings.max_request_bytes,
+            context_tokens=config.context_tokens,
+            artifact=model.artifact,
+        )
+    metadata, target = _fetch_model(model, settings)
+    if isinstance(config, OnnxTextRunnerConfig):
+        return OnnxTextRunner(target, artifact=model.artifact)
     return OnnxRunner(
         target,
         metadata.input_schema,
@@ -116,9 +154,17 @@ def _load_runner(served: ServedModel, model: ModelInfo, settings: DaemonSettings
     )
 
 
+def metered_owner(settings: DaemonSettings) -> str:
+    """The name of this daemon's metered calls in the shared store: its host and data directory
+    (a restarted daemon settles the calls its dead processes left; replicas, each with its own
+    data directory or host, never another's)."""
+    return f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+
+
 def _schemes(
     settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
-    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter, account: LocalAccount,
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter, metered_calls: MeteredCalls,
+    text_runners: dict[bytes, TextRunner], account: LocalAccount,
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
     and the channel scheme, which GET /v1/channels/{id} uses as well."""
@@ -138,7 +184,12 @@ def _schemes(
              for served in settings.models}
     trial = TrialScheme(state, deployment.addresses["ModelRegistry"], terms, access=access, counter=trials,
                         issuers=(account.address,))
-    return SchemeRegistry((channel, exact, license, trial)), channel
+
+    def exact_input(model_id: bytes) -> bool:
+        return model_id in text_runners and text_runners[model_id].exact_input
+
+    metered = MeteredScheme(channel, ledger, metered_calls, owner=metered_owner(settings), exact_input=exact_input)
+    return SchemeRegistry((channel, exact, license, metered, trial)), channel
 
 
 def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
@@ -160,26 +211,36 @@ async def start_services(settings: DaemonSettings) -> Services:
     ).start()
     ledger = await asyncio.to_thread(open_ledger, settings.database_url)
     runners: dict[bytes, Runner] = {}
+    text_runners: dict[bytes, TextRunner] = {}
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
     trials: TrialCounter | None = None
+    metered_calls: MeteredCalls | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         holds = await asyncio.to_thread(open_holds, settings.database_url)
         trials = await asyncio.to_thread(open_trial_counter, settings.database_url)
+        metered_calls = await asyncio.to_thread(open_metered_calls, settings.database_url)
+        await settle_unfinished(metered_calls, ledger, metered_owner(settings))
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
             if model is None:
                 deep = f" (at least {state.confirmations} blocks deep)" if state.confirmations else ""
                 raise ConfigError(f"model {served.model_id} is not registered on chain {state.chain_id}{deep}")
-            runners[model_id] = await asyncio.to_thread(_load_runner, served, model, settings)
-            log.info("serving model %s with %r", served.model_id, runners[model_id])
+            loaded = await asyncio.to_thread(_load_runner, served, model, settings)
+            if isinstance(loaded, TextRunner):
+                text_runners[model_id] = loaded
+            else:
+                runners[model_id] = loaded
+            log.info("serving model %s with %r", served.model_id, loaded)
     except BaseException:
         for runner in runners.values():
             await runner.aclose()
+        for text_runner in text_runners.values():
+            await text_runner.aclose()
         await state.stop()
-        for store in (access, holds, trials):
+        for store in (access, holds, trials, metered_calls):
             if store is not None:
                 await store.close()
         await ledger.close()
@@ -190,7 +251,8 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, account)
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, metered_calls,
+                                text_runners, account)
     services = Services(
         settings=settings,
         account=account,
@@ -199,10 +261,12 @@ async def start_services(settings: DaemonSettings) -> Services:
         access=access,
         holds=holds,
         trials=trials,
+        metered_calls=metered_calls,
         schemes=schemes,
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
+        text_runners=text_runners,
         claimer=Claimer(ledger, state, sender, policy),
     )
     services.claimer.start()

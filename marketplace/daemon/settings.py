@@ -19,7 +19,14 @@ from pydantic_settings import (
 from marketplace.chain.devkeys import DEV_CHAIN_ID
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 
-__all__ = ["DaemonSettings", "OnnxRunnerConfig", "ServedModel", "UpstreamRunnerConfig"]
+__all__ = [
+    "DaemonSettings",
+    "OnnxRunnerConfig",
+    "OnnxTextRunnerConfig",
+    "OpenAIUpstreamRunnerConfig",
+    "ServedModel",
+    "UpstreamRunnerConfig",
+]
 
 _MIN_ADMIN_TOKEN = 24
 _PLACEHOLDERS = {"", "changeme", "change-me", "password", "secret", "xxx", "todo", "0x"}
@@ -45,13 +52,53 @@ class UpstreamRunnerConfig(BaseModel):
     max_response_bytes: int = 16 * 1024 * 1024
 
 
+class OnnxTextRunnerConfig(BaseModel):
+    """A text model (OpenAI routes): the model's ONNX artifact is the built-in text model, run in-process."""
+
+    kind: Literal["onnx-text"] = "onnx-text"
+
+
+class OpenAIUpstreamRunnerConfig(BaseModel):
+    """A text model (OpenAI routes) served by the provider's OpenAI-compatible server (vLLM, llama.cpp,
+    Ollama): `base_url` without `/v1`; `model` replaces the consumer's `model` (the 0x id) upstream."""
+
+    kind: Literal["openai"] = "openai"
+    base_url: str
+    model: str | None = None
+    api_key: SecretStr | None = None
+    timeout_seconds: float = 60.0  # until the response headers
+    stream_timeout_seconds: float = 600.0  # the time spent waiting for the model server in all
+    stream_idle_timeout_seconds: float = 60.0  # the longest silence between two chunks
+    context_tokens: int = Field(0, ge=0, description="the model's context (prompt + output); 0: not known")
+
+    @field_validator("api_key")
+    @classmethod
+    def _no_placeholder_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip().lower() in _PLACEHOLDERS:
+            raise ValueError("is a placeholder; set the model server's real key or leave it unset")
+        return value
+
+
+RunnerConfig = Annotated[
+    OnnxRunnerConfig | UpstreamRunnerConfig | OnnxTextRunnerConfig | OpenAIUpstreamRunnerConfig,
+    Field(discriminator="kind"),
+]
+TEXT_RUNNERS = (OnnxTextRunnerConfig, OpenAIUpstreamRunnerConfig)  # served on the OpenAI routes
+
+
 class ServedModel(BaseModel):
     model_id: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="ModelRegistry id (bytes32 hex)")
-    runner: Annotated[OnnxRunnerConfig | UpstreamRunnerConfig, Field(discriminator="kind")] = OnnxRunnerConfig()
-    trial_calls: int = Field(0, ge=0, description="free calls per consumer (0: no trials); docs/payment-protocol.md")
+    runner: RunnerConfig = OnnxRunnerConfig()
+    trial_calls: int = Field(0, ge=0, description="free calls per consumer (0: no trials; flat-priced models "
+                                                  "only); docs/payment-protocol.md")
     trial_token_required: bool = Field(
         True, description="a trial needs a TrialToken the provider signed for the consumer (the sybil defence)"
     )
+
+    @property
+    def is_text(self) -> bool:
+        """Served by a text runner, on the OpenAI routes (not on /infer)."""
+        return isinstance(self.runner, TEXT_RUNNERS)
 
 
 class DaemonSettings(BaseSettings):

@@ -1,26 +1,31 @@
 """Claim the vouchers the daemon holds, in batches, before they are worth too much to risk or expire.
 
-A channel is due when its unclaimed credit (``earned - claimed``) reaches `min_unclaimed`, or
+A channel is due when its unclaimed credit (``consumed - claimed``) reaches `min_unclaimed`, or
 when it is within `expiry_margin_seconds` of its expiry (or past it: a channel can be claimed until
 its payer reclaims it). Due channels are grouped by payee and claimed with one
 `PaymentChannels.claimMany` per payee (at most `max_batch` vouchers each, most urgent first), sent
 from the daemon's key through `Sender` on a worker thread.
 
 Never paying or counting twice rests on the contract: vouchers are cumulative and `claimed` is an
-on-chain watermark, so a voucher can only pay ``amount - claimed`` once. The ledger learns a claim
-only from the chain: from the `VoucherClaimed` events of the receipt, or, when the outcome of a
-send is unknown (a timeout, a dropped connection, a revert after mining), from a fresh read of the
-channel (``claimed >= amount`` means done). `claimMany` is all-or-nothing, so a voucher that the
+on-chain watermark, so a claim pays ``payout - claimed`` and never beyond the voucher's amount. A
+voucher is a cap: each claim names its `payout`, the value of the calls served (the ledger's
+`consumed`), so the provider takes exactly what it served, including the last call of a
+pre-authorized voucher or a metered stream charged below its cap. The ledger learns a claim
+only from the chain: from the `VoucherClaimed` events of the receipt (their `claimed`), or, when
+the outcome of a send is unknown (a timeout, a dropped connection, a revert after mining), from a
+fresh read of the channel (``claimed >= payout`` means done). `claimMany` is all-or-nothing, so a voucher that the
 estimate shows would revert (the channel was reclaimed, already claimed by someone else, ...) is
 taken out of the batch and the rest is sent; a voucher found unclaimable is not tried again until
 the ledger holds a higher one.
 
 The chain can change under a claim (docs/chain-state.md):
-- the voucher claimed is the best one served (the ledger's `earned`: at most `consumed`, so a
-  claim never takes credit a refunded or unused call left), or, if a reorg rolled a top-up back so
-  the deposit is below it, the highest voucher the ledger kept within both. A pre-authorization
-  is a cap, not a payment: near expiry, if no voucher served pays more than the chain's
-  `claimed`, nothing more is claimed and the rest is the payer's to reclaim;
+- the voucher claimed is one for exactly what was served when the ledger holds it (`earned ==
+  consumed`: claimed whole, it makes no unused credit public), else the highest the ledger holds
+  (`authorized`), or, if a reorg rolled a top-up back so the deposit is below it, the highest one
+  kept within the deposit; its payout is ``min(that voucher, consumed)``, so a claim never takes
+  credit a refunded or unused call left: the rest of a pre-authorization is the payer's to
+  reclaim after expiry. A voucher claimed in part is public while it still allows more: the
+  daemon refuses it as payment from then on (`ChannelInfo.claimed_voucher`);
 - with `confirmations` N > 0 a mined claim is recorded in the ledger only once the chain state
   (which sees blocks N deep) shows it; if that block arrives without it, it was rolled back and
   the channel is claimed again;
@@ -103,7 +108,7 @@ class ClaimedBatch:
     transaction_hash: str
     block_number: int
     gas_used: int
-    claims: tuple[tuple[int, int, int], ...]  # (channel id, voucher amount, paid)
+    claims: tuple[tuple[int, int, int], ...]  # (channel id, claimed now (the payout), paid)
 
     @property
     def paid(self) -> int:
@@ -143,8 +148,10 @@ class _Refusal:
 @dataclass(frozen=True)
 class _Due:
     channel: ChannelInfo
-    amount: int
+    amount: int  # the voucher's
     signature: bytes
+    payout: int  # the watermark to claim up to: claimed < payout <= amount
+    claimed: int  # the watermark as known when selected (chain state or ledger, the higher)
 
 
 def compact_signature(signature: bytes) -> tuple[bytes, bytes]:
@@ -172,7 +179,7 @@ class Claimer:
         self._abi = load_compiled("PaymentChannels").abi
         self._escrow = sender.w3.eth.contract(address=Web3.to_checksum_address(state.escrow), abi=self._abi)
         self._lock = asyncio.Lock()
-        self._dropped: dict[int, int] = {}  # channel -> voucher amount found unclaimable
+        self._dropped: dict[int, int] = {}  # channel -> `consumed` whose claim was found impossible
         self._uncertain: set[int] = set()  # channels whose last send has an unknown outcome
         self._mined: dict[int, tuple[int, int]] = {}  # channel -> (amount, block) claimed, not yet confirmed
         self._reorged: set[int] = set()  # channels read again after a reorg: reset the ledger's claimed
@@ -205,19 +212,19 @@ class Claimer:
         now = self.state.now()
         for credit in await self.ledger.claimable(TokenAmount(0)):
             channel_id = int(credit.channel_id)
-            if credit.earned_signature is None or self._dropped.get(channel_id) == credit.earned:
+            if credit.signature is None or self._dropped.get(channel_id) == credit.consumed:
                 continue
             info = await self._channel(channel_id, report)
             if info is None or await self._awaiting_confirmations(info, report):
                 continue
-            if info.claimed >= credit.earned:  # claimed already (elsewhere, or a lost receipt)
-                await self._record(channel_id, credit.earned, report)
+            if info.claimed >= credit.consumed:  # claimed already (elsewhere, or a lost receipt)
+                await self._record(channel_id, info.claimed, report)
             elif info.reclaimed:
-                self._drop(channel_id, credit.earned, "the channel was reclaimed by its payer", report)
+                self._drop(channel_id, credit.consumed, "the channel was reclaimed by its payer", report)
             elif everything or self._is_due(credit, info, now):
                 voucher = await self._claimable_voucher(credit, info, report)
                 if voucher is not None:
-                    due[info.payee].append(_Due(info, *voucher))
+                    due[info.payee].append(_Due(info, *voucher, max(info.claimed, int(credit.claimed))))
         return due
 
     async def _awaiting_confirmations(self, info: ChannelInfo, report: ClaimReport) -> bool:
@@ -242,24 +249,29 @@ class Claimer:
 
     async def _claimable_voucher(
         self, credit: Credit, info: ChannelInfo, report: ClaimReport
-    ) -> tuple[int, bytes] | None:
-        """The voucher to claim: the best one served (`earned`), unless it exceeds the deposit (a
-        reorg rolled a top-up back): then the highest one kept within the deposit, if it pays
-        anything. Never one above `consumed`: credit a call did not use stays the payer's."""
-        assert credit.earned_signature is not None
-        if credit.earned <= info.deposit:
-            return int(credit.earned), bytes(credit.earned_signature)
-        best = await self.ledger.best_voucher(credit.channel_id, TokenAmount(min(credit.consumed, info.deposit)))
-        if best is None or best[0] <= info.claimed:
+    ) -> tuple[int, bytes, int] | None:
+        """(amount, signature, payout) to claim: a voucher for exactly what was served (`earned ==
+        consumed`, the pay-as-you-go case) whole, as it publishes no credit; else the stored voucher
+        (`authorized`), unless it exceeds the deposit (a reorg rolled a top-up back): then the
+        highest one kept within the deposit. The payout is ``min(voucher, consumed)``: credit a call
+        did not use stays the payer's."""
+        assert credit.signature is not None
+        if credit.earned == credit.consumed <= info.deposit and credit.earned_signature is not None:
+            return int(credit.earned), bytes(credit.earned_signature), int(credit.earned)
+        voucher: tuple[int, bytes] | None = (int(credit.authorized), bytes(credit.signature))
+        if credit.authorized > info.deposit:
+            voucher = await self.ledger.best_voucher(credit.channel_id, TokenAmount(info.deposit))
+        payout = min(voucher[0], int(credit.consumed)) if voucher is not None else 0
+        if voucher is None or payout <= info.claimed:
             report.deferred[info.channel_id] = (
-                f"the best voucher served ({credit.earned}) exceeds the deposit {info.deposit}; "
+                f"the voucher held ({credit.authorized}) exceeds the deposit {info.deposit}; "
                 "none within it pays more"
             )
             return None
-        return int(best[0]), best[1]
+        return voucher[0], voucher[1], payout
 
     def _is_due(self, credit: Credit, info: ChannelInfo, now: int) -> bool:
-        unclaimed = credit.earned - max(credit.claimed, info.claimed)
+        unclaimed = credit.consumed - max(credit.claimed, info.claimed)
         return unclaimed >= self.policy.min_unclaimed or info.expiry - now <= self.policy.expiry_margin_seconds
 
     async def _channel(self, channel_id: int, report: ClaimReport) -> ChannelInfo | None:
@@ -321,17 +333,18 @@ class Claimer:
     def _claim_item(self, entry: _Due) -> tuple[Any, ...]:
         r, vs = compact_signature(entry.signature)
         info = entry.channel
-        return (info.payer, info.signer, info.model_id, info.salt, entry.amount, r, vs)
+        return (info.payer, info.signer, info.model_id, info.salt, entry.amount, entry.payout, r, vs)
 
     async def _record_receipt(self, payee: str, sent: Sequence[_Due], receipt: Any, report: ClaimReport) -> None:
-        known_claimed = {entry.channel.channel_id: entry.channel.claimed for entry in sent}
+        watermark = {entry.channel.channel_id: entry.claimed for entry in sent}
         claims = []
         for event in self._escrow.events.VoucherClaimed().process_receipt(receipt, errors=DISCARD):
             if event["address"] != self._escrow.address:
                 continue
-            channel_id, amount = int(event["args"]["channelId"]), int(event["args"]["amount"])
-            paid = event["args"].get("paid", amount - known_claimed.get(channel_id, 0))  # if the event drops it
-            claims.append((channel_id, amount, int(paid)))
+            channel_id, amount = int(event["args"]["channelId"]), int(event["args"]["claimed"])
+            # The event leaves out what it paid: the rise of the watermark (the claim succeeded, so it rose).
+            claims.append((channel_id, amount, amount - watermark.get(channel_id, 0)))
+            watermark[channel_id] = amount
             if self.state.confirmations:
                 self._mined[channel_id] = (amount, int(receipt["blockNumber"]))
                 report.pending[channel_id] = amount
@@ -355,12 +368,12 @@ class Claimer:
         except ChainError as read_error:
             report.deferred[channel_id] = f"{error}; then cannot read the channel: {read_error}"
             return
-        if info is not None and info.claimed >= entry.amount:
-            await self._record(channel_id, entry.amount, report)
+        if info is not None and info.claimed >= entry.payout:
+            await self._record(channel_id, info.claimed, report)
         elif error.name in _TRANSIENT:
             report.deferred[channel_id] = str(error)
         else:
-            self._drop(channel_id, entry.amount, str(error), report)
+            self._drop(channel_id, entry.payout, str(error), report)
 
     async def _reconcile(self, entries: Sequence[_Due], reason: str, report: ClaimReport) -> None:
         """After a send with an unknown outcome: a channel whose on-chain `claimed` reached the
@@ -373,8 +386,8 @@ class Claimer:
                 self._uncertain.add(channel_id)
                 report.deferred[channel_id] = f"{reason}; then cannot read the channel: {error}"
                 continue
-            if info is not None and info.claimed >= entry.amount:
-                await self._record(channel_id, entry.amount, report)
+            if info is not None and info.claimed >= entry.payout:
+                await self._record(channel_id, info.claimed, report)
             else:
                 self._uncertain.add(channel_id)
                 report.deferred[channel_id] = reason

@@ -320,7 +320,7 @@ RECEIPT = StructType("Receipt", (
     ("modelId", "bytes32"), ("artifactDigest", "bytes32"), ("artifactVersion", "uint32"),
     ("requestHash", "bytes32"), ("responseHash", "bytes32"), ("scheme", "string"), ("channelId", "uint256"),
     ("licenseId", "uint256"), ("amount", "uint256"), ("cumulative", "uint256"), ("transaction", "bytes32"),
-    ("issuedAt", "uint64"),
+    ("issuedAt", "uint64"), ("inputTokens", "uint64"), ("outputTokens", "uint64"),
 ))
 MESSAGE_TYPES: dict[str, StructType] = {struct.name: struct for struct in (
     VOUCHER, PERMIT, TRANSFER_WITH_AUTHORIZATION, RECEIVE_WITH_AUTHORIZATION, CANCEL_AUTHORIZATION,

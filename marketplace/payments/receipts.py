@@ -6,14 +6,17 @@ model id means), primary type:
 
     Receipt(bytes32 modelId,bytes32 artifactDigest,uint32 artifactVersion,bytes32 requestHash,
             bytes32 responseHash,string scheme,uint256 channelId,uint256 licenseId,uint256 amount,
-            uint256 cumulative,bytes32 transaction,uint64 issuedAt)
+            uint256 cumulative,bytes32 transaction,uint64 issuedAt,uint64 inputTokens,uint64 outputTokens)
 
 `artifactDigest`/`artifactVersion` name the artifact that answered: the one the daemon's runner
 loaded and ran (for a model served by the provider's own server, the artifact registered when the
 daemon configured that runner), not the registry's latest; `amount` is what the call was charged.
 `requestHash` and `responseHash` are SHA-256 of the exact request and response bodies (the same
 `body_hash` the `license` scheme signs). `channelId`/`cumulative` are set for `channel`,
-`transaction` (the settlement tx hash) for `exact`, `licenseId` for `license`; unused fields are 0.
+`transaction` (the settlement tx hash) for `exact`, `licenseId` for `license`, `inputTokens` and
+`outputTokens` (the tokens charged, ``amount = pricing.cost(inputTokens, outputTokens)``) for
+`metered`, whose `responseHash` covers the exact bytes of the stream before its settlement line;
+unused fields are 0.
 The receipt travels as JSON (`{"domain", "message", "signer", "signature"}`) in PAYMENT-RESPONSE's
 `extra.receipt`; `verify_receipt` checks it anywhere, offline (`marketplace receipt verify`).
 """
@@ -53,6 +56,7 @@ __all__ = [
     "verify_receipt",
 ]
 
+_2_256 = 2**256
 
 
 def body_hash(body: bytes) -> bytes:
@@ -76,16 +80,27 @@ class Receipt:
     cumulative: int = 0  # channel: the voucher amount the call was admitted under
     transaction: bytes = bytes(32)  # exact: the settlement transaction hash
     issued_at: int = 0
+    input_tokens: int = 0  # metered: prompt tokens charged
+    output_tokens: int = 0  # metered: output tokens delivered and charged
 
     def __post_init__(self) -> None:
-        for name in ("model_id", "artifact_digest", "request_hash", "response_hash", "transaction"):
-            if len(getattr(self, name)) != 32:
-                raise ValueError(f"receipt {name} must have 32 bytes")
-        if not 0 <= self.artifact_version < 2**32 or not 0 <= self.issued_at < 2**64:
-            raise ValueError("receipt artifact_version/issued_at out of range")
-        for name in ("channel_id", "license_id", "amount", "cumulative"):
-            if not 0 <= getattr(self, name) < 2**256:
-                raise ValueError(f"receipt {name} must fit in a uint256")
+        # One receipt per paid call: test everything at once, name the culprit only on failure.
+        if not (
+            len(self.model_id) == len(self.artifact_digest) == len(self.request_hash) == len(self.response_hash)
+            == len(self.transaction) == 32
+        ):
+            for name in ("model_id", "artifact_digest", "request_hash", "response_hash", "transaction"):
+                if len(getattr(self, name)) != 32:
+                    raise ValueError(f"receipt {name} must have 32 bytes")
+        if not 0 <= self.artifact_version < 2**32 or not all(
+            0 <= value < 2**64 for value in (self.issued_at, self.input_tokens, self.output_tokens)
+        ):
+            raise ValueError("receipt artifact_version/issued_at/inputTokens/outputTokens out of range")
+        if not (0 <= self.channel_id < _2_256 and 0 <= self.license_id < _2_256 and 0 <= self.amount < _2_256
+                and 0 <= self.cumulative < _2_256):
+            for name in ("channel_id", "license_id", "amount", "cumulative"):
+                if not 0 <= getattr(self, name) < _2_256:
+                    raise ValueError(f"receipt {name} must fit in a uint256")
 
     @classmethod
     def for_call(
@@ -102,15 +117,19 @@ class Receipt:
         cumulative: int = 0,
         transaction: bytes = bytes(32),
         issued_at: int | None = None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        response_hash: bytes | None = None,
     ) -> Receipt:
         """The receipt of one answered call of model `model_id`, answered by `artifact` (the one the
-        runner loaded, which need not be the registry's latest), `amount` being what was charged."""
+        runner loaded, which need not be the registry's latest), `amount` being what was charged;
+        `response_hash` when the response was hashed as it streamed (`response_body` unused)."""
         return cls(
             model_id=model_id,
             artifact_digest=artifact.digest,
             artifact_version=artifact.version,
             request_hash=body_hash(request_body),
-            response_hash=body_hash(response_body),
+            response_hash=body_hash(response_body) if response_hash is None else response_hash,
             scheme=scheme,
             channel_id=channel_id,
             license_id=license_id,
@@ -118,13 +137,15 @@ class Receipt:
             cumulative=cumulative,
             transaction=transaction,
             issued_at=int(time.time()) if issued_at is None else issued_at,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
         )
 
     def struct_hash(self) -> bytes:
         return RECEIPT.hash(
             self.model_id, self.artifact_digest, self.artifact_version, self.request_hash, self.response_hash,
             self.scheme, self.channel_id, self.license_id, self.amount, self.cumulative, self.transaction,
-            self.issued_at,
+            self.issued_at, self.input_tokens, self.output_tokens,
         )
 
     def to_message(self) -> dict[str, Any]:
@@ -142,6 +163,8 @@ class Receipt:
             "cumulative": str(self.cumulative),
             "transaction": "0x" + self.transaction.hex(),
             "issuedAt": self.issued_at,
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
         }
 
     @classmethod
@@ -160,6 +183,8 @@ class Receipt:
             cumulative=f.uint("cumulative"),
             transaction=f.hex_bytes("transaction", 32),
             issued_at=f.integer("issuedAt", maximum=2**64 - 1),
+            input_tokens=f.integer("inputTokens", maximum=2**64 - 1),
+            output_tokens=f.integer("outputTokens", maximum=2**64 - 1),
         )
 
 
@@ -196,12 +221,13 @@ class ReceiptSigner:
         self._signer = KeySigner(key)
         self.domain = domain
         self.address = self._signer.address
+        self._domain_json = domain.to_json()  # copied per receipt (cheaper than building it)
 
     def sign(self, receipt: Receipt) -> dict[str, Any]:
         """The receipt JSON: {"domain", "message", "signer", "signature"}."""
         signature = self._signer.sign(self.domain.digest(receipt))
         return {
-            "domain": self.domain.to_json(),
+            "domain": self._domain_json.copy(),
             "message": receipt.to_message(),
             "signer": self.address,
             "signature": "0x" + signature.hex(),

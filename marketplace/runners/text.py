@@ -79,6 +79,7 @@ class TextRunner(abc.ABC):
 
     artifact: ModelArtifact | None = None  # what answers (as `Runner.artifact`); None: not known
     context_tokens: int = 0  # the longest prompt + output the model takes; 0: not known
+    exact_input: bool = False  # True when `input_tokens` is the exact count (a built-in tokenizer)
 
     @abc.abstractmethod
     def input_tokens(self, call: TextCall) -> int:

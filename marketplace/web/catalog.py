@@ -150,7 +150,7 @@ class WebCatalog:
         history = await self._current_history()
         calls = _label_totals(self.services.metrics.calls)
         revenue = _label_totals(self.services.metrics.revenue)
-        metadata = await asyncio.gather(*(self._metadata_of(model) for model in models))
+        metadata = await asyncio.gather(*(self.metadata_of(model) for model in models))
         entries = []
         for model, (document, problem) in zip(models, metadata, strict=True):
             label = "0x" + model.model_id.hex()
@@ -208,7 +208,9 @@ class WebCatalog:
             self._history, self._history_stale = _fold_history(block, events), False
             return self._history
 
-    async def _metadata_of(self, model: ModelInfo) -> tuple[ModelMetadata | None, str | None]:
+    async def metadata_of(self, model: ModelInfo) -> tuple[ModelMetadata | None, str | None]:
+        """The model's metadata, every block verified against its CID (kept: a CID never changes
+        meaning), or None and why (a failure is retried after a minute)."""
         cid = CID(1, model.metadata_codec, model.metadata_digest)
         if (known := self._metadata.get(cid)) is not None:
             return known, None

@@ -15,6 +15,7 @@ from typing import Any
 
 from marketplace.chain.contracts import Offer
 from marketplace.chain.market import ArtifactVersion, format_tokens
+from marketplace.tokens import format_token_prices
 from marketplace.web.catalog import ExpiringChannel, ModelEntry
 from marketplace.web.render import Html, escape, render, table
 
@@ -123,7 +124,8 @@ def catalog_page(site: Site, entries: list[ModelEntry]) -> Html:
     cards = [
         render("catalog_model.html", href=site.model_href(entry.model_hex), name=entry.name,
                status=entry.info.status.name.lower(), description=_description(entry),
-               price=_tokens(entry.info.price), units=entry.info.price, owner=entry.info.owner,
+               price=_tokens(entry.info.price), units=entry.info.price,
+               token_prices=format_token_prices(entry.info.pricing), owner=entry.info.owner,
                payee=entry.info.payee, artifact_cid=str(entry.artifact_cid), version=entry.info.artifact_version,
                calls=entry.calls, version_count=len(entry.versions), versions=_versions(entry.versions),
                offer_count=len(entry.offers), offers=_offers(entry.offers),
@@ -148,7 +150,8 @@ def model_page(site: Site, entry: ModelEntry, input_schema: Any) -> Html:
     body = render(
         "model.html", home=site.home, name=entry.name, status=entry.info.status.name.lower(),
         description=_description(entry), model_id=entry.model_hex, price=_tokens(entry.info.price),
-        units=entry.info.price, owner=entry.info.owner, payee=entry.info.payee, endpoint=entry.info.endpoint or "—",
+        units=entry.info.price, token_prices=format_token_prices(entry.info.pricing), owner=entry.info.owner,
+        payee=entry.info.payee, endpoint=entry.info.endpoint or "—",
         format=metadata.format if metadata is not None else "unknown", metadata_cid=str(entry.metadata_cid),
         artifact_cid=str(entry.artifact_cid), version=entry.info.artifact_version, calls=entry.calls,
         curl=curl, cli=cli, example=_json_block(example), schema=_json_block(input_schema),

@@ -24,6 +24,7 @@ from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChainState, ModelStatus
 from marketplace.errors import ChainUnavailable
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
+from marketplace.types import TokenPricing
 
 pytestmark = pytest.mark.anyio
 
@@ -111,10 +112,12 @@ async def test_channels_follow_opens_top_ups_extends_claims_and_reclaims(
     info = cache.channel(channel_id)
     assert info is not None and (info.deposit, info.expiry) == (15 * TOKEN, opened_expiry + 60)
 
-    voucher = market.voucher(payer, channel_id, 4 * TOKEN)
-    receipt = market.send(provider, "PaymentChannels", "claim", terms, 4 * TOKEN, voucher)
+    voucher = market.voucher(payer, channel_id, 6 * TOKEN)  # claimed in part: the voucher is public now
+    receipt = market.send(provider, "PaymentChannels", "claim", terms, 6 * TOKEN, 4 * TOKEN, voucher)
     await cache.wait_for_block(receipt["blockNumber"], WITHIN_TWO_POLLS)
-    assert cache.channel(channel_id).claimed == 4 * TOKEN  # type: ignore[union-attr]
+    info = cache.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher, info.spent_vouchers) == (
+        4 * TOKEN, 6 * TOKEN, 6 * TOKEN)
 
     w3.provider.make_request("evm_increaseTime", [700])  # type: ignore[attr-defined]
     w3.provider.make_request("evm_mine", [])  # type: ignore[attr-defined]
@@ -142,6 +145,7 @@ async def test_models_follow_registrations_and_every_change(
     market.send(owner, "ModelRegistry", "setPaused", model_id, False)
     market.send(owner, "ModelRegistry", "publishArtifact", model_id, (0x55, b"\x03" * 32))
     market.send(owner, "ModelRegistry", "setMetadata", model_id, (0x70, b"\x04" * 32))
+    market.send(owner, "ModelRegistry", "setTokenPrices", model_id, (2, 3, 512))
     market.send(owner, "ModelRegistry", "setPrice", model_id, 9)
     market.send(owner, "ModelRegistry", "setEndpoint", model_id, "http://model/v2")
     market.send(owner, "ModelRegistry", "setPayee", model_id, payee.address)
@@ -152,6 +156,12 @@ async def test_models_follow_registrations_and_every_change(
     assert (model.owner, model.payee, model.price, model.endpoint) == (new_owner.address, payee.address, 9, "http://model/v2")
     assert (model.metadata_codec, model.metadata_digest) == (0x70, b"\x04" * 32)
     assert (model.artifact_codec, model.artifact_digest, model.artifact_version) == (0x55, b"\x03" * 32, 2)
+    assert model.token_pricing == TokenPricing(9, 2, 3, 512) == model.pricing  # the new per-call price included
+
+    receipt = market.send(new_owner, "ModelRegistry", "setTokenPrices", model_id, (0, 0, 512))
+    await cache.wait_for_block(receipt["blockNumber"], WITHIN_TWO_POLLS)
+    model = cache.model(model_id)
+    assert model is not None and model.token_pricing is None and model.pricing == TokenPricing(9)  # flat again
 
     receipt = market.send(new_owner, "ModelRegistry", "retire", model_id)
     await cache.wait_for_block(receipt["blockNumber"], WITHIN_TWO_POLLS)
@@ -243,21 +253,25 @@ async def test_a_reorg_replaces_what_it_rolled_back_and_keeps_the_rest(
         known = cache.channel(channel_id)
         fork = w3.eth.block_number
         market.send(payer, "PaymentChannels", "topUp", channel_id, TOKEN)
-        claim = market.voucher(payer, channel_id, TOKEN // 2)
-        market.send(provider, "PaymentChannels", "claim", terms, TOKEN // 2, claim)
+        claim = market.voucher(payer, channel_id, TOKEN)
+        market.send(provider, "PaymentChannels", "claim", terms, TOKEN, TOKEN // 2, claim)
         market.send(provider, "ModelRegistry", "setPrice", model_id, 7)
+        market.send(provider, "ModelRegistry", "setTokenPrices", model_id, (1, 2, 0))
         lost_model = market.register(provider, b"\x0b" * 32)
         _, lost_channel, _ = market.open(payer, provider.address, model_id, TOKEN, salt=2)
         await cache.sync()
         assert cache.channel(channel_id).deposit == 3 * TOKEN and cache.channel(channel_id).claimed == TOKEN // 2  # type: ignore[union-attr]
         assert cache.model(model_id).price == 7 and cache.channel(lost_channel) and cache.model(lost_model)  # type: ignore[union-attr]
+        assert cache.model(model_id).token_pricing == TokenPricing(7, 1, 2, 0)  # type: ignore[union-attr]
         reorged: list[int] = []
         cache.on_channel_reorg(reorged.append)
 
         w3.provider.make_request("anvil_reorg", [w3.eth.block_number - fork, []])  # type: ignore[attr-defined]
         w3.provider.make_request("anvil_mine", ["0x2"])  # type: ignore[attr-defined]
         await cache.sync()
-        assert cache.channel(channel_id) == known and cache.model(model_id).price == 5  # type: ignore[union-attr]
+        # The rolled-back claim's voucher stays refused: its calldata was public all the same.
+        assert cache.channel(channel_id) == dataclasses.replace(known, claimed_voucher=TOKEN)  # type: ignore[arg-type]
+        assert cache.model(model_id).price == 5 and cache.model(model_id).token_pricing is None  # type: ignore[union-attr]
         assert cache.channel(lost_channel) is None and cache.model(lost_model) is None
         assert sorted(reorged) == sorted([channel_id, lost_channel])
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,9 @@ def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
     for name in CONTRACT_NAMES:
         assert f"{name:<16} {record['addresses'][name]}" in result.stdout
     assert "funded 10 Anvil dev accounts" in result.stdout
+    # both demo models are listed and served: the iris classifier and the built-in text model
+    assert "(iris classifier, 0.002 MKT per call" in result.stdout
+    assert re.search(r"text model 0x[0-9a-f]{64}  \(built-in text model, 0.001 MKT per call, artifact b", result.stdout)
     assert f"dashboard  http://127.0.0.1:{port}/dashboard  (from this machine only" in result.stdout
     rpc_url = result.stdout.split("rpc ", 1)[1].split()[0]
     # the printed commands work as printed: they name the node `up` started on a free port

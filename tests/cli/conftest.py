@@ -13,3 +13,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "client"))
 from cli_fixtures import cli  # noqa: F401
 from client_fixtures import consumer, live_url, market_of  # noqa: F401
 from daemon_fixtures import anyio_backend, listing, settings  # noqa: F401
+from discovery_fixtures import discovery_market, discovery_settings  # noqa: F401

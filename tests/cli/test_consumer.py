@@ -18,7 +18,7 @@ from web3 import Web3
 
 from marketplace.chain.devkeys import dev_account
 from marketplace.daemon.settings import DaemonSettings
-from marketplace.errors import ConfigError, ContractReverted, PriceAboveMax
+from marketplace.errors import ConfigError, ContractReverted, PriceAboveMax, SpendingLimitReached
 
 INPUT = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]})
 
@@ -167,3 +167,24 @@ def test_a_lying_daemon_is_a_dispute_that_the_user_settles_with_consumer_resolve
         assert "asks 0.006 tokens per call (channel), above your maximum of 0.002" in str(asked)
         assert proxy.amounts() == [PRICE, 7 * PRICE]
     assert "has no dispute" in str(cli.fails("consumer", "resolve", channel, "--keep-ours", error=ConfigError))
+
+
+def test_spending_limits_set_with_consumer_limits_stop_calls_and_show_what_was_spent(
+    cli: Cli, listing: Listing, live_url: str,
+) -> None:
+    cli("account", "fund", "dev7", "--tokens", "10", "--eth", "0")
+    cli("consumer", "open-channel", listing.model_hex, "--deposit", "1", "--expires", "7d", "--account", "dev7")
+    before = cli("consumer", "limits").stdout
+    spent_before = int(float(find(r"spent today ([0-9.]+) MKT", before)) * 1000)
+    cli("consumer", "limits", "--per-day", f"{(spent_before + 4) / 1000}")  # room for two calls at 0.002
+    try:
+        for _ in range(2):
+            call(cli, listing, live_url, "dev7")
+        refused = cli.fails("consumer", "call", listing.model_hex, "--input", INPUT, "--daemon", live_url,
+                            "--account", "dev7", error=SpendingLimitReached)
+        assert "per_day spending limit" in str(refused) and "nothing was signed" in str(refused)
+        call(cli, listing, live_url, "dev7", "--per-day", "1000")  # a flag overrides the default for one command
+        shown = cli("consumer", "limits").stdout
+        assert f"spent today {(spent_before + 6) / 1000:g} MKT" in shown and "per call limit none" in shown
+    finally:
+        assert "limit none" in cli("consumer", "limits", "--clear").stdout

@@ -24,6 +24,7 @@ from marketplace.errors import ConfigError, ContractReverted, InsufficientFunds
 from marketplace.ipfs import CID
 from marketplace.metadata import ModelMetadata
 from marketplace.runners.demo_models import ModelSpec, train_iris_classifier
+from marketplace.types import TokenPricing
 
 PROVIDER = "dev5"
 CID_TEXT = r"(b[a-z2-7]{20,})"
@@ -171,3 +172,35 @@ def test_the_real_command_prints_one_red_line_and_no_traceback(cli: Cli, tmp_pat
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: model file {tmp_path / 'missing.onnx'} does not exist"
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_per_token_prices_are_listed_shown_and_repriced(
+    cli: Cli, iris: tuple[ModelSpec, Path], market_of: Callable[[Any], Market], w3: Web3,
+) -> None:
+    token_options = ("--price-per-input-token", "0.000001", "--price-per-output-token", "0.000003",
+                     "--max-output-tokens", "256")
+    model_hex, result = list_iris(cli, iris, *token_options)
+    metered = "0.002 MKT per call + 0.000001 MKT per input token + 0.000003 MKT per output token (at most 256"
+    assert metered in " ".join(result.stdout.split())
+    model_id = bytes.fromhex(model_hex[2:])
+    registry = market_of(None).registry
+    assert registry.get_model(model_id).token_pricing == TokenPricing(2 * 10**15, 10**12, 3 * 10**12, 256)
+    assert metered in " ".join(cli("consumer", "show", model_hex).stdout.split())
+    listing = "".join(cli("consumer", "models", "--search", model_hex).stdout.split())
+    assert "0.002+0.000001/in+0.000003/outtoken" in listing.replace("│", "")
+
+    # Options not given keep their value; the per-call price carries over into the per-token pricing.
+    out = cli("provider", "reprice", model_hex, "--price-per-output-token", "0.000004", "--account", PROVIDER).stdout
+    assert "+ 0.000004 MKT per output token" in " ".join(out.split())
+    cli("provider", "reprice", model_hex, "0.003", "--account", PROVIDER)
+    assert registry.get_model(model_id).token_pricing == TokenPricing(3 * 10**15, 10**12, 4 * 10**12, 256)
+    flat = cli("provider", "reprice", model_hex, "--price-per-input-token", "0", "--price-per-output-token", "0",
+               "--account", PROVIDER).stdout
+    assert "now costs 0.003 MKT per call" in flat and "token" not in flat.split("now costs")[1]
+    assert registry.get_model(model_id).token_pricing is None
+
+    block = w3.eth.block_number
+    for bad in (("--max-output-tokens", "-1"), ("--max-output-tokens", str(2**32)), ("--price-per-input-token", "x"),
+                ()):
+        cli.fails("provider", "reprice", model_hex, *bad, "--account", PROVIDER, error=ConfigError)
+    assert w3.eth.block_number == block  # refused before any transaction

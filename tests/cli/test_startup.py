@@ -21,7 +21,8 @@ HEAVY = (
     "web3", "eth_account", "eth_typing", "eth_utils", "onnxruntime", "numpy", "fastapi", "uvicorn",
     "sklearn", "psycopg", "aiohttp", "httpx", "requests", "pydantic", "jsonschema",
 )  # fmt: skip
-AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license")  # marketplace.cli.*
+AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license",
+         "search")  # marketplace.cli.*
 
 _EVERY_HELP = """
 import json, sys
@@ -77,6 +78,7 @@ main()
         (["--help"], set(AREAS)),  # the list of areas shows each area's help
         (["consumer", "call", "--help"], {"consumer", "account", "ipfs"}),  # consumer uses the other two
         (["license", "--help"], {"license", "account"}),
+        (["search", "--help"], {"search", "account", "ipfs"}),
     ],
 )
 def test_a_help_process_imports_no_heavy_stack_and_only_the_areas_it_shows(args: list[str], areas: set[str]) -> None:

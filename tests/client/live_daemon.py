@@ -34,8 +34,8 @@ def live_daemon(settings: DaemonSettings, timeout: float = 60.0) -> Iterator[str
 
 
 @contextmanager
-def serve(app: Any, timeout: float = 60.0) -> Iterator[str]:
-    """Serve an ASGI app on 127.0.0.1; yields its base URL once its /readyz answers 200."""
+def serve(app: Any, timeout: float = 60.0, ready_path: str = "/readyz") -> Iterator[str]:
+    """Serve an ASGI app on 127.0.0.1; yields its base URL once its `ready_path` answers 200."""
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", access_log=False))
@@ -48,7 +48,7 @@ def serve(app: Any, timeout: float = 60.0) -> Iterator[str]:
             if not thread.is_alive():
                 raise RuntimeError("the daemon thread stopped during startup")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+                if httpx.get(url + ready_path, timeout=2.0).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

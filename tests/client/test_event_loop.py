@@ -33,11 +33,11 @@ class SlowDisk(ChannelStore):
 
     writes = 0
 
-    def reserve(self, channel_id: int, price: int, floor: int = 0) -> Reservation:
-        return self._slowly(super().reserve(channel_id, price, floor))
+    def reserve(self, channel_id: int, price: int, floor: int = 0, *, owed: bool = False) -> Reservation:
+        return self._slowly(super().reserve(channel_id, price, floor, owed=owed))
 
-    def observe(self, channel_id: int, view: Any) -> ChannelRecord | None:
-        return self._slowly(super().observe(channel_id, view))
+    def observe(self, channel_id: int, view: Any, *, owed: bool = False) -> ChannelRecord | None:
+        return self._slowly(super().observe(channel_id, view, owed=owed))
 
     def _slowly(self, result: T) -> T:
         time.sleep(COMMIT)

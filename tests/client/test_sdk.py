@@ -279,7 +279,7 @@ async def test_a_voucher_at_or_below_the_claimed_amount_is_refused_and_the_sdk_s
         assert (credit.authorized, credit.consumed) == (3 * PRICE, 2 * PRICE)
         # the provider claimed the 3rd voucher while its call was in flight
         Sender(w3, listing.provider).transact(
-            contracts.channels.functions.claim(channel.terms.as_tuple(), 3 * PRICE, credit.signature))
+            contracts.channels.functions.claim(channel.terms.as_tuple(), 3 * PRICE, 3 * PRICE, credit.signature))
         await daemon.app.state.services.state.refresh_channel(channel.channel_id)  # type: ignore[attr-defined]
         await sdk.infer(listing.model_id, INPUT)
     assert recorder.amounts() == [PRICE, 2 * PRICE, 3 * PRICE, 3 * PRICE, 4 * PRICE]  # the 2nd 3p: voucher_claimed

@@ -285,9 +285,19 @@ class Escrow:
     def voucher(self, channel: Channel, amount: int, key: bytes | None = None) -> bytes:
         return sign_voucher(key or self.signer.key, self.chain_id, self.channels.address, channel.id, amount)
 
-    def claim(self, channel: Channel, amount: int, sender: str | None = None, signature: bytes | None = None):
+    def claim(
+        self,
+        channel: Channel,
+        amount: int,
+        sender: str | None = None,
+        signature: bytes | None = None,
+        *,
+        payout: int | None = None,
+    ):
+        """Claim the voucher for `amount` (signed now unless given), for `payout` (default: the whole voucher)."""
         signature = self.voucher(channel, amount) if signature is None else signature
-        return send(self.channels.functions.claim(channel.terms, amount, signature), sender or self.relayer)
+        payout = amount if payout is None else payout
+        return send(self.channels.functions.claim(channel.terms, amount, payout, signature), sender or self.relayer)
 
     def state(self, channel: Channel) -> tuple[int, int, int]:
         return tuple(self.channels.functions.getChannel(channel.id).call())  # type: ignore[return-value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from unittest.mock import ANY
 
 import pytest
 from contracts_support import (
@@ -14,6 +15,7 @@ from contracts_support import (
     advance_time,
     compact,
     decode_error,
+    events,
     expect_revert,
     malleate,
     send,
@@ -27,7 +29,7 @@ REENTRANT_CALL = keccak(text="ReentrancyGuardReentrantCall()")[:4]
 
 
 def _claim_fn(escrow: Escrow, channel: Channel, amount: int, signature: bytes):
-    return escrow.channels.functions.claim(channel.terms, amount, signature)
+    return escrow.channels.functions.claim(channel.terms, amount, amount, signature)
 
 
 def _refused(escrow: Escrow, channel: Channel, amount: int, signature: bytes) -> None:
@@ -54,7 +56,7 @@ def test_a_voucher_cannot_be_replayed(escrow: Escrow) -> None:
     with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 2 * TOKEN):
         escrow.claim(channel, 2 * TOKEN, signature=voucher)
     r, vs = compact(voucher)
-    item = (escrow.payer, escrow.signer.address, escrow.model_id, 0, 2 * TOKEN, r, vs)
+    item = (escrow.payer, escrow.signer.address, escrow.model_id, 0, 2 * TOKEN, 2 * TOKEN, r, vs)
     with expect_revert("PaymentChannelsAmountNotAboveClaimed"):
         send(escrow.channels.functions.claimMany(escrow.payee, [item]), escrow.relayer)
     _assert_books_balance(escrow, channel)
@@ -106,7 +108,7 @@ def test_a_malleable_signature_is_refused(escrow: Escrow) -> None:
     voucher = escrow.voucher(channel, TOKEN)
     flipped = malleate(voucher)  # also a valid ECDSA signature of the same digest, by the same key
     _refused(escrow, channel, TOKEN, flipped)
-    item = (escrow.payer, escrow.signer.address, escrow.model_id, 0, TOKEN, flipped[:32], flipped[32:64])
+    item = (escrow.payer, escrow.signer.address, escrow.model_id, 0, TOKEN, TOKEN, flipped[:32], flipped[32:64])
     with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.signer.address):
         send(escrow.channels.functions.claimMany(escrow.payee, [item]), escrow.relayer)
     escrow.claim(channel, TOKEN, signature=voucher)
@@ -165,7 +167,7 @@ def test_reentrant_claim_of_the_same_voucher_through_the_token_fails(hostile: tu
     channel = escrow.open()
     voucher = escrow.voucher(channel, 3 * TOKEN)
     token.functions.arm(
-        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 3 * TOKEN, voucher])
+        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 3 * TOKEN, 3 * TOKEN, voucher])
     ).transact({"from": escrow.stranger})
     payee_before = escrow.balance(escrow.payee)
 
@@ -183,7 +185,7 @@ def test_reentrant_claim_of_a_later_voucher_pays_only_its_increment(hostile: tup
     channel = escrow.open()
     later = escrow.voucher(channel, 8 * TOKEN)
     token.functions.arm(
-        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 8 * TOKEN, later])
+        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 8 * TOKEN, 8 * TOKEN, later])
     ).transact({"from": escrow.stranger})
     payee_before = escrow.balance(escrow.payee)
 
@@ -195,6 +197,31 @@ def test_reentrant_claim_of_a_later_voucher_pays_only_its_increment(hostile: tup
     _assert_books_balance(escrow, channel)
 
 
+
+def test_reentrant_partial_claim_of_the_same_voucher_takes_only_what_is_left(hostile: tuple[Escrow, Contract]) -> None:
+    """A partial claim re-entered with the same voucher: the same payout again is refused, and a higher payout of
+    the same voucher from inside the transfer is an ordinary claim of the increment, never above the voucher."""
+    escrow, token = hostile
+    channel = escrow.open()
+    voucher = escrow.voucher(channel, 6 * TOKEN)
+    token.functions.arm(
+        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 6 * TOKEN, 2 * TOKEN, voucher])
+    ).transact({"from": escrow.stranger})
+    payee_before = escrow.balance(escrow.payee)
+
+    escrow.claim(channel, 6 * TOKEN, signature=voucher, payout=2 * TOKEN)
+
+    _attack_reverted_with(token, 1, "PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 2 * TOKEN)
+    token.functions.arm(
+        escrow.channels.address, escrow.channels.encode_abi("claim", [channel.terms, 6 * TOKEN, 7 * TOKEN, voucher])
+    ).transact({"from": escrow.stranger})
+    escrow.claim(channel, 6 * TOKEN, signature=voucher, payout=5 * TOKEN)
+    _attack_reverted_with(token, 2, "PaymentChannelsPayoutExceedsVoucher", channel.id, 7 * TOKEN, 6 * TOKEN)
+    assert escrow.state(channel)[1] == 5 * TOKEN
+    assert escrow.balance(escrow.payee) == payee_before + 5 * TOKEN
+    _assert_books_balance(escrow, channel)
+
+
 def test_reentrant_claim_many_and_claim_during_reclaim_through_the_token_fail(
     hostile: tuple[Escrow, Contract],
 ) -> None:
@@ -202,7 +229,7 @@ def test_reentrant_claim_many_and_claim_during_reclaim_through_the_token_fail(
     escrow, token = hostile
     channel = escrow.open(duration=DAY)
     r, vs = compact(escrow.voucher(channel, 2 * TOKEN))
-    batch = [(escrow.payer, escrow.signer.address, escrow.model_id, 0, 2 * TOKEN, r, vs)]
+    batch = [(escrow.payer, escrow.signer.address, escrow.model_id, 0, 2 * TOKEN, 2 * TOKEN, r, vs)]
     payload = escrow.channels.encode_abi("claimMany", [escrow.payee, batch])
     send(token.functions.arm(escrow.channels.address, payload), escrow.payer)
     payee_before = escrow.balance(escrow.payee)
@@ -212,7 +239,7 @@ def test_reentrant_claim_many_and_claim_during_reclaim_through_the_token_fail(
 
     advance_time(escrow.w3, DAY)
     late = escrow.voucher(channel, 5 * TOKEN)
-    payload = escrow.channels.encode_abi("claim", [channel.terms, 5 * TOKEN, late])
+    payload = escrow.channels.encode_abi("claim", [channel.terms, 5 * TOKEN, 5 * TOKEN, late])
     send(token.functions.arm(escrow.channels.address, payload), escrow.payer)
     payer_before = escrow.balance(escrow.payer)
     send(escrow.channels.functions.reclaim(channel.terms), escrow.payer)
@@ -255,3 +282,81 @@ def test_a_fee_on_transfer_token_is_refused(escrow: Escrow, deployer: Deployer) 
     with expect_revert("PaymentChannelsTransferMismatch", DEPOSIT, DEPOSIT * 99 // 100):
         taxed.open()
     assert taxed.balance(taxed.channels.address) == 0
+
+
+# --- partial claims -------------------------------------------------------------------------------------------------
+
+
+def test_a_payout_above_the_voucher_is_refused(escrow: Escrow) -> None:
+    channel = escrow.open()
+    with expect_revert("PaymentChannelsPayoutExceedsVoucher", channel.id, 3 * TOKEN + 1, 3 * TOKEN):
+        escrow.claim(channel, 3 * TOKEN, payout=3 * TOKEN + 1)
+    r, vs = compact(escrow.voucher(channel, 3 * TOKEN))
+    item = (escrow.payer, escrow.signer.address, escrow.model_id, 0, 3 * TOKEN, 4 * TOKEN, r, vs)
+    with expect_revert("PaymentChannelsPayoutExceedsVoucher", channel.id, 4 * TOKEN, 3 * TOKEN):
+        send(escrow.channels.functions.claimMany(escrow.payee, [item]), escrow.relayer)
+    assert escrow.state(channel)[1] == 0
+    _assert_books_balance(escrow, channel)
+
+
+def test_a_voucher_above_the_deposit_pays_nothing_even_for_a_payout_within_it(escrow: Escrow) -> None:
+    channel = escrow.open()
+    with expect_revert("PaymentChannelsAmountExceedsDeposit", channel.id, DEPOSIT + 1, DEPOSIT):
+        escrow.claim(channel, DEPOSIT + 1, payout=TOKEN)
+    with expect_revert("PaymentChannelsAmountExceedsDeposit", channel.id, DEPOSIT + 1, DEPOSIT):
+        escrow.claim(channel, DEPOSIT + 1, payout=DEPOSIT + 1)
+    assert escrow.state(channel)[1] == 0
+
+
+def test_a_replayed_or_lower_payout_pays_nothing(escrow: Escrow) -> None:
+    channel = escrow.open()
+    voucher = escrow.voucher(channel, 5 * TOKEN)
+    escrow.claim(channel, 5 * TOKEN, signature=voucher, payout=3 * TOKEN)
+    for payout in (3 * TOKEN, 2 * TOKEN, 0):
+        with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, payout, 3 * TOKEN):
+            escrow.claim(channel, 5 * TOKEN, signature=voucher, payout=payout)
+    # An older, lower voucher can no longer pay anything either, whatever payout it names.
+    with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 3 * TOKEN):
+        escrow.claim(channel, 2 * TOKEN, payout=2 * TOKEN)
+    with expect_revert("PaymentChannelsPayoutExceedsVoucher", channel.id, 4 * TOKEN, 2 * TOKEN):
+        escrow.claim(channel, 2 * TOKEN, payout=4 * TOKEN)
+    assert escrow.state(channel)[1] == 3 * TOKEN
+    _assert_books_balance(escrow, channel)
+
+
+def test_another_channels_voucher_is_refused_for_any_payout(escrow: Escrow) -> None:
+    mine, theirs = escrow.open(salt=1), escrow.open(salt=2)
+    foreign = escrow.voucher(theirs, 4 * TOKEN)
+    with expect_revert("PaymentChannelsInvalidSignature", mine.id, escrow.signer.address):
+        escrow.claim(mine, 4 * TOKEN, signature=foreign, payout=TOKEN)
+    assert escrow.state(mine)[1] == 0
+
+
+def test_claim_many_mixing_good_and_bad_partial_claims_changes_nothing(escrow: Escrow) -> None:
+    good, bad = escrow.open(salt=1), escrow.open(salt=2)
+
+    def item(channel: Channel, amount: int, payout: int) -> tuple[object, ...]:
+        r, vs = compact(escrow.voucher(channel, amount))
+        payer, signer, _payee, model_id, salt = channel.terms
+        return (payer, signer, model_id, salt, amount, payout, r, vs)
+
+    payee_before = escrow.balance(escrow.payee)
+    wrongs = {
+        "PaymentChannelsPayoutExceedsVoucher": item(bad, 2 * TOKEN, 2 * TOKEN + 1),
+        "PaymentChannelsAmountExceedsDeposit": item(bad, DEPOSIT + 1, TOKEN),
+    }
+    for error, wrong in wrongs.items():
+        with expect_revert(error, bad.id, ANY, ANY):
+            batch = [item(good, 4 * TOKEN, TOKEN), wrong]
+            send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
+        assert (escrow.state(good)[1], escrow.state(bad)[1]) == (0, 0)
+    receipt = send(
+        escrow.channels.functions.claimMany(escrow.payee, [item(good, 4 * TOKEN, TOKEN), item(bad, 2 * TOKEN, 2)]),
+        escrow.relayer,
+    )
+    assert events(escrow.channels, "VoucherClaimed", receipt) == [
+        {"channelId": good.id, "amount": 4 * TOKEN, "claimed": TOKEN},
+        {"channelId": bad.id, "amount": 2 * TOKEN, "claimed": 2},
+    ]
+    assert escrow.balance(escrow.payee) == payee_before + TOKEN + 2
+    _assert_books_balance(escrow, good, bad)

@@ -52,12 +52,16 @@ class ModelChannel:
     def payee(self) -> str:
         return self.terms[2]
 
-    def outcome(self, amount: int) -> str | None:
-        """The error a claim of `amount` must fail with, or None if it must succeed."""
+    def outcome(self, amount: int, payout: int | None = None) -> str | None:
+        """The error a claim of the voucher for `amount` for `payout` (default: all of it) must fail with, or None
+        if it must succeed."""
+        payout = amount if payout is None else payout
         if self.reclaimed:
             return "PaymentChannelsChannelReclaimed"
-        if amount <= self.claimed:
+        if payout <= self.claimed:
             return "PaymentChannelsAmountNotAboveClaimed"
+        if payout > amount:
+            return "PaymentChannelsPayoutExceedsVoucher"
         if amount > self.deposit:
             return "PaymentChannelsAmountExceedsDeposit"
         return None
@@ -166,25 +170,33 @@ class ChannelBooks(RuleBasedStateMachine):
         channel.signed.append((amount, self._sign(channel, amount)))
 
     @precondition(lambda self: any(c.signed for c in self.channels))
-    @rule(index=st.integers(0, 1000), which=st.integers(0, 1000), sender=st.integers(0, 9), short=st.booleans())
-    def claim(self, index: int, which: int, sender: int, short: bool) -> None:
+    @rule(
+        index=st.integers(0, 1000),
+        which=st.integers(0, 1000),
+        sender=st.integers(0, 9),
+        short=st.booleans(),
+        short_of=st.sampled_from([0, 0, 1, UNIT, 10 * UNIT, -1]),
+    )
+    def claim(self, index: int, which: int, sender: int, short: bool, short_of: int) -> None:
+        """Claim a voucher handed out, for all of it or a partial payout (`short_of` below its amount; -1: above)."""
         candidates = [c for c in self.channels if c.signed]
         channel = candidates[index % len(candidates)]
         amount, signature = channel.signed[which % len(channel.signed)]
+        payout = max(amount - short_of, 0)
         if short:
             signature = b"".join(compact(signature))
-        fn = self.escrow.channels.functions.claim(channel.terms, amount, signature)
+        fn = self.escrow.channels.functions.claim(channel.terms, amount, payout, signature)
         everyone = self.payers + self.payees + self.others
         submitter = everyone[sender % len(everyone)]
-        error = channel.outcome(amount)
+        error = channel.outcome(amount, payout)
         if error:
             with expect_revert(error):
                 send(fn, submitter)
             return
         receipt = send(fn, submitter)
-        paid = self._apply_claim(channel, amount)
+        self._apply_claim(channel, payout)
         logged = self.escrow.channels.events.VoucherClaimed().process_receipt(receipt, errors=DISCARD)
-        assert [(e["args"]["amount"], e["args"]["paid"]) for e in logged] == [(amount, paid)]
+        assert [(e["args"]["amount"], e["args"]["claimed"]) for e in logged] == [(amount, payout)]
 
     @precondition(lambda self: any(c.signed for c in self.channels))
     @rule(picks=st.lists(st.tuples(st.integers(0, 1000), st.integers(0, 1000)), min_size=1, max_size=4))
@@ -200,7 +212,7 @@ class ChannelBooks(RuleBasedStateMachine):
         for channel, amount, signature in chosen:
             r, vs = compact(signature)
             payer, signer, _, model_id, salt = channel.terms
-            batch.append((payer, signer, model_id, salt, amount, r, vs))
+            batch.append((payer, signer, model_id, salt, amount, amount, r, vs))
         # All or nothing: replay the batch on copies; the first failure is the error of the whole call.
         trial = {id(c): dataclasses.replace(c) for c, _, _ in chosen}
         error = None
@@ -233,7 +245,7 @@ class ChannelBooks(RuleBasedStateMachine):
         else:
             signature = self.escrow.voucher(_as_channel(channel, salt_offset=10_000), value, key=channel.signer.key)
         with expect_revert("PaymentChannelsInvalidSignature", channel.id, channel.signer.address):
-            send(self.escrow.channels.functions.claim(channel.terms, value, signature), self.others[0])
+            send(self.escrow.channels.functions.claim(channel.terms, value, value, signature), self.others[0])
 
     @rule(hours=st.integers(1, 48))
     def time_passes(self, hours: int) -> None:

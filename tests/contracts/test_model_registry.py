@@ -243,3 +243,35 @@ def test_provider_profiles(registry: Contract, owner: str) -> None:
 
 def test_payment_token(registry: Contract, contracts: Any) -> None:
     assert registry.functions.paymentToken().call() == contracts.token.address
+
+
+# --- per-token prices ------------------------------------------------------------------------------------------------
+
+
+def test_token_prices_are_set_by_the_owner_and_read_back(
+    registry: Contract, model: bytes, owner: str, accounts: list[str]
+) -> None:
+    assert registry.functions.tokenPricesOf(model).call() == (0, 0, 0)  # a flat model
+    prices = (3 * 10**12, 9 * 10**12, 4_096)
+
+    receipt = send(registry.functions.setTokenPrices(model, prices), owner)
+
+    assert events(registry, "TokenPricesChanged", receipt) == [
+        {"modelId": model, "perInputToken": prices[0], "perOutputToken": prices[1], "maxOutputTokens": prices[2]}
+    ]
+    assert registry.functions.tokenPricesOf(model).call() == prices
+    assert registry.functions.priceOf(model).call() == PRICE  # the per-call price stays, charged on top
+    send(registry.functions.setTokenPrices(model, (0, 0, 0)), owner)  # flat again
+    assert registry.functions.tokenPricesOf(model).call() == (0, 0, 0)
+
+    stranger = accounts[5]
+    with expect_revert("ModelRegistryNotOwner", model, stranger, owner):
+        send(registry.functions.setTokenPrices(model, prices), stranger)
+    unknown = keccak(b"no such model")
+    assert registry.functions.tokenPricesOf(unknown).call() == (0, 0, 0)
+    with expect_revert("ModelRegistryUnknownModel", unknown):
+        send(registry.functions.setTokenPrices(unknown, prices), owner)
+    send(registry.functions.retire(model), owner)
+    with expect_revert("ModelRegistryModelRetired", model):
+        send(registry.functions.setTokenPrices(model, prices), owner)
+    assert registry.functions.tokenPricesOf(model).call() == (0, 0, 0)  # still readable after retirement

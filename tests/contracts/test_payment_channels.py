@@ -240,10 +240,10 @@ def test_claims_are_cumulative_and_pay_the_difference(escrow: Escrow) -> None:
     second = escrow.claim(channel, 5 * TOKEN)
 
     assert events(escrow.channels, "VoucherClaimed", first) == [
-        {"channelId": channel.id, "amount": 2 * TOKEN, "paid": 2 * TOKEN}
+        {"channelId": channel.id, "amount": 2 * TOKEN, "claimed": 2 * TOKEN}
     ]
     assert events(escrow.channels, "VoucherClaimed", second) == [
-        {"channelId": channel.id, "amount": 5 * TOKEN, "paid": 3 * TOKEN}
+        {"channelId": channel.id, "amount": 5 * TOKEN, "claimed": 5 * TOKEN}
     ]
     assert events(escrow.token, "Transfer", second) == [
         {"from": escrow.channels.address, "to": escrow.payee, "value": 3 * TOKEN}
@@ -251,6 +251,30 @@ def test_claims_are_cumulative_and_pay_the_difference(escrow: Escrow) -> None:
     assert escrow.balance(escrow.payee) == payee_before + 5 * TOKEN
     assert escrow.balance(escrow.channels.address) == DEPOSIT - 5 * TOKEN
     assert escrow.state(channel) == (DEPOSIT, 5 * TOKEN, channel.expiry)
+
+
+
+def test_a_voucher_is_a_cap_a_claim_takes_its_payout_and_the_payer_keeps_the_rest(escrow: Escrow) -> None:
+    """A voucher for 6 tokens claimed for 2, then for 4.5: the payee gets 4.5, the payer reclaims deposit - 4.5."""
+    channel = escrow.open(duration=DAY)
+    voucher = escrow.voucher(channel, 6 * TOKEN)
+    payer_before, payee_before = escrow.balance(escrow.payer), escrow.balance(escrow.payee)
+
+    first = escrow.claim(channel, 6 * TOKEN, signature=voucher, payout=2 * TOKEN)
+    second = escrow.claim(channel, 6 * TOKEN, signature=voucher, payout=9 * TOKEN // 2)
+
+    assert events(escrow.channels, "VoucherClaimed", first) == [
+        {"channelId": channel.id, "amount": 6 * TOKEN, "claimed": 2 * TOKEN}
+    ]
+    assert events(escrow.channels, "VoucherClaimed", second) == [
+        {"channelId": channel.id, "amount": 6 * TOKEN, "claimed": 9 * TOKEN // 2}
+    ]
+    assert escrow.state(channel) == (DEPOSIT, 9 * TOKEN // 2, channel.expiry)
+    advance_time(escrow.w3, 2 * DAY)
+    send(escrow.channels.functions.reclaim(channel.terms), escrow.payer)
+    assert escrow.balance(escrow.payee) == payee_before + 9 * TOKEN // 2
+    assert escrow.balance(escrow.payer) == payer_before + DEPOSIT - 9 * TOKEN // 2
+    assert escrow.balance(escrow.channels.address) == 0
 
 
 @pytest.mark.parametrize("submitter", ["relayer", "payee", "payer"])
@@ -284,20 +308,20 @@ def test_claim_refusals(escrow: Escrow) -> None:
     escrow.claim(channel, 3 * TOKEN)
     claim = escrow.channels.functions.claim
     with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, 3 * TOKEN, 3 * TOKEN):
-        send(claim(channel.terms, 3 * TOKEN, escrow.voucher(channel, 3 * TOKEN)), escrow.relayer)
+        send(claim(channel.terms, 3 * TOKEN, 3 * TOKEN, escrow.voucher(channel, 3 * TOKEN)), escrow.relayer)
     with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 3 * TOKEN):
-        send(claim(channel.terms, 2 * TOKEN, escrow.voucher(channel, 2 * TOKEN)), escrow.relayer)
+        send(claim(channel.terms, 2 * TOKEN, 2 * TOKEN, escrow.voucher(channel, 2 * TOKEN)), escrow.relayer)
     with expect_revert("PaymentChannelsAmountExceedsDeposit", channel.id, DEPOSIT + 1, DEPOSIT):
-        send(claim(channel.terms, DEPOSIT + 1, escrow.voucher(channel, DEPOSIT + 1)), escrow.relayer)
+        send(claim(channel.terms, DEPOSIT + 1, DEPOSIT + 1, escrow.voucher(channel, DEPOSIT + 1)), escrow.relayer)
     other = escrow.terms(salt=5)
     with expect_revert("PaymentChannelsUnknownChannel", channel_id_of(other)):
-        send(claim(other, TOKEN, escrow.voucher(channel, TOKEN)), escrow.relayer)
+        send(claim(other, TOKEN, TOKEN, escrow.voucher(channel, TOKEN)), escrow.relayer)
     good = escrow.voucher(channel, 4 * TOKEN)
     for bad in (good[:63], good + b"\x00", b"", good[:64] + bytes([29]), good[:64] + bytes([0])):
         with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.signer.address):
-            send(claim(channel.terms, 4 * TOKEN, bad), escrow.relayer)
+            send(claim(channel.terms, 4 * TOKEN, 4 * TOKEN, bad), escrow.relayer)
     with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.signer.address):
-        send(claim(channel.terms, 4 * TOKEN, bytes(65)), escrow.relayer)
+        send(claim(channel.terms, 4 * TOKEN, 4 * TOKEN, bytes(65)), escrow.relayer)
 
 
 # --- claimMany -----------------------------------------------------------------------------------------------------
@@ -306,7 +330,7 @@ def test_claim_refusals(escrow: Escrow) -> None:
 def _item(escrow: Escrow, channel: Channel, amount: int, signature: bytes | None = None) -> tuple[Any, ...]:
     r, vs = compact(signature or escrow.voucher(channel, amount))
     payer, signer, _payee, model_id, salt = channel.terms
-    return (payer, signer, model_id, salt, amount, r, vs)
+    return (payer, signer, model_id, salt, amount, amount, r, vs)
 
 
 def test_claim_many_pays_the_payee_once_for_many_channels(escrow: Escrow, accounts: list[str]) -> None:
@@ -319,7 +343,7 @@ def test_claim_many_pays_the_payee_once_for_many_channels(escrow: Escrow, accoun
     receipt = send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
 
     assert events(escrow.channels, "VoucherClaimed", receipt) == [
-        {"channelId": c.id, "amount": a, "paid": a} for c, a in zip(opened, amounts, strict=True)
+        {"channelId": c.id, "amount": a, "claimed": a} for c, a in zip(opened, amounts, strict=True)
     ]
     assert events(escrow.token, "Transfer", receipt) == [
         {"from": escrow.channels.address, "to": escrow.payee, "value": 6 * TOKEN}
@@ -333,7 +357,8 @@ def test_claim_many_takes_successive_vouchers_of_one_channel(escrow: Escrow) -> 
     escrow.claim(channel, TOKEN)
     batch = [_item(escrow, channel, 2 * TOKEN), _item(escrow, channel, 5 * TOKEN)]
     receipt = send(escrow.channels.functions.claimMany(escrow.payee, batch), escrow.relayer)
-    assert [e["paid"] for e in events(escrow.channels, "VoucherClaimed", receipt)] == [TOKEN, 3 * TOKEN]
+    assert [e["claimed"] for e in events(escrow.channels, "VoucherClaimed", receipt)] == [2 * TOKEN, 5 * TOKEN]
+    assert events(escrow.token, "Transfer", receipt)[0]["value"] == 4 * TOKEN
     assert escrow.state(channel)[1] == 5 * TOKEN
 
 
@@ -388,7 +413,7 @@ def test_a_reclaimed_channel_takes_nothing_more(escrow: Escrow) -> None:
     send(escrow.channels.functions.reclaim(channel.terms), escrow.payer)
     send(escrow.token.functions.approve(escrow.channels.address, DEPOSIT), escrow.payer)
     fns = {
-        "claim": escrow.channels.functions.claim(channel.terms, 5 * TOKEN, late_voucher),
+        "claim": escrow.channels.functions.claim(channel.terms, 5 * TOKEN, 5 * TOKEN, late_voucher),
         "claimMany": escrow.channels.functions.claimMany(
             escrow.payee, [_item(escrow, channel, 5 * TOKEN, late_voucher)]
         ),

@@ -68,7 +68,11 @@ def register_model(
 def list_iris(w3: Web3, contracts: Any, provider: LocalAccount, data_dir: Path) -> Listing:
     """`provider` lists an iris classifier: artifact and metadata in a local IPFS store under
     `data_dir`, the deployment record in `data_dir/deployments` (what a daemon's settings name)."""
-    spec = train_iris_classifier(data_dir / "iris.onnx")
+    return list_spec(w3, contracts, provider, data_dir, train_iris_classifier(data_dir / "iris.onnx"))
+
+
+def list_spec(w3: Web3, contracts: Any, provider: LocalAccount, data_dir: Path, spec: ModelSpec) -> Listing:
+    """`provider` lists the model of `spec` as `list_iris` does."""
     store = open_store("local", data_dir=data_dir / "ipfs")
     with store:
         artifact = add_path(store, spec.path, PROFILES["kubo-v1"]).cid

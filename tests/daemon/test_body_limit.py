@@ -70,7 +70,8 @@ def status_and_json(answer: bytes) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body[: body.rindex(b"}") + 1])
 
 
-@pytest.mark.parametrize("route", ["/v1/models/{model}/infer", "/v1/models", "/v1/channels/1", "/healthz"])
+@pytest.mark.parametrize("route", ["/v1/models/{model}/infer", "/v1/chat/completions", "/v1/completions", "/v1/models",
+                                   "/v1/channels/1", "/healthz"])
 async def test_a_declared_length_over_the_limit_is_413_on_every_route(daemon: DaemonProcess, listing: Listing,
                                                                        route: str) -> None:
     path = route.format(model=listing.model_hex)

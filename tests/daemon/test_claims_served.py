@@ -20,6 +20,7 @@ from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
 from daemon_process import fresh_postgres_database
 from web3 import Web3
 
+from marketplace.chain.transactions import Sender
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.types import ChannelId
 
@@ -69,9 +70,10 @@ class Consumer:
     async def claim(self) -> Any:
         return await self.services.claimer.claim_now(everything=True)
 
-    async def until_cached_claimed(self, channel: Channel, claimed: int, timeout: float = 10.0) -> None:
+    async def until_cached_claimed(self, channel: Channel, voucher: int, timeout: float = 10.0) -> None:
+        """Until the daemon's chain state has seen a claim of the voucher for `voucher`."""
         deadline = time.monotonic() + timeout
-        while (info := self.services.state.channel(channel.channel_id)) is None or info.claimed < claimed:
+        while (info := self.services.state.channel(channel.channel_id)) is None or info.spent_vouchers < voucher:
             assert time.monotonic() < deadline, "the daemon's chain state never saw the claim"
             await anyio.sleep(0.05)
 
@@ -111,18 +113,34 @@ async def test_a_refunded_call_is_never_claimed(
 
 
 async def test_a_pre_authorization_is_a_cap_not_a_payment(
-    daemon_on: httpx.AsyncClient, contracts: Any, listing: Listing, open_channel: Callable[..., Channel]
+    w3: Web3,
+    daemon_on: httpx.AsyncClient,
+    contracts: Any,
+    listing: Listing,
+    open_channel: Callable[..., Channel],
+    snapshot: None,
 ) -> None:
-    channel = open_channel(10 * PRICE)
+    """One voucher pre-authorizes 5 calls and pays for 3 (as a metered call's voucher covers a cap
+    and pays for what was used): the provider is paid exactly the 3 calls, by a partial claim of
+    that voucher, and the payer takes back the rest after expiry."""
+    channel = open_channel(10 * PRICE, lifetime=2 * 3600)
     consumer = await ready(daemon_on, listing, channel)
-    assert (await consumer.pay(channel, 5 * PRICE)).status_code == 200  # pre-authorizes 5 calls
-    assert (await consumer.pay(channel, 2 * PRICE)).status_code == 200  # the 2nd signs consumed + price
-    # the consumer stops after 2 calls: the claim pays those 2, the other 3 stay the payer's
-    provider = balance(contracts, listing.provider)
+    for _ in range(3):  # the same voucher each time: never a voucher the calls served cover
+        assert (await consumer.pay(channel, 5 * PRICE)).status_code == 200
+    provider, payer = balance(contracts, listing.provider), balance(contracts, channel.payer)
     report = await consumer.claim()
-    assert [claim[:2] for batch in report.batches for claim in batch.claims] == [(channel.channel_id, 2 * PRICE)]
-    assert balance(contracts, listing.provider) - provider == 2 * PRICE
-    assert claimed_on_chain(contracts, channel) == 2 * PRICE  # reclaimable by the payer: 8 prices
+    assert [batch.claims for batch in report.batches] == [((channel.channel_id, 3 * PRICE, 3 * PRICE),)]
+    assert balance(contracts, listing.provider) - provider == 3 * PRICE  # to the unit
+    assert claimed_on_chain(contracts, channel) == 3 * PRICE
+    assert (await consumer.claim()).batches == []  # and nothing more
+
+    info = consumer.services.state.channel(channel.channel_id)
+    terms = (info.payer, info.signer, info.payee, info.model_id, info.salt)
+    w3.provider.make_request("evm_increaseTime", [3 * 3600])  # type: ignore[attr-defined]
+    w3.provider.make_request("evm_mine", [])  # type: ignore[attr-defined]
+    Sender(w3, channel.payer).transact(contracts.channels.functions.reclaim(terms))
+    assert balance(contracts, channel.payer) - payer == 10 * PRICE - 3 * PRICE  # the unused 2 calls and the rest
+    assert balance(contracts, listing.provider) - provider == 3 * PRICE
 
 
 def vouchers_in_claim(w3: Web3, contracts: Any, transaction_hash: str) -> list[tuple[int, dict[str, str]]]:
@@ -157,4 +175,9 @@ async def test_a_voucher_made_public_by_a_claim_spends_nothing(
     assert (replay.status_code, replay.json()["error"]) == (402, "voucher_claimed")
     assert f"above {amount}" in replay.json()["detail"]
     assert await consumer.consumed(channel) == 3 * PRICE  # nothing consumed
-    assert (await consumer.pay(channel, 6 * PRICE)).status_code == 200  # the payer's credit is still his
+    # The claim was partial (3 calls of the 6 the voucher allows): the voucher stays refused, even
+    # from its owner, and a higher one carries the payer's unused credit on.
+    refused = await consumer.pay(channel, 6 * PRICE)
+    assert (refused.status_code, refused.json()["error"]) == (402, "voucher_claimed")
+    assert (await consumer.pay(channel, 7 * PRICE)).status_code == 200
+    assert await consumer.consumed(channel) == 4 * PRICE

@@ -1,11 +1,10 @@
 """SIGKILL `marketplace serve` in the middle of paid load, restart it on the same SQLite ledger:
-every voucher whose 200 reached a client is in the ledger, and the claim pays exactly the
-best voucher the calls served cover (the ledger's `earned`), to the token unit."""
+every voucher whose 200 reached a client is in the ledger, and the claim pays exactly what the
+ledger counts as consumed (a partial claim of the best voucher held), to the token unit."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -86,25 +85,16 @@ async def test_sigkill_mid_load_loses_no_answered_voucher_and_the_claim_pays_the
         assert max(answered) <= authorized <= VOUCHERS * PRICE  # every answered voucher is in the ledger
         assert consumed % PRICE == 0 and len(answered) * PRICE <= consumed <= authorized  # every answer counted
 
-        # Calls overlapped, so `authorized` may be above `consumed`; what the calls served cover is
-        # the best voucher at most `consumed`, a few calls (those that were in flight) below it.
-        earned = earned_of(tmp_path / "ledger.db", channel.channel_id)
-        assert consumed - 2 * CLIENTS * PRICE <= earned <= consumed
-        with anyio.fail_after(30):  # the restarted daemon's claimer claims the earned voucher
-            while claimed(contracts, channel.channel_id) < earned:
+        # Calls overlapped, so `authorized` may be above `consumed`: the claim takes `consumed` from
+        # the `authorized` voucher (a partial claim), not the whole voucher.
+        with anyio.fail_after(30):  # the restarted daemon's claimer claims what was consumed
+            while claimed(contracts, channel.channel_id) < consumed:
                 await anyio.sleep(0.1)
-        assert claimed(contracts, channel.channel_id) == earned
-        assert contracts.token.functions.balanceOf(payee).call() - payee_before == earned  # to the unit
+        assert claimed(contracts, channel.channel_id) == consumed
+        assert contracts.token.functions.balanceOf(payee).call() - payee_before == consumed  # to the unit
     finally:
         daemon.stop()
         restarted.stop()
-
-
-def earned_of(ledger: Path, channel_id: int) -> int:
-    with sqlite3.connect(ledger) as db:
-        row = db.execute("SELECT earned FROM channel_credit WHERE channel_id = ?", (f"{channel_id:078d}",)).fetchone()
-    db.close()
-    return int(row[0])
 
 
 def claimed(contracts: Any, channel_id: int) -> int:

@@ -159,8 +159,12 @@ async def test_unknown_model_and_oversized_body(daemon: httpx.AsyncClient, listi
 
 
 async def test_catalog_health_and_metrics(daemon: httpx.AsyncClient, listing: Listing) -> None:
-    models = (await daemon.get("/v1/models")).json()
-    assert [m["model_id"] for m in models] == [listing.model_hex]
+    listed = (await daemon.get("/v1/models")).json()
+    assert listed["object"] == "list"
+    models = listed["data"]  # OpenAI's list: the model objects carry our card too
+    assert [(m["id"], m["object"], m["model_id"]) for m in models] == [(listing.model_hex, "model", listing.model_hex)]
+    assert models[0]["pricing"] == {"perCall": str(PRICE), "perInputToken": "0", "perOutputToken": "0",
+                                    "maxOutputTokens": 0}
     assert models[0]["price"] == str(PRICE) and models[0]["artifact_cid"].startswith(("bafkrei", "bafybei"))
     assert (await daemon.get("/healthz")).json() == {"status": "ok"}
     ready = await daemon.get("/readyz")

@@ -73,7 +73,7 @@ async def test_the_402_offers_trials_only_for_models_that_have_them(
         token = token_for(w3, contracts, listing.provider, consumer.address, listing.model_id)
         sneaked = await ask(plain, listing.model_id, trial_header(w3, contracts, requirements, consumer,
                                                                   listing.model_id, token=token))
-        assert (sneaked.status_code, sneaked.json()["error"]) == (402, "trial_not_offered")
+        assert (sneaked.status_code, sneaked.json()["error"]) == (402, "unsupported_scheme")
 
 
 async def test_a_token_holder_gets_exactly_n_free_calls_then_pays(

@@ -179,17 +179,55 @@ async def test_the_policy_claims_big_credits_and_near_expiries_only(setup: Setup
 
 
 async def test_a_pre_authorization_is_a_cap_even_near_expiry(setup: Setup) -> None:
-    """Only vouchers the calls served cover are claimed: credit pre-authorized and unused stays
-    the payer's, to reclaim after expiry, however close the expiry."""
+    """A voucher pre-authorizing 5 calls of which 2 were served is claimed for 2 calls (a partial
+    claim): credit pre-authorized and unused stays the payer's, however close the expiry."""
     provider, payer = setup.accounts[1], setup.accounts[2]
     _, channel_id = setup.open(payer, provider, salt=1, lifetime=300)
     await setup.pay(payer, channel_id, 5 * PRICE, 5 * PRICE)  # 5 calls pre-authorized, 2 used
     await setup.state.sync()
+    before = setup.balance(provider)
     claimer = setup.claimer(expiry_margin_seconds=600)
-    assert (await claimer.claim_now(everything=True)).batches == []
-    await setup.pay(payer, channel_id, 2 * PRICE)  # a voucher the calls served cover: that one pays
     report = await claimer.claim_now()
+    assert [batch.claims for batch in report.batches] == [((channel_id, 2 * PRICE, 2 * PRICE),)]
     assert report.recorded == {channel_id: 2 * PRICE} and setup.claimed(channel_id) == 2 * PRICE
+    assert setup.balance(provider) - before == 2 * PRICE
+    await setup.pay(payer, channel_id, 5 * PRICE)  # the 3rd call, on the same voucher: claimed for 1 call more
+    await setup.state.sync()
+    report = await claimer.claim_now()
+    assert report.recorded == {channel_id: 3 * PRICE} and setup.claimed(channel_id) == 3 * PRICE
+    assert setup.balance(provider) - before == 3 * PRICE == report.paid + 2 * PRICE
+
+
+
+async def test_a_voucher_for_exactly_what_was_served_is_claimed_whole(setup: Setup) -> None:
+    """Pay as you go, the last call refunded: the 2-price voucher (what was served) is claimed whole,
+    so the 3-price voucher, which would still allow a price, never goes public."""
+    provider, payer = setup.accounts[1], setup.accounts[2]
+    _, channel_id = setup.open(payer, provider, salt=1)
+    await setup.pay(payer, channel_id, PRICE, 2 * PRICE, 3 * PRICE)
+    await setup.ledger.refund(ChannelId(channel_id), TokenAmount(PRICE))  # the 3rd call failed
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert report.recorded == {channel_id: 2 * PRICE} and report.paid == 2 * PRICE
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (2 * PRICE, 2 * PRICE)
+    # The next call (voucher 4) makes the kept 3-price voucher the one served: claimed whole again.
+    await setup.pay(payer, channel_id, 4 * PRICE)
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert [batch.claims for batch in report.batches] == [((channel_id, 3 * PRICE, PRICE),)]
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (3 * PRICE, 3 * PRICE)
+    # A pre-authorizing voucher used in part: claimed in part, and public from then on.
+    await setup.pay(payer, channel_id, 9 * PRICE, 9 * PRICE)  # 2 calls: no voucher for exactly 5 prices
+    await setup.state.sync()
+    report = await setup.claimer().claim_now(everything=True)
+    assert [batch.claims for batch in report.batches] == [((channel_id, 5 * PRICE, 2 * PRICE),)]
+    await setup.state.sync()
+    info = setup.state.channel(channel_id)
+    assert info is not None and (info.claimed, info.claimed_voucher) == (5 * PRICE, 9 * PRICE)
 
 
 async def test_a_stale_voucher_is_dropped_and_the_rest_of_the_batch_is_claimed(setup: Setup) -> None:
@@ -207,7 +245,7 @@ async def test_a_stale_voucher_is_dropped_and_the_rest_of_the_batch_is_claimed(s
     setup.w3.provider.make_request("evm_mine", [])  # type: ignore[attr-defined]
     setup.send(other, setup.contracts.channels.functions.reclaim(reclaimed_terms))
     signature = sign_voucher(payer, setup.domain, claimed_elsewhere, PRICE)
-    setup.send(provider, setup.contracts.channels.functions.claim(claimed_terms, PRICE, signature))
+    setup.send(provider, setup.contracts.channels.functions.claim(claimed_terms, PRICE, PRICE, signature))
     before, other_before, block = setup.balance(provider), setup.balance(other), setup.w3.eth.block_number
 
     claimer = setup.claimer()

@@ -142,7 +142,9 @@ async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgr
         earned = {c: await ledger.credit(c) for c in (served, preauthorized, fresh)}
         assert {c: (e.earned, e.earned_signature) for c, e in earned.items() if e} == {
             served: (10, signed(10)), preauthorized: (5, signed(5)), fresh: (0, None)}
-        assert [(c.channel_id, c.unclaimed) for c in await ledger.claimable()] == [(served, 10), (preauthorized, 5)]
+        # What the claimer takes: what was served, from the stored voucher (a partial claim).
+        assert [(c.channel_id, c.unclaimed) for c in await ledger.claimable()] == [
+            (served, 10), (preauthorized, 6), (fresh, 3)]
         credit = await ledger.admit(fresh, TokenAmount(11), signed(11), TokenAmount(7))  # consumed 10: earned
         assert (credit.earned, credit.earned_signature) == (10, signed(10))
     assert _version(ledger_url) == current.version == 3

@@ -100,9 +100,11 @@ def test_contract_digest_and_an_on_chain_claim(w3, contracts, dev_accounts, snap
     before = contracts.token.functions.balanceOf(payee.address).call()
     terms = (payer.address, SIGNER.address, payee.address, model.model_id, state.terms[channel_id][4])
     signature, _ = ethers_sign(SIGNER, domain.typed_data(channel_id, 3 * PRICE))  # ethers-signed, claimed on chain
-    Sender(w3, payee).transact(contracts.channels.functions.claim(terms, 3 * PRICE, signature))
+    Sender(w3, payee).transact(contracts.channels.functions.claim(terms, 3 * PRICE, 3 * PRICE, signature))
     Sender(w3, payee).transact(
-        contracts.channels.functions.claim(terms, 5 * PRICE, sign_voucher(SIGNER, domain, channel_id, 5 * PRICE))
+        contracts.channels.functions.claim(
+            terms, 5 * PRICE, 5 * PRICE, sign_voucher(SIGNER, domain, channel_id, 5 * PRICE)
+        )
     )
     assert contracts.token.functions.balanceOf(payee.address).call() - before == 5 * PRICE
     assert MODEL_A != model.model_id

@@ -15,6 +15,7 @@ from marketplace.runners.demo_models import (
     train_diabetes_regressor,
     train_iris_classifier,
 )
+from marketplace.runners.text_model import train_text_model
 
 
 @pytest.fixture
@@ -30,6 +31,11 @@ def iris(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
 @pytest.fixture(scope="session")
 def diabetes(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
     return train_diabetes_regressor(tmp_path_factory.mktemp("models") / "diabetes.onnx")
+
+
+@pytest.fixture(scope="session")
+def text_model(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+    return train_text_model(tmp_path_factory.mktemp("models") / "text.onnx")
 
 
 @asynccontextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -25,7 +26,11 @@ from web_fixtures import (
     WebMarket,
 )
 
+from marketplace.chain.views import ModelInfo, ModelStatus
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.types import TokenPricing
+from marketplace.web.catalog import ModelEntry
+from marketplace.web.pages import Site, catalog_page, model_page
 
 pytestmark = pytest.mark.anyio
 
@@ -156,3 +161,17 @@ async def test_other_paths(web_daemon: httpx.AsyncClient) -> None:
     assert (await web_daemon.get("/static/../app.py")).status_code == 404
     schema = (await web_daemon.get("/openapi.json")).json()
     assert "/v1/models" in schema["paths"] and not {"/", "/dashboard", "/models/{model_id}"} & set(schema["paths"])
+
+
+def test_a_metered_model_shows_its_per_token_prices_on_both_pages() -> None:
+    info = ModelInfo(b"\x07" * 32, "0x" + "11" * 20, "0x" + "22" * 20, 2 * 10**15, ModelStatus.ACTIVE, 0x55,
+                     b"\x01" * 32, 0x55, b"\x02" * 32, 1, "", TokenPricing(2 * 10**15, 10**12, 3 * 10**12, 4096))
+    entry = ModelEntry(info, None, "not fetched", (), (), calls=0, revenue=0.0)
+    site = Site("/", "/dashboard", "/docs", "/static/style.css", lambda h: f"/models/{h}",
+                lambda h: f"http://daemon.test/v1/models/{h}/infer", 31337, 1)
+    shown = ("0.002 MKT per call (2000000000000000 units) + 0.000001 MKT per input token"
+             " + 0.000003 MKT per output token (at most 4,096 output tokens a call)")
+    assert shown in text_of(catalog_page(site, [entry]))
+    assert shown in text_of(model_page(site, entry, {}))
+    flat = ModelEntry(dataclasses.replace(info, token_pricing=None), None, "", (), (), calls=0, revenue=0.0)
+    assert "per input token" not in text_of(catalog_page(site, [flat]))

@@ -27,11 +27,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.schemes.base import Attempt, SchemePayer, model_of
+from marketplace.client.schemes.base import Attempt, SchemePayer, charged, model_of
 from marketplace.client.signing import chain_id_of, channel_payload, voucher_domain
 from marketplace.client.store import ChannelRecord, ChannelStore, Reservation
 from marketplace.errors import NoPaymentOption
@@ -81,6 +82,7 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
     offer's model (the one `pays` chose on the last 402 for that offer)."""
 
     name = "channel"
+    _owed: ClassVar[bool] = False  # vouchers start from our own record of charges (metered), not the daemon's consumed
 
     def __init__(self, account: LocalAccount, store: ChannelStore, *, channel_id: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
@@ -126,14 +128,14 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
             self._chosen[_offer(requirements)] = record.channel_id
         return record is not None
 
-    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> ChannelAttempt:
-        """A voucher one price above the calls in flight (or what was consumed), on disk as signed first."""
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str, price: int) -> ChannelAttempt:
+        """A voucher `price` above the calls in flight (or what was consumed), on disk as signed first."""
         channel_id = self.channel_id if self.channel_id is not None else self._chosen.get(_offer(requirements))
         if channel_id is None:
             raise NoPaymentOption(url, self.name, requirements.extra.get("modelId"), self.missing)
         domain = voucher_domain(requirements, url)
-        reservation = self._reserve(channel_id, requirements, url)
-        attempt = ChannelAttempt(requirements=requirements, payload={}, cost=reservation.added,
+        reservation = self._reserve(channel_id, requirements, url, price)
+        attempt = ChannelAttempt(requirements=requirements, payload={}, cost=reservation.added, price=price,
                                  channel_id=channel_id, amount=reservation.amount)
         try:
             attempt.payload = channel_payload(self.account, domain, channel_id, reservation.amount)
@@ -143,7 +145,7 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
         request.headers[CHANNEL_HEADER] = f"0x{channel_id:064x}"
         return attempt
 
-    def complete(self, attempt: ChannelAttempt, response: httpx.Response) -> None:
+    def complete(self, attempt: ChannelAttempt, response: httpx.Response) -> int | None:
         """A paid answer: its view of the channel is on disk before the caller sees the answer."""
         try:
             header = response.headers.get(PAYMENT_RESPONSE_HEADER)
@@ -153,6 +155,7 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
                     self.store.observe(attempt.channel_id, view)
         finally:
             self.release(attempt)
+        return charged(attempt, response)
 
     def release(self, attempt: ChannelAttempt) -> None:
         with self._lock:
@@ -163,13 +166,14 @@ class ChannelPayer(SchemePayer[ChannelAttempt]):
             if book is not None and book.in_flight > 0:
                 book.in_flight -= 1
 
-    def _reserve(self, channel_id: ChannelId, requirements: PaymentRequirements, url: str) -> Reservation:
+    def _reserve(self, channel_id: ChannelId, requirements: PaymentRequirements, url: str,
+                 price: int) -> Reservation:
         """A cumulative amount for one more call, distinct from every other call in flight, on disk as signed."""
         with self._reserving:
             book = self._book(channel_id, requirements, url)
             with self._lock:
                 floor = book.high if book.in_flight else 0
-            reservation = self.store.reserve(channel_id, requirements.amount, floor)
+            reservation = self.store.reserve(channel_id, price, floor, owed=self._owed)
             with self._lock:
                 book.high = reservation.amount
                 book.in_flight += 1

@@ -16,10 +16,11 @@ class ExactPayer(SchemePayer[Attempt]):
     call is refused, so its whole amount counts against the budget at once."""
 
     name = "exact"
+    binding = True
 
     def pays(self, requirements: PaymentRequirements, url: str) -> bool:
         return True
 
-    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> Attempt:
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str, price: int) -> Attempt:
         payload = exact_payload(self.account, requirements, url, int(self._clock()))
-        return Attempt(requirements=requirements, payload=payload, cost=requirements.amount)
+        return Attempt(requirements=requirements, payload=payload, cost=requirements.amount, price=price)

@@ -33,7 +33,10 @@ class LicensePayer(SchemePayer[Attempt]):
     def pays(self, requirements: PaymentRequirements, url: str) -> bool:
         return self._license_for(requirements) is not None
 
-    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> Attempt:
+    def price(self, request: httpx.Request, requirements: PaymentRequirements, ceiling: int | None) -> int:
+        return 0
+
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str, price: int) -> Attempt:
         license_id = self._license_for(requirements)
         if license_id is None:
             raise NoPaymentOption(url, self.name, requirements.extra.get("modelId"), self.missing)

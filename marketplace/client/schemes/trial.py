@@ -60,21 +60,26 @@ class TrialPayer(SchemePayer[TrialAttempt]):
         with self._lock:
             return self._used.get(model, 0) < self._allowed(requirements, model)
 
-    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str) -> TrialAttempt:
+    def price(self, request: httpx.Request, requirements: PaymentRequirements, ceiling: int | None) -> int:
+        """A trial costs nothing (whatever amount the offer names: the payload transfers nothing)."""
+        return 0
+
+    def sign(self, request: httpx.Request, requirements: PaymentRequirements, url: str, price: int) -> TrialAttempt:
         model = model_of(requirements)
         if model is None:
             raise NoPaymentOption(url, self.name, requirements.extra, "the offer names no model")
         request.headers[TRIAL_CONSUMER_HEADER] = self.account.address
         payload = trial_payload(self.account, requirements, url, request, int(self._clock()), self.tokens.get(model))
-        return TrialAttempt(requirements=requirements, payload=payload, model_id=model)
+        return TrialAttempt(requirements=requirements, payload=payload, price=price, model_id=model)
 
-    def complete(self, attempt: TrialAttempt, response: httpx.Response) -> None:
-        """A served trial says which call it was ("call 2 of 5"): what we used is that."""
+    def complete(self, attempt: TrialAttempt, response: httpx.Response) -> int:
+        """A served trial says which call it was ("call 2 of 5"): what we used is that. It cost nothing."""
         header = response.headers.get(PAYMENT_RESPONSE_HEADER)
         trial = (parse_payment_response(header).extra or {}).get("trial") if header and response.is_success else None
         if isinstance(trial, dict) and isinstance(trial.get("call"), int):
             with self._lock:
                 self._used[attempt.model_id] = trial["call"]
+        return 0
 
     def _allowed(self, requirements: PaymentRequirements, model: bytes) -> int:
         """Trials the offer allows us: the token's calls (until it expires), else the offer's when

@@ -11,8 +11,10 @@ from marketplace.chain.views import ModelInfo
 from marketplace.daemon.errors import ApiError
 from marketplace.daemon.limits import peer_address
 from marketplace.daemon.paid_calls import parse_model_id
+from marketplace.daemon.services import Services
 from marketplace.errors import PaymentRejected
 from marketplace.ipfs import CID
+from marketplace.payments.schemes.metered import pricing_json
 from marketplace.payments.x402 import parse_uint256_text
 
 __all__ = ["router"]
@@ -21,6 +23,13 @@ router = APIRouter(tags=["catalog"])
 
 
 class ModelCard(BaseModel):
+    """A served model: OpenAI's model object (`id`, `object`, `owned_by`, `created`) and ours."""
+
+    id: str  # the 0x model id, what an OpenAI request's `model` names
+    object: str = "model"
+    owned_by: str  # the provider (the model's owner)
+    created: int = 0
+    pricing: dict[str, Any]  # perCall, perInputToken, perOutputToken, maxOutputTokens
     model_id: str
     owner: str
     payee: str
@@ -35,15 +44,31 @@ class ModelCard(BaseModel):
     infer_url: str
 
 
+class ModelList(BaseModel):
+    """OpenAI's model list (`GET /v1/models`): every model served here, ONNX and text."""
+
+    object: str = "list"
+    data: list[ModelCard]
+
+
 class ChannelView(BaseModel):
     channel_id: str
     view: dict[str, Any]
 
 
+def _served(services: Services) -> list[bytes]:
+    return [*services.runners, *services.text_runners]
+
+
 def _card(request: Request, model: ModelInfo) -> ModelCard:
     model_hex = "0x" + model.model_id.hex()
-    served = request.app.state.services.runners[model.model_id].artifact
+    services: Services = request.app.state.services
+    text = model.model_id in services.text_runners
+    served = (services.text_runners[model.model_id] if text else services.runners[model.model_id]).artifact
     return ModelCard(
+        id=model_hex,
+        owned_by=model.owner,
+        pricing=pricing_json(model.pricing),
         model_id=model_hex,
         owner=model.owner,
         payee=model.payee,
@@ -55,14 +80,15 @@ def _card(request: Request, model: ModelInfo) -> ModelCard:
         served_artifact_cid=str(CID(1, served.codec, served.digest)) if served else None,
         served_artifact_version=served.version if served else None,
         endpoint=model.endpoint,
-        infer_url=str(request.url_for("infer", model_id=model_hex)),
+        infer_url=str(request.url_for("chat_completions") if text else request.url_for("infer", model_id=model_hex)),
     )
 
 
-@router.get("/v1/models", response_model=list[ModelCard], summary="Models served by this daemon")
-async def list_models(request: Request) -> list[ModelCard]:
+@router.get("/v1/models", response_model=ModelList, summary="Models served by this daemon (OpenAI's list)")
+async def list_models(request: Request) -> ModelList:
     services = request.app.state.services
-    return [_card(request, model) for model_id in services.runners if (model := services.state.model(model_id))]
+    return ModelList(data=[_card(request, model) for model_id in _served(services)
+                           if (model := services.state.model(model_id))])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard, summary="One served model")
@@ -70,7 +96,7 @@ async def show_model(model_id: str, request: Request) -> ModelCard:
     services = request.app.state.services
     key = parse_model_id(model_id)
     model = services.state.model(key)
-    if model is None or key not in services.runners:
+    if model is None or key not in _served(services):
         raise ApiError(404, "unknown_model", f"model {model_id} is not served here")
     return _card(request, model)
 

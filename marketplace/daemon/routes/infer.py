@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from marketplace.daemon.discovery import paid_route
 from marketplace.daemon.paid_calls import PaidCalls
 
 __all__ = ["router"]
@@ -41,6 +42,7 @@ _PAID_RESPONSES: dict[int | str, dict[str, object]] = {
              "description": "an address whose trials used the 402's trial offer should say (extra.used)"},
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        **paid_route("one inference of {name} ({model_id})"),  # listed in /.well-known/x402
     },
 )
 async def infer(model_id: str, request: Request) -> Response:

@@ -4,8 +4,10 @@ Per payment channel the ledger keeps `authorized` (the highest voucher amount se
 signature), per deposit seen the highest voucher accepted under it (so the claimer can pay the
 best one within the deposit after a reorg rolled a top-up back), `consumed` (the sum of the
 prices of the calls served), `earned` (the best voucher seen whose amount the calls served cover,
-``earned <= consumed``, with its signature: what the claimer claims, so a claim never takes credit
-a call did not use) and `claimed` (what the claimer has claimed on-chain, confirmed).
+``earned <= consumed``, with its signature; from before partial claims, see docs/ledger.md) and
+`claimed` (what the claimer has claimed on-chain, confirmed). The claimer claims the stored voucher
+for ``payout = consumed`` (PaymentChannels pays any payout up to a voucher's amount), so a claim
+takes exactly what the calls served are worth.
 A call with a voucher for the cumulative amount A and a price P, on a channel whose deposit on
 chain is D, is admitted iff ``min(max(authorized, A), D) - consumed >= P`` (DESIGN.md section 4,
 capped by the deposit); the signature, the channel's state on-chain and ``A <= D`` are checked by
@@ -57,8 +59,9 @@ class Credit:
 
     @property
     def unclaimed(self) -> TokenAmount:
-        """What a claim of the earned voucher would pay now (never negative)."""
-        return TokenAmount(max(self.earned - self.claimed, 0))
+        """What the calls served and not yet claimed are worth: what a partial claim of the stored
+        voucher (``payout = consumed``) would pay now (never negative)."""
+        return TokenAmount(max(self.consumed - self.claimed, 0))
 
 
 class CreditLedger(abc.ABC):
@@ -108,7 +111,9 @@ class CreditLedger(abc.ABC):
 
     @abc.abstractmethod
     async def claimable(self, min_unclaimed: TokenAmount = _NO_MINIMUM) -> list[Credit]:
-        """Channels whose ``earned - claimed`` is positive and at least `min_unclaimed`, by channel id."""
+        """Channels holding a voucher whose ``consumed - claimed`` (`Credit.unclaimed`) is positive
+        and at least `min_unclaimed`, by channel id: a partial claim of the stored voucher for
+        ``payout = consumed`` takes exactly what was served."""
 
     @abc.abstractmethod
     async def best_voucher(self, channel_id: ChannelId, at_most: TokenAmount) -> tuple[TokenAmount, bytes] | None:
@@ -147,6 +152,8 @@ class CreditLedger(abc.ABC):
 
 def check_uint256(name: str, value: int) -> None:
     """ValueError unless `value` is an int in [0, 2**256 - 1] (amounts and channel ids)."""
+    if type(value) is int and 0 <= value <= UINT256_MAX:  # the hot path: one test
+        return
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if not 0 <= value <= UINT256_MAX:

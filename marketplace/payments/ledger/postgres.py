@@ -64,7 +64,7 @@ _APPLY = """SELECT * FROM credit_ledger_apply(
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = %s"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
-WHERE earned - claimed >= greatest(%s, 1) ORDER BY channel_id"""
+WHERE consumed - claimed >= greatest(%s, 1) AND signature IS NOT NULL ORDER BY channel_id"""
 _BEST_VOUCHER = """
 SELECT amount, signature FROM channel_voucher WHERE channel_id = %s AND amount <= %s ORDER BY amount DESC LIMIT 1"""
 _KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim"}

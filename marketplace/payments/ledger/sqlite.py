@@ -109,7 +109,7 @@ SELECT amount, signature FROM channel_voucher WHERE channel_id = ? AND amount <=
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
-WHERE earned > claimed AND earned >= u256_add(claimed, ?) ORDER BY channel_id"""
+WHERE consumed > claimed AND consumed >= u256_add(claimed, ?) AND signature IS NOT NULL ORDER BY channel_id"""
 
 
 def _encode(value: int) -> str:

@@ -3,8 +3,9 @@
 A scheme is built once per daemon (`marketplace.daemon.services`) and registered by name in a
 `SchemeRegistry`. Per request the daemon, knowing nothing of any scheme, asks it:
 
-- `offer(model, context)`: its `PaymentRequirements`, one entry of a 402's `accepts` (or None: this
-  scheme is not offered for that model, as `trial` for a model without trials);
+- `serves(model)`: whether it pays for calls of that model at all (a metered model takes `metered`
+  only; `trial` serves the models with trials): a scheme is offered and admitted only for those;
+- `offer(model, context)`: its `PaymentRequirements`, one entry of a 402's `accepts`;
 - `admit(payment, request)`: check the decoded PAYMENT-SIGNATURE and take whatever must be taken
   BEFORE the model runs (credit on the ledger, a hold on the payer's balance, a single-use nonce);
   an `Admission`, or PaymentRejected with a stable code, nothing taken.
@@ -118,8 +119,12 @@ class Scheme(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements | None:
-        """This scheme's entry in the `accepts` of a 402 for `model` (None: not offered for it)."""
+    def serves(self, model: ModelInfo) -> bool:
+        """Whether this scheme pays for calls of `model` (a metered model has `metered` only)."""
+        ...
+
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """This scheme's entry in the `accepts` of a 402 for `model`."""
         ...
 
     async def admit(self, payment: PaymentPayload, request: PaidRequest) -> Admission:
@@ -139,12 +144,16 @@ class PaymentScheme(abc.ABC, Generic[ProofT]):
         self.token = checksum_address(state.token)
         self._token_lower = self.token.lower()
 
+    def serves(self, model: ModelInfo) -> bool:
+        """Flat-priced models (per-token prices are the `metered` scheme's)."""
+        return not model.pricing.metered
+
     @abc.abstractmethod
     def requirements(self, model: ModelInfo) -> PaymentRequirements:
         """This scheme's entry in the `accepts` of a 402 for `model`."""
 
-    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements | None:
-        """The 402 entry for `model` as this request sees it (by default, `requirements`; None: not offered)."""
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """The 402 entry for `model` as this request sees it (by default, `requirements`)."""
         return self.requirements(model)
 
     @abc.abstractmethod

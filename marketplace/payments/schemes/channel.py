@@ -237,6 +237,8 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         if channel is not None:
             view["deposit"] = str(channel.deposit)
             view["claimed"] = str(channel.claimed)
+            if channel.claimed_voucher > channel.claimed:  # a partial claim published a higher voucher
+                view["claimedVoucher"] = str(channel.claimed_voucher)
             view["expiry"] = channel.expiry
             view["reclaimed"] = channel.reclaimed
         return view
@@ -278,10 +280,14 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         return ChannelAdmission(self, self.ledger, voucher, price, credit)
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
-        model = request.model
         self.check_accepted(payment, asset=self._token_lower)
-        self.check_price(payment, model)  # the call is charged model.price: at most what the client accepted
-        fields = Fields(payment.payload, "payment.payload")
+        self.check_price(payment, request.model)  # the call is charged model.price: at most what the client accepted
+        return await self.verify_voucher(Fields(payment.payload, "payment.payload"), request)
+
+    async def verify_voucher(self, fields: Fields, request: PaidRequest) -> VerifiedVoucher:
+        """The voucher checks alone (channel, terms, claimed, deposit, signature) on a payload's
+        `channelId`, `amount`, `signature`: shared with the `metered` scheme."""
+        model = request.model
         channel_id = ChannelId(int.from_bytes(fields.hex_bytes("channelId", 32), "big"))
         amount = TokenAmount(fields.uint("amount"))
         signature = read_signature(fields)
@@ -293,12 +299,14 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
             if channel is None:
                 raise PaymentRejected("unknown_channel", f"no channel {channel_id:#x} on chain {self.chain_id}")
         self._check_terms(channel, model, now)
-        if channel.claimed and amount <= channel.claimed:
-            # A claim put this voucher in public calldata: anyone could replay it (no RPC: the
-            # cache follows VoucherClaimed events).
+        spent = channel.spent_vouchers
+        if spent and amount <= spent:
+            # A claim put this voucher (or a higher one) in public calldata: anyone could replay it
+            # (no RPC: the cache follows VoucherClaimed events, whose `amount` a partial claim leaves
+            # above `claimed`).
             raise PaymentRejected(
                 "voucher_claimed",
-                f"the voucher for {amount} was claimed on chain: sign a new one above {channel.claimed}",
+                f"the voucher for {amount} was claimed on chain: sign a new one above {spent}",
             )
         if amount > channel.deposit:
             # Prove the signature first: only the channel's signer can make the daemon ask the chain.

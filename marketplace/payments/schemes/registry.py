@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from marketplace.chain.views import ModelInfo
+from marketplace.errors import PaymentRejected
 from marketplace.payments.schemes.base import OfferContext, Scheme
 from marketplace.payments.x402 import PaymentRequirements
 
@@ -21,7 +22,15 @@ class SchemeRegistry:
     def __getitem__(self, name: str) -> Scheme:
         return self._schemes[name]
 
+    def for_model(self, name: str, model: ModelInfo) -> Scheme:
+        """The scheme `name` (one of `names`) if it pays for `model`, else PaymentRejected
+        `unsupported_scheme` (a flat price never pays for a metered model, nor the reverse)."""
+        scheme = self._schemes[name]
+        if not scheme.serves(model):
+            raise PaymentRejected("unsupported_scheme",
+                                  f"scheme {name!r} does not pay for model 0x{model.model_id.hex()}")
+        return scheme
+
     async def offers(self, model: ModelInfo, context: OfferContext) -> list[PaymentRequirements]:
-        """Every scheme's entry of a 402's `accepts` for `model` (a scheme may offer nothing for it)."""
-        offers = [await scheme.offer(model, context) for scheme in self._schemes.values()]
-        return [offer for offer in offers if offer is not None]
+        """The entry of a 402's `accepts` of every scheme that `serves` `model`."""
+        return [await scheme.offer(model, context) for scheme in self._schemes.values() if scheme.serves(model)]

@@ -14,9 +14,10 @@ verifyingContract: ModelRegistry}``:
                "path": "/v1/models/0x…/infer", "requestHash": "0x<sha256 of the body>", "signature": "0x…",
                "token": {"calls": "<decimal>", "expiry": "<unix seconds>", "signature": "0x…"}}   # token: if any
 
-A served model has trials when its `trial_calls` > 0; `trial_token_required` (default true) is the
+A served flat-priced model has trials when its `trial_calls` > 0 (the scheme `serves` those only: a
+trial for another model is "unsupported_scheme"); `trial_token_required` (default true) is the
 sybil defence: without it, anyone with a fresh key gets `trial_calls` free calls. Checks, in order:
-the model offers trials ("trial_not_offered"), the request binding (`check_binding`), the consumer's
+the request binding (`check_binding`), the consumer's
 signature ("bad_signature"), the token (required: "trial_token_required"; signed by an issuer:
 "trial_token_invalid", for this consumer and model, unexpired: "trial_token_expired"); then `admit`
 uses the nonce once across replicas (`AccessNonces`, keyed by `TRIAL_NONCE_TAG | consumer`:
@@ -229,10 +230,12 @@ class TrialScheme(PaymentScheme[VerifiedTrial]):
             },
         )
 
-    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements | None:
-        """Offered only for a model with trials; with `extra.used` when PAYMENT-CONSUMER names an address."""
-        if model.model_id not in self.terms:
-            return None
+    def serves(self, model: ModelInfo) -> bool:
+        """The flat-priced models with trials (a metered model's calls are paid by `metered` only)."""
+        return model.model_id in self.terms and super().serves(model)
+
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """`requirements`, with `extra.used` when PAYMENT-CONSUMER names an address."""
         requirements = self.requirements(model)
         hint = context.headers.get(TRIAL_CONSUMER_HEADER)
         if hint is not None:
@@ -255,9 +258,7 @@ class TrialScheme(PaymentScheme[VerifiedTrial]):
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedTrial:
         model = request.model
         self.check_accepted(payment)
-        terms = self.terms.get(model.model_id)
-        if terms is None:
-            raise PaymentRejected("trial_not_offered", f"model 0x{model.model_id.hex()} has no free trial here")
+        terms = self.terms[model.model_id]  # the registry admits a scheme only for the models it `serves`
         fields = Fields(payment.payload, "payment.payload")
         consumer = checksum_address(fields.address("consumer"))
         method, path = fields.text("method"), fields.text("path")

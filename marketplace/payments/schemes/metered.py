@@ -1,0 +1,243 @@
+"""The `metered` scheme: a channel voucher that authorizes a cap, charged by the tokens delivered.
+
+    payload = {"channelId": "0x<32 bytes>", "amount": "<record + cap>", "signature": "0x<65 bytes>",
+               "cap": "<the most this call may cost, decimal>"}
+
+The voucher is checked exactly as the `channel` scheme checks it (`ChannelScheme.verify_voucher`);
+the client's `accepted` must carry the model's current pricing (`accepted.amount` >= per call,
+`accepted.extra.pricing` equal), else "price_changed". The cap buys the output tokens
+
+    max_tokens = min(body max_tokens, pricing.max_output_tokens if > 0,
+                     (cap - per_call - input_bound * per_input_token) // per_output_token)
+
+(``input_bound``: the runner's bound on the prompt's tokens); below 1 it is "cap_too_low", nothing
+taken. `admit` reserves the cap on the credit ledger (the one conditional UPDATE, price = cap) and
+records the call durably (`ledger.metered`); the daemon reports each chunk it delivered
+(`MeteredAdmission.delivered`, checkpointed every 64 tokens or 1 s) and `finish`es the call when
+the stream ends however it ends: charge = pricing.cost(min(input tokens, bound), delivered output
+tokens), ``cap - charge`` refunded. Wire and rules: docs/payment-protocol.md, "metered".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from marketplace.chain.views import ModelInfo
+from marketplace.errors import InsufficientCredit, PaymentRejected
+from marketplace.payments.ledger.base import Credit, CreditLedger
+from marketplace.payments.ledger.metered import MeteredCalls, PendingCall
+from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, PaymentScheme
+from marketplace.payments.schemes.channel import ChannelRejected, ChannelScheme, VerifiedVoucher
+from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
+from marketplace.types import TokenAmount, TokenPricing
+
+__all__ = [
+    "CHECKPOINT_SECONDS",
+    "CHECKPOINT_TOKENS",
+    "MeteredAdmission",
+    "MeteredScheme",
+    "TextRequest",
+    "VerifiedCap",
+    "output_allowance",
+    "pricing_json",
+]
+
+CHECKPOINT_TOKENS = 64  # delivered tokens between two durable checkpoints of a stream's charge
+CHECKPOINT_SECONDS = 1.0  # ... or this long, whichever comes first
+DEFAULT_MAX_TOKENS = 4096  # output tokens of a call nothing else bounds (no per-output price, no limits)
+
+
+@dataclass(frozen=True, slots=True)
+class TextRequest(PaidRequest):
+    """A call of a text model: what the daemon knows before the run that the cap must cover."""
+
+    input_bound: int = 0  # the most prompt tokens the call can be charged for (TextRunner.input_tokens)
+    requested_max_tokens: int | None = None  # the body's max_tokens / max_completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCap:
+    """A channel voucher checked for a metered call, with the cap it reserves and what that buys."""
+
+    scheme: ClassVar[str] = "metered"
+    voucher: VerifiedVoucher
+    cap: TokenAmount
+    pricing: TokenPricing
+    input_bound: int
+    max_tokens: int
+
+    @property
+    def payer(self) -> str:
+        return self.voucher.payer
+
+
+def pricing_json(pricing: TokenPricing) -> dict[str, Any]:
+    """A model's prices as a 402's `extra.pricing` and the OpenAI model list show them."""
+    return {"perCall": str(pricing.per_call), "perInputToken": str(pricing.per_input_token),
+            "perOutputToken": str(pricing.per_output_token), "maxOutputTokens": pricing.max_output_tokens}
+
+
+def output_allowance(pricing: TokenPricing, cap: int, input_bound: int, requested: int | None) -> int:
+    """The output tokens a call may generate under `cap`; PaymentRejected(cap_too_low) below 1."""
+    fixed = pricing.cost(input_bound, 0)
+    if cap < fixed:
+        raise PaymentRejected("cap_too_low", f"the cap {cap} does not cover the call's price {pricing.per_call} "
+                                             f"and its {input_bound} input tokens ({fixed} in all)")
+    limits = [limit for limit in (requested, pricing.max_output_tokens or None) if limit is not None]
+    if pricing.per_output_token:
+        limits.append((cap - fixed) // pricing.per_output_token)
+    allowance = min(limits) if limits else DEFAULT_MAX_TOKENS
+    if allowance < 1:
+        raise PaymentRejected("cap_too_low", f"the cap {cap} leaves no output token at {pricing.per_output_token} "
+                                             f"each after {fixed} for the call and its input")
+    return allowance
+
+
+class MeteredScheme(PaymentScheme[VerifiedCap]):
+    """Metered calls on payment channels: `channels` verifies the voucher, `ledger` reserves the
+    cap, `calls` records each call until settled; `owner` names this daemon's calls there."""
+
+    name = "metered"
+
+    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, calls: MeteredCalls, *, owner: str,
+                 exact_input: Callable[[bytes], bool] = lambda model_id: False) -> None:
+        super().__init__(channels.state)
+        self.channels, self.ledger, self.calls, self.owner = channels, ledger, calls, owner
+        self.exact_input = exact_input  # model id -> its runner counts input tokens exactly
+
+    def serves(self, model: ModelInfo) -> bool:
+        return model.pricing.metered
+
+    def requirements(self, model: ModelInfo, *, base: PaymentRequirements | None = None) -> PaymentRequirements:
+        base = base or self.channels.requirements(model)
+        extra = {**base.extra, "pricing": pricing_json(model.pricing),
+                 "inputBound": "exact" if self.exact_input(model.model_id) else "utf8-body"}
+        return PaymentRequirements(scheme=self.name, network=base.network, amount=model.pricing.per_call,
+                                   asset=base.asset, pay_to=base.pay_to, max_timeout_seconds=base.max_timeout_seconds,
+                                   extra=extra)
+
+    async def offer(self, model: ModelInfo, context: OfferContext) -> PaymentRequirements:
+        """The channel scheme's entry (with the channel view it would show), priced per token."""
+        return self.requirements(model, base=await self.channels.offer(model, context))
+
+    async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedCap:
+        if not isinstance(request, TextRequest):
+            raise PaymentRejected("unsupported_scheme", "the metered scheme pays the OpenAI-compatible routes only")
+        model = request.model
+        pricing = model.pricing
+        self.check_accepted(payment, asset=self._token_lower)
+        accepted = payment.accepted
+        if accepted.amount < pricing.per_call or accepted.extra.get("pricing") != pricing_json(pricing):
+            raise PaymentRejected("price_changed", f"the prices of model 0x{model.model_id.hex()} are now "
+                                                   f"{pricing_json(pricing)}: read the 402 again")
+        fields = Fields(payment.payload, "payment.payload")
+        cap = TokenAmount(fields.uint("cap"))
+        max_tokens = output_allowance(pricing, cap, request.input_bound, request.requested_max_tokens)
+        voucher = await self.channels.verify_voucher(fields, request)
+        return VerifiedCap(voucher, cap, pricing, request.input_bound, max_tokens)
+
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> MeteredAdmission:
+        """Verify, record the call, reserve the cap on the ledger (both durable).
+
+        The record commits first: a crash between the two commits makes the next start refund a
+        cap that was never reserved (the consumer pays less), never leaves one reserved unrecorded."""
+        verified = await self.verify(payment, request)
+        voucher = verified.voucher
+        call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
+        await self.calls.start(call)
+        try:
+            credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, verified.cap,
+                                             deposit=TokenAmount(voucher.channel.deposit))
+        except InsufficientCredit as refusal:
+            await self.calls.finish(call.call_id)
+            raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
+        except BaseException:
+            await self.calls.finish(call.call_id)
+            raise
+        return MeteredAdmission(self, verified, call.call_id, credit)
+
+
+class MeteredAdmission(Admission):
+    """A metered call whose cap is reserved: told what is delivered, finished once with the usage."""
+
+    scheme = "metered"
+
+    def __init__(self, scheme: MeteredScheme, verified: VerifiedCap, call_id: bytes, credit: Credit) -> None:
+        self._scheme, self.verified, self.call_id, self.credit = scheme, verified, call_id, credit
+        self.max_tokens = verified.max_tokens
+        self.output_tokens = 0  # delivered so far
+        self.input_tokens = verified.input_bound  # charged: the bound until the run's usage says less
+        self._checkpointed = (0, time.monotonic())
+        self._finished = self._refunded = False
+
+    @property
+    def cap(self) -> TokenAmount:
+        return self.verified.cap
+
+    def charge_now(self) -> TokenAmount:
+        """What the call costs for what was delivered so far (never above the cap; 0 once refunded)."""
+        if self._refunded:
+            return TokenAmount(0)
+        return TokenAmount(min(self.verified.pricing.cost(self.input_tokens, self.output_tokens), self.cap))
+
+    async def delivered(self, output_tokens: int, *, checkpoint: bool = True) -> None:
+        """`output_tokens` more reached the client; checkpoint the charge when one is due."""
+        self.output_tokens += output_tokens
+        if not checkpoint:
+            return
+        tokens, at = self._checkpointed
+        now = time.monotonic()
+        if self.output_tokens - tokens >= CHECKPOINT_TOKENS or (now - at >= CHECKPOINT_SECONDS and output_tokens):
+            self._checkpointed = (self.output_tokens, now)
+            await self._scheme.calls.checkpoint(self.call_id, self.charge_now())
+
+    async def finish(self, input_tokens: int | None = None) -> Charge:
+        """The stream ended (however): charge the input (at most its bound) and the output
+        delivered, give the rest of the cap back. Once; later calls change nothing."""
+        if input_tokens is not None:
+            self.input_tokens = min(input_tokens, self.verified.input_bound)
+        charge = self.charge_now()
+        if not self._finished:
+            self._finished = True
+            await self._give_back(TokenAmount(self.cap - charge))
+        voucher = self.verified.voucher
+        return Charge(charge, channel_id=voucher.channel_id, cumulative=voucher.amount)
+
+    async def settle(self) -> Charge:
+        return await self.finish()
+
+    async def refund(self) -> None:
+        """Nothing was served: the whole cap goes back."""
+        if not self._finished:
+            self._finished = self._refunded = True
+            await self._give_back(self.cap)
+
+    async def _give_back(self, amount: TokenAmount) -> None:
+        scheme, channel_id = self._scheme, self.verified.voucher.channel_id
+        self.credit = await scheme.ledger.refund(channel_id, amount)
+        await scheme.calls.finish(self.call_id)
+
+    def channel_view(self) -> dict[str, Any]:
+        return self._scheme.channels.channel_view(self.verified.voucher.channel_id, self.credit)
+
+    def reserved(self) -> SettlementResponse:
+        """The PAYMENT-RESPONSE at the start of a stream: the cap reserved, the channel as admitted."""
+        extra = {"scheme": self.scheme, "cap": str(self.cap), "maxTokens": self.max_tokens,
+                 "channel": self.channel_view()}
+        return SettlementResponse(success=True, network=self._scheme.network, transaction="",
+                                  payer=self.verified.payer, amount=self.cap, extra=extra)
+
+    def settlement(self, charge: Charge, receipt: dict[str, Any]) -> dict[str, Any]:
+        """The end of a call: what it cost, for which tokens, under which cap, and its receipt."""
+        return {"charge": str(charge.amount), "inputTokens": self.input_tokens, "outputTokens": self.output_tokens,
+                "cap": str(self.cap), "channel": self.channel_view(), "receipt": receipt}
+
+    def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
+        extra = {"scheme": self.scheme, **self.settlement(charge, receipt)}
+        del extra["charge"]
+        return SettlementResponse(success=True, network=self._scheme.network, transaction="",
+                                  payer=self.verified.payer, amount=charge.amount, extra=extra)
