@@ -267,7 +267,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
         text_runners=text_runners,
-        claimer=Claimer(ledger, state, sender, policy),
+        claimer=Claimer(ledger, state, sender, policy, reserved=metered_calls.reserved),
     )
     services.claimer.start()
     return services
