@@ -1,6 +1,7 @@
 """The SDK uses free trials first when a daemon offers them (`trial`, then `channel`, by default),
-says which trial call it was, and pays once they are used up, also when they were used up by
-another client of the same account, or by concurrent calls (a refused trial falls back to the channel)."""
+says which trial call it was, counts it at 0 against the spending limits, and pays once they are
+used up, also when they were used up by another client of the same account, or by concurrent calls
+(a refused trial falls back to the channel)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from eth_account.signers.local import LocalAccount
 from trial_fixtures import TOKEN_CALLS, relist, token_for, trial_models
 from web3 import Web3
 
-from marketplace.client import AsyncMarketplaceClient, CallResult, ChannelStore
+from marketplace.client import AsyncMarketplaceClient, CallResult, ChannelStore, SpendingBook, SpendingLimits
 from marketplace.daemon.settings import DaemonSettings, ServedModel
+from marketplace.errors import SpendingLimitReached
 
 pytestmark = pytest.mark.anyio
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
@@ -101,3 +103,20 @@ async def test_without_a_token_a_model_that_requires_one_is_paid(
     open_paid_channel(store, 10 * PRICE, payer=account)
     async with sdk(trial_daemon, account, store) as client:
         assert (await client.call(listing.model_id, INPUT)).scheme == "channel"
+
+
+async def test_spending_limits_count_trials_at_zero_and_stop_the_paid_calls(
+    trial_daemon: httpx.AsyncClient, listing: Listing, store: ChannelStore, open_paid_channel: Callable[..., Any],
+    w3: Web3, contracts: Any, dev_accounts: list[LocalAccount],
+) -> None:
+    account = funded(w3, contracts, dev_accounts[0])
+    open_paid_channel(store, 10 * PRICE, payer=account)
+    token = token_for(w3, contracts, listing.provider, account.address, listing.model_id)
+    async with sdk(trial_daemon, account, store, trial_tokens=[token], limits=SpendingLimits(total=PRICE)) as client:
+        results = [await client.call(listing.model_id, INPUT) for _ in range(TOKEN_CALLS + 1)]
+        with pytest.raises(SpendingLimitReached) as refused:
+            await client.call(listing.model_id, INPUT)
+    assert [r.scheme for r in results] == ["trial"] * TOKEN_CALLS + ["channel"]
+    assert (refused.value.limit, refused.value.spent, refused.value.needed) == ("total", PRICE, PRICE)
+    with SpendingBook(store.path) as book:
+        assert book.spent() == (PRICE, PRICE)  # the free calls held and spent nothing

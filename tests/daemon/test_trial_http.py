@@ -4,6 +4,7 @@ keys (sybils), concurrent calls; a failed run gives the trial back."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,8 +30,10 @@ from web3 import Web3
 from marketplace.daemon.settings import DaemonSettings, ServedModel
 from marketplace.payments.receipts import verify_receipt
 from marketplace.payments.x402 import parse_payment_required, parse_payment_response, parse_payment_signature
+from marketplace.types import TokenPricing
 
 pytestmark = pytest.mark.anyio
+PER_TOKEN = TokenPricing(per_call=1_000, per_input_token=10, per_output_token=100)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,26 @@ async def test_the_402_offers_trials_only_for_models_that_have_them(
         sneaked = await ask(plain, listing.model_id, trial_header(w3, contracts, requirements, consumer,
                                                                   listing.model_id, token=token))
         assert (sneaked.status_code, sneaked.json()["error"]) == (402, "unsupported_scheme")
+
+
+async def test_a_model_priced_per_token_offers_and_admits_no_trial(
+    trial_daemon: httpx.AsyncClient, listing: Listing, w3: Web3, contracts: Any
+) -> None:
+    consumer = Account.create()
+    requirements = await offer(trial_daemon, listing.model_id)
+    token = token_for(w3, contracts, listing.provider, consumer.address, listing.model_id)
+    state = trial_daemon.app.state.services.state  # type: ignore[attr-defined]
+    flat = state.model(listing.model_id)
+    state._models[listing.model_id] = dataclasses.replace(flat, token_pricing=PER_TOKEN)  # repriced per token
+    try:
+        refused = await ask(trial_daemon, listing.model_id,
+                            trial_header(w3, contracts, requirements, consumer, listing.model_id, token=token))
+        assert (refused.status_code, refused.json()["error"]) == (402, "unsupported_scheme")
+        assert [r.scheme for r in parse_payment_required(refused.headers["PAYMENT-REQUIRED"]).accepts] == ["metered"]
+    finally:
+        state._models[listing.model_id] = flat
+    hinted = await offer(trial_daemon, listing.model_id, **{"PAYMENT-CONSUMER": consumer.address})
+    assert hinted.extra["used"] == 0  # nothing was counted
 
 
 async def test_a_token_holder_gets_exactly_n_free_calls_then_pays(
