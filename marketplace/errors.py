@@ -508,6 +508,12 @@ REJECTION_STATUS: dict[str, int] = {
     "access_window_too_long": 402,
     "request_mismatch": 402,
     "access_replayed": 402,  # this (licenseId, nonce) already opened a request, on some replica
+    # trial (access_expired, access_window_too_long, request_mismatch as for a license)
+    "trial_token_required": 402,  # trials of this model need a token the provider signed for the consumer
+    "trial_token_invalid": 402,  # the token is not the provider's, or for another consumer or model
+    "trial_token_expired": 402,
+    "trial_exhausted": 402,  # the consumer used every trial call it is allowed, on some replica
+    "trial_replayed": 402,  # this (consumer, nonce) already opened a request, on some replica
     # metered
     "cap_too_low": 402,  # the cap does not cover per call + input bound + one output token
 }

@@ -31,6 +31,7 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.cli.pricing import InputTokenOption, MaxOutputTokensOption, OutputTokenOption, token_pricing
+from marketplace.cli.trial import trial_token
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ConfigError
 from marketplace.ipfs import (
@@ -47,9 +48,10 @@ __all__ = ["app"]
 
 app = typer.Typer(
     help="For providers: list models (artifact and metadata to IPFS, registration on chain), publish new "
-    "versions, reprice, pause, retire, offer licenses, see earnings and claim them.",
+    "versions, reprice, pause, retire, offer licenses, grant free trials, see earnings and claim them.",
     no_args_is_help=True,
 )
+app.command("trial-token")(trial_token)
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 
