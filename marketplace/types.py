@@ -22,7 +22,7 @@ __all__ = [
     "Wei",
 ]
 
-SCHEMES = ("channel", "exact", "license", "metered")  # the x402 payment schemes (docs/payment-protocol.md)
+SCHEMES = ("channel", "exact", "license", "metered", "trial")  # the x402 payment schemes (docs/payment-protocol.md)
 
 ModelId = NewType("ModelId", bytes)  # 32 bytes: keccak256(abi.encode(owner, salt))
 ChannelId = NewType("ChannelId", int)  # uint256(keccak256(abi.encode(ChannelTerms)))

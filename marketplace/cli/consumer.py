@@ -33,6 +33,7 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.cli.spend import PerCallOption, PerDayOption, TotalOption, limits, limits_of, proxy
+from marketplace.cli.trial import TrialTokenOption, read_trial_tokens
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ConfigError
 from marketplace.ipfs import DagReader, StoreKind, open_store
@@ -270,8 +271,10 @@ def call(
     ] = None,
     scheme: Annotated[
         list[str] | None,
-        typer.Option(help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: channel)."),
+        typer.Option(help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: trial, then "
+                          "channel: free trial calls while the daemon offers them, then your channel)."),
     ] = None,
+    trial_token: TrialTokenOption = None,
     channel: Annotated[str | None, typer.Option(help="Pay from this channel (default: your best open one).")] = None,
     receipts_dir: Annotated[
         Path | None, typer.Option(help="Where receipts go (default: the data dir's receipts/).")
@@ -288,7 +291,8 @@ def call(
     from marketplace.client import ChannelStore, MarketplaceClient, SpendingBook
 
     model_id, body = model_id_arg(model), read_json_argument(input_, "--input")
-    schemes = scheme or ["channel"]
+    tokens = read_trial_tokens(trial_token or [])
+    schemes = scheme or ["trial", "channel"]
     unknown = [s for s in schemes if s not in SCHEMES]
     if unknown:
         raise ConfigError(f"--scheme must be among {', '.join(SCHEMES)}, got {', '.join(unknown)}")
@@ -307,6 +311,7 @@ def call(
     with ChannelStore() as channels, SpendingBook(channels.path) as book, MarketplaceClient(
         url, market.account, store=channels, channel_id=channel_id_arg(channel) if channel else None,
         schemes=[s for s in schemes if s != "license" or license_id is not None], license_id=license_id, max_price=cap,
+        trial_tokens=tokens,
         limits=limits_of(book, per_call, per_day, total),
     ) as client:
         result = client.call(model_id, body)
@@ -316,7 +321,10 @@ def call(
     paid = f"{format_tokens(int(message['amount']))} MKT by {result.scheme}"
     if result.scheme == "channel":
         paid += f" (channel total {format_tokens(int(message['cumulative']))} MKT)"
-    err.print(f"paid {paid}; receipt saved to {path}")
+    if result.trial is not None:
+        err.print(f"free trial call {result.trial[0]} of {result.trial[1]}; receipt saved to {path}")
+    else:
+        err.print(f"paid {paid}; receipt saved to {path}")
 
 
 def _endpoint(catalog: Catalog, model_id: bytes, chain_id: int) -> str:

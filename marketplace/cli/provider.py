@@ -31,6 +31,7 @@ from marketplace.cli.account import (
 )
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
 from marketplace.cli.pricing import InputTokenOption, MaxOutputTokensOption, OutputTokenOption, token_pricing
+from marketplace.cli.trial import trial_token
 from marketplace.config import DEFAULT_RPC_URL, data_dir
 from marketplace.errors import ConfigError
 from marketplace.ipfs import (
@@ -47,9 +48,10 @@ __all__ = ["app"]
 
 app = typer.Typer(
     help="For providers: list models (artifact and metadata to IPFS, registration on chain), publish new "
-    "versions, reprice, pause, retire, offer licenses, see earnings and claim them.",
+    "versions, reprice, pause, retire, offer licenses, grant free trials, see earnings and claim them.",
     no_args_is_help=True,
 )
+app.command("trial-token")(trial_token)
 
 ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help="Model id (0x + 64 hex digits).")]
 
@@ -436,14 +438,17 @@ async def _claim(session: Session, url: str, everything: bool) -> Any:
     from marketplace.chain.state import ChainStateCache
     from marketplace.payments.claimer import Claimer, ClaimPolicy
     from marketplace.payments.ledger import open_ledger
+    from marketplace.payments.ledger.metered import open_metered_calls
 
     ledger = await asyncio.to_thread(open_ledger, url)
+    metered_calls = await asyncio.to_thread(open_metered_calls, url)  # a running daemon's streams in flight
     state = ChainStateCache.connect(session.rpc_url, session.deployment)
     try:
         await state.start(follow=False)
-        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy())
+        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy(), reserved=metered_calls.reserved)
         return await claimer.claim_now(everything=everything)
     finally:
         await state.stop()
+        await metered_calls.close()
         await ledger.close()
 

@@ -18,6 +18,7 @@ from marketplace.cli.account import (
     open_session,
     out,
 )
+from marketplace.cli.trial import TrialTokenOption, read_trial_tokens
 from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError
 from marketplace.tokens import format_tokens, parse_tokens
@@ -94,7 +95,9 @@ def proxy(
         help="Forward everything to this daemon (default: the endpoint registered for the model a request names)."
     )] = None,
     scheme: Annotated[list[str] | None, typer.Option(
-        help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: metered, channel).")] = None,
+        help=f"How to pay, in order of preference: {', '.join(SCHEMES)} (default: trial, metered, channel: "
+             "free trial calls while the daemon offers them, then your channel).")] = None,
+    trial_token: TrialTokenOption = None,
     channel: Annotated[str | None, typer.Option(help="Pay from this channel (default: your best open one).")] = None,
     license_id: Annotated[int | None, typer.Option("--license", help="Pay with this license NFT (scheme license).")]
     = None,
@@ -119,7 +122,8 @@ def proxy(
     from marketplace.client import ChannelStore, PaymentAuth, SpendingBook
     from marketplace.client.proxy import create_proxy
 
-    schemes = scheme or ["metered", "channel"]
+    tokens = read_trial_tokens(trial_token or [])
+    schemes = scheme or ["trial", "metered", "channel"]
     if unknown := [s for s in schemes if s not in SCHEMES]:
         raise ConfigError(f"--scheme must be among {', '.join(SCHEMES)}, got {', '.join(unknown)}")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
@@ -129,7 +133,8 @@ def proxy(
     book = SpendingBook(store.path)
     chosen = limits_of(book, per_call, per_day, total)
     auth = PaymentAuth(market.account, store=store, schemes=schemes, license_id=license_id,
-                       channel_id=channel_id_arg(channel) if channel else None, limits=chosen, spending=book,
+                       channel_id=channel_id_arg(channel) if channel else None, trial_tokens=tokens,
+                       limits=chosen, spending=book,
                        max_price=parse_tokens(max_price, what="--max-price", allow_zero=True) if max_price else None)
 
     def endpoint_of(model_id: bytes) -> str:

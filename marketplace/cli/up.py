@@ -23,7 +23,8 @@ from marketplace.chain.errors import ChainError, DeploymentNotFound
 from marketplace.cli.chain import print_deployment
 from marketplace.cli.serve import dashboard_hint
 from marketplace.config import DEFAULT_RPC_URL, ToolchainError, data_dir
-from marketplace.tokens import parse_tokens
+from marketplace.tokens import format_pricing, parse_tokens
+from marketplace.types import TokenPricing
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -35,9 +36,12 @@ __all__ = ["up"]
 
 DEMO_TOKENS = 1_000_000 * 10**18  # minted to each Anvil dev account, so consumers can pay
 DEMO_PRICE = "0.002"
-# The text model's price per call, flat for now: per-token prices (issue 11) are registered here
-# once ModelRegistry takes them (per call, per input token, per output token, max output tokens).
-TEXT_PRICE = "0.001"
+# The text model is priced per token (issue 11): per call, per prompt token, per generated token,
+# at most 256 generated tokens a call; paid with the `metered` scheme on the OpenAI routes.
+TEXT_PRICE = "0.0001"
+TEXT_PRICE_PER_INPUT_TOKEN = "0.000001"
+TEXT_PRICE_PER_OUTPUT_TOKEN = "0.00001"
+TEXT_MAX_OUTPUT_TOKENS = 256
 out = Console()
 
 
@@ -114,6 +118,9 @@ def up(
         text = list_model(Market(w3, deployment, provider), store, text_spec.path,
                           ModelMetadata.model_validate(text_spec.metadata()), price=parse_tokens(TEXT_PRICE),
                           payee=provider.address, endpoint=daemon_url)
+        text_pricing = TokenPricing(parse_tokens(TEXT_PRICE), parse_tokens(TEXT_PRICE_PER_INPUT_TOKEN),
+                                    parse_tokens(TEXT_PRICE_PER_OUTPUT_TOKEN), TEXT_MAX_OUTPUT_TOKENS)
+        Market(w3, deployment, provider).registry.set_token_prices(text.model_id, text_pricing)
         ledger = home / "ledger.db"
         if database_url is None:  # a fresh chain has fresh channels: start the ledger afresh too
             for stale in home.glob("ledger.db*"):
@@ -135,7 +142,7 @@ def up(
         _wait_started(server, thread)
         _print_welcome(daemon_url, node_url, settings.database_url, "0x" + listed.model_id.hex(),
                        str(listed.artifact), spec.example_input, dashboard_hint(daemon_url, settings),
-                       f"0x{text.model_id.hex()}  (built-in text model, {TEXT_PRICE} MKT per call, artifact "
+                       f"0x{text.model_id.hex()}  (built-in text model, {format_pricing(text_pricing)}, artifact "
                        f"{text.artifact}; OpenAI routes /v1/chat/completions, /v1/completions)")
         if not exit_after_start:
             out.print("[bold green]marketplace is up[/] — press Ctrl-C to stop")

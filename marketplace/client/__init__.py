@@ -10,7 +10,7 @@ an EIP-3009 transfer, keeping the channel's state durably.
     MarketplaceClient        .infer(model_id, input) -> (output, receipt); AsyncMarketplaceClient
 """
 
-from marketplace.client.auth import SCHEMES, ChannelAuth, PaymentAuth
+from marketplace.client.auth import DEFAULT_SCHEMES, SCHEMES, ChannelAuth, PaymentAuth
 from marketplace.client.client import (
     AsyncMarketplaceClient,
     CallResult,
@@ -20,6 +20,7 @@ from marketplace.client.spending import SpendingBook, SpendingLimits
 from marketplace.client.store import ChannelRecord, ChannelStore, default_store_path
 
 __all__ = [
+    "DEFAULT_SCHEMES",
     "SCHEMES",
     "AsyncMarketplaceClient",
     "CallResult",

@@ -9,9 +9,11 @@
 2. On a 402 (the upfront offer is forgotten: its price may have changed) each payer learns from the
    offers of its scheme (the channel payer checks the daemon's view against our own record); then
    the first scheme the caller allows that is offered and that its payer `pays` is signed, and the
-   request is sent again, once. A price above `max_price`, or one that would take the client past
-   its `budget` or a spending limit (`limits`, durable: `SpendingBook`), aborts before anything is
-   signed; the limits hold the price (a metered call's cap) on disk before the payment leaves.
+   request is sent again, once (and once more if the refused scheme `falls_back`: a trial used up
+   meanwhile lets the next scheme pay). A price above `max_price`, or one that would take the client
+   past its `budget` or a spending limit (`limits`, durable: `SpendingBook`), aborts before anything
+   is signed; the limits hold the price (a metered call's cap; a trial's 0) on disk before the
+   payment leaves.
 3. A 2xx with PAYMENT-RESPONSE is `complete`d by the payer (the channel's state moves forward,
    committed to disk before the caller sees the answer) and the hold is settled to the charge (a
    metered stream's when it ends); a refused payment gives the hold back (but an `exact` transfer's).
@@ -40,9 +42,18 @@ import httpx
 from eth_account.signers.local import LocalAccount
 
 from marketplace.client.errors import BudgetExceeded, ChannelExhausted, NoPaymentOption, PriceAboveMax
-from marketplace.client.schemes import Attempt, ChannelPayer, ExactPayer, LicensePayer, MeteredPayer, SchemePayer
+from marketplace.client.schemes import (
+    Attempt,
+    ChannelPayer,
+    ExactPayer,
+    LicensePayer,
+    MeteredPayer,
+    SchemePayer,
+    TrialPayer,
+)
 from marketplace.client.spending import Hold, SpendingBook, SpendingLimits
 from marketplace.client.store import ChannelRecord, ChannelStore
+from marketplace.payments.schemes.trial import TrialToken
 from marketplace.payments.x402 import (
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
@@ -53,7 +64,10 @@ from marketplace.payments.x402 import (
 )
 from marketplace.types import SCHEMES
 
-__all__ = ["SCHEMES", "ChannelAuth", "PaymentAuth"]
+__all__ = ["DEFAULT_SCHEMES", "SCHEMES", "ChannelAuth", "PaymentAuth"]
+
+# free trials first while offered, then a channel (flat-priced models) or `metered` (per-token models)
+DEFAULT_SCHEMES = ("trial", "channel", "metered")
 
 
 @dataclass(frozen=True)
@@ -87,9 +101,13 @@ def _offers(response: httpx.Response) -> tuple[PaymentRequirements, ...] | None:
 
 
 class PaymentAuth(httpx.Auth):
-    """Pays x402 402s from a payment channel (default), a license, or an EIP-3009 transfer.
+    """Pays x402 402s with a free trial, a payment channel (default: trial, then channel), a
+    license, or an EIP-3009 transfer.
 
-    `schemes` is the caller's order of preference among "channel", "exact", "license" and "metered".
+    `schemes` is the caller's order of preference among "trial", "channel", "exact", "license" and
+    "metered" (a daemon offers a metered model `metered` only, a flat one never: list both to call
+    either); "trial" is used while the daemon offers trials left for this account (`trial_tokens`:
+    the providers' TrialTokens for it, when a model's trials need one).
     `channel_id` pins the channel; otherwise the store's best unexpired channel for the model is
     used. `license_id` (or `licenses`, per model id) enables "license". `max_price` (per call) and
     `budget` (in total: what this client's signatures can cost, see `committed`) are in token units.
@@ -104,9 +122,10 @@ class PaymentAuth(httpx.Auth):
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("channel",),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
         licenses: Mapping[bytes, int] | None = None,
+        trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
         limits: SpendingLimits | None = None,
@@ -128,6 +147,7 @@ class PaymentAuth(httpx.Auth):
             "exact": lambda: ExactPayer(account, clock),
             "license": lambda: LicensePayer(account, license_id=license_id, licenses=licenses, clock=clock),
             "metered": lambda: MeteredPayer(account, self.store, channel_id=channel_id, clock=clock),
+            "trial": lambda: TrialPayer(account, tokens=trial_tokens, clock=clock),
         }
         self._payers = {scheme: payers[scheme]() for scheme in self.schemes}  # in the caller's order
         self._lock = threading.Lock()  # the budget's counters only: never held across I/O
@@ -210,9 +230,18 @@ class PaymentAuth(httpx.Auth):
                 yield _Blocking(partial(self._pay, call, offers))
                 response = yield request
                 if (offers := _offers(response)) is not None:
+                    refused = call.attempt
                     yield _Blocking(partial(self._refused, call))
                     yield _Blocking(partial(self._learn, offers))  # so that the next call starts from the daemon's view
-                    return
+                    if refused is None or not self._payers[refused.requirements.scheme].falls_back:
+                        return
+                    # e.g. a trial refused (used up meanwhile): the next scheme pays, once
+                    yield _Blocking(partial(self._pay, call, offers, skip=refused.requirements.scheme))
+                    response = yield request
+                    if (offers := _offers(response)) is not None:
+                        yield _Blocking(partial(self._refused, call))
+                        yield _Blocking(partial(self._learn, offers))
+                        return
             if call.attempt is not None:
                 yield _Blocking(partial(self._complete, call, response))
         finally:
@@ -223,23 +252,27 @@ class PaymentAuth(httpx.Auth):
     def _upfront(self, call: _Call) -> None:
         """Pay a URL paid before with the same offer; otherwise let the payers announce the unpaid request."""
         known = self._paid.get(call.url)
-        if known is not None:
+        upfront = self._payers[known.scheme] if known is not None else None
+        # a scheme that falls back (trial) is paid upfront only while its payer still pays (trials left)
+        if known is not None and upfront is not None and (not upfront.falls_back or upfront.pays(known, call.url)):
             try:
-                self._sign(call, self._payers[known.scheme], known)
+                self._sign(call, upfront, known)
                 return
             except ChannelExhausted:  # the deposit looks spent: ask the daemon first (a top-up?)
                 pass
         for payer in self._payers.values():
             payer.announce(call.request, call.url)
 
-    def _pay(self, call: _Call, offers: Sequence[PaymentRequirements]) -> None:
-        """Pay the first offer of the caller's schemes that its payer can pay."""
+    def _pay(self, call: _Call, offers: Sequence[PaymentRequirements], skip: str | None = None) -> None:
+        """Pay the first offer of the caller's schemes (but `skip`, just refused) that its payer can pay."""
         self._learn(offers)
-        offered = {requirements.scheme: requirements for requirements in offers}
+        offered = {requirements.scheme: requirements for requirements in offers if requirements.scheme != skip}
         reasons = []
         for scheme, payer in self._payers.items():
             requirements = offered.get(scheme)
-            if requirements is None:
+            if scheme == skip:
+                reasons.append(f"{scheme} was refused")
+            elif requirements is None:
                 reasons.append(f"{scheme} is not offered")
             elif not payer.pays(requirements, call.url):
                 reasons.append(payer.missing)

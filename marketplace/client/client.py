@@ -20,12 +20,13 @@ from typing import Any, Self
 import httpx
 from eth_account.signers.local import LocalAccount
 
-from marketplace.client.auth import PaymentAuth
+from marketplace.client.auth import DEFAULT_SCHEMES, PaymentAuth
 from marketplace.client.errors import CallFailed, DaemonUnreachable, PaymentRefused
 from marketplace.client.spending import SpendingLimits
 from marketplace.client.store import ChannelStore
 from marketplace.payments.errors import ReceiptInvalid
 from marketplace.payments.receipts import body_hash, verify_receipt
+from marketplace.payments.schemes.trial import TrialToken
 from marketplace.payments.x402 import (
     PAYMENT_RESPONSE_HEADER,
     SettlementResponse,
@@ -63,6 +64,15 @@ class CallResult:
     @property
     def scheme(self) -> str:
         return str((self.settlement.extra or {}).get("scheme", ""))
+
+    @property
+    def trial(self) -> tuple[int, int] | None:
+        """(call, calls) of a free trial call: this was call `call` of the `calls` the consumer has."""
+        trial = (self.settlement.extra or {}).get("trial")
+        if self.scheme != "trial" or not isinstance(trial, dict):
+            return None
+        call, calls = trial.get("call"), trial.get("calls")
+        return (call, calls) if isinstance(call, int) and isinstance(calls, int) else None
 
     def save(self, directory: Path) -> Path:
         """Write the PAYMENT-RESPONSE (receipt included) and both bodies; the receipt file's path.
@@ -128,8 +138,9 @@ class MarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("channel",),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
+        trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
         limits: SpendingLimits | None = None,
@@ -138,8 +149,8 @@ class MarketplaceClient:
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget,
-                                          "limits": limits})
+                                          "license_id": license_id, "trial_tokens": trial_tokens,
+                                          "max_price": max_price, "budget": budget, "limits": limits})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any) -> CallResult:
@@ -176,8 +187,9 @@ class AsyncMarketplaceClient:
         *,
         store: ChannelStore | None = None,
         channel_id: int | None = None,
-        schemes: Sequence[str] = ("channel",),
+        schemes: Sequence[str] = DEFAULT_SCHEMES,
         license_id: int | None = None,
+        trial_tokens: Sequence[TrialToken] = (),
         max_price: int | None = None,
         budget: int | None = None,
         limits: SpendingLimits | None = None,
@@ -186,8 +198,8 @@ class AsyncMarketplaceClient:
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
-                                          "license_id": license_id, "max_price": max_price, "budget": budget,
-                                          "limits": limits})
+                                          "license_id": license_id, "trial_tokens": trial_tokens,
+                                          "max_price": max_price, "budget": budget, "limits": limits})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

@@ -4,6 +4,7 @@
     exact    exact_payload(...)         an EIP-3009 ReceiveWithAuthorization when offered (only the payee
                                         can submit it), else a TransferWithAuthorization as x402 clients sign it
     license  license_payload(...)       a single-use LicenseAccess message for one request
+    trial    trial_payload(...)         a single-use TrialRequest for one request (+ the provider's token)
 
 Each reads the domain it signs in from the requirements (`extra`) and checks it first, so a daemon
 cannot get a signature for another chain than the one it names.
@@ -23,10 +24,11 @@ from marketplace.payments.eip712 import MESSAGE_TYPES, Domain, sign_digest
 from marketplace.payments.schemes.channel import voucher_payload
 from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER
 from marketplace.payments.schemes.license import sign_license_access
+from marketplace.payments.schemes.trial import TrialToken, sign_trial_request, trial_domain
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.payments.x402 import PaymentRequirements
 
-__all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload", "voucher_domain"]
+__all__ = ["chain_id_of", "channel_payload", "exact_payload", "license_payload", "trial_payload", "voucher_domain"]
 
 def chain_id_of(requirements: PaymentRequirements, url: str) -> int:
     """The chain id of an `eip155:<id>` network (and of `extra.chainId`, which must agree)."""
@@ -83,16 +85,32 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
     }
 
 
+def _model_and_deadline(requirements: PaymentRequirements, url: str, now: int) -> tuple[bytes, int]:
+    """The model a license or trial offer names, and a deadline half its allowed window away."""
+    model = requirements.extra.get("modelId")
+    if not isinstance(model, str) or len(model) != 66:
+        raise NoPaymentOption(url, requirements.scheme, requirements.extra, "the offer names no model")
+    window = requirements.extra.get("maxWindowSeconds")
+    window = window if isinstance(window, int) and window > 0 else 300
+    return bytes.fromhex(model[2:]), now + max(window // 2, 1)
+
+
 def license_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, license_id: int,
                     request: httpx.Request, now: int) -> dict[str, str]:
     """A LicenseAccess signature opening this one request (method, URL path, body) once, with a
     fresh random nonce, valid for half the allowed window."""
-    model = requirements.extra.get("modelId")
-    if not isinstance(model, str) or len(model) != 66:
-        raise NoPaymentOption(url, "license", requirements.extra, "the offer names no model")
-    window = requirements.extra.get("maxWindowSeconds")
-    window = window if isinstance(window, int) and window > 0 else 300
+    model_id, deadline = _model_and_deadline(requirements, url, now)
     return sign_license_access(account, chain_id=chain_id_of(requirements, url),
                                licenses=_address(requirements, "licenses", url), license_id=license_id,
-                               model_id=bytes.fromhex(model[2:]), method=request.method, path=request.url.path,
-                               body=request.content, deadline=now + max(window // 2, 1))
+                               model_id=model_id, method=request.method, path=request.url.path,
+                               body=request.content, deadline=deadline)
+
+
+def trial_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, request: httpx.Request,
+                  now: int, token: TrialToken | None) -> dict[str, Any]:
+    """A TrialRequest signature spending one free call on this one request, once (a fresh random
+    nonce), valid for half the allowed window; with the provider's `token` for the model, if any."""
+    model_id, deadline = _model_and_deadline(requirements, url, now)
+    domain = trial_domain(chain_id_of(requirements, url), _address(requirements, "registry", url))
+    return sign_trial_request(account, domain, model_id=model_id, method=request.method, path=request.url.path,
+                              body=request.content, deadline=deadline, token=token)

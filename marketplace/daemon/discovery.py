@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -36,8 +36,8 @@ _NO_HEADERS: dict[str, str] = {}
 
 def paid_route(description: str, *, models: Literal["served", "text"] = "served",
                mime_type: str = "application/json") -> dict[str, Any]:
-    """The `openapi_extra` entry that lists a route in `/.well-known/x402`: for every served model
-    (`served`) or every served text model (`text`, the OpenAI routes); `{model_id}` in its path is
+    """The `openapi_extra` entry that lists a route in `/.well-known/x402`: for every model served by
+    a runner (`served`: /infer) or every served text model (`text`, the OpenAI routes); `{model_id}` in its path is
     the model's id. `description` may name `{name}` (the model's) and `{model_id}`."""
     return {PAID_ROUTE_KEY: {"description": description, "models": models, "mimeType": mime_type}}
 
@@ -73,7 +73,7 @@ class Discovery:
 
     async def _build(self, app: FastAPI) -> dict[str, Any]:
         services = self.services
-        served = [model for model_id in services.runners
+        served = [model for model_id in (*services.runners, *services.text_runners)
                   if (model := services.state.model(model_id)) is not None and model.status is ModelStatus.ACTIVE]
         entries = {entry.info.model_id: entry for entry in await self.entries(served)}
         updated = datetime.fromtimestamp(services.state.now(), UTC).isoformat().replace("+00:00", "Z")
@@ -86,7 +86,7 @@ class Discovery:
 
     def _resources(self, app: FastAPI, entries: dict[bytes, CatalogEntry]) -> list[PaidResource]:
         base = self.services.settings.public_url.rstrip("/")
-        text_models = self.services.text_runners
+        served_by: dict[str, Container[bytes]] = {"served": self.services.runners, "text": self.services.text_runners}
         found = []
         for path, operations in app.openapi().get("paths", {}).items():
             for method, operation in operations.items():
@@ -94,7 +94,7 @@ class Discovery:
                 if spec is None:
                     continue
                 for model_id, entry in entries.items():
-                    if spec["models"] == "text" and model_id not in text_models:
+                    if model_id not in served_by[spec["models"]]:
                         continue
                     model_hex = "0x" + model_id.hex()
                     name = entry.metadata.name if entry.metadata is not None else model_hex

@@ -38,12 +38,14 @@ from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds
 from marketplace.payments.ledger.metered import MeteredCalls, open_metered_calls, settle_unfinished
+from marketplace.payments.ledger.trials import TrialCounter, open_trial_counter
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
 from marketplace.payments.schemes.exact import ExactScheme
 from marketplace.payments.schemes.license import LicenseScheme
 from marketplace.payments.schemes.metered import MeteredScheme
 from marketplace.payments.schemes.registry import SchemeRegistry
+from marketplace.payments.schemes.trial import TrialScheme, TrialTerms
 from marketplace.runners import (
     OnnxRunner,
     OnnxTextRunner,
@@ -69,6 +71,7 @@ class Services:
     ledger: CreditLedger
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
+    trials: TrialCounter  # free trial calls used per (consumer, model), in the ledger's database
     metered_calls: MeteredCalls  # metered calls in flight, settled on start if a crash left any
     schemes: SchemeRegistry  # what PaidCalls dispatches on
     channel: ChannelScheme  # also GET /v1/channels/{id}
@@ -86,6 +89,7 @@ class Services:
             await text_runner.aclose()
         await self.state.stop()
         await self.access.close()
+        await self.trials.close()
         await self.holds.close()
         await self.metered_calls.close()
         await self.ledger.close()
@@ -160,8 +164,8 @@ def metered_owner(settings: DaemonSettings) -> str:
 
 def _schemes(
     settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
-    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, metered_calls: MeteredCalls,
-    text_runners: dict[bytes, TextRunner],
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter, metered_calls: MeteredCalls,
+    text_runners: dict[bytes, TextRunner], account: LocalAccount,
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
     and the channel scheme, which GET /v1/channels/{id} uses as well."""
@@ -177,11 +181,16 @@ def _schemes(
                         search_from=deployment.start_block)
     license = LicenseScheme(state, w3, access=access)
     state.on_license_change(license.invalidate)
+    terms = {bytes.fromhex(served.model_id[2:]): TrialTerms(served.trial_calls, served.trial_token_required)
+             for served in settings.models}
+    trial = TrialScheme(state, deployment.addresses["ModelRegistry"], terms, access=access, counter=trials,
+                        issuers=(account.address,))
+
     def exact_input(model_id: bytes) -> bool:
         return model_id in text_runners and text_runners[model_id].exact_input
 
     metered = MeteredScheme(channel, ledger, metered_calls, owner=metered_owner(settings), exact_input=exact_input)
-    return SchemeRegistry((channel, exact, license, metered)), channel
+    return SchemeRegistry((channel, exact, license, metered, trial)), channel
 
 
 def preflight(settings: DaemonSettings) -> tuple[Web3, Deployment, LocalAccount]:
@@ -206,10 +215,12 @@ async def start_services(settings: DaemonSettings) -> Services:
     text_runners: dict[bytes, TextRunner] = {}
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
+    trials: TrialCounter | None = None
     metered_calls: MeteredCalls | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         holds = await asyncio.to_thread(open_holds, settings.database_url)
+        trials = await asyncio.to_thread(open_trial_counter, settings.database_url)
         metered_calls = await asyncio.to_thread(open_metered_calls, settings.database_url)
         await settle_unfinished(metered_calls, ledger, metered_owner(settings))
         for served in settings.models:
@@ -230,7 +241,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         for text_runner in text_runners.values():
             await text_runner.aclose()
         await state.stop()
-        for store in (access, holds, metered_calls):
+        for store in (access, holds, trials, metered_calls):
             if store is not None:
                 await store.close()
         await ledger.close()
@@ -241,8 +252,8 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, metered_calls,
-                                text_runners)
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, metered_calls,
+                                text_runners, account)
     services = Services(
         settings=settings,
         account=account,
@@ -250,13 +261,14 @@ async def start_services(settings: DaemonSettings) -> Services:
         ledger=ledger,
         access=access,
         holds=holds,
+        trials=trials,
         metered_calls=metered_calls,
         schemes=schemes,
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
         text_runners=text_runners,
-        claimer=Claimer(ledger, state, sender, policy),
+        claimer=Claimer(ledger, state, sender, policy, reserved=metered_calls.reserved),
     )
     services.claimer.start()
     return services

@@ -89,6 +89,11 @@ TEXT_RUNNERS = (OnnxTextRunnerConfig, OpenAIUpstreamRunnerConfig)  # served on t
 class ServedModel(BaseModel):
     model_id: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$", description="ModelRegistry id (bytes32 hex)")
     runner: RunnerConfig = OnnxRunnerConfig()
+    trial_calls: int = Field(0, ge=0, description="free calls per consumer (0: no trials; flat-priced models "
+                                                  "only); docs/payment-protocol.md")
+    trial_token_required: bool = Field(
+        True, description="a trial needs a TrialToken the provider signed for the consumer (the sybil defence)"
+    )
 
     @property
     def is_text(self) -> bool:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,9 +171,17 @@ class Claimer:
     """Claims the ledger's vouchers on-chain (see the module doc). One run at a time."""
 
     def __init__(
-        self, ledger: CreditLedger, state: ChannelSource, sender: Sender, policy: ClaimPolicy = ClaimPolicy()
+        self,
+        ledger: CreditLedger,
+        state: ChannelSource,
+        sender: Sender,
+        policy: ClaimPolicy = ClaimPolicy(),
+        reserved: Callable[[ChannelId], Awaitable[TokenAmount]] | None = None,
     ) -> None:
+        """`reserved(channel)`: credit counted as consumed that calls in flight may still give back
+        (a metered stream's cap beyond its checkpoint, `MeteredCalls.reserved`); never claimed."""
         self.ledger = ledger
+        self._reserved = reserved
         self.state = state
         self.sender = sender
         self.policy = policy
@@ -223,7 +231,7 @@ class Claimer:
             elif info.reclaimed:
                 self._drop(channel_id, credit.consumed, "the channel was reclaimed by its payer", report)
             elif everything or self._is_due(credit, info, now):
-                voucher = await self._claimable_voucher(credit, info, report)
+                voucher = await self._claimable_voucher(credit, info, report, await self._served(credit))
                 if voucher is not None:
                     due[info.payee].append(_Due(info, *voucher, max(info.claimed, int(credit.claimed))))
         return due
@@ -248,26 +256,35 @@ class Claimer:
                     amount, channel_id, block)
         return False
 
+    async def _served(self, credit: Credit) -> int:
+        """`consumed` without what calls in flight hold and may still give back."""
+        held = await self._reserved(credit.channel_id) if self._reserved is not None else 0
+        return int(credit.consumed) - held
+
     async def _claimable_voucher(
-        self, credit: Credit, info: ChannelInfo, report: ClaimReport
+        self, credit: Credit, info: ChannelInfo, report: ClaimReport, served: int
     ) -> tuple[int, bytes, int] | None:
         """(amount, signature, payout) to claim: a voucher for exactly what was served (`earned ==
         consumed`, the pay-as-you-go case) whole, as it publishes no credit; else the stored voucher
         (`authorized`), unless it exceeds the deposit (a reorg rolled a top-up back): then the
         highest one kept within the deposit. The payout is ``min(voucher, consumed)``: credit a call
-        did not use stays the payer's."""
+        did not use stays the payer's; `served` is `consumed` less what calls in flight may still
+        give back (a claim taken during a metered stream would otherwise take its whole cap)."""
         assert credit.signature is not None
-        if credit.earned == credit.consumed <= info.deposit and credit.earned_signature is not None:
+        if credit.earned == served <= info.deposit and credit.earned_signature is not None:
             return int(credit.earned), bytes(credit.earned_signature), int(credit.earned)
         voucher: tuple[int, bytes] | None = (int(credit.authorized), bytes(credit.signature))
         if credit.authorized > info.deposit:
             voucher = await self.ledger.best_voucher(credit.channel_id, TokenAmount(info.deposit))
-        payout = min(voucher[0], int(credit.consumed)) if voucher is not None else 0
-        if voucher is None or payout <= info.claimed:
+        if voucher is None:
             report.deferred[info.channel_id] = (
                 f"the voucher held ({credit.authorized}) exceeds the deposit {info.deposit}; "
                 "none within it pays more"
             )
+            return None
+        payout = min(voucher[0], served)
+        if payout <= info.claimed:
+            report.deferred[info.channel_id] = "what is unclaimed is held by calls in flight"
             return None
         return voucher[0], voucher[1], payout
 

@@ -12,6 +12,8 @@ against these.
     RECEIVE_WITH_AUTHORIZATION    MarketToken       (EIP-3009; only the payee may submit it)
     CANCEL_AUTHORIZATION          MarketToken       (EIP-3009)
     LICENSE_ACCESS                off chain         {"ModelMarketplace", "1", chainId, Licenses}
+    TRIAL_TOKEN                   off chain         {"ModelMarketplace", "1", chainId, ModelRegistry}
+    TRIAL_REQUEST                 off chain         {"ModelMarketplace", "1", chainId, ModelRegistry}
     RECEIPT                       off chain         {"ModelMarketplace Receipt", "1", chainId, ModelRegistry}
 
 Hashing uses a precomputed domain separator and the C keccak (safe-pysha3), signing uses
@@ -45,6 +47,8 @@ __all__ = [
     "RECEIPT_DOMAIN_NAME",
     "RECEIVE_WITH_AUTHORIZATION",
     "TRANSFER_WITH_AUTHORIZATION",
+    "TRIAL_REQUEST",
+    "TRIAL_TOKEN",
     "VOUCHER",
     "Domain",
     "KeySigner",
@@ -282,7 +286,7 @@ class Domain:
 
 # --- the marketplace's messages --------------------------------------------------------------------
 
-MARKETPLACE_DOMAIN_NAME = "ModelMarketplace"  # vouchers (escrow) and license access (Licenses)
+MARKETPLACE_DOMAIN_NAME = "ModelMarketplace"  # vouchers (escrow), license access (Licenses), trials (ModelRegistry)
 RECEIPT_DOMAIN_NAME = "ModelMarketplace Receipt"  # a domain of its own: never mistaken for a voucher
 DOMAIN_VERSION = "1"
 
@@ -298,6 +302,15 @@ LICENSE_ACCESS = StructType("LicenseAccess", (
     ("licenseId", "uint256"), ("modelId", "bytes32"), ("method", "string"), ("path", "string"),
     ("requestHash", "bytes32"), ("nonce", "uint256"), ("deadline", "uint256"),
 ))
+# a provider grants `consumer` `calls` free calls of `modelId` until `expiry` (the sybil defence of trials)
+TRIAL_TOKEN = StructType("TrialToken", (
+    ("consumer", "address"), ("modelId", "bytes32"), ("calls", "uint256"), ("expiry", "uint256"),
+))
+# a consumer spends one free call on one request (bound as LicenseAccess is)
+TRIAL_REQUEST = StructType("TrialRequest", (
+    ("consumer", "address"), ("modelId", "bytes32"), ("method", "string"), ("path", "string"),
+    ("requestHash", "bytes32"), ("nonce", "uint256"), ("deadline", "uint256"),
+))
 RECEIPT = StructType("Receipt", (
     ("modelId", "bytes32"), ("artifactDigest", "bytes32"), ("artifactVersion", "uint32"),
     ("requestHash", "bytes32"), ("responseHash", "bytes32"), ("scheme", "string"), ("channelId", "uint256"),
@@ -306,5 +319,5 @@ RECEIPT = StructType("Receipt", (
 ))
 MESSAGE_TYPES: dict[str, StructType] = {struct.name: struct for struct in (
     VOUCHER, PERMIT, TRANSFER_WITH_AUTHORIZATION, RECEIVE_WITH_AUTHORIZATION, CANCEL_AUTHORIZATION,
-    LICENSE_ACCESS, RECEIPT,
+    LICENSE_ACCESS, TRIAL_TOKEN, TRIAL_REQUEST, RECEIPT,
 )}

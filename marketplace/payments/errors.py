@@ -69,6 +69,12 @@ REJECTION_CODES: frozenset[str] = frozenset({
     "access_window_too_long",
     "request_mismatch",
     "access_replayed",  # this (licenseId, nonce) already opened a request, on some replica
+    # trial (access_expired, access_window_too_long, request_mismatch as for a license)
+    "trial_token_required",  # trials of this model need a token the provider signed for the consumer
+    "trial_token_invalid",  # the token is not the provider's, or for another consumer or model
+    "trial_token_expired",
+    "trial_exhausted",  # the consumer used every trial call it is allowed, on some replica
+    "trial_replayed",  # this (consumer, nonce) already opened a request, on some replica
     # metered
     "cap_too_low",  # the cap does not cover per call + input bound + one output token
 })

@@ -32,6 +32,7 @@ import onnxruntime as ort
 from marketplace.runners.errors import InferenceFailed, InvalidInput, ModelLoadFailed
 from marketplace.runners.text import TextCall, TextChunk, TextRunner, TextStream, TextUsage
 from marketplace.runners.text_model import VOCABULARY_KEY
+from marketplace.text.errors import InvalidPrompt
 from marketplace.text.prompt import chat_context, prompt_tokens
 from marketplace.text.tokenizer import tokenize
 from marketplace.types import ModelArtifact
@@ -40,6 +41,14 @@ __all__ = ["OnnxTextRunner", "Sampling"]
 
 _MAX_STOPS = 4
 _YIELD_EVERY = 16  # tokens generated between two turns given to the event loop
+
+
+def _prompt_tokens(call: TextCall) -> int:
+    """The prompt's exact token count; a body without a usable prompt is the runner's InvalidInput."""
+    try:
+        return prompt_tokens(call.kind, call.body)
+    except InvalidPrompt as error:
+        raise InvalidInput(error.detail, path=error.path) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,8 @@ def _held(text: str, stops: tuple[str, ...]) -> int:
 class OnnxTextRunner(TextRunner):
     """The built-in text model, loaded once from its ONNX file (already verified against its CID)."""
 
+    exact_input = True  # input tokens counted by marketplace/text, which clients run too
+
     def __init__(self, path: Path, *, artifact: ModelArtifact | None = None) -> None:
         self.artifact = artifact
         options = ort.SessionOptions()
@@ -132,14 +143,18 @@ class OnnxTextRunner(TextRunner):
 
     def input_tokens(self, call: TextCall) -> int:
         Sampling.of(call.body)  # refuse bad options before the call is paid for
-        return prompt_tokens(call.kind, call.body)
+        return _prompt_tokens(call)
 
     def stream(self, call: TextCall) -> TextStream:
-        return _Generation(self, call, Sampling.of(call.body), prompt_tokens(call.kind, call.body))
+        return _Generation(self, call, Sampling.of(call.body), _prompt_tokens(call))
 
     def context_of(self, call: TextCall) -> int:
         """The token the reply continues: the last known one of the prompt's end, else the boundary."""
-        for token in reversed(tokenize(chat_context(call.kind, call.body))):
+        try:
+            context = chat_context(call.kind, call.body)
+        except InvalidPrompt as error:
+            raise InvalidInput(error.detail, path=error.path) from None
+        for token in reversed(tokenize(context)):
             if (index := self._ids.get(token)) is not None:
                 return index
         return 0

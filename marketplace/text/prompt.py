@@ -11,12 +11,10 @@ of the prompt (completion): ``chat_context`` says which text that is.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
+from marketplace.text.errors import InvalidPrompt
 from marketplace.text.tokenizer import count_tokens
-
-if TYPE_CHECKING:
-    from marketplace.runners.errors import InvalidInput
 
 __all__ = ["CHAT_TEMPLATE", "chat_context", "prompt_text", "prompt_tokens"]
 
@@ -24,20 +22,12 @@ CHAT_TEMPLATE = "{role}: {content}\n\n"  # per message, then "assistant:"
 _ASSISTANT_CUE = "assistant:"
 
 
-def _invalid(detail: str, path: str) -> InvalidInput:
-    """The runner's InvalidInput (imported when raised: importing marketplace.runners loads onnxruntime
-    and numpy, which the client side of marketplace.text never needs; only the text runner raises it)."""
-    from marketplace.runners.errors import InvalidInput
-
-    return InvalidInput(detail, path=path)
-
-
 def _content(message: Any, index: int) -> tuple[str, str]:
     if not isinstance(message, Mapping):
-        raise _invalid("a message is an object", path=f"messages[{index}]")
+        raise InvalidPrompt("a message is an object", path=f"messages[{index}]")
     role, content = message.get("role"), message.get("content")
     if not isinstance(role, str) or not role:
-        raise _invalid("role is a non-empty string", path=f"messages[{index}].role")
+        raise InvalidPrompt("role is a non-empty string", path=f"messages[{index}].role")
     if content is None:
         return role, ""
     if isinstance(content, str):
@@ -47,16 +37,16 @@ def _content(message: Any, index: int) -> tuple[str, str]:
         for part_index, part in enumerate(content):
             text = part.get("text") if isinstance(part, Mapping) and part.get("type") == "text" else None
             if not isinstance(text, str):
-                raise _invalid("only text parts are read", path=f"messages[{index}].content[{part_index}]")
+                raise InvalidPrompt("only text parts are read", path=f"messages[{index}].content[{part_index}]")
             texts.append(text)
         return role, "".join(texts)
-    raise _invalid("content is a string or a list of text parts", path=f"messages[{index}].content")
+    raise InvalidPrompt("content is a string or a list of text parts", path=f"messages[{index}].content")
 
 
 def _messages(body: Mapping[str, Any]) -> list[tuple[str, str]]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _invalid("messages is a non-empty list", path="messages")
+        raise InvalidPrompt("messages is a non-empty list", path="messages")
     return [_content(message, index) for index, message in enumerate(messages)]
 
 
@@ -65,12 +55,12 @@ def _prompt(body: Mapping[str, Any]) -> str:
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise _invalid("prompt is a string (token arrays and batches are not taken)", path="prompt")
+        raise InvalidPrompt("prompt is a string (token arrays and batches are not taken)", path="prompt")
     return prompt
 
 
 def prompt_text(kind: Literal["chat", "completion"], body: Mapping[str, Any]) -> str:
-    """The text the model reads for a request (InvalidInput if ``body`` has no usable prompt)."""
+    """The text the model reads for a request (InvalidPrompt if ``body`` has no usable prompt)."""
     if kind == "chat":
         return "".join(CHAT_TEMPLATE.format(role=role, content=content) for role, content in _messages(body)) + (
             _ASSISTANT_CUE

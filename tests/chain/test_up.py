@@ -35,7 +35,10 @@ def test_up_deploys_and_exits_cleanly(tmp_path: Path) -> None:
     assert "funded 10 Anvil dev accounts" in result.stdout
     # both demo models are listed and served: the iris classifier and the built-in text model
     assert "(iris classifier, 0.002 MKT per call" in result.stdout
-    assert re.search(r"text model 0x[0-9a-f]{64}  \(built-in text model, 0.001 MKT per call, artifact b", result.stdout)
+    # the text model is priced per token on chain (the metered scheme)
+    assert re.search(r"text model 0x[0-9a-f]{64}  \(built-in text model, 0.0001 MKT per call \+ 0.000001 MKT per "
+                     r"input token \+ 0.00001 MKT per output token \(at most 256 output tokens a call\), artifact b",
+                     result.stdout)
     assert f"dashboard  http://127.0.0.1:{port}/dashboard  (from this machine only" in result.stdout
     rpc_url = result.stdout.split("rpc ", 1)[1].split()[0]
     # the printed commands work as printed: they name the node `up` started on a free port

@@ -17,8 +17,10 @@ from metered_standin import MODEL, PRICING, Standin, chunk, open_channel
 
 from marketplace.client import ChannelRecord, ChannelStore, PaymentAuth, SpendingBook, SpendingLimits
 from marketplace.client.errors import ChannelDispute, PriceAboveMax
-from marketplace.client.schemes.metered import cap_for
+from marketplace.client.schemes.metered import cap_for, input_bound
 from marketplace.client.sse import Meter
+from marketplace.payments.x402 import PaymentRequirements
+from marketplace.text.prompt import prompt_tokens
 from marketplace.types import TokenPricing
 
 URL = "http://daemon.test/v1/chat/completions"
@@ -179,3 +181,20 @@ def test_a_plain_answer_is_owed_and_spent_its_charge_once(channel: Any) -> None:
     charge = PRICING.cost(20, 2)
     assert store.get(record.channel_id).owed == charge
     assert auth.spending is not None and auth.spending.spent() == (charge, charge)  # settled once (was twice)
+
+
+def test_the_input_bound_is_exact_only_where_the_daemon_counts_with_our_tokenizer() -> None:
+    chat = {"model": "0x" + "ab" * 32, "max_tokens": 5, "messages": [{"role": "user", "content": "What is an iris?"}]}
+    body = json.dumps(chat).encode()
+
+    def offer(bound: str) -> PaymentRequirements:
+        return PaymentRequirements(scheme="metered", network="eip155:31337", amount=1, asset="0x" + "11" * 20,
+                                   pay_to="0x" + "22" * 20, max_timeout_seconds=60, extra={"inputBound": bound})
+
+    request = httpx.Request("POST", "http://daemon.test/v1/chat/completions", content=body)
+    exact = prompt_tokens("chat", chat)
+    assert input_bound(request, offer("exact")) == exact < len(body)  # a daemon claiming more is refused
+    assert input_bound(request, offer("utf8-body")) == len(body)
+    garbled = httpx.Request("POST", "http://daemon.test/v1/chat/completions", content=b'{"messages": 3}')
+    assert input_bound(garbled, offer("exact")) == len(garbled.content)  # the daemon refuses it anyway
+    assert cap_for(PRICING, body, None, exact) == PRICING.cost(exact, 5)

@@ -1,6 +1,7 @@
 """`marketplace consumer proxy`'s app over real HTTP: plain httpx through the proxy gets paid answers
-from the real daemon (channel-priced model on a real Anvil), a spending limit gives a clear 402, a
-daemon that is down a 502, a stream passes through as it is produced, and web pages are refused."""
+from the real daemon (channel-priced model on a real Anvil; free trials first), a spending limit
+gives a clear 402, a daemon that is down a 502, a stream passes through as it is produced, and web
+pages are refused."""
 
 from __future__ import annotations
 
@@ -10,22 +11,26 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 import httpx
-from client_fixtures import consumed_on_the_daemon
+from client_fixtures import consumed_on_the_daemon, fund
 from daemon_fixtures import PRICE, Listing
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from live_daemon import serve
+from live_daemon import live_daemon, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from trial_fixtures import TOKEN_CALLS, relist, token_for, trial_models
+from web3 import Web3
 
 from marketplace.client import ChannelRecord, ChannelStore, PaymentAuth, SpendingBook, SpendingLimits
 from marketplace.client.proxy import create_proxy
-from marketplace.daemon.settings import DaemonSettings
+from marketplace.daemon.settings import DaemonSettings, ServedModel
 
 INPUT = {"inputs": [[5.1, 3.5, 1.4, 0.2]]}
 
@@ -69,6 +74,31 @@ def test_plain_httpx_through_the_proxy_gets_paid_answers_from_the_models_endpoin
     assert endpoints == [listing.model_id]  # the model the path names, looked up once
     assert consumed_on_the_daemon(settings, channel.channel_id) == 2 * PRICE  # two paid, the third never signed
     assert SpendingBook(store.path).spent() == (2 * PRICE, 2 * PRICE)
+
+
+def test_the_proxy_spends_free_trials_first_then_pays_within_the_limits(
+    settings: DaemonSettings, listing: Listing, tmp_path: Path, open_paid_channel: Callable[..., ChannelRecord],
+    w3: Web3, contracts: Any, dev_accounts: list[LocalAccount],
+) -> None:
+    account = Account.create()
+    fund(w3, contracts, dev_accounts[0], account.address)
+    store = ChannelStore(tmp_path / "channels.db")
+    channel = open_paid_channel(store, 20 * PRICE, payer=account)
+    token = token_for(w3, contracts, listing.provider, account.address, listing.model_id)
+    auth = PaymentAuth(account, store=store, schemes=("trial", "metered", "channel"),  # `consumer proxy`'s default
+                       trial_tokens=[token], limits=SpendingLimits(total=PRICE))
+    models = [ServedModel(**model) for model in trial_models(listing, relist(w3, contracts, listing))]
+    path = f"/v1/models/0x{listing.model_id.hex()}/infer"
+    with live_daemon(settings.model_copy(update={"models": models})) as daemon_url, proxy(auth, daemon_url) as url:
+        answers = [httpx.post(url + path, json=INPUT) for _ in range(TOKEN_CALLS + 2)]
+    assert [a.status_code for a in answers] == [200] * (TOKEN_CALLS + 1) + [402]
+    paid = [json.loads(base64.b64decode(a.headers["PAYMENT-RESPONSE"]))["extra"] for a in answers[:-1]]
+    trials = [{"call": n, "calls": TOKEN_CALLS} for n in range(1, TOKEN_CALLS + 1)]
+    assert [p.get("trial") for p in paid] == [*trials, None]
+    assert [int(p["receipt"]["message"]["amount"]) for p in paid] == [0] * TOKEN_CALLS + [PRICE]
+    assert answers[-1].json()["error"] == "spending_limit_reached"
+    assert consumed_on_the_daemon(settings, channel.channel_id) == PRICE
+    assert SpendingBook(store.path).spent() == (PRICE, PRICE)
 
 
 def test_a_daemon_that_is_down_is_a_502_json_error(consumer: LocalAccount, tmp_path: Path) -> None:

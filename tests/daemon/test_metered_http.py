@@ -333,3 +333,46 @@ async def test_the_unmodified_openai_client_reads_paid_answers_streamed_and_not(
     assert text == "".join(f"w{n} " for n in range(20)) and usage is not None and usage.prompt_tokens == 3
     assert await fresh.credit(ch) == (2 * cap, 2 * cap)
     await client.close()
+
+
+async def test_a_claim_during_a_stream_never_takes_the_cap_it_holds(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount],
+) -> None:
+    # The ledger counts a stream's whole cap as consumed until it ends; a claim taken meanwhile
+    # must pay only what was served, or the refund at the end leaves claimed above consumed.
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    first = await fresh.call(fresh.chat(), ch, FIXED + 20 * 100, FIXED + 20 * 100)  # one whole call served
+    assert first.status_code == 200
+    served_before = PRICING.cost(3, 20)
+    fresh.runner.reset(length=60, delay=0.02)
+    cap = FIXED + 80 * 100  # more than the 60 tokens the model will say
+    header = pay_header(await fresh.requirements(fresh.chat()), {**ch.voucher(served_before + cap), "cap": str(cap)})
+    received = b""
+    async with fresh.client.stream("POST", "/v1/chat/completions", json=fresh.chat(stream=True),
+                                   headers={"PAYMENT-SIGNATURE": header}) as answer:
+        async for part in answer.aiter_raw():
+            received += part
+            if received.count(b"x402_tokens") == 5:  # mid-stream: the provider claims everything
+                await fresh.services.claimer.claim_now(everything=True)
+                info = await fresh.services.state.refresh_channel(ch.channel_id)
+                # the first call, and at most what the stream had delivered by its last checkpoint
+                assert served_before <= info.claimed <= served_before + PRICING.cost(3, 60)
+                claimed_mid_stream = info.claimed
+    _, consumed = await fresh.credit(ch)
+    assert consumed == served_before + PRICING.cost(3, 60)
+    assert claimed_mid_stream <= consumed
+    await fresh.services.claimer.claim_now(everything=True)
+    info = await fresh.services.state.refresh_channel(ch.channel_id)
+    assert info.claimed == consumed  # the provider is paid exactly what was served, to the unit
+
+
+async def test_the_openai_routes_are_listed_in_well_known_x402_with_the_metered_offer(fresh: MeteredDaemon) -> None:
+    document = (await fresh.client.get("/.well-known/x402")).json()
+    listed = {item["resource"]: item for item in document["items"] if fresh.model_hex in item["description"]}
+    base = fresh.services.settings.public_url.rstrip("/")  # never the request's Host
+    assert set(listed) == {base + "/v1/chat/completions", base + "/v1/completions"}  # not /infer
+    offer = await fresh.requirements(fresh.chat())
+    for item in listed.values():
+        assert item["method"] == "POST"
+        assert [a["scheme"] for a in item["accepts"]] == ["metered"]
+        assert item["accepts"][0]["extra"]["pricing"] == offer.extra["pricing"]  # the same offer as a real 402

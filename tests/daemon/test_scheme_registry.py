@@ -1,5 +1,6 @@
 """A new scheme is one module plus its registration: the daemon offers, admits, serves, refunds it
-without knowing anything about it (a toy `trial` scheme: a few free calls per address)."""
+without knowing anything about it (a toy `promo` scheme: a few free calls per name, unsigned; the
+real `trial` scheme is tested in test_trial_http.py)."""
 
 from __future__ import annotations
 
@@ -35,27 +36,27 @@ BAD_BODY = b'{"inputs": [[1, 2, 3]]}'  # three features: the model refuses it (4
 QUOTA = 2
 
 
-class TrialAdmission(Admission):
-    scheme = "trial"
+class PromoAdmission(Admission):
+    scheme = "promo"
 
-    def __init__(self, trial: TrialScheme, address: str) -> None:
-        self.trial, self.address = trial, address
+    def __init__(self, promo: PromoScheme, address: str) -> None:
+        self.promo, self.address = promo, address
 
     async def settle(self) -> Charge:
         return Charge(0)
 
     def response(self, charge: Charge, receipt: dict[str, Any]) -> SettlementResponse:
-        return SettlementResponse(success=True, network=self.trial.network, transaction="", payer=self.address,
+        return SettlementResponse(success=True, network=self.promo.network, transaction="", payer=self.address,
                                   amount=0, extra={"scheme": self.scheme, "receipt": receipt})
 
     async def refund(self) -> None:
-        self.trial.used[self.address] -= 1
+        self.promo.used[self.address] -= 1
 
 
-class TrialScheme(PaymentScheme[str]):
-    """`QUOTA` free calls per address (unsigned: a test double of the coming `trial` scheme)."""
+class PromoScheme(PaymentScheme[str]):
+    """`QUOTA` free calls per name (unsigned: a toy, not a scheme to serve)."""
 
-    name = "trial"
+    name = "promo"
 
     def __init__(self, state: Any) -> None:
         super().__init__(state)
@@ -69,25 +70,25 @@ class TrialScheme(PaymentScheme[str]):
         self.check_accepted(payment)
         return Fields(payment.payload, "payment.payload").text("address")
 
-    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> TrialAdmission:
+    async def admit(self, payment: PaymentPayload, request: PaidRequest) -> PromoAdmission:
         address = await self.verify(payment, request)
         if self.used[address] >= QUOTA:
-            raise PaymentRejected("insufficient_credit", f"{address} used its {QUOTA} trial calls")
+            raise PaymentRejected("insufficient_credit", f"{address} used its {QUOTA} promo calls")
         self.used[address] += 1
-        return TrialAdmission(self, address)
+        return PromoAdmission(self, address)
 
 
 @pytest.fixture(scope="module")
-async def trial_daemon(settings: DaemonSettings) -> AsyncIterator[tuple[httpx.AsyncClient, TrialScheme]]:
+async def promo_daemon(settings: DaemonSettings) -> AsyncIterator[tuple[httpx.AsyncClient, PromoScheme]]:
     services = await start_services(settings)
-    trial = TrialScheme(services.state)
-    services.schemes = SchemeRegistry([*(services.schemes[name] for name in ("channel", "exact", "license")), trial])
+    promo = PromoScheme(services.state)
+    services.schemes = SchemeRegistry([*(services.schemes[name] for name in ("channel", "exact", "license")), promo])
     app = create_app(settings, services)
     try:
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://daemon.test") as client:
-                yield client, trial
+                yield client, promo
     finally:
         await services.aclose()
 
@@ -98,27 +99,27 @@ async def call(client: httpx.AsyncClient, listing: Listing, body: bytes = BODY, 
 
 
 async def test_a_registered_scheme_is_offered_admitted_served_and_refunded(
-    trial_daemon: tuple[httpx.AsyncClient, TrialScheme], listing: Listing
+    promo_daemon: tuple[httpx.AsyncClient, PromoScheme], listing: Listing
 ) -> None:
-    client, trial = trial_daemon
+    client, promo = promo_daemon
     offered = await call(client, listing)
     assert offered.status_code == 402
     assert [r.scheme for r in parse_payment_required(offered.headers["PAYMENT-REQUIRED"]).accepts] == [
-        "channel", "exact", "license", "trial"]
-    requirements = requirements_of(offered, "trial")
+        "channel", "exact", "license", "promo"]
+    requirements = requirements_of(offered, "promo")
     header = pay_header(requirements, {"address": "alice"})
 
     failed = await call(client, listing, BAD_BODY, **{"PAYMENT-SIGNATURE": header})
     assert (failed.status_code, failed.json()["error"]) == (422, "invalid_input")
-    assert trial.used["alice"] == 0  # the failed run was refunded
+    assert promo.used["alice"] == 0  # the failed run was refunded
 
     for _ in range(QUOTA):
         served = await call(client, listing, **{"PAYMENT-SIGNATURE": header})
         assert served.status_code == 200, served.text
         paid = parse_payment_response(served.headers["PAYMENT-RESPONSE"])
         receipt = paid.extra["receipt"]
-        assert (paid.amount, receipt["message"]["scheme"], receipt["message"]["amount"]) == (0, "trial", "0")
+        assert (paid.amount, receipt["message"]["scheme"], receipt["message"]["amount"]) == (0, "promo", "0")
         assert verify_receipt(receipt) == listing.provider.address
     refused = await call(client, listing, **{"PAYMENT-SIGNATURE": header})
     assert (refused.status_code, refused.json()["error"]) == (402, "insufficient_credit")
-    assert trial.used["alice"] == QUOTA
+    assert promo.used["alice"] == QUOTA

@@ -61,3 +61,21 @@ async def test_a_checkpoint_above_the_cap_is_refused_by_the_store(ledger_url: st
         assert [c.charge for c in await calls.unfinished("me")] == [0]
     finally:
         await calls.close()
+
+
+async def test_reserved_is_what_every_daemons_calls_in_flight_may_still_give_back(ledger_url: str) -> None:
+    # The claimer subtracts it from `consumed`: a claim during a stream takes only what was served.
+    calls = await asyncio.to_thread(open_metered_calls, ledger_url)
+    try:
+        other_channel = ChannelId(CHANNEL + 1)
+        assert await calls.reserved(CHANNEL) == 0
+        first, second = (PendingCall(os.urandom(16), owner, 1, CHANNEL, CAP) for owner in ("host:/a", "host:/b"))
+        for call in (first, second, PendingCall(os.urandom(16), "host:/a", 1, other_channel, CAP)):
+            await calls.start(call)
+        await calls.checkpoint(first.call_id, TokenAmount(1_000))
+        assert await calls.reserved(CHANNEL) == 2 * CAP - 1_000  # both owners' calls, less the checkpoint
+        await calls.finish(first.call_id)
+        assert await calls.reserved(CHANNEL) == CAP
+        assert await calls.reserved(other_channel) == CAP
+    finally:
+        await calls.close()

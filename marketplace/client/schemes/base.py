@@ -73,6 +73,7 @@ class SchemePayer(abc.ABC, Generic[A]):
 
     name: ClassVar[str]
     missing = ""  # why `pays` said no, for NoPaymentOption
+    falls_back: ClassVar[bool] = False  # a refusal of its payment lets the next scheme pay the same request
     binding: ClassVar[bool] = False  # a signature the daemon refused may still be charged (an EIP-3009 transfer)
 
     def __init__(self, account: LocalAccount, clock: Callable[[], float] = time.time) -> None:

@@ -6,8 +6,9 @@ A metered call is paid on an ordinary channel (this payer is the channel payer w
 - `price` picks the cap, the most this call may cost: `pricing.cost(input bound, max output)` with
   the output bounded by the request's `max_tokens` (or `max_completion_tokens`) and the model's
   `maxOutputTokens`, lowered to the caller's ceiling (max_price, the per-call limit); without any
-  bound the ceiling is the cap. The input bound is the UTF-8 length of the body sent (an upper bound
-  of any tokenizer's count: each token carries at least one byte).
+  bound the ceiling is the cap. The input bound is the exact count of the built-in tokenizer when
+  the offer says `inputBound: exact` (marketplace/text: the daemon's own code), else the UTF-8 length
+  of the body sent (an upper bound of any tokenizer's count: each token carries at least one byte).
 - `sign` signs `max(calls in flight, owed) + cap`, `owed` being our own durable record of the charges
   we checked (`ChannelStore.owe`), never the daemon's `consumed`; the channel's `signed` keeps what
   we exposed (the highest voucher: the daemon may use each cap voucher up to its amount).
@@ -30,7 +31,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio.to_thread
 import httpx
@@ -42,9 +43,18 @@ from marketplace.client.store import DaemonView
 from marketplace.payments.errors import ReceiptInvalid
 from marketplace.payments.receipts import body_hash, verify_receipt
 from marketplace.payments.x402 import PAYMENT_RESPONSE_HEADER, PaymentRequirements, parse_payment_response
+from marketplace.text.errors import InvalidPrompt
+from marketplace.text.prompt import prompt_tokens
 from marketplace.types import TokenAmount, TokenPricing
 
-__all__ = ["MeteredAttempt", "MeteredPayer", "cap_for", "check_settlement", "pricing_of"]
+__all__ = [
+    "MeteredAttempt",
+    "MeteredPayer",
+    "cap_for",
+    "check_settlement",
+    "input_bound",
+    "pricing_of",
+]
 
 
 @dataclass(kw_only=True)
@@ -88,13 +98,32 @@ def _max_tokens(body: bytes) -> int | None:
     return min(found, default=None)
 
 
-def cap_for(pricing: TokenPricing, body: bytes, ceiling: int | None) -> int | None:
-    """The cap of a call with `body` (see the module doc); None when nothing bounds it."""
-    base = pricing.cost(len(body), 0)
+def input_bound(request: httpx.Request, requirements: PaymentRequirements) -> int:
+    """The most input tokens the call can be charged for: the exact count of the built-in tokenizer
+    (our own copy of the daemon's) when the offer says `inputBound: exact`, else the UTF-8 length of
+    the body sent (an upper bound of any tokenizer's count)."""
+    path = request.url.path
+    kind: Literal["chat", "completion"] | None = (
+        "chat" if path.endswith("/chat/completions") else "completion" if path.endswith("/completions") else None)
+    if requirements.extra.get("inputBound") == "exact" and kind is not None:
+        try:
+            body = json.loads(request.content)
+            if isinstance(body, Mapping):
+                return min(prompt_tokens(kind, body), len(request.content))
+        except (ValueError, InvalidPrompt):
+            pass  # the daemon will refuse the body; the byte bound is safe meanwhile
+    return len(request.content)
+
+
+def cap_for(pricing: TokenPricing, body: bytes, ceiling: int | None, inputs: int | None = None) -> int | None:
+    """The cap of a call with `body` and at most `inputs` input tokens (default: its UTF-8 length;
+    see the module doc); None when nothing bounds it."""
+    inputs = len(body) if inputs is None else inputs
+    base = pricing.cost(inputs, 0)
     bounds = [n for n in (_max_tokens(body), pricing.max_output_tokens) if n]
     if not bounds:
         return ceiling
-    cap = pricing.cost(len(body), min(bounds))
+    cap = pricing.cost(inputs, min(bounds))
     if ceiling is not None and ceiling < cap:  # the daemon gives the tokens the cap pays for; one at least
         cap = max(ceiling, base + pricing.per_output_token)
     return cap
@@ -152,7 +181,7 @@ class MeteredPayer(ChannelPayer):
         if pricing is None:
             raise NoPaymentOption(url, self.name, requirements.extra.get("pricing"),
                                   "the offer states no valid pricing")
-        cap = cap_for(pricing, request.content, ceiling)
+        cap = cap_for(pricing, request.content, ceiling, input_bound(request, requirements))
         if cap is None:
             raise NoPaymentOption(url, self.name, "no max_tokens", "a metered call needs max_tokens in the request, "
                                   "the model's maxOutputTokens or a maximum price per call to bound its cap")
@@ -174,7 +203,8 @@ class MeteredPayer(ChannelPayer):
         record = self.store.get(base.channel_id)
         attempt = MeteredAttempt(requirements=requirements, payload={**base.payload, "cap": str(price)},
                                  cost=base.cost, price=price, channel_id=base.channel_id, amount=base.amount,
-                                 pricing=pricing, input_bound=len(request.content), request_body=request.content,
+                                 pricing=pricing, input_bound=input_bound(request, requirements),
+                                 request_body=request.content,
                                  owed_at_sign=record.owed if record is not None else 0)
         base.released = True  # its book entry now belongs to `attempt`
         request.headers["accept-encoding"] = "identity"  # the receipt hashes the bytes as sent: count those

@@ -35,9 +35,11 @@ _PAID_RESPONSES: dict[int | str, dict[str, object]] = {
     openapi_extra={
         "parameters": [
             {"name": "PAYMENT-SIGNATURE", "in": "header", "required": False, "schema": {"type": "string"},
-             "description": "base64 JSON x402 v2 PaymentPayload (scheme channel, exact or license)"},
+             "description": "base64 JSON x402 v2 PaymentPayload (scheme channel, exact, license or trial)"},
             {"name": "PAYMENT-CHANNEL", "in": "header", "required": False, "schema": {"type": "string"},
              "description": "a channel id whose daemon view the 402 should carry (resynchronisation)"},
+            {"name": "PAYMENT-CONSUMER", "in": "header", "required": False, "schema": {"type": "string"},
+             "description": "an address whose trials used the 402's trial offer should say (extra.used)"},
         ],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
         **paid_route("one inference of {name} ({model_id})"),  # listed in /.well-known/x402

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from marketplace.daemon.discovery import paid_route
 from marketplace.daemon.text_calls import TextCalls
 
 __all__ = ["router"]
@@ -45,14 +46,18 @@ def _calls(request: Request) -> TextCalls:
     return calls
 
 
-@router.post("/v1/chat/completions", name="chat_completions", responses=_RESPONSES, openapi_extra=_OPENAPI,
+@router.post("/v1/chat/completions", name="chat_completions", responses=_RESPONSES,
+             openapi_extra=_OPENAPI | paid_route("chat completions of {name} ({model_id}), priced per token",
+                                                 models="text"),
              summary="A paid chat completion (OpenAI-compatible), charged per token under a signed cap")
 async def chat_completions(request: Request) -> Response:
     """Without PAYMENT-SIGNATURE: 402 with the per-token prices. With a cap voucher: the answer."""
     return await _calls(request).handle(request, "chat")
 
 
-@router.post("/v1/completions", name="completions", responses=_RESPONSES, openapi_extra=_OPENAPI,
+@router.post("/v1/completions", name="completions", responses=_RESPONSES,
+             openapi_extra=_OPENAPI | paid_route("text completions of {name} ({model_id}), priced per token",
+                                                 models="text"),
              summary="A paid text completion (OpenAI-compatible), charged per token under a signed cap")
 async def completions(request: Request) -> Response:
     """Without PAYMENT-SIGNATURE: 402 with the per-token prices. With a cap voucher: the answer."""

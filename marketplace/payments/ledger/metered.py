@@ -130,6 +130,12 @@ class MeteredCalls(abc.ABC):
         """The calls of `owner` never finished (its daemon stopped mid-stream)."""
 
     @abc.abstractmethod
+    async def reserved(self, channel_id: ChannelId) -> TokenAmount:
+        """What the channel's calls in flight (any daemon) hold beyond their checkpointed charge,
+        ``sum(cap - charge)``: credit the ledger counts as `consumed` that may still be given back,
+        so the claimer must not take it."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release the database. Idempotent."""
 
@@ -164,6 +170,7 @@ _INSERT = "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charg
 _CHECKPOINT = "UPDATE metered_call SET charge = ? WHERE call_id = ?"
 _DELETE = "DELETE FROM metered_call WHERE call_id = ?"
 _UNFINISHED = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WHERE owner = ? ORDER BY call_id"
+_RESERVED = "SELECT cap, charge FROM metered_call WHERE channel_id = ?"
 
 
 class SqliteMeteredCalls(MeteredCalls):
@@ -190,6 +197,10 @@ class SqliteMeteredCalls(MeteredCalls):
         rows = await self._on(lambda db: db.execute(_UNFINISHED, (owner,)).fetchall())
         return [PendingCall(row[0], owner, row[1], ChannelId(int(row[2])), TokenAmount(int(row[3])),
                             TokenAmount(int(row[4]))) for row in rows]
+
+    async def reserved(self, channel_id: ChannelId) -> TokenAmount:
+        rows = await self._on(lambda db: db.execute(_RESERVED, (format(channel_id, _FORMAT),)).fetchall())
+        return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def close(self) -> None:
         db, self._db = self._db, None

@@ -24,6 +24,7 @@ _INSERT = "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charg
 _CHECKPOINT = "UPDATE metered_call SET charge = %s WHERE call_id = %s"
 _DELETE = "DELETE FROM metered_call WHERE call_id = %s"
 _UNFINISHED = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WHERE owner = %s ORDER BY call_id"
+_RESERVED = "SELECT cap, charge FROM metered_call WHERE channel_id = %s"
 
 
 class PostgresMeteredCalls(MeteredCalls):
@@ -54,6 +55,10 @@ class PostgresMeteredCalls(MeteredCalls):
         rows = await self._execute(_UNFINISHED, (owner,))
         return [PendingCall(bytes(row[0]), owner, int(row[1]), ChannelId(int(row[2])), TokenAmount(int(row[3])),
                             TokenAmount(int(row[4]))) for row in rows]
+
+    async def reserved(self, channel_id: ChannelId) -> TokenAmount:
+        rows = await self._execute(_RESERVED, (channel_id,))
+        return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def close(self) -> None:
         self._closed = True

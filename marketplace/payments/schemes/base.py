@@ -3,6 +3,8 @@
 A scheme is built once per daemon (`marketplace.daemon.services`) and registered by name in a
 `SchemeRegistry`. Per request the daemon, knowing nothing of any scheme, asks it:
 
+- `serves(model)`: whether it pays for calls of that model at all (a metered model takes `metered`
+  only; `trial` serves the models with trials): a scheme is offered and admitted only for those;
 - `offer(model, context)`: its `PaymentRequirements`, one entry of a 402's `accepts`;
 - `admit(payment, request)`: check the decoded PAYMENT-SIGNATURE and take whatever must be taken
   BEFORE the model runs (credit on the ledger, a hold on the payer's balance, a single-use nonce);
@@ -27,6 +29,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from marketplace.chain.views import ChainState, ModelInfo
 from marketplace.payments.eip712 import checksum_address, recover_address
 from marketplace.payments.errors import InvalidSignature, PaymentRejected
+from marketplace.payments.receipts import body_hash
 from marketplace.payments.x402 import (
     Fields,
     PaymentPayload,
@@ -45,6 +48,7 @@ __all__ = [
     "PaymentScheme",
     "Scheme",
     "blocking",
+    "check_binding",
     "payment_required",
     "read_signature",
     "recover_or_reject",
@@ -193,6 +197,27 @@ def payment_required(
         accepts=tuple(accepts),
         error=rejection.code if rejection is not None else "payment_required",
     )
+
+
+def check_binding(
+    request: PaidRequest, *, method: str, path: str, request_hash: bytes, deadline: int, now: int, max_window: int
+) -> None:
+    """A signed message names this one request (method, URL path, SHA-256 of the body) and a
+    deadline in the future at most `max_window` seconds away: `access_expired`,
+    `access_window_too_long` or `request_mismatch` otherwise (license access, trial requests)."""
+    if deadline <= now:
+        raise PaymentRejected("access_expired", f"the signed request expired at {deadline} (now {now})")
+    if deadline - now > max_window:
+        raise PaymentRejected(
+            "access_window_too_long", f"the deadline is {deadline - now} s away; at most {max_window} s are accepted"
+        )
+    if (method, path) != (request.method, request.path):
+        raise PaymentRejected(
+            "request_mismatch",
+            f"the signed request opens {method[:16]} {path[:200]}, not {request.method} {request.path}",
+        )
+    if request_hash != body_hash(request.body):
+        raise PaymentRejected("request_mismatch", "requestHash is not the SHA-256 of this request's body")
 
 
 def read_signature(fields: Fields, key: str = "signature") -> bytes:

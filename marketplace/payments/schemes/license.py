@@ -61,6 +61,7 @@ from marketplace.payments.schemes.base import (
     PaidRequest,
     PaymentScheme,
     blocking,
+    check_binding,
     read_signature,
     recover_or_reject,
 )
@@ -268,21 +269,8 @@ class LicenseScheme(PaymentScheme[VerifiedLicense]):
         signature = read_signature(fields)
 
         now = int(self._clock())
-        if deadline <= now:
-            raise PaymentRejected("access_expired", f"the access message expired at {deadline} (now {now})")
-        if deadline - now > self.max_window_seconds:
-            raise PaymentRejected(
-                "access_window_too_long",
-                f"the deadline is {deadline - now} s away; at most {self.max_window_seconds} s are accepted",
-            )
-        if (access.method, access.path) != (request.method, request.path):
-            raise PaymentRejected(
-                "request_mismatch",
-                f"the access message opens {access.method[:16]} {access.path[:200]}, "
-                f"not {request.method} {request.path}",
-            )
-        if access.request_hash != body_hash(request.body):
-            raise PaymentRejected("request_mismatch", "requestHash is not the SHA-256 of this request's body")
+        check_binding(request, method=access.method, path=access.path, request_hash=access.request_hash,
+                      deadline=deadline, now=now, max_window=self.max_window_seconds)
         signer = recover_or_reject(access.digest(self.domain), signature)
         signer_hex = "0x" + signer.hex()
 
