@@ -30,10 +30,16 @@ contract ERC1271Wallet is IERC1271 {
         _;
     }
 
-    /// @notice Calls `target` with `data` as this wallet; a revert is passed on as it came.
-    function execute(address target, bytes calldata data) external onlyOwner returns (bytes memory result) {
+    /// @notice Calls `target` with `value` wei and `data` as this wallet; a revert is passed on as it came.
+    /// The signature is the one common smart accounts share (ERC-4337 SimpleAccount, LightAccount, Coinbase
+    /// Smart Wallet): what `marketplace consumer open-channel --payer-wallet` sends.
+    function execute(
+        address target,
+        uint256 value,
+        bytes calldata data
+    ) external payable onlyOwner returns (bytes memory result) {
         bool ok;
-        (ok, result) = target.call(data);
+        (ok, result) = target.call{value: value}(data);
         if (!ok) {
             assembly ("memory-safe") {
                 revert(add(result, 32), mload(result))

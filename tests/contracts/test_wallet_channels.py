@@ -17,7 +17,7 @@ from eth_utils import keccak
 
 def through(wallet: Any, fn: Any, owner: str) -> Any:
     """`owner` has `wallet` make the call `fn` (to fn's contract) as itself."""
-    return send(wallet.functions.execute(fn.address, fn._encode_transaction_data()), owner)
+    return send(wallet.functions.execute(fn.address, 0, fn._encode_transaction_data()), owner)
 
 
 def test_a_wallet_funded_channel_is_paid_by_the_owner_keys_vouchers_and_reclaimed_only_by_the_wallet(

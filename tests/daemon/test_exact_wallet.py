@@ -19,22 +19,16 @@ from daemon_fixtures import PRICE, Listing, pay_header, requirements_of
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from test_exact_http import BODY, HEADERS, PATH_, Counting, balance, funded_stranger
+from wallet_fixtures import BURNS_GAS, OWNER_SIGNS, REJECTS_ALL, REVERTS, deploy_wallet
 from web3 import Web3
 from web3.contract import Contract
 
-from marketplace.chain.build import compile_contracts
 from marketplace.chain.transactions import Sender
 from marketplace.client.signing import exact_payload
 from marketplace.daemon.limits import ClientBuckets
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response
 
 pytestmark = pytest.mark.anyio
-OWNER_SIGNS, REJECTS_ALL, REVERTS, BURNS_GAS = range(4)  # ERC1271Wallet.Behaviour
-
-
-@pytest.fixture(scope="module")
-def wallet_artifact() -> dict[str, Any]:
-    return compile_contracts(units=["contracts/test/ERC1271Wallet.sol"])["ERC1271Wallet"]
 
 
 @pytest.fixture
@@ -44,13 +38,9 @@ def new_wallet(
     """new_wallet(funds, behaviour): a fresh wallet owned by dev_accounts[7], holding `funds` tokens."""
 
     def make(funds: int = 3 * PRICE, behaviour: int = OWNER_SIGNS) -> Contract:
-        owner = Sender(w3, dev_accounts[7])
-        address, _ = owner.deploy(wallet_artifact["abi"], wallet_artifact["bytecode"], dev_accounts[7].address)
-        wallet = w3.eth.contract(address=address, abi=wallet_artifact["abi"])
-        if behaviour != OWNER_SIGNS:
-            owner.transact(wallet.functions.setBehaviour(behaviour))
+        wallet = deploy_wallet(w3, wallet_artifact, dev_accounts[7], behaviour)
         if funds:
-            Sender(w3, dev_accounts[0]).transact(contracts.token.functions.mint(address, funds))
+            Sender(w3, dev_accounts[0]).transact(contracts.token.functions.mint(wallet.address, funds))
         return wallet
 
     return make
