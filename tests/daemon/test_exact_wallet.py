@@ -31,6 +31,13 @@ from marketplace.payments.x402 import PaymentRequirements, parse_payment_respons
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def fresh_budget(daemon: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with a full look-up budget (every request here comes from one client)."""
+    exact = daemon.app.state.services.schemes["exact"]  # type: ignore[attr-defined]
+    monkeypatch.setattr(exact, "lookup_budget", ClientBuckets(10, 2.0))
+
+
 @pytest.fixture
 def new_wallet(
     w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], wallet_artifact: dict[str, Any]
@@ -160,3 +167,21 @@ async def test_wallet_signature_checks_spend_the_clients_look_up_budget(
     by_wallet = await call(daemon, listing, signed_for(wallet.address, dev_accounts[7], offer, w3))
     assert (by_wallet.status_code, by_wallet.json()["error"]) == (429, "too_many_lookups")
     assert by_wallet.headers["Retry-After"].isdigit()
+
+
+async def test_a_wallet_that_changes_its_mind_before_settlement_is_settlement_failed_and_not_served(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    new_wallet: Callable[..., Contract], counting: Counting,
+) -> None:
+    wallet = new_wallet(3 * PRICE)
+    header = signed_for(wallet.address, dev_accounts[7], await requirements(daemon, listing), w3)
+    provider_before = balance(contracts, listing.provider.address)
+    counting.during = lambda: Sender(w3, dev_accounts[7]).transact(wallet.functions.setBehaviour(REJECTS_ALL))
+
+    refused = await call(daemon, listing, header)  # approved when verified, refused by the token at settlement
+
+    assert counting.ran == 1
+    assert (refused.status_code, refused.json()["error"]) == (402, "settlement_failed"), refused.text
+    assert "MarketTokenInvalidSignature" in refused.json()["detail"] and "outputs" not in refused.json()
+    assert balance(contracts, wallet.address) == 3 * PRICE
+    assert balance(contracts, listing.provider.address) == provider_before
