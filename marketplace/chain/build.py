@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -84,9 +85,11 @@ def source_units(include_test: bool = False) -> dict[str, str]:
     return {unit: source["content"] for unit, source in _collect_sources(_entry_units(include_test)).items()}
 
 
-def compile_contracts(include_test: bool = False) -> dict[str, dict[str, Any]]:
-    """Compile contracts/*.sol (and contracts/test/*.sol) -> {ContractName: artifact}."""
-    sources = _collect_sources(_entry_units(include_test))
+def compile_contracts(include_test: bool = False, *, units: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Compile contracts/*.sol (and contracts/test/*.sol), or only the source `units` given (paths
+    from the project root, e.g. "contracts/test/ERC1271Wallet.sol") -> {ContractName: artifact}."""
+    entry_units = list(units) if units is not None else _entry_units(include_test)
+    sources = _collect_sources(entry_units)
     standard_input = {"language": "Solidity", "sources": sources, "settings": SETTINGS}
     solc = project_root() / "tools" / "solc"
     try:
@@ -96,7 +99,7 @@ def compile_contracts(include_test: bool = False) -> dict[str, dict[str, Any]]:
     except FileNotFoundError as error:
         raise ToolchainError(f"cannot run {solc}: {error}") from None
     artifacts: dict[str, dict[str, Any]] = {}
-    for unit in _entry_units(include_test):
+    for unit in entry_units:
         for name, out in output["contracts"][unit].items():
             bytecode = out["evm"]["bytecode"]["object"]
             if not bytecode:  # interfaces and abstract contracts have nothing to deploy

@@ -34,6 +34,7 @@ from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmoun
 
 if TYPE_CHECKING:
     from marketplace.chain.market import Market
+    from marketplace.chain.wallet import SmartWallet
 
 __all__ = [
     "REVERTS",
@@ -171,8 +172,9 @@ class _Wrapper:
         except REVERTS as error:
             raise reverted(fn, error, self.name) from None
 
-    def _send(self, fn: ContractFunction) -> TxReceipt:
-        return self.market.sender.transact(fn)
+    def _send(self, fn: ContractFunction, via: SmartWallet | None = None) -> TxReceipt:
+        """Send `fn` from our account, or (`via`) have the smart wallet our account owns make the call."""
+        return via.execute(fn) if via is not None else self.market.sender.transact(fn)
 
     def _logs(self, receipt: TxReceipt, event: str) -> list[Any]:
         return list(getattr(self.contract.events, event)().process_receipt(receipt, errors=DISCARD))
@@ -190,14 +192,15 @@ class Token(_Wrapper):
         fn = self.contract.functions.allowance(Web3.to_checksum_address(owner), Web3.to_checksum_address(spender))
         return TokenAmount(self._call(fn))
 
-    def approve(self, spender: str, amount: int) -> Sent[None]:
-        return Sent(None, (self._send(self.contract.functions.approve(Web3.to_checksum_address(spender), amount)),))
+    def approve(self, spender: str, amount: int, *, via: SmartWallet | None = None) -> Sent[None]:
+        fn = self.contract.functions.approve(Web3.to_checksum_address(spender), amount)
+        return Sent(None, (self._send(fn, via),))
 
-    def ensure_allowance(self, spender: str, amount: int) -> tuple[TxReceipt, ...]:
-        """Approve `spender` for `amount` unless it may already spend that much (no transaction then)."""
-        if self.allowance(self.market.address, spender) >= amount:
+    def ensure_allowance(self, spender: str, amount: int, *, via: SmartWallet | None = None) -> tuple[TxReceipt, ...]:
+        """Approve `spender` for `amount` of ours (or `via`'s) unless it may already spend that much."""
+        if self.allowance(via.address if via is not None else self.market.address, spender) >= amount:
             return ()
-        return self.approve(spender, amount).receipts
+        return self.approve(spender, amount, via=via).receipts
 
     def mint(self, to: str, amount: int) -> Sent[None]:
         """Mint demo tokens (the token's owner only); refused off the local chain id 31337."""
@@ -297,19 +300,26 @@ class Channels(_Wrapper):
         fn = self.contract.functions.openWithPermit(terms.as_tuple(), amount, expiry, deadline, v, r, s)
         return Sent(terms.channel_id, (self._send(fn),))
 
-    def top_up(self, channel_id: int, amount: int) -> Sent[TokenAmount]:
+    def open(self, terms: ChannelTerms, amount: int, expiry: int, *, via: SmartWallet | None = None) -> Sent[ChannelId]:
+        """Open a channel funded with `amount`, approving the escrow first unless it may already take
+        it: how a smart wallet (`via`, the payer of `terms`) opens one, since it signs no permit."""
+        receipts = self.market.token.ensure_allowance(self.address, amount, via=via)
+        receipt = self._send(self.contract.functions.open(terms.as_tuple(), amount, expiry), via)
+        return Sent(terms.channel_id, (*receipts, receipt))
+
+    def top_up(self, channel_id: int, amount: int, *, via: SmartWallet | None = None) -> Sent[TokenAmount]:
         """Add `amount` (approving the escrow first unless it may already take it); the new deposit."""
-        receipts = self.market.token.ensure_allowance(self.address, amount)
-        receipt = self._send(self.contract.functions.topUp(channel_id, amount))
+        receipts = self.market.token.ensure_allowance(self.address, amount, via=via)
+        receipt = self._send(self.contract.functions.topUp(channel_id, amount), via)
         deposit = int(self._logs(receipt, "ChannelToppedUp")[0]["args"]["newDeposit"])
         return Sent(TokenAmount(deposit), (*receipts, receipt))
 
-    def extend(self, terms: ChannelTerms, new_expiry: int) -> Sent[None]:
-        return Sent(None, (self._send(self.contract.functions.extend(terms.as_tuple(), new_expiry)),))
+    def extend(self, terms: ChannelTerms, new_expiry: int, *, via: SmartWallet | None = None) -> Sent[None]:
+        return Sent(None, (self._send(self.contract.functions.extend(terms.as_tuple(), new_expiry), via),))
 
-    def reclaim(self, terms: ChannelTerms) -> Sent[TokenAmount]:
-        """After expiry: take back what was not claimed; the amount refunded."""
-        receipt = self._send(self.contract.functions.reclaim(terms.as_tuple()))
+    def reclaim(self, terms: ChannelTerms, *, via: SmartWallet | None = None) -> Sent[TokenAmount]:
+        """After expiry: take back what was not claimed (to the payer); the amount refunded."""
+        receipt = self._send(self.contract.functions.reclaim(terms.as_tuple()), via)
         return Sent(TokenAmount(int(self._logs(receipt, "ChannelReclaimed")[0]["args"]["refunded"])), (receipt,))
 
     def get_channel(self, channel_id: int) -> ChannelState:

@@ -173,14 +173,26 @@ def open_channel(
     signer: Annotated[
         str | None, typer.Option(help="Address allowed to sign vouchers (a hot key) (default: the account).")
     ] = None,
+    payer_wallet: Annotated[
+        str | None, typer.Option(help="A smart-contract wallet the account owns pays: it funds (and later "
+                                      "reclaims) the channel through its execute(address,uint256,bytes); "
+                                      "vouchers are signed by --signer, default the account.")
+    ] = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Open a payment channel to a model's payee in ONE transaction (an ERC-2612 permit signed here)."""
+    """Open a payment channel to a model's payee in ONE transaction (an ERC-2612 permit signed here),
+    or, with --payer-wallet, in two sent through the wallet (approve, open)."""
+    from web3 import Web3
+
     from marketplace.chain.contracts import ChannelTerms
+    from marketplace.chain.wallet import SmartWallet
     from marketplace.client import ChannelRecord, ChannelStore
 
+    for option, value in (("--payer-wallet", payer_wallet), ("--signer", signer)):
+        if value is not None and not Web3.is_address(value):
+            raise ConfigError(f"{option} must be a 0x-prefixed 20-byte hex address, got {value!r}")
     model_id, units = model_id_arg(model), parse_tokens(deposit, what="--deposit")
     lifetime = parse_duration(expires, what="--expires")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
@@ -188,18 +200,23 @@ def open_channel(
     listed = market.catalog().model(model_id, session.chain_id)
     if listed.info.status is not ModelStatus.ACTIVE:
         raise ConfigError(f"model {model} is {_status(listed)}: no channel opened")
-    balance = market.token.balance(market.address)
+    wallet = SmartWallet(market, payer_wallet) if payer_wallet is not None else None
+    payer = wallet.address if wallet is not None else market.address
+    balance = market.token.balance(payer)
     if balance < units:
-        raise InsufficientFunds(market.address, units, balance, what=f"a deposit of {deposit} MKT (token units)")
-    terms = ChannelTerms.new(market.address, listed.info.payee, model_id, signer=signer)
+        raise InsufficientFunds(payer, units, balance, what=f"a deposit of {deposit} MKT (token units)")
+    terms = ChannelTerms.new(payer, listed.info.payee, model_id, signer=signer or market.address)
     expiry = market.now() + lifetime
-    sent = market.channels.open_with_permit(terms, units, expiry)
+    sent = (market.channels.open(terms, units, expiry, via=wallet) if wallet is not None
+            else market.channels.open_with_permit(terms, units, expiry))
     with ChannelStore() as channels:
         channels.remember(ChannelRecord.opened(session.chain_id, market.channels.address, terms, units, expiry))
     out.print(f"opened channel [bold]0x{sent.value:064x}[/]")
     out.print(f"  model      {model}  ({format_pricing(listed.info.pricing)})")
     out.print(f"  deposit    {format_tokens(units)} MKT, expires {format_time(expiry)}")
-    out.print(f"  tx         {sent.transaction_hash} (one transaction, gas {sent.gas_used:,})")
+    if wallet is not None:
+        out.print(f"  payer      wallet {wallet.address}, vouchers signed by {terms.signer}")
+    out.print(f"  tx         {sent.transaction_hash} ({len(sent.receipts)} transaction(s), gas {sent.gas_used:,})")
 
 
 def _terms(market: Market, channel_id: int) -> ChannelTerms:
@@ -218,14 +235,16 @@ def top_up(
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Add tokens to a channel's deposit (an approval first, if the escrow may not take them yet)."""
+    """Add tokens to a channel's deposit (an approval first, if the escrow may not take them yet);
+    a channel a contract wallet pays is topped up through the wallet (`open-channel --payer-wallet`)."""
+    from marketplace.chain.wallet import SmartWallet
     from marketplace.client import ChannelRecord, ChannelStore
 
     channel_id, units = channel_id_arg(channel), parse_tokens(amount, what="--amount")
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
     terms = _terms(market, channel_id)
-    sent = market.channels.top_up(channel_id, units)
+    sent = market.channels.top_up(channel_id, units, via=SmartWallet.paying(market, terms.payer))
     with ChannelStore() as channels:
         state = market.channels.get_channel(channel_id)
         channels.remember(ChannelRecord.opened(session.chain_id, market.channels.address, terms, sent.value,
@@ -242,7 +261,8 @@ def extend(
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """Move a channel's expiry later (payer only)."""
+    """Move a channel's expiry later (payer only; a contract wallet's channel through the wallet)."""
+    from marketplace.chain.wallet import SmartWallet
     from marketplace.client import ChannelRecord, ChannelStore
 
     channel_id, lifetime = channel_id_arg(channel), parse_duration(expires, what="--expires")
@@ -250,7 +270,7 @@ def extend(
     market = session.market
     terms = _terms(market, channel_id)
     expiry = market.now() + lifetime
-    sent = market.channels.extend(terms, expiry)
+    sent = market.channels.extend(terms, expiry, via=SmartWallet.paying(market, terms.payer))
     state = market.channels.get_channel(channel_id)
     with ChannelStore() as channels:
         channels.remember(ChannelRecord.opened(session.chain_id, market.channels.address, terms, state.deposit, expiry))
@@ -371,14 +391,16 @@ def reclaim(
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
-    """After a channel expired: take back its unclaimed deposit and close it for good."""
+    """After a channel expired: take back its unclaimed deposit and close it for good (a contract
+    wallet's channel through the wallet, which gets the refund)."""
+    from marketplace.chain.wallet import SmartWallet
     from marketplace.client import ChannelStore
 
     channel_id = channel_id_arg(channel)
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market = session.market
     terms = _terms(market, channel_id)
-    sent = market.channels.reclaim(terms)
+    sent = market.channels.reclaim(terms, via=SmartWallet.paying(market, terms.payer))
     with ChannelStore() as store:
         store.resync(channel_id, {"reclaimed": True})
     out.print(f"channel {channel} reclaimed: {format_tokens(sent.value)} MKT refunded to {terms.payer}")

@@ -57,8 +57,11 @@ def channel_payload(account: LocalAccount, domain: VoucherDomain, channel_id: in
     return voucher_payload(channel_id, amount, sign_voucher(account, domain, channel_id, amount))
 
 
-def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, now: int) -> dict[str, Any]:
-    """An EIP-3009 transfer of exactly the price to `payTo`, valid from now for `maxTimeoutSeconds`.
+def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url: str, now: int, *,
+                  payer: str | None = None) -> dict[str, Any]:
+    """An EIP-3009 transfer of exactly the price to `payTo`, valid from now for `maxTimeoutSeconds`,
+    from `account` -- or from the contract wallet `payer` whose ERC-1271 `isValidSignature` accepts
+    `account`'s signature (the daemon and the token ask it).
 
     ReceiveWithAuthorization when `extra.authorizationTypes` offers it (nobody but the payee can
     submit it, so nobody can front-run it), else TransferWithAuthorization."""
@@ -68,7 +71,7 @@ def exact_payload(account: LocalAccount, requirements: PaymentRequirements, url:
     if not isinstance(name, str) or not isinstance(version, str) or not Web3.is_address(requirements.asset):
         raise NoPaymentOption(url, "exact", requirements.extra, "the offer lacks the token's EIP-712 name/version")
     authorization = {
-        "from": account.address,
+        "from": Web3.to_checksum_address(payer) if payer is not None else account.address,
         "to": Web3.to_checksum_address(requirements.pay_to),
         "value": requirements.amount,
         "validAfter": 0,

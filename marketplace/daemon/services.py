@@ -169,16 +169,18 @@ def _schemes(
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
     and the channel scheme, which GET /v1/channels/{id} uses as well."""
+    # one budget of chain look-ups per client: unknown channels and contract-wallet signatures
+    lookups = ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second)
     channel = ChannelScheme(
         state,
         min_remaining_seconds=settings.min_channel_lifetime_seconds,
-        lookup_budget=ClientBuckets(settings.channel_lookup_burst, settings.channel_lookups_per_second),
+        lookup_budget=lookups,
         ledger=ledger,
     )
     # exact answers a waiting client: its chain calls fail fast (2 s, no retries), through the
     # daemon's one sender (the claimer's nonces)
     exact = ExactScheme(state, sender.using(fail_fast_web3(settings.rpc_url), receipt_timeout=_SETTLEMENT_WAIT), holds,
-                        search_from=deployment.start_block)
+                        search_from=deployment.start_block, lookup_budget=lookups)
     license = LicenseScheme(state, w3, access=access)
     state.on_license_change(license.invalidate)
     terms = {bytes.fromhex(served.model_id[2:]): TrialTerms(served.trial_calls, served.trial_token_required)

@@ -14,3 +14,4 @@ from cli_fixtures import cli  # noqa: F401
 from client_fixtures import consumer, live_url, market_of  # noqa: F401
 from daemon_fixtures import anyio_backend, listing, settings  # noqa: F401
 from discovery_fixtures import discovery_market, discovery_settings  # noqa: F401
+from wallet_fixtures import wallet_artifact  # noqa: F401

@@ -2,3 +2,4 @@
 
 from daemon_fixtures import anyio_backend, daemon, listing, open_channel, settings  # noqa: F401
 from discovery_fixtures import discovery_market, discovery_settings  # noqa: F401
+from wallet_fixtures import wallet_artifact  # noqa: F401

@@ -63,6 +63,7 @@ __all__ = [
     "LookupBudget",
     "VerifiedVoucher",
     "parse_channel_hint",
+    "spend_lookup",
     "voucher_payload",
 ]
 
@@ -85,6 +86,14 @@ class LookupBudget(Protocol):
     def take(self, client: str | None) -> int:
         """0 when `client` may make one more look-up now, else the whole seconds to wait."""
         ...
+
+
+def spend_lookup(budget: LookupBudget | None, client: str | None, what: str) -> None:
+    """Spend one of `client`'s chain look-ups, or PaymentRejected "too_many_lookups" (429, Retry-After)."""
+    wait = budget.take(client) if budget is not None else 0
+    if wait:
+        raise PaymentRejected("too_many_lookups", f"too many {what} from this address; retry in {wait} s",
+                              retry_after=wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,7 +392,7 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
             if self.state.channel(channel_id) is None:
                 if self._absent_block == block and channel_id in self._absent:
                     return None
-                self._spend_lookup(client)
+                spend_lookup(self.lookup_budget, client, "look-ups of unknown channels")
             if len(self._last_refresh) >= _MAX_TRACKED:
                 horizon = now - self.refresh_interval
                 self._last_refresh = {k: t for k, t in self._last_refresh.items() if t > horizon}
@@ -401,14 +410,6 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
                 "chain_unavailable", f"could not read channel {channel_id:#x} from the chain node; retry later"
             ) from None
 
-    def _spend_lookup(self, client: str | None) -> None:
-        wait = self.lookup_budget.take(client) if self.lookup_budget is not None else 0
-        if wait:
-            raise PaymentRejected(
-                "too_many_lookups",
-                f"too many look-ups of unknown channels from this address; retry in {wait} s",
-                retry_after=wait,
-            )
 
     def _refresh_done(self, channel_id: int, done: asyncio.Future[ChannelInfo | None], block: int) -> None:
         self._refreshing.pop(channel_id, None)

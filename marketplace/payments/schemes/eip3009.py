@@ -4,7 +4,9 @@ search for a transfer someone else submitted.
 Every call is blocking (the scheme runs it in a worker thread) and fails fast: the scheme's Web3
 (its Sender's) has a short request timeout and no retries
 (`marketplace.chain.connection.fail_fast_web3`), and a transport failure is PaymentRejected
-"chain_unavailable" (503). The settlement goes through `marketplace.chain.transactions.Sender`,
+"chain_unavailable" (503). `wallet_approves` asks a contract payer whether it accepts a signature
+(ERC-1271), as the token's SignatureChecker will when the authorization is settled. The
+settlement goes through `marketplace.chain.transactions.Sender`,
 the one transaction sender the claimer uses too.
 """
 
@@ -17,9 +19,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 import requests
+from eth_abi.abi import encode as abi_encode
 from hexbytes import HexBytes
 from web3 import Web3
-from web3.exceptions import TimeExhausted, Web3Exception
+from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception, Web3RPCError
 from web3.types import TxReceipt
 
 from marketplace.chain.compiled import load_compiled
@@ -46,6 +49,9 @@ _SUBMIT = {
 }
 _AUTHORIZATION_USED = keccak256(b"AuthorizationUsed(address,bytes32)")
 _TRANSFER_EVENT = keccak256(b"Transfer(address,address,uint256)")
+_IS_VALID_SIGNATURE = keccak256(b"isValidSignature(bytes32,bytes)")[:4]  # also the ERC-1271 magic value
+WALLET_GAS = 200_000  # the most gas a wallet's isValidSignature may use here (a Safe needs ~10-40k)
+_MAX_CODE_CACHE = 4096
 T = TypeVar("T")
 _CHAIN_ERRORS = (requests.RequestException, OSError, Web3Exception, ValueError)
 
@@ -73,6 +79,8 @@ class TokenClient:
         self._contract = self._w3.eth.contract(address=Web3.to_checksum_address(token),
                                                abi=load_compiled("MarketToken").abi)
         self._token = token.lower()
+        self._has_code: dict[str, bool] = {}  # account -> has code, as of block `_code_block`
+        self._code_block = -1
 
     @property
     def settler(self) -> str:
@@ -96,6 +104,30 @@ class TokenClient:
     def used_at(self, payer: str, nonce: bytes, block: int) -> bool:
         call = self._contract.functions.authorizationState(payer, nonce)
         return bool(self._read("authorizationState", lambda: call.call(block_identifier=block)))
+
+    def wallet_approves(self, account: str, digest: bytes, signature: bytes, block: int) -> bool:
+        """Whether `account` is a contract whose `isValidSignature(digest, signature)` returns the
+        ERC-1271 magic value at `block`, within `WALLET_GAS`. An account without code, a wallet that
+        reverts, runs out of gas or answers anything else does not approve. Code presence is cached
+        for the block (one `eth_getCode` per account per block)."""
+        if block != self._code_block or len(self._has_code) >= _MAX_CODE_CACHE:
+            self._has_code, self._code_block = {}, block
+        has_code = self._has_code.get(account)
+        if has_code is None:
+            checksummed = Web3.to_checksum_address(account)
+            code = self._read("read the payer's code", lambda: self._w3.eth.get_code(checksummed, block))
+            has_code = self._has_code[account] = len(code) > 0
+        if not has_code:
+            return False
+        data = _IS_VALID_SIGNATURE + abi_encode(["bytes32", "bytes"], [digest, signature])
+        try:
+            answer = self._w3.eth.call({"to": account, "data": HexBytes(data), "gas": WALLET_GAS}, block)
+        except (ContractLogicError, Web3RPCError):  # the node ran it: it reverted or ran out of gas
+            return False
+        except _CHAIN_ERRORS as error:
+            detail = f"cannot ask the payer's wallet: {type(error).__name__}"
+            raise PaymentRejected("chain_unavailable", detail) from None
+        return bytes(answer[:32]) == _IS_VALID_SIGNATURE.ljust(32, b"\0")  # as SignatureChecker reads it
 
     def find_payment(self, payer: str, nonce: bytes, to: str, value: int) -> Settlement | None:
         """The transaction that used (payer, nonce), if it transferred `value` from payer to `to`.

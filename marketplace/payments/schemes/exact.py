@@ -14,8 +14,13 @@ TransferWithAuthorization.
 Verification (`verify`): the requirements the client chose are ours (network "wrong_network",
 asset "wrong_asset", payTo and `to` "wrong_payee"), `value` covers the price ("amount_too_low"),
 ``validAfter < now`` ("authorization_not_yet_valid"), ``now + margin < validBefore``
-("authorization_expired"), the EIP-712 signature of the named type recovers to `from`
-("bad_signature"; EOAs only). Then, at the latest block N: if the nonce is unused at N, the
+("authorization_expired"), the EIP-712 signature of the named type recovers to `from`, or else
+`from` is a contract wallet that approves it (ERC-1271: `isValidSignature` returns its magic value
+at block N within `WALLET_GAS`; one eth_getCode per payer per block and one eth_call, each such
+check spending a token of the client's `lookup_budget`, "too_many_lookups" when none is left) --
+else "bad_signature", also for a wallet that reverts or burns its gas. The settlement itself is
+simulated before it is sent, so a signature the token would refuse is never served. Then, at the
+latest block N: if the nonce is unused at N, the
 authorization is HELD against `balanceOf(from)` at N in the shared ledger
 (`marketplace.payments.ledger.holds`): refused "insufficient_funds" when it does not fit beside
 the payer's other holds in flight, "nonce_reused" when (from, nonce) is held already. If the nonce
@@ -57,7 +62,8 @@ from marketplace.payments.schemes.base import (
     read_signature,
     recover_or_reject,
 )
-from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, Settlement, TokenClient
+from marketplace.payments.schemes.channel import LookupBudget, spend_lookup
+from marketplace.payments.schemes.eip3009 import RECEIVE, TRANSFER, WALLET_GAS, Settlement, TokenClient
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
 
 __all__ = ["ExactAdmission", "ExactScheme", "Settlement", "VerifiedAuthorization"]
@@ -135,6 +141,7 @@ class ExactScheme(PaymentScheme[VerifiedAuthorization]):
         search_from: int = 0,
         clock: Callable[[], float] | None = None,
         executor: Executor | None = None,
+        lookup_budget: LookupBudget | None = None,
     ) -> None:
         super().__init__(state)
         self.token_name, self.token_version = token_name, token_version
@@ -146,6 +153,7 @@ class ExactScheme(PaymentScheme[VerifiedAuthorization]):
         self._settler = sender.address.lower()
         self._clock: Callable[[], float] = clock or state.now  # chain time, as the contracts see it
         self._executor = executor
+        self.lookup_budget = lookup_budget  # spent by each contract-wallet signature check (chain reads)
 
     # --- 402 ---------------------------------------------------------------------------------
 
@@ -178,8 +186,10 @@ class ExactScheme(PaymentScheme[VerifiedAuthorization]):
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedAuthorization:
         """Check the authorization and hold it; the caller must `settle` or `release` it."""
-        verified = self._check(payment, request.model)
+        verified, wallet_digest = self._check(payment, request.model)
         head = await blocking(self._executor, self.chain.head)
+        if wallet_digest is not None:
+            await self._check_wallet(verified, wallet_digest, head.number, request.client)
         used, balance = await asyncio.gather(
             blocking(self._executor, self.chain.used_at, verified.payer, verified.nonce, head.number),
             blocking(self._executor, self.chain.balance_at, verified.payer, head.number),
@@ -198,8 +208,9 @@ class ExactScheme(PaymentScheme[VerifiedAuthorization]):
             raise PaymentRejected("insufficient_funds", str(refusal)) from None
         return verified
 
-    def _check(self, payment: PaymentPayload, model: ModelInfo) -> VerifiedAuthorization:
-        """The checks that need no chain: fields, amounts, validity window, signature."""
+    def _check(self, payment: PaymentPayload, model: ModelInfo) -> tuple[VerifiedAuthorization, bytes | None]:
+        """The checks that need no chain: fields, amounts, validity window, signature; and the digest
+        `from` must approve as a contract wallet when the signature does not recover to it (else None)."""
         payee = model.payee.lower()
         self.check_accepted(payment, asset=self._token_lower, pay_to=payee)
         self.check_price(payment, model)
@@ -230,12 +241,18 @@ class ExactScheme(PaymentScheme[VerifiedAuthorization]):
             )
         digest = self.digest(payer, to, value, valid_after, valid_before, nonce, primary_type)
         signer = recover_or_reject(digest, signature)
-        if signer.hex() != payer[2:]:
-            raise PaymentRejected(
-                "bad_signature", f"the authorization is signed by {checksum_address(signer)}, not by {payer}"
-            )
-        return VerifiedAuthorization(checksum_address(payer), checksum_address(to), value, valid_after, valid_before,
-                                     nonce, signature, primary_type)
+        verified = VerifiedAuthorization(checksum_address(payer), checksum_address(to), value, valid_after,
+                                         valid_before, nonce, signature, primary_type)
+        return verified, (None if signer.hex() == payer[2:] else digest)
+
+    async def _check_wallet(self, verified: VerifiedAuthorization, digest: bytes, block: int,
+                            client: str | None) -> None:
+        """`from` did not sign it: accepted only if `from` is a contract wallet approving it (ERC-1271)."""
+        spend_lookup(self.lookup_budget, client, "contract-wallet signature checks")
+        if not await blocking(self._executor, self.chain.wallet_approves, verified.payer, digest,
+                              verified.signature, block):
+            raise PaymentRejected("bad_signature", f"the authorization is not signed by {verified.payer}, nor "
+                                                   f"approved by it as a contract wallet (ERC-1271, {WALLET_GAS} gas)")
 
     async def _paid_by_someone(self, verified: VerifiedAuthorization) -> VerifiedAuthorization:
         """The nonce is used on chain: served once if its transaction paid the payee, else refused."""
