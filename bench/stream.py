@@ -44,6 +44,15 @@ TARGETS = {"ttft_p50_extra_ms": 2.0, "tokens_per_s_ratio": 0.9}
 
 
 async def _one(client: Any, url: str, body: bytes, header: str | None) -> dict[str, Any]:
+    import httpx
+
+    try:
+        return await _timed(client, url, body, header)
+    except httpx.HTTPError as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+async def _timed(client: Any, url: str, body: bytes, header: str | None) -> dict[str, Any]:
     headers = {"content-type": "application/json"} | ({"PAYMENT-SIGNATURE": header} if header else {})
     started = time.perf_counter()
     first, tokens, settled, buffer = None, 0, False, b""
@@ -92,7 +101,7 @@ async def _load(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_load(url: str, body: bytes, concurrency: int, streams: int, headers: list[str] | None) -> dict[str, Any]:
     job = {"url": url, "body": body.decode(), "concurrency": concurrency, "streams": streams, "headers": headers}
-    output = subprocess.run([sys.executable, __file__, "_load"], input=json.dumps(job), capture_output=True,
+    output = subprocess.run([sys.executable, __file__, "_load"], input=json.dumps(job), stdout=subprocess.PIPE,
                             text=True, check=True, cwd=ROOT).stdout
     result: dict[str, Any] = json.loads(output)
     return result
@@ -118,6 +127,24 @@ def summarize(streams: list[dict[str, Any]]) -> dict[str, Any]:
             "tokens_per_stream": round(statistics.mean(s["tokens"] for s in good), 1) if good else None}
 
 
+def commit_ms(directory: Path, commits: int = 50) -> float:
+    """One durable SQLite commit (WAL, synchronous=FULL) here now: a paid stream makes several,
+    two of them (the call's record, the cap's reservation) before its first token."""
+    import sqlite3
+
+    db = sqlite3.connect(directory / "probe.db", isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        started = time.perf_counter()
+        for i in range(commits):
+            db.execute("INSERT INTO t VALUES (?)", (i,))
+        return round((time.perf_counter() - started) * 1e3 / commits, 3)
+    finally:
+        db.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=128, help="tokens per answer")
@@ -130,10 +157,12 @@ def main() -> None:
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     started = time.monotonic()
+    commit_before = commit_ms(workdir)
     market = Market(workdir)
     servers: list[Server] = []
     streams: dict[str, list[dict[str, Any]]] = {}
     aggregate: dict[str, list[float]] = {}  # tokens/s of all streams together, per round
+    cpu_per_token: dict[str, list[float]] = {}
     try:
         model = market.register_metered(PER_INPUT, PER_OUTPUT)
         deposit = 10**6 * PRICE
@@ -158,7 +187,11 @@ def main() -> None:
                                                            ("(b) paid daemon", daemon.url, headers))]
         for round_ in range(1, args.rounds + 1):
             for name, url, n, count, paid in plan:
+                cpu = daemon.cpu_seconds()
                 got = run_load(url + path, body, n, count, paid[:n] if paid else None)
+                if paid:  # the daemon's CPU per token delivered (the warm-up streams included)
+                    cpu_per_token.setdefault(name, []).append(
+                        (daemon.cpu_seconds() - cpu) * 1e6 / (got["tokens"] * (count + 1) / count))
                 streams.setdefault(name, []).extend(got["streams"])
                 aggregate.setdefault(name, []).append(got["tokens"] / got["wall_s"])
                 summary = summarize(got["streams"])
@@ -166,6 +199,7 @@ def main() -> None:
                       f"{summary['tokens_per_s_p50']} tokens/s per stream, {aggregate[name][-1]:.0f} in all  "
                       f"errors {summary['errors']}", file=sys.stderr)
         upstream_cpu, daemon_cpu = upstream.cpu_seconds(), daemon.cpu_seconds()
+        commits = [commit_before, commit_ms(workdir)]
     finally:
         for server in servers:
             server.stop()
@@ -174,12 +208,14 @@ def main() -> None:
     results = {name: summarize(got) | {"aggregate_tokens_per_s": round(statistics.median(aggregate[name]), 1),
                                        "aggregate_runs": [round(x) for x in aggregate[name]]}
                for name, got in streams.items()}
-    report(results, args, load_before, started,
+    for name, values in cpu_per_token.items():
+        results[name]["daemon_cpu_us_per_token"] = round(statistics.median(values), 1)
+    report(results, args, load_before, commits, started,
            {"upstream": round(upstream_cpu, 1), "daemon": round(daemon_cpu, 1)})
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple[float, float, float],
-           started: float, cpu: dict[str, float]) -> None:
+           commits: list[float], started: float, cpu: dict[str, float]) -> None:
     compared: dict[str, Any] = {}
     for n in (1, 64):
         direct, paid = results[f"(a) direct x{n}"], results[f"(b) paid daemon x{n}"]
@@ -202,13 +238,15 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "sqlite_durable_commit_ms_before_after": commits,
                     "elapsed_s": round(time.monotonic() - started), "server_cpu_s": cpu},
         "results": results, "compared": compared, "targets": TARGETS, "targets_met": met,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(document, indent=2) + "\n")
     print(f"\n{args.tokens} tokens per stream at {args.rate:g} tokens/s upstream, {args.rounds} interleaved rounds; "
-          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+          f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; "
+          f"a durable SQLite commit {commits[0]:.2f} ms before, {commits[1]:.2f} ms after")
     print(f"{'scenario':<20} {'streams':>8} {'errors':>7} {'TTFT p50 ms':>12} {'TTFT p99 ms':>12} "
           f"{'tokens/s p50':>13} {'vs direct':>10} {'all tokens/s':>13}")
     for name, r in results.items():
@@ -217,6 +255,9 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
         print(f"{name:<20} {r['streams']:>8} {r['errors']:>7} {r['ttft_p50_ms'] or 0:>12.2f} "
               f"{r['ttft_p99_ms'] or 0:>12.2f} {r['tokens_per_s_p50'] or 0:>13.1f} {ratio or 0:>9.2f}x "
               f"{r['aggregate_tokens_per_s']:>13,.0f}")
+    for name, r in results.items():
+        if "daemon_cpu_us_per_token" in r:
+            print(f"{name}: the daemon's CPU {r['daemon_cpu_us_per_token']:.0f} µs per token")
     for n, group in compared.items():
         print(f"{n}: TTFT p50 +{group['ttft_p50_extra_ms']} ms, tokens/s per stream {group['tokens_per_s_ratio']}x "
               f"direct, all streams together {group['aggregate_tokens_per_s_ratio']}x")
