@@ -73,6 +73,13 @@ def unpaid_proxy_app() -> Any:
     return app
 
 
+def openai_upstream_app() -> Any:
+    """The fake OpenAI-compatible model server of the tests (BENCH_TOKENS tokens at BENCH_RATE per s)."""
+    from tests.support.openai_upstream import FakeUpstream, create_app
+
+    return create_app(FakeUpstream(tokens=int(os.environ["BENCH_TOKENS"]), rate=float(os.environ["BENCH_RATE"])))
+
+
 def paid_app() -> Any:
     """(b), (d), (e): the daemon itself, settings from MARKETPLACE_CONFIG_FILE and the key variable."""
     from marketplace.daemon.app import create_app
@@ -198,6 +205,13 @@ class Market:
             salt, self.provider.address, PRICE, metadata, artifact, "http://127.0.0.1/bench"))
         return bytes(self.registry.functions.modelIdOf(self.provider.address, salt).call())
 
+    def register_metered(self, per_input_token: int, per_output_token: int, max_output_tokens: int = 0) -> bytes:
+        """A text model priced per token (the per-call price is PRICE), served by an OpenAI upstream."""
+        model_id = self.register((0x55, secrets.token_bytes(32)), (0x55, secrets.token_bytes(32)))
+        self.send(self.provider, self.registry.functions.setTokenPrices(
+            model_id, (per_input_token, per_output_token, max_output_tokens)))
+        return model_id
+
     def open_channels(self, model_id: bytes, count: int, deposit: int) -> list[int]:
         self.send(self.owner, self.token.functions.mint(self.payer.address, count * deposit))
         self.send(self.payer, self.token.functions.approve(self.channels.address, count * deposit))
@@ -210,10 +224,15 @@ class Market:
             ids.append(int(self.channels.functions.channelIdOf(terms).call()))
         return ids
 
-    def daemon_config(self, path: Path, database_url: str, upstream: str) -> Path:
+    def daemon_config(self, path: Path, database_url: str, upstream: str,
+                      text: tuple[bytes, str] | None = None) -> Path:
+        """The daemon's settings; `text` = (metered model, base URL of its OpenAI upstream) adds it."""
         models = [f'[[models]]\nmodel_id = "0x{self.iris.hex()}"',
                   f'[[models]]\nmodel_id = "0x{self.proxied.hex()}"\n'
                   f'runner = {{ kind = "upstream", url = "{upstream}" }}']
+        if text is not None:
+            models.append(f'[[models]]\nmodel_id = "0x{text[0].hex()}"\n'
+                          f'runner = {{ kind = "openai", base_url = "{text[1]}" }}')
         path.write_text("\n".join([
             f'data_dir = "{self.data_dir}"', f'rpc_url = "{self.anvil.url}"', "chain_id = 31337",
             f'deployments_dir = "{self.deployments_dir}"', f'database_url = "{database_url}"',
@@ -233,9 +252,12 @@ class Vouchers:
         self.channels, self.requirements = channels, requirements
         self.issued = dict.fromkeys(channels, 0)  # highest multiple of the price signed per channel
 
-    def header(self, channel_id: int, amount: int) -> str:
+    def header(self, channel_id: int, amount: int, cap: int | None = None) -> str:
+        """The voucher for `amount` on `channel_id`; with `cap`, a metered call's (the most it may cost)."""
         signature = self.key.sign(self.domain.digest(channel_id, amount))
         payload = {"channelId": f"0x{channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
+        if cap is not None:
+            payload["cap"] = str(cap)
         document = {"x402Version": 2, "accepted": self.requirements, "payload": payload}
         return base64.b64encode(json.dumps(document, separators=(",", ":")).encode()).decode()
 
@@ -309,12 +331,12 @@ def drop_postgres_databases(admin_url: str) -> None:
             pass
 
 
-def requirements_of(server: Server, path: str, scheme: str) -> dict[str, Any]:
+def requirements_of(server: Server, path: str, scheme: str, body: bytes = BODY) -> dict[str, Any]:
     import httpx
 
     from marketplace.payments.x402 import parse_payment_required
 
-    required = httpx.post(server.url + path, content=BODY, headers={"content-type": "application/json"}, timeout=10)
+    required = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=10)
     accepts = parse_payment_required(required.headers["PAYMENT-REQUIRED"]).accepts
     return next(r for r in accepts if r.scheme == scheme).to_json()
 

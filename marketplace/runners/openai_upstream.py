@@ -25,6 +25,8 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import orjson
+
 from marketplace.runners.base import RunnerRequest, RunnerResponse
 from marketplace.runners.errors import InvalidInput, RunnerError, UpstreamFailed
 from marketplace.runners.text import TextCall, TextChunk, TextRunner, TextStream, TextUsage
@@ -207,8 +209,8 @@ class _UpstreamTextStream(TextStream):
 
     def _parse(self, event: str) -> dict[str, Any]:
         try:
-            data = json.loads(event)
-        except ValueError as exc:
+            data = orjson.loads(event)  # per chunk: several times faster than json.loads
+        except orjson.JSONDecodeError as exc:
             raise self._garbage(f"an event is not JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise self._garbage("an event is not a JSON object")
