@@ -173,3 +173,4 @@ async def test_an_agent_over_streamable_http_pays_and_the_server_refuses_other_h
                                            "accept": "application/json, text/event-stream"},
                              json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert rebound.status_code == 421  # DNS rebinding: a web page cannot reach the agent's wallet
+
