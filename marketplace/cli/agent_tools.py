@@ -23,6 +23,7 @@ from marketplace.ipfs import StoreKind
 from marketplace.tokens import format_pricing, format_tokens, parse_tokens
 
 if TYPE_CHECKING:
+    from marketplace.chain.market import Catalog
     from marketplace.cli.account import Session
     from marketplace.client import CallResult, ChannelStore, MarketplaceClient, SpendingLimits
 
@@ -39,6 +40,18 @@ def _model(model_id: str) -> bytes:
 
 def _limit(amount: int | None) -> str | None:
     return None if amount is None else format_tokens(amount)
+
+
+def _summary(item: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+    """A search result for an agent: prices in MKT (per token too), no CIDs."""
+    listed = catalog.models.get(bytes.fromhex(str(item["model_id"])[2:]))
+    keep = ("model_id", "name", "description", "tags", "status", "endpoint", "input_schema", "output_schema",
+            "outputs", "verified", "metadata_problem")
+    out = {key: item[key] for key in keep if key in item}
+    out["price"] = format_tokens(int(item["price"]))
+    if listed is not None:
+        out["pricing"] = format_pricing(listed.info.pricing)
+    return out
 
 
 class Toolbox:
@@ -74,16 +87,18 @@ class Toolbox:
                                   "max_price": str(parse_tokens(max_price, what="max_price", allow_zero=True))
                                   if max_price else None}
         page = search_catalog(self.session.market, SearchQuery.parse(params), *self._ipfs)
-        return {"models": [self._summary(item) for item in page["items"]], "total": page["total"]}
+        catalog = self.session.market.catalog()
+        return {"models": [_summary(item, catalog) for item in page["items"]], "total": page["total"]}
 
     def describe_model(self, model_id: str) -> dict[str, Any]:
         """Name, description, input and output schemas, example input, prices and endpoint of one model."""
         from marketplace.cli.consumer import read_metadata
         from marketplace.discovery.search import CatalogEntry, entry_json
 
-        listed = self.session.market.catalog().model(_model(model_id), self.session.chain_id)
+        catalog = self.session.market.catalog()
+        listed = catalog.model(_model(model_id), self.session.chain_id)
         metadata, problem = read_metadata(listed.metadata_cid, *self._ipfs)
-        described = self._summary(entry_json(CatalogEntry(listed.info, metadata, problem)))
+        described = _summary(entry_json(CatalogEntry(listed.info, metadata, problem)), catalog)
         described["example_input"] = metadata.example_input if metadata is not None else None
         return described
 
@@ -119,16 +134,6 @@ class Toolbox:
                            "total": _limit(self.limits.total)}}
 
     # --- helpers -----------------------------------------------------------------------------------
-
-    def _summary(self, item: dict[str, Any]) -> dict[str, Any]:
-        listed = self.session.market.catalog().models.get(bytes.fromhex(str(item["model_id"])[2:]))
-        keep = ("model_id", "name", "description", "tags", "status", "endpoint", "input_schema", "output_schema",
-                "outputs", "verified", "metadata_problem")
-        out = {key: item[key] for key in keep if key in item}
-        out["price"] = format_tokens(int(item["price"]))
-        if listed is not None:
-            out["pricing"] = format_pricing(listed.info.pricing)
-        return out
 
     def _client(self, model: bytes) -> MarketplaceClient:
         from marketplace.client import MarketplaceClient
