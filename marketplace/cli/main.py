@@ -29,6 +29,7 @@ _SUBCOMMANDS = {  # in the order `marketplace --help` lists them: a command func
     "provider": "marketplace.cli.provider:app",
     "consumer": "marketplace.cli.consumer:app",
     "search": "marketplace.cli.search:search",
+    "mcp": "marketplace.cli.agent:mcp",
     "license": "marketplace.cli.license:app",
 }
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -21,7 +21,11 @@ from marketplace.errors import ConfigError
 from marketplace.ipfs import StoreKind
 from marketplace.tokens import format_tokens, parse_tokens
 
-__all__ = ["search"]
+if TYPE_CHECKING:
+    from marketplace.chain.market import Market
+    from marketplace.discovery.search import SearchQuery
+
+__all__ = ["search", "search_catalog"]
 
 _TIMEOUT = 10.0
 
@@ -78,15 +82,23 @@ def _read_chain(
     directory: Path | None,
 ) -> dict[str, Any]:
     from marketplace.cli.account import open_session
-    from marketplace.cli.consumer import read_metadata
-    from marketplace.discovery.search import CatalogEntry, SearchQuery, entry_json
-    from marketplace.discovery.search import search as find
+    from marketplace.discovery.search import SearchQuery
 
     query = SearchQuery.parse(params)  # before any RPC: a bad filter is one line at once
     session = open_session(rpc_url, None, deployments_dir=deployments_dir, need_account=False)
+    return search_catalog(session.market, query, store, api, directory)
+
+
+def search_catalog(market: Market, query: SearchQuery, store: StoreKind, api: str | None,
+                   directory: Path | None) -> dict[str, Any]:
+    """One page of `query` over the registry on chain, each model's metadata read from IPFS (verified)."""
+    from marketplace.cli.consumer import read_metadata
+    from marketplace.discovery.search import CatalogEntry, entry_json
+    from marketplace.discovery.search import search as find
+
     entries = [
         CatalogEntry(listed.info, *read_metadata(listed.metadata_cid, store, api, directory))
-        for listed in session.market.catalog().models.values()
+        for listed in market.catalog().models.values()
         if listed.info.status in query.statuses
     ]
     page = find(entries, query)

@@ -153,11 +153,13 @@ class MarketplaceClient:
                                           "max_price": max_price, "budget": budget, "limits": limits})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
-    def call(self, model_id: bytes | str, input: Any) -> CallResult:
-        """Run one paid inference of `model_id` on `input` (JSON)."""
+    def call(self, model_id: bytes | str, input: Any, *, path: str | None = None) -> CallResult:
+        """Run one paid inference of `model_id` on `input` (JSON), posted to `path` (default: the
+        model's infer route; "/v1/chat/completions" for a text model, `input` naming it)."""
         model, body = model_bytes(model_id), json.dumps(input).encode()
         try:
-            response = self.http.post(infer_path(model), content=body, headers={"content-type": "application/json"})
+            response = self.http.post(path or infer_path(model), content=body,
+                                      headers={"content-type": "application/json"})
         except httpx.TransportError as error:
             raise DaemonUnreachable(str(self.http.base_url), type(error).__name__) from None
         return _result(model, body, response)
