@@ -17,7 +17,10 @@ pragma solidity ^0.8.24;
  * for a higher payout, but never pays beyond its amount, and no claim can lower the watermark.
  *
  * Life cycle: open -> (topUp | extend | claim)* -> expiry -> (topUp | extend | claim)* -> reclaim (final, payer
- * only). Claims stay possible after expiry until the payer reclaims.
+ * only). Claims stay possible after expiry until the payer reclaims. At any time the payer may instead close the
+ * channel cooperatively (final): with its signer's voucher and the payee's EIP-712
+ * `CloseChannel(uint256 channelId,uint256 payout,uint256 deadline)`, the payee gets `payout - claimed` and the payer
+ * `deposit - payout` in one transaction.
  */
 interface IPaymentChannels {
     /// @notice The fixed terms of a channel; `channelId = uint256(keccak256(abi.encode(terms)))`.
@@ -79,6 +82,8 @@ interface IPaymentChannels {
     event VoucherClaimed(uint256 indexed channelId, uint256 amount, uint256 claimed);
 
     /// @notice The payer took back the unclaimed `refunded` tokens of an expired channel, which is now closed.
+    /// A cooperative close emits `VoucherClaimed` (if it pays the payee anything) then this event, so that every
+    /// watcher follows it as a claim then a reclaim.
     /// @dev The payer is a term of the channel (see `ChannelOpened`).
     event ChannelReclaimed(uint256 indexed channelId, uint256 refunded);
 
@@ -112,6 +117,8 @@ interface IPaymentChannels {
     error PaymentChannelsInvalidSignature(uint256 channelId, address signer);
     /// @notice The escrow received `received` tokens where `expected` were sent (fee-on-transfer tokens are refused).
     error PaymentChannelsTransferMismatch(uint256 expected, uint256 received);
+    /// @notice The payee's close signature was valid until `deadline`, before block time `timestamp`.
+    error PaymentChannelsCloseExpired(uint256 channelId, uint256 deadline, uint256 timestamp);
     /// @notice A `claimMany` call with no claims.
     error PaymentChannelsEmptyBatch();
 
@@ -152,6 +159,20 @@ interface IPaymentChannels {
 
     /// @notice After expiry, refunds `deposit - claimed` to the payer and closes the channel for good; payer only.
     function reclaim(ChannelTerms calldata terms) external;
+
+    /// @notice Closes the channel now, before expiry if need be; payer only. Requires `claimed <= payout <= amount
+    /// <= deposit`, a voucher for `amount` by `terms.signer` (the payer's consent to pay up to it) and the payee's
+    /// `CloseChannel(channelId, payout, deadline)` signature (its consent to be paid `payout` in all), with
+    /// `block.timestamp <= deadline`. Pays the payee `payout - claimed` and refunds `deposit - payout` to the payer.
+    /// Both signatures as in `claim` (65 bytes or ERC-2098 64 bytes, low s).
+    function closeCooperatively(
+        ChannelTerms calldata terms,
+        uint120 amount,
+        uint120 payout,
+        uint256 deadline,
+        bytes calldata voucherSignature,
+        bytes calldata payeeSignature
+    ) external;
 
     /// @notice The escrowed token.
     function token() external view returns (address);
