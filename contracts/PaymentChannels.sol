@@ -166,11 +166,10 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     /// @inheritdoc IPaymentChannels
     function closeCooperatively(
         ChannelTerms calldata terms,
-        uint120 amount,
-        uint120 payout,
+        uint256 payout,
         uint256 deadline,
-        bytes calldata voucherSignature,
-        bytes calldata payeeSignature
+        bytes32 r,
+        bytes32 yParityAndS
     ) external {
         _requirePayer(terms.payer);
         uint256 channelId = _channelId(terms);
@@ -179,20 +178,12 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
         _requireOpen(channelId, expiry);
         if (payout < claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, payout, claimed);
-        if (payout > amount) revert PaymentChannelsPayoutExceedsVoucher(channelId, payout, amount);
-        if (amount > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, amount, deposit);
-        bytes32 domainSeparator = _domainSeparatorV4();
-        (bool wellFormed, bytes32 r, bytes32 vs) = _compact(voucherSignature);
-        address recovered = _recover(_voucherDigest(domainSeparator, channelId, amount), r, vs);
-        if (!wellFormed || recovered == address(0) || recovered != terms.signer) {
-            revert PaymentChannelsInvalidSignature(channelId, terms.signer);
-        }
-        (wellFormed, r, vs) = _compact(payeeSignature);
-        recovered = _recover(_closeDigest(domainSeparator, channelId, payout, deadline), r, vs);
-        if (!wellFormed || recovered == address(0) || recovered != terms.payee) {
+        if (payout > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, payout, deposit);
+        address recovered = _recover(_closeDigest(_domainSeparatorV4(), channelId, payout, deadline), r, yParityAndS);
+        if (recovered == address(0) || recovered != terms.payee) {
             revert PaymentChannelsInvalidSignature(channelId, terms.payee);
         }
-        // payout <= amount <= deposit, a uint96, was checked above, so the cast keeps every bit.
+        // payout <= deposit, a uint96, was checked above, so the cast keeps every bit.
         _store(channel, deposit, uint96(payout), RECLAIMED);
         uint256 paid;
         uint256 refunded;
@@ -201,9 +192,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             paid = payout - claimed;
             refunded = deposit - payout;
         }
-        // The events of a claim then a reclaim: every watcher of the channel follows a close as those two.
-        if (paid != 0) emit VoucherClaimed(channelId, amount, payout);
-        emit ChannelReclaimed(channelId, refunded);
+        emit ChannelClosed(channelId, payout, refunded);
         if (paid != 0) _token.safeTransfer(terms.payee, paid);
         if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
     }

@@ -18,9 +18,8 @@ pragma solidity ^0.8.24;
  *
  * Life cycle: open -> (topUp | extend | claim)* -> expiry -> (topUp | extend | claim)* -> reclaim (final, payer
  * only). Claims stay possible after expiry until the payer reclaims. At any time the payer may instead close the
- * channel cooperatively (final): with its signer's voucher and the payee's EIP-712
- * `CloseChannel(uint256 channelId,uint256 payout,uint256 deadline)`, the payee gets `payout - claimed` and the payer
- * `deposit - payout` in one transaction.
+ * channel cooperatively (final): with the payee's EIP-712 `CloseChannel(uint256 channelId,uint256 payout,uint256
+ * deadline)`, the payee gets `payout - claimed` and the payer `deposit - payout` in one transaction.
  */
 interface IPaymentChannels {
     /// @notice The fixed terms of a channel; `channelId = uint256(keccak256(abi.encode(terms)))`.
@@ -82,10 +81,14 @@ interface IPaymentChannels {
     event VoucherClaimed(uint256 indexed channelId, uint256 amount, uint256 claimed);
 
     /// @notice The payer took back the unclaimed `refunded` tokens of an expired channel, which is now closed.
-    /// A cooperative close emits `VoucherClaimed` (if it pays the payee anything) then this event, so that every
-    /// watcher follows it as a claim then a reclaim.
     /// @dev The payer is a term of the channel (see `ChannelOpened`).
     event ChannelReclaimed(uint256 indexed channelId, uint256 refunded);
+
+    /// @notice The payer closed a channel early with the payee's consent (`closeCooperatively`): the watermark is now
+    /// `claimed` (its rise went to the payee), `refunded` (`deposit - claimed`) went back to the payer, and the channel
+    /// is closed as a reclaimed one (`expiry == RECLAIMED`). One event instead of `VoucherClaimed` + `ChannelReclaimed`
+    /// saves about 1,400 gas.
+    event ChannelClosed(uint256 indexed channelId, uint256 claimed, uint256 refunded);
 
     /// @notice A channel's signer is the zero address.
     error PaymentChannelsZeroSigner();
@@ -160,18 +163,17 @@ interface IPaymentChannels {
     /// @notice After expiry, refunds `deposit - claimed` to the payer and closes the channel for good; payer only.
     function reclaim(ChannelTerms calldata terms) external;
 
-    /// @notice Closes the channel now, before expiry if need be; payer only. Requires `claimed <= payout <= amount
-    /// <= deposit`, a voucher for `amount` by `terms.signer` (the payer's consent to pay up to it) and the payee's
-    /// `CloseChannel(channelId, payout, deadline)` signature (its consent to be paid `payout` in all), with
-    /// `block.timestamp <= deadline`. Pays the payee `payout - claimed` and refunds `deposit - payout` to the payer.
-    /// Both signatures as in `claim` (65 bytes or ERC-2098 64 bytes, low s).
+    /// @notice Closes the channel now, before expiry if need be; payer only (the call is the payer's consent).
+    /// Requires `claimed <= payout <= deposit`, `block.timestamp <= deadline` and the payee's EIP-712
+    /// `CloseChannel(channelId, payout, deadline)` signature (its consent to be paid `payout` in all), ERC-2098
+    /// compact (`r`, `yParityAndS`, low s). Pays the payee `payout - claimed`, refunds `deposit - payout` to the
+    /// payer, and emits `ChannelClosed`.
     function closeCooperatively(
         ChannelTerms calldata terms,
-        uint120 amount,
-        uint120 payout,
+        uint256 payout,
         uint256 deadline,
-        bytes calldata voucherSignature,
-        bytes calldata payeeSignature
+        bytes32 r,
+        bytes32 yParityAndS
     ) external;
 
     /// @notice The escrowed token.

@@ -45,16 +45,15 @@ def close_signature(escrow: Escrow, key: LocalAccount, channel_id: int, payout: 
 
 
 def close_call(
-    escrow: Escrow, payee_key: LocalAccount, channel: Channel, amount: int, payout: int, *,
-    deadline: int | None = None, payee_payout: int | None = None, voucher: bytes | None = None,
+    escrow: Escrow, payee_key: LocalAccount, channel: Channel, payout: int, *,
+    deadline: int | None = None, payee_payout: int | None = None,
 ):  # type: ignore[no-untyped-def]
-    """The closeCooperatively call for a voucher of `amount` and a close at `payout` (payee signs `payee_payout`)."""
+    """The closeCooperatively call at `payout` (the payee signs `payee_payout`, default the same)."""
     deadline = now(escrow.w3) + HOUR if deadline is None else deadline
     signed = close_signature(
         escrow, payee_key, channel.id, payout if payee_payout is None else payee_payout, deadline
     )
-    voucher = escrow.voucher(channel, amount) if voucher is None else voucher
-    return escrow.channels.functions.closeCooperatively(channel.terms, amount, payout, deadline, voucher, signed)
+    return escrow.channels.functions.closeCooperatively(channel.terms, payout, deadline, *compact(signed))
 
 
 def test_close_pays_the_payee_and_refunds_the_payer_at_once(escrow: Escrow, payee_key: LocalAccount) -> None:
@@ -62,39 +61,29 @@ def test_close_pays_the_payee_and_refunds_the_payer_at_once(escrow: Escrow, paye
     escrow.claim(channel, 1 * TOKEN)
     payee_before, payer_before = escrow.balance(escrow.payee), escrow.balance(escrow.payer)
 
-    receipt = send(close_call(escrow, payee_key, channel, 4 * TOKEN, 3 * TOKEN), escrow.payer)
+    receipt = send(close_call(escrow, payee_key, channel, 3 * TOKEN), escrow.payer)
 
     assert escrow.balance(escrow.payee) == payee_before + 2 * TOKEN
     assert escrow.balance(escrow.payer) == payer_before + DEPOSIT - 3 * TOKEN
     assert escrow.state(channel) == (DEPOSIT, 3 * TOKEN, 1)
     assert escrow.balance(escrow.channels.address) == 0
-    # watchers follow it as a claim then a reclaim
-    assert events(escrow.channels, "VoucherClaimed", receipt) == [
-        {"channelId": channel.id, "amount": 4 * TOKEN, "claimed": 3 * TOKEN}
+    assert events(escrow.channels, "ChannelClosed", receipt) == [
+        {"channelId": channel.id, "claimed": 3 * TOKEN, "refunded": DEPOSIT - 3 * TOKEN}
     ]
-    assert events(escrow.channels, "ChannelReclaimed", receipt) == [
-        {"channelId": channel.id, "refunded": DEPOSIT - 3 * TOKEN}
-    ]
-    # final: no claim, close or reclaim after it
+    # final: the provider's later claim, another close or a reclaim fail cleanly
     with expect_revert("PaymentChannelsChannelReclaimed", channel.id):
         escrow.claim(channel, 4 * TOKEN)
     with expect_revert("PaymentChannelsChannelReclaimed", channel.id):
-        close_call(escrow, payee_key, channel, 4 * TOKEN, 3 * TOKEN).call({"from": escrow.payer})
+        close_call(escrow, payee_key, channel, 3 * TOKEN).call({"from": escrow.payer})
 
 
-def test_close_with_nothing_more_owed_and_compact_signatures(escrow: Escrow, payee_key: LocalAccount) -> None:
-    """payout == claimed pays the payee nothing (no VoucherClaimed); ERC-2098 signatures work for both."""
+def test_close_with_nothing_more_owed_refunds_the_rest(escrow: Escrow, payee_key: LocalAccount) -> None:
+    """payout == claimed pays the payee nothing and refunds the payer deposit - claimed."""
     channel = escrow.open()
     escrow.claim(channel, 2 * TOKEN)
-    deadline = now(escrow.w3) + HOUR
-    voucher = b"".join(compact(escrow.voucher(channel, 2 * TOKEN)))
-    signed = b"".join(compact(close_signature(escrow, payee_key, channel.id, 2 * TOKEN, deadline)))
-    payer_before = escrow.balance(escrow.payer)
-    receipt = send(
-        escrow.channels.functions.closeCooperatively(channel.terms, 2 * TOKEN, 2 * TOKEN, deadline, voucher, signed),
-        escrow.payer,
-    )
-    assert events(escrow.channels, "VoucherClaimed", receipt) == []
+    payee_before, payer_before = escrow.balance(escrow.payee), escrow.balance(escrow.payer)
+    send(close_call(escrow, payee_key, channel, 2 * TOKEN), escrow.payer)
+    assert escrow.balance(escrow.payee) == payee_before
     assert escrow.balance(escrow.payer) == payer_before + DEPOSIT - 2 * TOKEN
 
 
@@ -102,55 +91,46 @@ def test_close_below_the_claimed_watermark_is_refused(escrow: Escrow, payee_key:
     channel = escrow.open()
     escrow.claim(channel, 3 * TOKEN)
     with expect_revert("PaymentChannelsAmountNotAboveClaimed", channel.id, 2 * TOKEN, 3 * TOKEN):
-        close_call(escrow, payee_key, channel, 3 * TOKEN, 2 * TOKEN).call({"from": escrow.payer})
+        close_call(escrow, payee_key, channel, 2 * TOKEN).call({"from": escrow.payer})
 
 
 def test_a_payee_signature_for_another_payout_is_refused(escrow: Escrow, payee_key: LocalAccount) -> None:
-    """The consumer cannot pay less than the payee agreed to (nor a relayer pick another payout)."""
+    """The consumer cannot pay less than the payee agreed to (the payout is in the signed message)."""
     channel = escrow.open()
     with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.payee):
-        close_call(escrow, payee_key, channel, 3 * TOKEN, 2 * TOKEN, payee_payout=3 * TOKEN).call(
-            {"from": escrow.payer}
-        )
+        close_call(escrow, payee_key, channel, 2 * TOKEN, payee_payout=3 * TOKEN).call({"from": escrow.payer})
 
 
 def test_replays_of_a_close_signature_are_refused(escrow: Escrow, payee_key: LocalAccount) -> None:
     """Bound to its channel and its deadline; a signature by anyone but the payee is refused."""
     channel, other = escrow.open(0), escrow.open(1)
     deadline = now(escrow.w3) + HOUR
-    signed = close_signature(escrow, payee_key, channel.id, TOKEN, deadline)
-    on_other = escrow.channels.functions.closeCooperatively(
-        other.terms, TOKEN, TOKEN, deadline, escrow.voucher(other, TOKEN), signed
-    )
+    signed = compact(close_signature(escrow, payee_key, channel.id, TOKEN, deadline))
     with expect_revert("PaymentChannelsInvalidSignature", other.id, escrow.payee):
-        on_other.call({"from": escrow.payer})
-    by_signer = escrow.channels.functions.closeCooperatively(
-        channel.terms, TOKEN, TOKEN, deadline, escrow.voucher(channel, TOKEN),
-        close_signature(escrow, escrow.signer, channel.id, TOKEN, deadline),
-    )
+        escrow.channels.functions.closeCooperatively(other.terms, TOKEN, deadline, *signed).call(
+            {"from": escrow.payer}
+        )
+    by_signer = compact(close_signature(escrow, escrow.signer, channel.id, TOKEN, deadline))
     with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.payee):
-        by_signer.call({"from": escrow.payer})
-    late = close_call(escrow, payee_key, channel, TOKEN, TOKEN, deadline=deadline)
-    timestamp = advance_time(escrow.w3, HOUR + 1) + 1
-    with expect_revert("PaymentChannelsCloseExpired", channel.id, deadline, pytest.approx(timestamp, abs=2)):
+        escrow.channels.functions.closeCooperatively(channel.terms, TOKEN, deadline, *by_signer).call(
+            {"from": escrow.payer}
+        )
+    late = escrow.channels.functions.closeCooperatively(channel.terms, TOKEN, deadline, *signed)
+    advance_time(escrow.w3, HOUR + 1)
+    with expect_revert("PaymentChannelsCloseExpired") as caught:
         late.call({"from": escrow.payer})
+    assert caught.args[:2] == (channel.id, deadline)
 
 
-def test_only_the_payer_closes_and_only_with_its_signers_voucher(escrow: Escrow, payee_key: LocalAccount) -> None:
-    """The payee (who holds vouchers) cannot close a channel the payer keeps open; the voucher is the consent."""
+def test_only_the_payer_closes_and_never_above_the_deposit(escrow: Escrow, payee_key: LocalAccount) -> None:
+    """The payee cannot close a channel the payer keeps open: the payer's call is its consent."""
     channel = escrow.open()
-    call = close_call(escrow, payee_key, channel, TOKEN, TOKEN)
+    call = close_call(escrow, payee_key, channel, TOKEN)
     for caller in (escrow.payee, escrow.stranger):
         with expect_revert("PaymentChannelsNotPayer", caller, escrow.payer):
             call.call({"from": caller})
-    forged = close_call(escrow, payee_key, channel, TOKEN, TOKEN, voucher=escrow.voucher(channel, TOKEN, b"\x07" * 32))
-    with expect_revert("PaymentChannelsInvalidSignature", channel.id, escrow.signer.address):
-        forged.call({"from": escrow.payer})
-    with expect_revert("PaymentChannelsPayoutExceedsVoucher", channel.id, 2 * TOKEN, TOKEN):
-        close_call(escrow, payee_key, channel, TOKEN, 2 * TOKEN).call({"from": escrow.payer})
-    over = DEPOSIT + 1
-    with expect_revert("PaymentChannelsAmountExceedsDeposit", channel.id, over, DEPOSIT):
-        close_call(escrow, payee_key, channel, over, TOKEN).call({"from": escrow.payer})
+    with expect_revert("PaymentChannelsAmountExceedsDeposit", channel.id, DEPOSIT + 1, DEPOSIT):
+        close_call(escrow, payee_key, channel, DEPOSIT + 1).call({"from": escrow.payer})
 
 
 def test_reentrant_claim_during_a_close_through_the_token_fails(
@@ -167,7 +147,7 @@ def test_reentrant_claim_during_a_close_through_the_token_fails(
     send(token.functions.arm(channels.address, payload), escrow.payer)
     payer_before = hostile.balance(escrow.payer)
 
-    send(close_call(hostile, payee_key, channel, 2 * TOKEN, 2 * TOKEN), escrow.payer)
+    send(close_call(hostile, payee_key, channel, 2 * TOKEN), escrow.payer)
 
     assert token.functions.lastAttackSucceeded().call() is False
     assert decode_error(token.functions.lastAttackResult().call()) == ("PaymentChannelsChannelReclaimed", (channel.id,))
