@@ -14,6 +14,8 @@ Scenarios (all deterministic: fixed keys, salts and block times):
 - claimMany: 10 channels never claimed before, one payee who already holds tokens, whole vouchers.
 - (extra) a partial claim (payout below the voucher's amount), claimMany of one channel.
 - reclaim: after expiry; the payer still holds tokens.
+- (extra) cooperative close: before expiry, a channel claimed before, a voucher above the watermark, payee and
+  payer already hold tokens (both transfers happen); its issue-12 target is COOPERATIVE_CLOSE_TARGET.
 - register: a model with a 40-character endpoint URL; (extra) then give it per-token prices.
 `measure()` is also used by tests/contracts/test_gas_snapshot.py.
 """
@@ -34,10 +36,10 @@ from web3 import Web3
 from web3.contract import Contract
 
 from marketplace.payments.claimer import compact_signature
-from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
+from marketplace.payments.eip712 import CLOSE_CHANNEL, PERMIT, Domain, sign_digest
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 
-__all__ = ["OPERATIONS", "main", "measure", "render_table"]
+__all__ = ["COOPERATIVE_CLOSE", "COOPERATIVE_CLOSE_TARGET", "OPERATIONS", "main", "measure", "render_table"]
 
 # operation -> (SingularityNET gasUsed, our target), both from DESIGN.md / the task.
 OPERATIONS: dict[str, tuple[int, int]] = {
@@ -49,6 +51,10 @@ OPERATIONS: dict[str, tuple[int, int]] = {
     "reclaim after expiry": (53_937, 45_000),
     "register a model": (166_621, 140_000),
 }
+
+# SingularityNET has no cooperative close to compare with: an extra figure, with issue 12's target.
+COOPERATIVE_CLOSE = "(extra) cooperative close: payee paid and payer refunded in one tx"
+COOPERATIVE_CLOSE_TARGET = 60_000
 
 _TOKEN = 10**18
 _START_TIME = 1_900_000_000  # a fixed block time, so calldata (expiries) and gas are the same every run
@@ -168,6 +174,17 @@ def measure(
     gas["(extra) claimMany, 1 fresh channel"] = _send(env, channels.functions.claimMany(payee, batch[10:]), provider)[
         "gasUsed"
     ]
+
+    # The warm-up channel (salt 0): claimed once, then closed early at a payout above it, before expiry.
+    warm = _terms(payer, signer.address, payee, model_id, 0)
+    warm_id = channels.functions.channelIdOf(warm).call()
+    _send(env, channels.functions.claim(warm, 10**15, 10**15, _sign_voucher(env, signer, warm_id, 10**15)), provider)
+    deadline = now + 3600
+    domain = Domain("ModelMarketplace", "1", w3.eth.chain_id, escrow)
+    r, vs = compact_signature(sign_digest(accounts[2], domain.digest(CLOSE_CHANNEL, warm_id, 3 * 10**15, deadline)))
+    gas[COOPERATIVE_CLOSE] = _send(
+        env, channels.functions.closeCooperatively(warm, 3 * 10**15, deadline, r, vs), payer
+    )["gasUsed"]
 
     _at(env, expiry + 1)
     gas["reclaim after expiry"] = _send(env, channels.functions.reclaim(terms), payer)["gasUsed"]

@@ -16,7 +16,7 @@ import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
  * calldata. Every entry point that moves tokens updates state and emits its event before its one transfer
  * (checks-effects-interactions). Deposits (`open`, `openWithPermit`, `topUp`) are also `nonReentrant`, because they
  * read the escrow's balance after the transfer to refuse fee-on-transfer tokens. Payouts (`claim`, `claimMany`,
- * `reclaim`) are not: the transfer is their last step and reads nothing back, so a token that calls back in finds
+ * `reclaim`, `closeCooperatively`) are not: the transfer is their last step and reads nothing back, so a token that calls back in finds
  * the watermark raised or the channel closed (see docs/contracts.md, "Tokens and re-entry"). Tokens without a
  * return value work through SafeERC20. Inline assembly only hashes (from calldata, or past the free memory
  * pointer) and calls the ecrecover precompile; transfers and guards are OpenZeppelin's.
@@ -27,6 +27,10 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
 
     /// @notice EIP-712 type hash of `Voucher(uint256 channelId,uint256 amount)`.
     bytes32 public constant VOUCHER_TYPEHASH = keccak256("Voucher(uint256 channelId,uint256 amount)");
+
+    /// @notice EIP-712 type hash of `CloseChannel(uint256 channelId,uint256 payout,uint256 deadline)`.
+    bytes32 public constant CLOSE_CHANNEL_TYPEHASH =
+        keccak256("CloseChannel(uint256 channelId,uint256 payout,uint256 deadline)");
 
     /// @notice The `expiry` value marking a reclaimed channel (no real expiry is ever this small).
     uint64 public constant RECLAIMED = 1;
@@ -156,6 +160,40 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             refunded = deposit - claimed;
         }
         emit ChannelReclaimed(channelId, refunded);
+        if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
+    }
+
+    /// @inheritdoc IPaymentChannels
+    function closeCooperatively(
+        ChannelTerms calldata terms,
+        uint256 payout,
+        uint256 deadline,
+        bytes32 r,
+        bytes32 yParityAndS
+    ) external {
+        _requirePayer(terms.payer);
+        uint256 channelId = _channelId(terms);
+        if (block.timestamp > deadline) revert PaymentChannelsCloseExpired(channelId, deadline, block.timestamp);
+        PackedChannel storage channel = _channels[channelId];
+        (uint96 deposit, uint96 claimed, uint64 expiry) = _load(channel);
+        _requireOpen(channelId, expiry);
+        if (payout < claimed) revert PaymentChannelsAmountNotAboveClaimed(channelId, payout, claimed);
+        if (payout > deposit) revert PaymentChannelsAmountExceedsDeposit(channelId, payout, deposit);
+        address recovered = _recover(_closeDigest(_domainSeparatorV4(), channelId, payout, deadline), r, yParityAndS);
+        if (recovered == address(0) || recovered != terms.payee) {
+            revert PaymentChannelsInvalidSignature(channelId, terms.payee);
+        }
+        // payout <= deposit, a uint96, was checked above, so the cast keeps every bit.
+        _store(channel, deposit, uint96(payout), RECLAIMED);
+        uint256 paid;
+        uint256 refunded;
+        // claimed <= payout <= deposit was checked above.
+        unchecked {
+            paid = payout - claimed;
+            refunded = deposit - payout;
+        }
+        emit ChannelClosed(channelId, payout, refunded);
+        if (paid != 0) _token.safeTransfer(terms.payee, paid);
         if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
     }
 
@@ -316,6 +354,28 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             mstore(add(free, 0x20), channelId)
             mstore(add(free, 0x40), amount)
             let structHash := keccak256(free, 0x60)
+            mstore(free, hex"1901")
+            mstore(add(free, 0x02), domainSeparator)
+            mstore(add(free, 0x22), structHash)
+            digest := keccak256(free, 0x42)
+        }
+    }
+
+    /// @dev The EIP-712 digest of `CloseChannel(channelId, payout, deadline)`, hashed as `_voucherDigest` is.
+    function _closeDigest(
+        bytes32 domainSeparator,
+        uint256 channelId,
+        uint256 payout,
+        uint256 deadline
+    ) private pure returns (bytes32 digest) {
+        bytes32 typeHash = CLOSE_CHANNEL_TYPEHASH;
+        assembly ("memory-safe") {
+            let free := mload(0x40)
+            mstore(free, typeHash)
+            mstore(add(free, 0x20), channelId)
+            mstore(add(free, 0x40), payout)
+            mstore(add(free, 0x60), deadline)
+            let structHash := keccak256(free, 0x80)
             mstore(free, hex"1901")
             mstore(add(free, 0x02), domainSeparator)
             mstore(add(free, 0x22), structHash)

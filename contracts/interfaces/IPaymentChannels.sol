@@ -17,7 +17,9 @@ pragma solidity ^0.8.24;
  * for a higher payout, but never pays beyond its amount, and no claim can lower the watermark.
  *
  * Life cycle: open -> (topUp | extend | claim)* -> expiry -> (topUp | extend | claim)* -> reclaim (final, payer
- * only). Claims stay possible after expiry until the payer reclaims.
+ * only). Claims stay possible after expiry until the payer reclaims. At any time the payer may instead close the
+ * channel cooperatively (final): with the payee's EIP-712 `CloseChannel(uint256 channelId,uint256 payout,uint256
+ * deadline)`, the payee gets `payout - claimed` and the payer `deposit - payout` in one transaction.
  */
 interface IPaymentChannels {
     /// @notice The fixed terms of a channel; `channelId = uint256(keccak256(abi.encode(terms)))`.
@@ -82,6 +84,12 @@ interface IPaymentChannels {
     /// @dev The payer is a term of the channel (see `ChannelOpened`).
     event ChannelReclaimed(uint256 indexed channelId, uint256 refunded);
 
+    /// @notice The payer closed a channel early with the payee's consent (`closeCooperatively`): the watermark is now
+    /// `claimed` (its rise went to the payee), `refunded` (`deposit - claimed`) went back to the payer, and the channel
+    /// is closed as a reclaimed one (`expiry == RECLAIMED`). One event instead of `VoucherClaimed` + `ChannelReclaimed`
+    /// saves about 1,400 gas.
+    event ChannelClosed(uint256 indexed channelId, uint256 claimed, uint256 refunded);
+
     /// @notice A channel's signer is the zero address.
     error PaymentChannelsZeroSigner();
     /// @notice A channel's payee is the zero address.
@@ -112,6 +120,8 @@ interface IPaymentChannels {
     error PaymentChannelsInvalidSignature(uint256 channelId, address signer);
     /// @notice The escrow received `received` tokens where `expected` were sent (fee-on-transfer tokens are refused).
     error PaymentChannelsTransferMismatch(uint256 expected, uint256 received);
+    /// @notice The payee's close signature was valid until `deadline`, before block time `timestamp`.
+    error PaymentChannelsCloseExpired(uint256 channelId, uint256 deadline, uint256 timestamp);
     /// @notice A `claimMany` call with no claims.
     error PaymentChannelsEmptyBatch();
 
@@ -152,6 +162,19 @@ interface IPaymentChannels {
 
     /// @notice After expiry, refunds `deposit - claimed` to the payer and closes the channel for good; payer only.
     function reclaim(ChannelTerms calldata terms) external;
+
+    /// @notice Closes the channel now, before expiry if need be; payer only (the call is the payer's consent).
+    /// Requires `claimed <= payout <= deposit`, `block.timestamp <= deadline` and the payee's EIP-712
+    /// `CloseChannel(channelId, payout, deadline)` signature (its consent to be paid `payout` in all), ERC-2098
+    /// compact (`r`, `yParityAndS`, low s). Pays the payee `payout - claimed`, refunds `deposit - payout` to the
+    /// payer, and emits `ChannelClosed`.
+    function closeCooperatively(
+        ChannelTerms calldata terms,
+        uint256 payout,
+        uint256 deadline,
+        bytes32 r,
+        bytes32 yParityAndS
+    ) external;
 
     /// @notice The escrowed token.
     function token() external view returns (address);

@@ -29,6 +29,7 @@ from marketplace.chain.transactions import decode_revert
 from marketplace.chain.views import ChannelInfo, ModelInfo, ModelStatus, token_pricing
 from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
+from marketplace.payments.claimer import compact_signature
 from marketplace.payments.eip712 import PERMIT, Domain, sign_digest
 from marketplace.types import Address, ChannelId, LicenseId, ModelId, TokenAmount, TokenPricing
 
@@ -321,6 +322,13 @@ class Channels(_Wrapper):
         """After expiry: take back what was not claimed (to the payer); the amount refunded."""
         receipt = self._send(self.contract.functions.reclaim(terms.as_tuple()), via)
         return Sent(TokenAmount(int(self._logs(receipt, "ChannelReclaimed")[0]["args"]["refunded"])), (receipt,))
+
+    def close_cooperatively(self, terms: ChannelTerms, payout: int, deadline: int,
+                            payee_signature: bytes) -> Sent[TokenAmount]:
+        """Close now with the payee's CloseChannel(payout, deadline) signature (65 bytes); the amount refunded."""
+        r, vs = compact_signature(payee_signature)
+        receipt = self._send(self.contract.functions.closeCooperatively(terms.as_tuple(), payout, deadline, r, vs))
+        return Sent(TokenAmount(int(self._logs(receipt, "ChannelClosed")[0]["args"]["refunded"])), (receipt,))
 
     def get_channel(self, channel_id: int) -> ChannelState:
         deposit, claimed, expiry = self._call(self.contract.functions.getChannel(channel_id))

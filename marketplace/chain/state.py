@@ -55,7 +55,8 @@ log = logging.getLogger(__name__)
 
 RECLAIMED_EXPIRY = 1  # PaymentChannels.RECLAIMED: the stored expiry of a reclaimed channel
 
-_CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "ChannelExtended", "VoucherClaimed", "ChannelReclaimed")
+_CHANNEL_EVENTS = ("ChannelOpened", "ChannelToppedUp", "ChannelExtended", "VoucherClaimed", "ChannelReclaimed",
+                   "ChannelClosed")
 _MODEL_EVENTS = (
     "ModelRegistered", "ArtifactPublished", "MetadataUpdated", "PriceChanged", "TokenPricesChanged", "EndpointChanged",
     "PayeeChanged", "ModelPaused", "ModelUnpaused", "ModelRetired", "ModelTransferred",
@@ -444,6 +445,8 @@ class ChainStateCache:
             info = _advance(info, claimed=int(args["claimed"]), claimed_voucher=int(args["amount"]))
         elif event.name == "ChannelReclaimed":
             info = _advance(info, reclaimed=True)
+        elif event.name == "ChannelClosed":  # a cooperative close: the final claim and the refund at once
+            info = _advance(info, claimed=int(args["claimed"]), reclaimed=True)
         self._channels[channel_id] = info
 
     def _apply_model_event(self, event: Event) -> None:

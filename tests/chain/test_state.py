@@ -17,12 +17,15 @@ from web3.contract import Contract
 from web3.types import TxReceipt
 
 from marketplace.chain.anvil import Anvil
+from marketplace.chain.contracts import ChannelTerms
 from marketplace.chain.deploy import Deployment, deploy_contracts
 from marketplace.chain.devkeys import dev_accounts as make_dev_accounts
 from marketplace.chain.errors import ChainUnavailable
+from marketplace.chain.market import Market as ChainMarket
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
 from marketplace.chain.views import ChainState, ModelStatus
+from marketplace.payments.eip712 import CLOSE_CHANNEL, DOMAIN_VERSION, MARKETPLACE_DOMAIN_NAME, Domain, sign_digest
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.types import TokenPricing
 
@@ -127,6 +130,29 @@ async def test_channels_follow_opens_top_ups_extends_claims_and_reclaims(
     assert info is not None and info.reclaimed
     assert (info.deposit, info.claimed, info.expiry) == (4 * TOKEN, 4 * TOKEN, opened_expiry + 60)
     assert cache.channels() == [info] and cache.healthy and cache.following
+
+
+async def test_a_cooperative_close_is_followed_as_the_final_claim_and_the_close(
+    w3: Web3, market: Market, cache: ChainStateCache, dev_accounts: list[LocalAccount]
+) -> None:
+    provider, payer = dev_accounts[1], dev_accounts[2]
+    model_id = market.register(provider, b"\x03" * 32)
+    market.fund(payer, 100 * TOKEN)
+    terms, channel_id, _ = market.open(payer, provider.address, model_id, 10 * TOKEN)
+    deadline = w3.eth.get_block("latest")["timestamp"] + 600
+    domain = Domain(MARKETPLACE_DOMAIN_NAME, DOMAIN_VERSION, market.deployment.chain_id,
+                    market.deployment.addresses["PaymentChannels"])
+    signed = sign_digest(provider, domain.digest(CLOSE_CHANNEL, channel_id, 3 * TOKEN, deadline))
+    balance = market.contract("MarketToken").functions.balanceOf(payer.address).call
+    before = balance()
+    sent = ChainMarket(w3, market.deployment, payer).channels.close_cooperatively(
+        ChannelTerms(*terms), 3 * TOKEN, deadline, signed)  # the SDK's payer side
+    assert sent.value == 7 * TOKEN and balance() == before + 7 * TOKEN
+    receipt = sent.receipts[-1]
+    await cache.wait_for_block(receipt["blockNumber"], WITHIN_TWO_POLLS)
+    info = cache.channel(channel_id)
+    # as after a reclaim: what is left in the escrow (deposit - claimed) is nothing
+    assert info is not None and info.reclaimed and (info.deposit, info.claimed) == (3 * TOKEN, 3 * TOKEN)
 
 
 async def test_models_follow_registrations_and_every_change(

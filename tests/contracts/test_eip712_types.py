@@ -15,6 +15,7 @@ from web3 import Web3
 from marketplace.chain.build import source_units
 from marketplace.payments.eip712 import (
     CANCEL_AUTHORIZATION,
+    CLOSE_CHANNEL,
     EIP712_DOMAIN,
     MESSAGE_TYPES,
     PERMIT,
@@ -31,7 +32,7 @@ _HASHED_LITERAL = re.compile(r'keccak256\(\s*((?:"[^"]*"\s*)+)\)')  # adjacent l
 _STRUCT_TYPE = re.compile(r"(\w+)\((\w+ \w+(?:,\w+ \w+)*)\)")  # `Name(type field,...)`; an event has no names
 
 ON_CHAIN = {  # contract -> the messages it verifies
-    "PaymentChannels": (VOUCHER,),
+    "PaymentChannels": (VOUCHER, CLOSE_CHANNEL),
     "MarketToken": (PERMIT, TRANSFER_WITH_AUTHORIZATION, RECEIVE_WITH_AUTHORIZATION, CANCEL_AUTHORIZATION),
 }
 

@@ -85,3 +85,9 @@ def test_every_operation_but_claim_beats_singularitynet(gas: dict[str, int]) -> 
     for operation, (snet, _target) in BENCH_GAS.OPERATIONS.items():
         if operation != "claim one voucher, payee already holds tokens":
             assert gas[operation] < snet, operation
+
+
+def test_a_cooperative_close_meets_its_target(gas: dict[str, int]) -> None:
+    """Issue 12: the payee paid and the payer refunded in one transaction, within 60,000 gas."""
+    used, target = gas[BENCH_GAS.COOPERATIVE_CLOSE], BENCH_GAS.COOPERATIVE_CLOSE_TARGET
+    assert used <= target, f"cooperative close: {used:,} gas > target {target:,}"

@@ -19,6 +19,7 @@ from marketplace.chain.anvil import Anvil
 from marketplace.chain.state import ChainStateCache
 from marketplace.chain.transactions import Sender
 from marketplace.payments.claimer import Claimer, ClaimPolicy, compact_signature
+from marketplace.payments.eip712 import CLOSE_CHANNEL, DOMAIN_VERSION, MARKETPLACE_DOMAIN_NAME, Domain, sign_digest
 from marketplace.payments.ledger.sqlite import SqliteLedger
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.types import ChannelId, TokenAmount
@@ -363,3 +364,29 @@ async def test_with_confirmations_a_claim_is_recorded_once_deep_and_claimed_agai
         assert setup.balance(provider) - before == 2 * PRICE and setup.w3.eth.block_number > block
     finally:
         await deep.stop()
+
+
+@pytest.mark.parametrize("cache_saw_the_close", [False, True])
+async def test_after_a_cooperative_close_the_claimer_records_its_payout_and_sends_nothing(
+    setup: Setup, cache_saw_the_close: bool
+) -> None:
+    """The consumer closed the channel at what was served: the close is the final claim, the provider's own claim
+    fails cleanly (nothing sent, nothing paid twice) and the ledger records the close's payout as claimed."""
+    provider, payer = setup.accounts[1], setup.accounts[2]
+    terms, channel_id = setup.open(payer, provider, salt=7)
+    await setup.pay(payer, channel_id, PRICE, 2 * PRICE)
+    await setup.state.sync()  # the cache saw the channel open; the close is not seen yet
+    deadline = setup.w3.eth.get_block("latest")["timestamp"] + 600
+    domain = Domain(MARKETPLACE_DOMAIN_NAME, DOMAIN_VERSION, setup.w3.eth.chain_id, setup.contracts.channels.address)
+    signed = sign_digest(provider, domain.digest(CLOSE_CHANNEL, channel_id, 2 * PRICE, deadline))
+    setup.send(payer, setup.contracts.channels.functions.closeCooperatively(
+        terms, 2 * PRICE, deadline, *compact_signature(signed)))
+    if cache_saw_the_close:
+        await setup.state.sync()
+    before, block = setup.balance(provider), setup.w3.eth.block_number
+
+    report = await setup.claimer().claim_now()
+
+    assert setup.w3.eth.block_number == block and setup.balance(provider) == before
+    assert report.recorded == {channel_id: 2 * PRICE}
+    assert await setup.ledger_claimed(channel_id) == 2 * PRICE
