@@ -61,8 +61,8 @@ async def test_the_openai_client_through_the_proxy_pays_the_metered_daemon_exact
     messages: Any = [{"role": "user", "content": "one two three"}]
     serving = serve(create_proxy(auth, daemon=metered.url), ready_path="/v1/models")  # the daemon runs on this loop:
     proxy = await anyio.to_thread.run_sync(serving.__enter__)  # wait for the proxy off it
+    client = AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-unused", max_retries=0)
     try:
-        client = AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-unused", max_retries=0)
         answer = await client.chat.completions.create(model=metered.model_hex, max_tokens=5, messages=messages)
         assert answer.choices[0].message.content == "w0 w1 w2 w3 w4 "
         first = PRICING.cost(3, 5)
@@ -77,6 +77,7 @@ async def test_the_openai_client_through_the_proxy_pays_the_metered_daemon_exact
         both = first + PRICING.cost(3, 7)
         assert await owed_soon(store, channel.channel_id, both) == both
     finally:
+        await client.close()  # on this test's loop: an unclosed one is closed by the GC on a later test's loop
         await anyio.to_thread.run_sync(serving.__exit__, None, None, None)
     credit = await metered.services.ledger.credit(channel.channel_id)
     consumed = credit.consumed if credit is not None else -1
@@ -97,8 +98,8 @@ async def test_a_stream_the_caller_breaks_off_is_charged_what_was_sent_and_the_n
     messages: Any = [{"role": "user", "content": "one two three"}]
     serving = serve(create_proxy(auth, daemon=metered.url), ready_path="/v1/models")
     proxy = await anyio.to_thread.run_sync(serving.__enter__)
+    client = AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-unused", max_retries=0)
     try:
-        client = AsyncOpenAI(base_url=proxy + "/v1", api_key="sk-unused", max_retries=0)
         stream = await client.chat.completions.create(model=metered.model_hex, max_tokens=30, messages=messages,
                                                       stream=True)
         received = 0
@@ -111,6 +112,7 @@ async def test_a_stream_the_caller_breaks_off_is_charged_what_was_sent_and_the_n
         answer = await client.chat.completions.create(model=metered.model_hex, max_tokens=5, messages=messages)
         assert answer.choices[0].message.content == "w0 w1 w2 w3 w4 "
     finally:
+        await client.close()  # on this test's loop: an unclosed one is closed by the GC on a later test's loop
         await anyio.to_thread.run_sync(serving.__exit__, None, None, None)
     credit = await metered.services.ledger.credit(channel.channel_id)
     record = store.get(channel.channel_id)
