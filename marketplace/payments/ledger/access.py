@@ -18,16 +18,14 @@ ledger. Ids and nonces are uint256, stored as 32 big-endian bytes; deadlines as 
 from __future__ import annotations
 
 import abc
-import asyncio
 import sqlite3
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from marketplace.payments.ledger.base import check_uint256, display_url
 from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import Schema
-from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
+from marketplace.payments.ledger.sqlite import SqliteStore, sqlite_path
 
 __all__ = [
     "ACCESS_COMPONENT",
@@ -130,30 +128,18 @@ class SqliteAccessNonces(AccessNonces):
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         path = Path(path)
         super().__init__(display_url(f"sqlite:///{path}"))
-        db = open_sqlite_store(path, busy_timeout, SQLITE_ACCESS_SCHEMA, self.url)
-        self._db: sqlite3.Connection | None = db
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="license-access-sqlite")
+        self._store = SqliteStore(path, busy_timeout, SQLITE_ACCESS_SCHEMA, self.url, "license-access")
 
     async def _insert(self, license_id: bytes, nonce: bytes, deadline: int, prune_before: int | None) -> bool:
-        db = self._db
-        if db is None:
-            raise LedgerUnavailable(self.url, "closed")
-
-        def insert() -> bool:
+        def insert(db: sqlite3.Connection) -> bool:
             if prune_before is not None:
                 db.execute(_PRUNE, (prune_before,))
             return db.execute(_INSERT, (license_id, nonce, deadline)).rowcount == 1
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, insert)
-        except sqlite3.Error as error:
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+        return await self._store.run(insert)
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, db.close)
-            self._writer.shutdown(wait=False)
+        await self._store.close()
 
 
 def open_access_nonces(url: str) -> AccessNonces:

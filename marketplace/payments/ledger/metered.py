@@ -22,12 +22,10 @@ NUMERIC(78, 0) (PostgreSQL), as in the credit ledger.
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -35,7 +33,7 @@ from typing import TypeVar
 from marketplace.payments.ledger.base import CreditLedger, display_url
 from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, Schema
-from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
+from marketplace.payments.ledger.sqlite import SqliteStore, sqlite_path
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
@@ -179,8 +177,7 @@ class SqliteMeteredCalls(MeteredCalls):
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         path = Path(path)
         self.url = display_url(f"sqlite:///{path}")
-        self._db: sqlite3.Connection | None = open_sqlite_store(path, busy_timeout, SQLITE_METERED_SCHEMA, self.url)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="metered-calls-sqlite")
+        self._store = SqliteStore(path, busy_timeout, SQLITE_METERED_SCHEMA, self.url, "metered-calls")
 
     async def start(self, call: PendingCall) -> None:
         params = (call.call_id, call.owner, call.pid, format(call.channel_id, _FORMAT), format(call.cap, _FORMAT),
@@ -203,19 +200,10 @@ class SqliteMeteredCalls(MeteredCalls):
         return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
-            self._thread.shutdown(wait=False)
+        await self._store.close()
 
     async def _on(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
-            raise LedgerUnavailable(self.url, "the metered-call store is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._thread, work, db)
-        except sqlite3.Error as error:
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+        return await self._store.run(work)
 
 
 def open_metered_calls(url: str) -> MeteredCalls:

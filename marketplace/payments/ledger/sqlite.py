@@ -52,7 +52,7 @@ from marketplace.payments.ledger.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
-__all__ = ["SqliteLedger", "connect_sqlite", "sqlite_path"]
+__all__ = ["SqliteLedger", "SqliteStore", "connect_sqlite", "sqlite_path"]
 
 T = TypeVar("T")
 
@@ -162,6 +162,33 @@ def connect_sqlite(path: Path, busy_timeout: float) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+class SqliteStore:
+    """A ledger component's own connection to the ledger's SQLite file (`open_sqlite_store`), used
+    from one writer thread: `run(work)` runs `work(db)` there, any sqlite3 error (or a closed
+    store) becoming LedgerUnavailable naming `url`."""
+
+    def __init__(self, path: Path, busy_timeout: float, schema: Schema, url: str, name: str) -> None:
+        self.url = url
+        self._db: sqlite3.Connection | None = open_sqlite_store(path, busy_timeout, schema, url)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-sqlite")
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise LedgerUnavailable(self.url, "closed")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._writer, work, db)
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+
+    async def close(self) -> None:
+        """Close the connection on its thread. Idempotent."""
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._writer, db.close)
+            self._writer.shutdown(wait=False)
 
 
 def open_sqlite_store(path: Path, busy_timeout: float, schema: Schema, url: str) -> sqlite3.Connection:

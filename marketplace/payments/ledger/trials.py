@@ -18,15 +18,13 @@ but never serves more than `allowed`. Its own component in `schema_version` (`tr
 from __future__ import annotations
 
 import abc
-import asyncio
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from marketplace.payments.ledger.base import display_url
 from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import Schema
-from marketplace.payments.ledger.sqlite import open_sqlite_store, sqlite_path
+from marketplace.payments.ledger.sqlite import SqliteStore, sqlite_path
 
 __all__ = [
     "POSTGRES_TRIALS_SCHEMA",
@@ -119,28 +117,17 @@ class SqliteTrialCounter(TrialCounter):
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         path = Path(path)
         self.url = display_url(f"sqlite:///{path}")
-        self._db: sqlite3.Connection | None = open_sqlite_store(path, busy_timeout, SQLITE_TRIALS_SCHEMA, self.url)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="trials-sqlite")
+        self._store = SqliteStore(path, busy_timeout, SQLITE_TRIALS_SCHEMA, self.url, "trials")
 
     async def _run(self, statement: str, params: tuple[object, ...]) -> int | None:
-        db = self._db
-        if db is None:
-            raise LedgerUnavailable(self.url, "closed")
-
-        def run() -> int | None:
+        def run(db: sqlite3.Connection) -> int | None:
             row = db.execute(statement, params).fetchone()
             return None if row is None else int(row[0])
 
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._writer, run)
-        except sqlite3.Error as error:
-            raise LedgerUnavailable(self.url, f"{type(error).__name__}: {error}") from error
+        return await self._store.run(run)
 
     async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._writer, db.close)
-            self._writer.shutdown(wait=False)
+        await self._store.close()
 
 
 def open_trial_counter(url: str) -> TrialCounter:
