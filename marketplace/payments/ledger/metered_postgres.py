@@ -5,17 +5,12 @@ One statement per call in autocommit mode: one round trip, one durable commit.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
 
-from marketplace.payments.ledger.base import display_url
-from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.metered import POSTGRES_METERED_SCHEMA, MeteredCalls, PendingCall
-from marketplace.payments.ledger.migrations import migrate
-from marketplace.payments.ledger.postgres import driver_reason, open_pool
+from marketplace.payments.ledger.postgres import PostgresStore
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = ["PostgresMeteredCalls"]
@@ -31,16 +26,9 @@ class PostgresMeteredCalls(MeteredCalls):
     """Metered calls in a PostgreSQL database (libpq URL); migrates on open, pools on first use."""
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
-        self.url = display_url(url)
-        self._conninfo, self._pool_size, self._timeout = url, pool_size, connect_timeout
-        try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
-                migrate(db, POSTGRES_METERED_SCHEMA, self.url)
-        except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, driver_reason(error)) from None
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._pool_lock = asyncio.Lock()
-        self._closed = False
+        self._store = PostgresStore(url, POSTGRES_METERED_SCHEMA, "metered-calls", pool_size=pool_size,
+                                    connect_timeout=connect_timeout)
+        self.url = self._store.url
 
     async def start(self, call: PendingCall) -> None:
         await self._execute(_INSERT, (call.call_id, call.owner, call.pid, call.channel_id, call.cap, call.charge))
@@ -61,26 +49,11 @@ class PostgresMeteredCalls(MeteredCalls):
         return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def close(self) -> None:
-        self._closed = True
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        await self._store.close()
 
     async def _execute(self, query: str, params: tuple[Any, ...]) -> list[Any]:
-        pool = await self._connections()
-        try:
-            async with pool.connection() as db:
-                cursor = await db.execute(query, params)
-                return await cursor.fetchall() if cursor.description is not None else []
-        except psycopg.Error as error:
-            raise LedgerUnavailable(self.url, driver_reason(error)) from error
+        async def execute(db: psycopg.AsyncConnection[Any]) -> list[Any]:
+            cursor = await db.execute(query, params)
+            return await cursor.fetchall() if cursor.description is not None else []
 
-    async def _connections(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
-        if self._closed:
-            raise LedgerUnavailable(self.url, "the metered-call store is closed")
-        if self._pool is None:
-            async with self._pool_lock:
-                if self._pool is None:
-                    self._pool = await open_pool(self._conninfo, self.url, size=self._pool_size,
-                                                 timeout=self._timeout, name="metered-calls")
-        return self._pool
+        return await self._store.run(execute)

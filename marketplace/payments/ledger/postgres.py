@@ -31,7 +31,7 @@ and is retried. Commits are durable: a connection to a server running with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -55,7 +55,7 @@ from marketplace.payments.ledger.errors import CreditNotFound, LedgerUnavailable
 from marketplace.payments.ledger.migrations import POSTGRES_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
-__all__ = ["PostgresLedger", "driver_reason", "open_pool"]
+__all__ = ["PostgresLedger", "PostgresStore", "driver_reason", "open_pool"]
 
 _COLUMNS = "authorized, consumed, claimed, signature, earned, earned_signature"
 _NO_MINIMUM = TokenAmount(0)
@@ -115,6 +115,51 @@ async def open_pool(
         await pool.close()
         raise LedgerUnavailable(url, driver_reason(error)) from None
     return pool
+
+
+class PostgresStore:
+    """A ledger component's tables in the ledger's PostgreSQL database: migrated to `schema` on
+    open (LedgerUnavailable if the server cannot be reached), a pool opened on first use; `run(work)`
+    runs `work(connection)` (autocommit: one statement, one durable commit), any driver error (or a
+    closed store) becoming LedgerUnavailable."""
+
+    def __init__(self, url: str, schema: Schema, name: str, *, pool_size: int = 4,
+                 connect_timeout: float = 10.0) -> None:
+        self.url = display_url(url)
+        self._conninfo, self._name, self._pool_size, self._timeout = url, name, pool_size, connect_timeout
+        try:
+            with psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout))) as db:
+                migrate(db, schema, self.url)
+        except psycopg.Error as error:
+            raise LedgerUnavailable(self.url, driver_reason(error)) from None
+        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._pool_lock = asyncio.Lock()
+        self._closed = False
+
+    async def run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        pool = await self._connections()
+        try:
+            async with pool.connection() as db:
+                return await work(db)
+        except psycopg.Error as error:
+            raise LedgerUnavailable(self.url, driver_reason(error)) from error
+
+    async def close(self) -> None:
+        """Close the pool. Idempotent."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def _connections(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+        if self._closed:
+            raise LedgerUnavailable(self.url, "closed")
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await open_pool(self._conninfo, self.url, size=self._pool_size,
+                                                 timeout=self._timeout, name=self._name)
+        return self._pool
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
