@@ -3,6 +3,7 @@ the provider is paid exactly what was served, nothing is served after the co-sig
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from web3 import Web3
 from marketplace.chain.transactions import Sender
 from marketplace.payments.claimer import compact_signature
 from marketplace.payments.eip712 import CLOSE_CHANNEL, CLOSE_REQUEST, recover_address, sign_digest
+from marketplace.payments.ledger.metered import PendingCall
 from marketplace.payments.vouchers import VoucherDomain
+from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio
 BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
@@ -128,3 +131,32 @@ async def test_a_channel_paying_someone_else_is_not_cosigned(
     other = open_channel(payer=opened.payer, payee=dev_accounts[6].address)
     answer = await ask_close(daemon, w3, other, opened.payer)
     assert answer.status_code == 409 and answer.json()["error"] == "not_payee"
+
+
+async def test_a_close_while_a_metered_call_holds_a_reservation_is_refused_and_the_channel_stays_usable(
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel
+) -> None:
+    calls = daemon.app.state.services.metered_calls  # type: ignore[attr-defined]
+    pending = PendingCall(os.urandom(16), "elsewhere", os.getpid(), ChannelId(opened.channel_id), TokenAmount(PRICE))
+    await calls.start(pending)
+    try:
+        answer = await ask_close(daemon, w3, opened, opened.payer)
+        assert answer.status_code == 409 and answer.json()["error"] == "calls_in_flight"
+        assert (await call(daemon, listing, opened, PRICE)).status_code == 200  # not left closing
+    finally:
+        await calls.finish(pending.call_id)
+    answer = await ask_close(daemon, w3, opened, opened.payer)
+    assert answer.status_code == 200 and int(answer.json()["payout"]) == PRICE
+
+
+async def test_calls_racing_the_close_are_either_in_the_payout_or_refused(
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel
+) -> None:
+    racing = [call(daemon, listing, opened, 8 * PRICE) for _ in range(8)]  # one voucher pre-authorizes them all
+    *answers, closed = await asyncio.gather(*racing, ask_close(daemon, w3, opened, opened.payer))
+    assert closed.status_code == 200, closed.text
+    served = sum(a.status_code == 200 for a in answers)
+    assert all(a.status_code == 200 or a.json()["error"] == "channel_closing" for a in answers)
+    assert int(closed.json()["payout"]) == served * PRICE  # nobody served free, nobody overcharged
+    credit = await daemon.app.state.services.ledger.credit(opened.channel_id)  # type: ignore[attr-defined]
+    assert credit.consumed == served * PRICE
