@@ -407,6 +407,40 @@ def reclaim(
     out.print(f"  tx         {sent.transaction_hash} (gas {sent.gas_used:,})")
 
 
+@app.command()
+def close(
+    channel: ChannelArgument,
+    daemon: Annotated[
+        str | None, typer.Option(help="Daemon base URL (default: the channel's model endpoint on chain).")
+    ] = None,
+    account: AccountOption = None,
+    rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
+    deployments_dir: DeploymentsDirOption = None,
+) -> None:
+    """Close a channel now, before it expires: the daemon co-signs a payout of what you used, the
+    provider is paid it and the rest of the deposit comes back to you, in one transaction."""
+    from marketplace.client import ChannelStore
+    from marketplace.client.close import request_close
+    from marketplace.payments.eip712 import DOMAIN_VERSION, MARKETPLACE_DOMAIN_NAME, Domain
+
+    channel_id = channel_id_arg(channel)
+    session = open_session(rpc_url, account, deployments_dir=deployments_dir)
+    market = session.market
+    assert market.account is not None
+    terms = _terms(market, channel_id)
+    with ChannelStore() as store:
+        record = store.get(channel_id)
+    most = record.signed if record is not None else market.channels.get_channel(channel_id).deposit
+    domain = Domain(MARKETPLACE_DOMAIN_NAME, DOMAIN_VERSION, session.chain_id, market.channels.address)
+    url = daemon or _endpoint(market.catalog(), bytes(terms.model_id), session.chain_id)
+    agreed = request_close(url, market.account, domain, terms, channel_id, most=most, now=market.now())
+    sent = market.channels.close_cooperatively(terms, agreed.payout, agreed.deadline, agreed.signature)
+    with ChannelStore() as store:
+        store.resync(channel_id, {"reclaimed": True})
+    out.print(f"channel {channel} closed: {format_tokens(agreed.payout)} MKT paid to {terms.payee}, "
+              f"{format_tokens(sent.value)} MKT refunded to {terms.payer}")
+    out.print(f"  tx         {sent.transaction_hash} (gas {sent.gas_used:,})")
+
 
 def _figures(view: ChannelRecord | DaemonView) -> str:
     return (f"consumed {format_tokens(view.consumed)} MKT ({view.consumed} units), "

@@ -14,7 +14,7 @@ from marketplace.daemon.body_limit import BodyLimitMiddleware
 from marketplace.daemon.errors import install_error_handlers, response_for
 from marketplace.daemon.observability import RequestIdMiddleware
 from marketplace.daemon.paid_calls import PaidCalls
-from marketplace.daemon.routes import catalog, discovery, infer, openai, ops, web
+from marketplace.daemon.routes import catalog, close, discovery, infer, openai, ops, web
 from marketplace.daemon.services import Services, start_services
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.daemon.text_calls import TextCalls
@@ -96,6 +96,6 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_request_bytes)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id
     install_error_handlers(app)
-    for module in (infer, openai, catalog, discovery, ops, web):
+    for module in (infer, openai, catalog, close, discovery, ops, web):
         app.include_router(module.router)
     return app

@@ -8,6 +8,7 @@ against these.
 
     VOUCHER                       PaymentChannels   {"ModelMarketplace", "1", chainId, escrow}
     CLOSE_CHANNEL                 PaymentChannels   (signed by the payee: a cooperative early close)
+    CLOSE_REQUEST                 off chain         {"ModelMarketplace", "1", chainId, PaymentChannels}
     PERMIT                        MarketToken       {"Market Token", "1", chainId, token} (ERC-2612)
     TRANSFER_WITH_AUTHORIZATION   MarketToken       (EIP-3009; anyone may submit it)
     RECEIVE_WITH_AUTHORIZATION    MarketToken       (EIP-3009; only the payee may submit it)
@@ -39,6 +40,7 @@ from marketplace.payments.errors import InvalidSignature
 __all__ = [
     "CANCEL_AUTHORIZATION",
     "CLOSE_CHANNEL",
+    "CLOSE_REQUEST",
     "DOMAIN_VERSION",
     "EIP712_DOMAIN",
     "LICENSE_ACCESS",
@@ -295,6 +297,8 @@ DOMAIN_VERSION = "1"
 VOUCHER = StructType("Voucher", (("channelId", "uint256"), ("amount", "uint256")))
 # the payee agrees that the channel closes now with `payout` paid to it in all (PaymentChannels.closeCooperatively)
 CLOSE_CHANNEL = StructType("CloseChannel", (("channelId", "uint256"), ("payout", "uint256"), ("deadline", "uint256")))
+# the channel's signer asks the daemon for its CloseChannel co-signature (POST /v1/channels/{id}/close)
+CLOSE_REQUEST = StructType("CloseRequest", (("channelId", "uint256"), ("deadline", "uint256")))
 PERMIT = StructType("Permit", (("owner", "address"), ("spender", "address"), ("value", "uint256"),
                                ("nonce", "uint256"), ("deadline", "uint256")))
 _AUTHORIZATION = (("from", "address"), ("to", "address"), ("value", "uint256"), ("validAfter", "uint256"),
@@ -322,6 +326,6 @@ RECEIPT = StructType("Receipt", (
     ("issuedAt", "uint64"), ("inputTokens", "uint64"), ("outputTokens", "uint64"),
 ))
 MESSAGE_TYPES: dict[str, StructType] = {struct.name: struct for struct in (
-    VOUCHER, CLOSE_CHANNEL, PERMIT, TRANSFER_WITH_AUTHORIZATION, RECEIVE_WITH_AUTHORIZATION, CANCEL_AUTHORIZATION,
-    LICENSE_ACCESS, TRIAL_TOKEN, TRIAL_REQUEST, RECEIPT,
+    VOUCHER, CLOSE_CHANNEL, CLOSE_REQUEST, PERMIT, TRANSFER_WITH_AUTHORIZATION, RECEIVE_WITH_AUTHORIZATION,
+    CANCEL_AUTHORIZATION, LICENSE_ACCESS, TRIAL_TOKEN, TRIAL_REQUEST, RECEIPT,
 )}

@@ -52,6 +52,7 @@ REJECTION_CODES: frozenset[str] = frozenset({
     "voucher_claimed",  # at or below the channel's on-chain `claimed`: public calldata, spends nothing
     "insufficient_credit",  # the ledger: min(max(authorized, voucher), deposit) - consumed < price
     "too_many_lookups",  # this client named too many unknown channels; `retry_after` says when
+    "channel_closing",  # its payer asked for a cooperative close and the daemon co-signed it
     # exact (EIP-3009)
     "amount_too_low",
     "authorization_not_yet_valid",

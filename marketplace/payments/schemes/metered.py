@@ -151,6 +151,7 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
         await self.calls.start(call)
         try:
+            self.channels.check_open(voucher.channel_id)  # after start: a close sees it reserved, or it the close
             credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, verified.cap,
                                              deposit=TokenAmount(voucher.channel.deposit))
         except InsufficientCredit as refusal:
