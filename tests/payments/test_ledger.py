@@ -9,9 +9,9 @@ from collections.abc import Awaitable
 
 import pytest
 
-from marketplace.payments.ledger import Credit, CreditLedger
+from marketplace.payments.ledger import Credit, CreditLedger, open_ledger
 from marketplace.payments.ledger.base import UINT256_MAX
-from marketplace.payments.ledger.errors import CreditNotFound, InsufficientCredit, LedgerUnavailable
+from marketplace.payments.ledger.errors import ChannelClosing, CreditNotFound, InsufficientCredit, LedgerUnavailable
 from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio
@@ -361,3 +361,49 @@ async def test_a_refund_never_leaves_earned_above_consumed(ledger: CreditLedger)
     await ledger.admit(CHANNEL, tokens(9), sig(tokens(9)), P)
     credit = await ledger.refund(CHANNEL, P)
     assert (credit.consumed, credit.earned) == (tokens(2), tokens(2))
+
+
+async def test_a_cooperative_close_refuses_every_admission_until_it_lapses(ledger: CreditLedger) -> None:
+    await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P, now=100)
+    closed = await ledger.close_channel(CHANNEL, until=200)
+    assert (closed.authorized, closed.consumed) == (tokens(5), P)  # the row as closed: the payout
+    for now in (100, 199):  # credit left, a higher voucher: refused all the same, nothing changes
+        with pytest.raises(ChannelClosing) as refused:
+            await ledger.admit(CHANNEL, tokens(9), sig(tokens(9)), P, now=now)
+        assert refused.value.until == 200 and f"{CHANNEL:#x}" in str(refused.value)
+    assert await ledger.credit(CHANNEL) == closed
+    refunded = await ledger.refund(CHANNEL, P)  # a call in flight at the close failed: still given back
+    assert refunded.consumed == 0
+    assert (await ledger.admit(CHANNEL, tokens(5), sig(tokens(5)), P, now=200)).consumed == P  # lapsed
+
+
+async def test_a_close_is_extended_never_shortened_and_closes_a_channel_never_seen(ledger: CreditLedger) -> None:
+    assert (await ledger.close_channel(OTHER, until=300)).consumed == 0  # a row, so replicas see it
+    await ledger.close_channel(OTHER, until=250)  # an earlier deadline does not reopen it sooner
+    with pytest.raises(ChannelClosing):
+        await ledger.admit(OTHER, tokens(1), sig(tokens(1)), P, now=260)
+    await ledger.close_channel(OTHER, until=400)
+    with pytest.raises(ChannelClosing) as refused:
+        await ledger.admit(OTHER, tokens(1), sig(tokens(1)), P, now=350)
+    assert refused.value.until == 400
+    with pytest.raises(ChannelClosing):  # no `now`: the wall clock, far past these times, yet...
+        await ledger.admit(OTHER, tokens(1), sig(tokens(1)), P, now=399)
+    assert (await ledger.admit(OTHER, tokens(1), sig(tokens(1)), P)).consumed == P  # ...wall clock: lapsed
+
+
+async def test_a_close_on_one_replica_stops_admissions_on_another_at_once(ledger_url: str) -> None:
+    """Two ledgers on one database, as two daemon replicas: the close is in the database."""
+    async with open_ledger(ledger_url) as first, open_ledger(ledger_url) as second:
+        await second.admit(CHANNEL, tokens(5), sig(tokens(5)), P, now=100)
+        racing = [second.admit(CHANNEL, tokens(20), sig(tokens(20)), P, now=100) for _ in range(6)]
+        results = await asyncio.gather(first.close_channel(CHANNEL, until=500), *racing, return_exceptions=True)
+        closed, admitted = results[0], results[1:]
+        assert isinstance(closed, Credit)
+        served = [a for a in admitted if isinstance(a, Credit)]
+        assert all(isinstance(a, Credit | ChannelClosing) for a in admitted), admitted
+        # every admission either committed before the close (in its payout) or was refused
+        assert all(a.consumed <= closed.consumed for a in served)
+        assert closed.consumed == P * (1 + len(served))
+        with pytest.raises(ChannelClosing):
+            await second.admit(CHANNEL, tokens(5), sig(tokens(5)), P, now=499)
+        assert await second.credit(CHANNEL) == closed

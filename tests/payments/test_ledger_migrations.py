@@ -12,7 +12,7 @@ import pytest
 
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.batching import BatchedLedger
-from marketplace.payments.ledger.errors import LedgerSchemaTooNew, LedgerUnavailable
+from marketplace.payments.ledger.errors import ChannelClosing, LedgerSchemaTooNew, LedgerUnavailable
 from marketplace.payments.ledger.migrations import COMPONENT, POSTGRES_SCHEMA, SQLITE_SCHEMA, Schema
 from marketplace.payments.ledger.sqlite import sqlite_path
 from marketplace.types import ChannelId, TokenAmount
@@ -147,4 +147,23 @@ async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgr
             (served, 10), (preauthorized, 6), (fresh, 3)]
         credit = await ledger.admit(fresh, TokenAmount(11), signed(11), TokenAmount(7))  # consumed 10: earned
         assert (credit.earned, credit.earned_signature) == (10, signed(10))
-    assert _version(ledger_url) == current.version == 3
+    assert _version(ledger_url) == current.version
+
+
+async def test_a_version_3_ledger_keeps_admitting_after_the_upgrade_and_closes_only_when_asked(
+    ledger_url: str, open_backend: Callable[..., BatchedLedger]
+) -> None:
+    """Version 4 adds the cooperative close (`closing_until`): rows from before are open."""
+    current = _schema(ledger_url)
+    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:3])):
+        pass  # a version 3 database; its row written as version 3 code did
+    number: Callable[[int], Any] = (lambda n: f"{n:078d}") if ledger_url.startswith("sqlite:") else int
+    _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
+         "VALUES (%s, %s, %s, %s, %s)", (number(CHANNEL), number(10), number(3), number(0), SIG))
+    async with open_backend(ledger_url) as ledger:
+        credit = await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3), now=1_000)
+        assert credit.consumed == 6
+        assert (await ledger.close_channel(CHANNEL, until=2_000)).consumed == 6
+        with pytest.raises(ChannelClosing):
+            await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3), now=1_500)
+    assert _version(ledger_url) == current.version

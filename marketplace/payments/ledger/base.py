@@ -80,6 +80,7 @@ class CreditLedger(abc.ABC):
         price: TokenAmount,
         *,
         deposit: TokenAmount | None = None,
+        now: int | None = None,
     ) -> Credit:
         """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
 
@@ -87,11 +88,21 @@ class CreditLedger(abc.ABC):
         under `deposit`) when higher, adds `price` to `consumed`, and raises `earned` to the best
         of the stored `authorized` voucher and this one whose amount the new `consumed` covers, iff
         ``min(max(authorized, amount), deposit) - consumed >= price`` (`deposit`: the channel's
-        deposit on chain now; None: no cap); otherwise changes nothing and raises
-        InsufficientCredit with the values. The channel's row is created on first use.
+        deposit on chain now; None: no cap) and no cooperative close holds the channel at `now`
+        (unix seconds, chain time; None: the wall clock); otherwise changes nothing and raises
+        InsufficientCredit with the values, or ChannelClosing. The channel's row is created on
+        first use.
         If the caller is cancelled while its admission is being committed, the ledger gives the
         price back by itself (the voucher itself stays accepted).
         """
+
+    @abc.abstractmethod
+    async def close_channel(self, channel_id: ChannelId, until: int) -> Credit:
+        """Refuse every admission on `channel_id` until `until` (unix seconds, chain time; a later
+        `until` extends it, an earlier one changes nothing), atomically with reading the row, which
+        is returned (created if the ledger has never seen the channel). Once this returns, no
+        replica admits a call on the channel before `until`, so `consumed` can only go down
+        (refunds): the daemon co-signs a cooperative close for it."""
 
     @abc.abstractmethod
     async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
 from marketplace.payments.ledger.base import UINT256_MAX, Credit, CreditLedger, check_signature, check_uint256
-from marketplace.payments.ledger.errors import InsufficientCredit, LedgerUnavailable
+from marketplace.payments.ledger.errors import ChannelClosing, InsufficientCredit, LedgerUnavailable
 from marketplace.types import ChannelId, TokenAmount
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "BatchStats",
     "BatchedLedger",
     "Change",
+    "Close",
     "GroupCommitter",
     "Outcome",
     "RecordClaim",
@@ -57,9 +58,12 @@ class Admit:
     signature: bytes = field(repr=False)  # a bearer credential: never in logs
     price: TokenAmount
     deposit: TokenAmount = _UNCAPPED  # caps the credit: the channel's deposit on chain
+    now: int = 0  # unix seconds, chain time: refused while the channel's close holds (closing_until > now)
 
-    def refusal(self, authorized: int, consumed: int) -> InsufficientCredit:
-        """The InsufficientCredit this admission earns against a row holding these values."""
+    def refusal(self, authorized: int, consumed: int, closing_until: int = 0) -> InsufficientCredit | ChannelClosing:
+        """The refusal this admission earns against a row holding these values."""
+        if closing_until > self.now:
+            return ChannelClosing(self.channel_id, closing_until)
         deposit = self.deposit if self.deposit < UINT256_MAX else None
         return InsufficientCredit(self.channel_id, authorized, consumed, self.price, self.amount, deposit)
 
@@ -82,7 +86,13 @@ class ResetClaim:
     amount: TokenAmount
 
 
-Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim
+@dataclass(frozen=True, slots=True)
+class Close:
+    channel_id: ChannelId
+    until: int  # unix seconds, chain time
+
+
+Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim | Close
 # What a backend returns for each change: the row after it (None for the claims), or the error
 # that change alone earned (InsufficientCredit, CreditNotFound). A failed batch raises instead.
 Outcome: TypeAlias = Credit | Exception | None
@@ -239,6 +249,7 @@ class BatchedLedger(CreditLedger):
         price: TokenAmount,
         *,
         deposit: TokenAmount | None = None,
+        now: int | None = None,
     ) -> Credit:
         check_uint256("channel_id", channel_id)
         check_uint256("amount", amount)
@@ -246,7 +257,14 @@ class BatchedLedger(CreditLedger):
         check_signature(signature)
         cap = TokenAmount(UINT256_MAX) if deposit is None else deposit
         check_uint256("deposit", cap)
-        return await self._submit(Admit(channel_id, amount, bytes(signature), price, cap))
+        moment = int(time.time()) if now is None else now
+        _check_moment("now", moment)
+        return await self._submit(Admit(channel_id, amount, bytes(signature), price, cap, moment))
+
+    async def close_channel(self, channel_id: ChannelId, until: int) -> Credit:
+        check_uint256("channel_id", channel_id)
+        _check_moment("until", until)
+        return await self._submit(Close(channel_id, until))
 
     async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
         check_uint256("channel_id", channel_id)
@@ -294,6 +312,12 @@ class BatchedLedger(CreditLedger):
     @abc.abstractmethod
     async def _close_backend(self) -> None:
         """Release the database (every change has been applied)."""
+
+
+def _check_moment(name: str, value: int) -> None:
+    """ValueError unless `value` is unix seconds that both backends store (a signed 64-bit int)."""
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise ValueError(f"{name} must be unix seconds in [0, 2**63), got {value!r}")
 
 
 def _undo_cancelled(change: Change, result: Credit | None) -> Change | None:

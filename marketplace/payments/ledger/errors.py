@@ -2,6 +2,7 @@
 
     PaymentError (marketplace.payments.errors)
     ├── InsufficientCredit       a call costs more than the channel's credit left
+    ├── ChannelClosing           the channel's cooperative close was co-signed: no call is admitted
     ├── CreditNotFound           the ledger has no row for a channel
     ├── LedgerUnavailable        the ledger's database cannot be opened or reached
     │   └── LedgerSchemaTooNew   the database was written by a newer version
@@ -16,6 +17,7 @@ from marketplace.payments.errors import PaymentError
 __all__ = [
     "AuthorizationHeld",
     "BalanceCommitted",
+    "ChannelClosing",
     "CreditNotFound",
     "InsufficientCredit",
     "LedgerSchemaTooNew",
@@ -44,6 +46,13 @@ class InsufficientCredit(PaymentError):
             f"channel {channel_id:#x} has {self.available} of credit left (authorized {authorized}, "
             f"consumed {consumed}{voucher}{on_chain}); the call costs {price}"
         )
+
+
+class ChannelClosing(PaymentError):
+    def __init__(self, channel_id: int, until: int) -> None:
+        self.channel_id, self.until = channel_id, until
+        super().__init__(f"channel {channel_id:#x} is closing (its payer asked for a cooperative close): no call "
+                         f"is admitted on it until {until} (unix seconds, chain time); open another")
 
 
 class CreditNotFound(PaymentError):

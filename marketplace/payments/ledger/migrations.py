@@ -96,6 +96,9 @@ SQLITE_SCHEMA = Schema(
             ),
             _SET_EARNED,
         ),
+        (  # 4: a co-signed cooperative close: no call admitted until this time (unix seconds, chain time)
+            "ALTER TABLE channel_credit ADD COLUMN closing_until INTEGER NOT NULL DEFAULT 0 CHECK (closing_until >= 0)",
+        ),
     ),
     begin=("BEGIN IMMEDIATE",),
     placeholder="?",
@@ -322,6 +325,118 @@ BEGIN
 END
 $$"""
 
+# Version 4: a cooperative close stops admissions (`closing_until`, chain time) in the ledger itself,
+# so every replica refuses a call once the close is co-signed; `moments` carries an admission's now
+# and a close's `closing_until`. ok is TRUE (done), FALSE (admission refused: the row as it was, with
+# `closing_until`) or NULL (refund: no such row).
+_POSTGRES_APPLY_4 = """
+CREATE FUNCTION credit_ledger_apply(
+    kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[], deposits numeric[],
+    moments bigint[]
+) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea,
+                 out_earned numeric, out_earned_signature bytea, out_closing_until bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    change record;
+BEGIN
+    FOR change IN
+        SELECT * FROM unnest(kinds, channel_ids, amounts, signatures, prices, deposits, moments)
+            WITH ORDINALITY AS u(kind, channel_id, amount, signature, price, deposit, moment, position)
+        ORDER BY position
+    LOOP
+        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
+        out_earned := NULL; out_earned_signature := NULL; out_closing_until := NULL;
+        IF change.kind = 'admit' THEN
+            -- The admission: one conditional UPDATE. If it changed nothing, the row may not exist
+            -- yet (first use): create it and try once more; if that fails too, report the row.
+            -- Earned: the best of the stored voucher and the new one that the new `consumed` covers,
+            -- if above `earned` (the new one when both are equal).
+            FOR attempt IN 1 .. 2 LOOP
+                UPDATE channel_credit AS c SET
+                    authorized = greatest(c.authorized, change.amount),
+                    signature = CASE WHEN change.amount > c.authorized THEN change.signature ELSE c.signature END,
+                    consumed = c.consumed + change.price,
+                    earned = CASE
+                        WHEN change.amount > c.earned AND change.amount <= c.consumed + change.price
+                            AND (change.amount >= c.authorized OR c.authorized > c.consumed + change.price)
+                            THEN change.amount
+                        WHEN c.authorized > c.earned AND c.authorized <= c.consumed + change.price THEN c.authorized
+                        ELSE c.earned END,
+                    earned_signature = CASE
+                        WHEN change.amount > c.earned AND change.amount <= c.consumed + change.price
+                            AND (change.amount >= c.authorized OR c.authorized > c.consumed + change.price)
+                            THEN change.signature
+                        WHEN c.authorized > c.earned AND c.authorized <= c.consumed + change.price THEN c.signature
+                        ELSE c.earned_signature END,
+                    prior_earned = CASE
+                        WHEN (change.amount > c.earned AND change.amount <= c.consumed + change.price)
+                            OR (c.authorized > c.earned AND c.authorized <= c.consumed + change.price)
+                            THEN c.earned ELSE c.prior_earned END,
+                    prior_earned_signature = CASE
+                        WHEN (change.amount > c.earned AND change.amount <= c.consumed + change.price)
+                            OR (c.authorized > c.earned AND c.authorized <= c.consumed + change.price)
+                            THEN c.earned_signature ELSE c.prior_earned_signature END
+                WHERE c.channel_id = change.channel_id AND c.closing_until <= change.moment
+                    AND least(greatest(c.authorized, change.amount), change.deposit) - c.consumed >= change.price
+                RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature
+                INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature;
+                EXIT WHEN FOUND;
+                IF attempt = 1 THEN
+                    INSERT INTO channel_credit (channel_id) VALUES (change.channel_id)
+                    ON CONFLICT (channel_id) DO NOTHING;
+                ELSE
+                    SELECT FALSE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature,
+                        c.closing_until
+                    INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature,
+                        out_closing_until
+                    FROM channel_credit AS c WHERE c.channel_id = change.channel_id;
+                END IF;
+            END LOOP;
+            IF ok AND out_authorized = change.amount AND out_signature = change.signature THEN
+                INSERT INTO channel_voucher AS v (channel_id, deposit, amount, signature)
+                VALUES (change.channel_id, change.deposit, change.amount, change.signature)
+                ON CONFLICT (channel_id, deposit) DO UPDATE SET amount = excluded.amount, signature = excluded.signature
+                WHERE excluded.amount > v.amount;
+            END IF;
+        ELSIF change.kind = 'refund' THEN
+            -- The call was not served: `earned` stays at most `consumed` (else the one it replaced, else nothing).
+            UPDATE channel_credit AS c SET
+                consumed = greatest(c.consumed - change.price, 0),
+                earned = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.earned
+                    WHEN c.prior_earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned ELSE 0 END,
+                earned_signature = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.earned_signature
+                    WHEN c.prior_earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned_signature END,
+                prior_earned = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0) THEN c.prior_earned
+                    ELSE 0 END,
+                prior_earned_signature = CASE WHEN c.earned <= greatest(c.consumed - change.price, 0)
+                    THEN c.prior_earned_signature END
+            WHERE c.channel_id = change.channel_id
+            RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature;
+        ELSIF change.kind = 'claim' THEN
+            INSERT INTO channel_credit AS c (channel_id, claimed) VALUES (change.channel_id, change.amount)
+            ON CONFLICT (channel_id) DO UPDATE SET claimed = greatest(c.claimed, excluded.claimed);
+            DELETE FROM channel_voucher AS v WHERE v.channel_id = change.channel_id AND v.amount < change.amount;
+            ok := TRUE;
+        ELSIF change.kind = 'close' THEN
+            -- A co-signed cooperative close: no admission until `moment` (chain time), read in the same transaction.
+            INSERT INTO channel_credit AS c (channel_id, closing_until) VALUES (change.channel_id, change.moment)
+            ON CONFLICT (channel_id) DO UPDATE SET closing_until = greatest(c.closing_until, excluded.closing_until)
+            RETURNING TRUE, c.authorized, c.consumed, c.claimed, c.signature, c.earned, c.earned_signature,
+                c.closing_until
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature,
+                out_closing_until;
+        ELSIF change.kind = 'reset_claim' THEN
+            UPDATE channel_credit AS c SET claimed = change.amount WHERE c.channel_id = change.channel_id;
+            ok := TRUE;
+        ELSE
+            RAISE EXCEPTION 'credit_ledger_apply: unknown change %', change.kind;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
 POSTGRES_SCHEMA = Schema(
     backend="postgresql",
     steps=(
@@ -358,6 +473,11 @@ POSTGRES_SCHEMA = Schema(
             _SET_EARNED,
             "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[], numeric[])",
             _POSTGRES_APPLY_3,
+        ),
+        (
+            "ALTER TABLE channel_credit ADD COLUMN closing_until BIGINT NOT NULL DEFAULT 0 CHECK (closing_until >= 0)",
+            "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[], numeric[])",
+            _POSTGRES_APPLY_4,
         ),
     ),
     # A transaction-scoped advisory lock, so replicas starting together migrate one at a time.

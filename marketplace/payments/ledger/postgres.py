@@ -46,6 +46,7 @@ from marketplace.payments.ledger.batching import (
     Admit,
     BatchedLedger,
     Change,
+    Close,
     Outcome,
     RecordClaim,
     Refund,
@@ -60,14 +61,14 @@ __all__ = ["PostgresLedger", "PostgresStore", "driver_reason", "open_pool"]
 _COLUMNS = "authorized, consumed, claimed, signature, earned, earned_signature"
 _NO_MINIMUM = TokenAmount(0)
 _APPLY = """SELECT * FROM credit_ledger_apply(
-    %s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::numeric[], %s::numeric[])"""
+    %s::text[], %s::numeric[], %s::numeric[], %s::bytea[], %s::numeric[], %s::numeric[], %s::bigint[])"""
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = %s"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
 WHERE consumed - claimed >= greatest(%s, 1) AND signature IS NOT NULL ORDER BY channel_id"""
 _BEST_VOUCHER = """
 SELECT amount, signature FROM channel_voucher WHERE channel_id = %s AND amount <= %s ORDER BY amount DESC LIMIT 1"""
-_KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim"}
+_KINDS = {Admit: "admit", Refund: "refund", RecordClaim: "claim", ResetClaim: "reset_claim", Close: "close"}
 
 _RETRIES = 5  # whole-batch retries after a deadlock or serialization failure
 T = TypeVar("T")
@@ -248,7 +249,7 @@ class PostgresLedger(BatchedLedger):
     async def _apply_batch(self, db: psycopg.AsyncConnection[Any], changes: Sequence[Change]) -> list[Outcome]:
         """One statement, so one implicit transaction and one round trip (the connection is in
         autocommit mode): the whole batch commits, or none of it."""
-        kinds, channels, amounts, signatures, prices, deposits = [], [], [], [], [], []
+        kinds, channels, amounts, signatures, prices, deposits, moments = [], [], [], [], [], [], []
         for change in changes:
             kinds.append(_KINDS[type(change)])
             channels.append(change.channel_id)
@@ -256,7 +257,9 @@ class PostgresLedger(BatchedLedger):
             signatures.append(change.signature if isinstance(change, Admit) else None)
             prices.append(change.price if isinstance(change, Admit | Refund) else 0)
             deposits.append(change.deposit if isinstance(change, Admit) else 0)
-        cursor = await db.execute(_APPLY, (kinds, channels, amounts, signatures, prices, deposits))
+            moment = change.now if isinstance(change, Admit) else change.until if isinstance(change, Close) else 0
+            moments.append(moment)
+        cursor = await db.execute(_APPLY, (kinds, channels, amounts, signatures, prices, deposits, moments))
         rows = await cursor.fetchall()
         if len(rows) != len(changes):
             raise AssertionError(f"credit_ledger_apply returned {len(rows)} rows for {len(changes)} changes")
@@ -266,11 +269,11 @@ class PostgresLedger(BatchedLedger):
                 if ok is None:  # the row vanished mid-admission: only an operator deletes rows
                     outcomes.append(LedgerUnavailable(self.url, f"channel {change.channel_id:#x} was deleted"))
                 elif ok:
-                    outcomes.append(_credit(change.channel_id, values))
+                    outcomes.append(_credit(change.channel_id, values[:-1]))
                 else:
-                    outcomes.append(change.refusal(values[0], values[1]))
-            elif isinstance(change, Refund):
-                outcomes.append(_credit(change.channel_id, values) if ok else CreditNotFound(change.channel_id))
+                    outcomes.append(change.refusal(values[0], values[1], values[-1]))
+            elif isinstance(change, Refund | Close):
+                outcomes.append(_credit(change.channel_id, values[:-1]) if ok else CreditNotFound(change.channel_id))
             else:
                 outcomes.append(None)
         return outcomes

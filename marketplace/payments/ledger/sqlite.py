@@ -43,6 +43,7 @@ from marketplace.payments.ledger.batching import (
     Admit,
     BatchedLedger,
     Change,
+    Close,
     Outcome,
     RecordClaim,
     Refund,
@@ -80,7 +81,7 @@ UPDATE channel_credit SET
     prior_earned = CASE WHEN ({_NEW_EARNS}) OR ({_STORED_EARNS}) THEN earned ELSE prior_earned END,
     prior_earned_signature = CASE WHEN ({_NEW_EARNS}) OR ({_STORED_EARNS}) THEN earned_signature
                                   ELSE prior_earned_signature END
-WHERE channel_id = :channel AND min(max(authorized, :amount), :deposit) >= {_NEW_CONSUMED}
+WHERE channel_id = :channel AND closing_until <= :now AND min(max(authorized, :amount), :deposit) >= {_NEW_CONSUMED}
 RETURNING {_COLUMNS}"""
 _KEEP_VOUCHER = """
 INSERT INTO channel_voucher (channel_id, deposit, amount, signature) VALUES (:channel, :deposit, :amount, :signature)
@@ -104,6 +105,12 @@ INSERT INTO channel_credit (channel_id, authorized, consumed, claimed) VALUES (:
 ON CONFLICT (channel_id) DO UPDATE SET claimed = max(claimed, excluded.claimed)"""
 _PRUNE_VOUCHERS = "DELETE FROM channel_voucher WHERE channel_id = :channel AND amount < :amount"
 _RESET_CLAIM = "UPDATE channel_credit SET claimed = :amount WHERE channel_id = :channel"
+_CLOSE = f"""
+INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, closing_until)
+VALUES (:channel, :zero, :zero, :zero, :until)
+ON CONFLICT (channel_id) DO UPDATE SET closing_until = max(closing_until, excluded.closing_until)
+RETURNING {_COLUMNS}"""
+_REFUSED = "SELECT authorized, consumed, closing_until FROM channel_credit WHERE channel_id = ?"
 _BEST_VOUCHER = """
 SELECT amount, signature FROM channel_voucher WHERE channel_id = ? AND amount <= ? ORDER BY amount DESC LIMIT 1"""
 _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
@@ -289,6 +296,9 @@ class SqliteLedger(BatchedLedger):
         if isinstance(change, ResetClaim):
             db.execute(_RESET_CLAIM, {"channel": channel, "amount": _encode(change.amount)})
             return None
+        if isinstance(change, Close):
+            row = db.execute(_CLOSE, {"channel": channel, "zero": _ZERO, "until": change.until}).fetchone()
+            return _credit(change.channel_id, row)
         raise TypeError(f"unknown change {change!r}")
 
     def _admit(self, db: sqlite3.Connection, change: Admit, channel: str) -> Outcome:
@@ -300,12 +310,13 @@ class SqliteLedger(BatchedLedger):
             "price": _encode(change.price),
             "deposit": _encode(change.deposit),
             "amount_less_price": _encode(max(change.amount - change.price, 0)),
+            "now": change.now,
         }
         row = db.execute(_ADMIT, params).fetchone()
         if row is None:
-            current = db.execute(_SELECT, (channel,)).fetchone()
+            current = db.execute(_REFUSED, (channel,)).fetchone()
             if current is not None:
-                return change.refusal(int(current[0]), int(current[1]))
+                return change.refusal(int(current[0]), int(current[1]), current[2])
             db.execute(_CREATE, (channel, _ZERO, _ZERO, _ZERO))  # first use: create the row, try again
             row = db.execute(_ADMIT, params).fetchone()
             if row is None:
