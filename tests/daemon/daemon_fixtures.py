@@ -21,6 +21,7 @@ from marketplace.daemon.settings import DaemonSettings
 from marketplace.ipfs import PROFILES
 from marketplace.ipfs.artifacts import add_bytes, add_path, open_store
 from marketplace.metadata import ModelMetadata
+from marketplace.payments.eip712 import CLOSE_REQUEST, sign_digest
 from marketplace.payments.vouchers import VoucherDomain, sign_voucher
 from marketplace.payments.x402 import PaymentPayload, PaymentRequirements, parse_payment_required
 from marketplace.runners.demo_models import ModelSpec, train_iris_classifier
@@ -99,10 +100,18 @@ class Channel:
     payer: LocalAccount
     deposit: int
     domain: VoucherDomain
+    terms: tuple[Any, ...] = ()  # (payer, signer, payee, model id, nonce), where the test opened it
 
     def voucher(self, amount: int) -> dict[str, str]:
         signature = sign_voucher(self.payer, self.domain, self.channel_id, amount)
         return {"channelId": f"0x{self.channel_id:064x}", "amount": str(amount), "signature": "0x" + signature.hex()}
+
+    def close_request(self, deadline: int, *, signer: LocalAccount | None = None,
+                      channel_id: int | None = None) -> dict[str, Any]:
+        """The body of `POST /v1/channels/{id}/close`: a CloseRequest signed by the payer (or `signer`)."""
+        digest = self.domain.eip712.digest(CLOSE_REQUEST, self.channel_id if channel_id is None else channel_id,
+                                           deadline)
+        return {"deadline": deadline, "signature": "0x" + sign_digest(signer or self.payer, digest).hex()}
 
 
 def open_channel_on(
@@ -124,7 +133,7 @@ def open_channel_on(
     expiry = w3.eth.get_block("latest")["timestamp"] + lifetime
     sender.transact(contracts.channels.functions.open(terms, deposit, expiry))
     channel_id = contracts.channels.functions.channelIdOf(terms).call()
-    return Channel(channel_id, payer, deposit, VoucherDomain(w3.eth.chain_id, contracts.channels.address))
+    return Channel(channel_id, payer, deposit, VoucherDomain(w3.eth.chain_id, contracts.channels.address), terms)
 
 
 @pytest.fixture(scope="module")

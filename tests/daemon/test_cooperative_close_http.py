@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from daemon_fixtures import PRICE, Channel, Listing, pay_header, requirements_of
+from daemon_fixtures import PRICE, Channel, Listing, open_channel_on, pay_header, requirements_of
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.payments.claimer import compact_signature
-from marketplace.payments.eip712 import CLOSE_CHANNEL, CLOSE_REQUEST, recover_address, sign_digest
+from marketplace.payments.eip712 import CLOSE_CHANNEL, recover_address
 from marketplace.payments.ledger.metered import PendingCall
-from marketplace.payments.vouchers import VoucherDomain
 from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio
@@ -27,24 +25,11 @@ BODY = json.dumps({"inputs": [[5.1, 3.5, 1.4, 0.2]]}).encode()
 DEPOSIT = 10 * PRICE
 
 
-class OpenChannel(Channel):
-    terms: tuple[Any, ...]
-
-
 @pytest.fixture
-def opened(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> Iterator[OpenChannel]:
-    """A fresh channel of dev_accounts[3] to the provider (the daemon's key), with its terms."""
-    minter, payer = dev_accounts[0], dev_accounts[3]
-    Sender(w3, minter).transact(contracts.token.functions.mint(payer.address, DEPOSIT))
-    sender = Sender(w3, payer)
-    sender.transact(contracts.token.functions.approve(contracts.channels.address, DEPOSIT))
-    terms = (payer.address, payer.address, listing.provider.address, listing.model_id,
-             int.from_bytes(os.urandom(8), "big"))
-    sender.transact(contracts.channels.functions.open(terms, DEPOSIT, w3.eth.get_block("latest")["timestamp"] + 86_400))
-    channel = OpenChannel(contracts.channels.functions.channelIdOf(terms).call(), payer, DEPOSIT,
-                          VoucherDomain(w3.eth.chain_id, contracts.channels.address))
-    channel.terms = terms
-    yield channel
+def opened(w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing) -> Channel:
+    """A fresh channel of dev_accounts[3] to the provider (the daemon's key)."""
+    return open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[3], listing.provider.address,
+                           listing.model_id, DEPOSIT)
 
 
 async def call(daemon: httpx.AsyncClient, listing: Listing, channel: Channel, amount: int) -> httpx.Response:
@@ -59,9 +44,8 @@ async def ask_close(daemon: httpx.AsyncClient, w3: Web3, channel: Channel, signe
                     *, deadline: int | None = None, channel_id: int | None = None) -> httpx.Response:
     channel_id = channel.channel_id if channel_id is None else channel_id
     deadline = deadline or w3.eth.get_block("latest")["timestamp"] + 120
-    signature = sign_digest(signer, channel.domain.eip712.digest(CLOSE_REQUEST, channel_id, deadline))
     return await daemon.post(f"/v1/channels/{channel_id:#x}/close",
-                             json={"deadline": deadline, "signature": "0x" + signature.hex()})
+                             json=channel.close_request(deadline, signer=signer, channel_id=channel_id))
 
 
 def balance(contracts: Any, address: str) -> int:
@@ -69,7 +53,7 @@ def balance(contracts: Any, address: str) -> int:
 
 
 async def test_close_after_three_calls_pays_the_provider_three_prices_and_refunds_the_rest_at_once(
-    daemon: httpx.AsyncClient, w3: Web3, contracts: Any, listing: Listing, opened: OpenChannel
+    daemon: httpx.AsyncClient, w3: Web3, contracts: Any, listing: Listing, opened: Channel
 ) -> None:
     for n in range(1, 4):
         assert (await call(daemon, listing, opened, n * PRICE)).status_code == 200
@@ -89,7 +73,7 @@ async def test_close_after_three_calls_pays_the_provider_three_prices_and_refund
 
 
 async def test_a_call_after_the_cosignature_is_refused_and_nothing_is_served(
-    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: Channel
 ) -> None:
     assert (await call(daemon, listing, opened, PRICE)).status_code == 200
     assert (await ask_close(daemon, w3, opened, opened.payer)).status_code == 200
@@ -100,7 +84,7 @@ async def test_a_call_after_the_cosignature_is_refused_and_nothing_is_served(
 
 
 async def test_a_close_request_signed_by_a_stranger_is_refused_and_the_channel_stays_open(
-    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel, dev_accounts: list[LocalAccount]
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: Channel, dev_accounts: list[LocalAccount]
 ) -> None:
     answer = await ask_close(daemon, w3, opened, dev_accounts[5])
     assert answer.status_code == 402 and answer.json()["error"] == "bad_signature"
@@ -108,7 +92,7 @@ async def test_a_close_request_signed_by_a_stranger_is_refused_and_the_channel_s
 
 
 async def test_replayed_or_misdirected_close_requests_are_refused(
-    daemon: httpx.AsyncClient, w3: Web3, opened: OpenChannel, open_channel: Any
+    daemon: httpx.AsyncClient, w3: Web3, opened: Channel, open_channel: Any
 ) -> None:
     now = w3.eth.get_block("latest")["timestamp"]
     expired = await ask_close(daemon, w3, opened, opened.payer, deadline=now - 1)
@@ -119,30 +103,32 @@ async def test_replayed_or_misdirected_close_requests_are_refused(
     assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_channel"
     # a request signed for this channel does not close another of the same payer
     other = open_channel(payer=opened.payer)
-    signature = sign_digest(opened.payer, opened.domain.eip712.digest(CLOSE_REQUEST, opened.channel_id, now + 60))
-    moved = await daemon.post(f"/v1/channels/{other.channel_id:#x}/close",
-                              json={"deadline": now + 60, "signature": "0x" + signature.hex()})
+    moved = await daemon.post(f"/v1/channels/{other.channel_id:#x}/close", json=opened.close_request(now + 60))
     assert moved.status_code == 402 and moved.json()["error"] == "bad_signature"
 
 
 async def test_a_channel_paying_someone_else_is_not_cosigned(
-    daemon: httpx.AsyncClient, w3: Web3, opened: OpenChannel, open_channel: Any, dev_accounts: list[LocalAccount]
+    daemon: httpx.AsyncClient, w3: Web3, opened: Channel, open_channel: Any, dev_accounts: list[LocalAccount]
 ) -> None:
     other = open_channel(payer=opened.payer, payee=dev_accounts[6].address)
     answer = await ask_close(daemon, w3, other, opened.payer)
     assert answer.status_code == 409 and answer.json()["error"] == "not_payee"
 
 
-async def test_a_close_while_a_metered_call_holds_a_reservation_is_refused_and_the_channel_stays_usable(
-    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel
+async def test_a_close_while_a_stream_holds_a_reservation_admits_nothing_new_and_pays_once_it_ends(
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: Channel
 ) -> None:
+    """The 409 leaves the channel closing (on every replica): no call can start behind the payer's back
+    between the refusal and the question asked again, which co-signs once the stream is settled."""
+    assert (await call(daemon, listing, opened, PRICE)).status_code == 200
     calls = daemon.app.state.services.metered_calls  # type: ignore[attr-defined]
     pending = PendingCall(os.urandom(16), "elsewhere", os.getpid(), ChannelId(opened.channel_id), TokenAmount(PRICE))
     await calls.start(pending)
     try:
         answer = await ask_close(daemon, w3, opened, opened.payer)
         assert answer.status_code == 409 and answer.json()["error"] == "calls_in_flight"
-        assert (await call(daemon, listing, opened, PRICE)).status_code == 200  # not left closing
+        late = await call(daemon, listing, opened, 2 * PRICE)
+        assert late.status_code == 402 and late.json()["error"] == "channel_closing"
     finally:
         await calls.finish(pending.call_id)
     answer = await ask_close(daemon, w3, opened, opened.payer)
@@ -150,7 +136,7 @@ async def test_a_close_while_a_metered_call_holds_a_reservation_is_refused_and_t
 
 
 async def test_calls_racing_the_close_are_either_in_the_payout_or_refused(
-    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: OpenChannel
+    daemon: httpx.AsyncClient, w3: Web3, listing: Listing, opened: Channel
 ) -> None:
     racing = [call(daemon, listing, opened, 8 * PRICE) for _ in range(8)]  # one voucher pre-authorizes them all
     *answers, closed = await asyncio.gather(*racing, ask_close(daemon, w3, opened, opened.payer))

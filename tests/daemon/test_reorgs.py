@@ -20,6 +20,7 @@ from web3 import Web3
 
 from marketplace.chain.transactions import Sender
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.payments.claimer import compact_signature
 from marketplace.types import ChannelId
 
 pytestmark = pytest.mark.anyio
@@ -250,3 +251,40 @@ async def test_serve_confirmations_flag_holds_a_new_channel_until_deep_enough(
                 await _sleep(0.2)
     finally:
         daemon.stop()
+
+
+async def test_a_rolled_back_cooperative_close_stays_closed_to_calls_and_pays_the_same_when_resubmitted(
+    w3: Web3, contracts: Any, reorg_settings: DaemonSettings, listing: Listing, open_channel: Callable[..., Channel],
+    dev_accounts: list[LocalAccount],
+) -> None:
+    """The reorg gives the payer its open channel back: the daemon still admits nothing on it (the
+    close is in its ledger, not read off the chain), and asking again co-signs the same payout."""
+    async with client_of(reorg_settings, listing) as client:
+        state = client.services.state
+        channel = open_channel(10 * PRICE, payer=dev_accounts[5])
+        await client.wait_for(lambda: state.channel(channel.channel_id) is not None)
+        for calls in range(1, 4):
+            assert (await client.pay(channel, calls * PRICE)).status_code == 200
+
+        async def close() -> int:
+            deadline = w3.eth.get_block("latest")["timestamp"] + 120
+            answer = await client.daemon.post(f"/v1/channels/{channel.channel_id:#x}/close",
+                                              json=channel.close_request(deadline))
+            assert answer.status_code == 200, answer.text
+            payout = int(answer.json()["payout"])
+            Sender(w3, channel.payer).transact(contracts.channels.functions.closeCooperatively(
+                channel.terms, payout, deadline, *compact_signature(bytes.fromhex(answer.json()["signature"][2:]))))
+            return payout
+
+        provider, payer = balance(contracts, listing.provider), balance(contracts, channel.payer)
+        before = w3.eth.block_number
+        assert await close() == 3 * PRICE
+        await client.wait_for(lambda: state.channel(channel.channel_id).reclaimed)  # type: ignore[union-attr]
+        reorg_after(w3, before)  # the close never happened: the deposit is escrowed again
+        await client.wait_for(lambda: not state.channel(channel.channel_id).reclaimed)  # type: ignore[union-attr]
+        assert balance(contracts, listing.provider) == provider and balance(contracts, channel.payer) == payer
+        refused = await client.pay(channel, 10 * PRICE)
+        assert refused.status_code == 402 and refused.json()["error"] == "channel_closing"
+        assert await close() == 3 * PRICE  # the refused call took nothing
+        assert balance(contracts, listing.provider) - provider == 3 * PRICE
+        assert balance(contracts, channel.payer) - payer == 7 * PRICE

@@ -2,7 +2,7 @@
 one `marketplace serve --workers 2` on one SQLite file: 64 concurrent calls on one channel whose
 voucher covers exactly K calls are admitted exactly K times, and concurrent `exact` authorizations
 from a payer whose balance covers K calls are served (and settled) exactly K times, whichever
-process they reach."""
+process they reach; a cooperative close co-signed by one process stops calls on every other."""
 
 from __future__ import annotations
 
@@ -136,3 +136,36 @@ async def test_concurrent_exact_authorizations_across_processes_run_only_what_th
         finally:
             for client in clients:
                 await client.aclose()
+
+
+async def test_a_close_cosigned_by_one_process_stops_calls_on_every_other(
+    anvil: Any, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], listing: Listing, tmp_path: Path,
+    deployment_shape: tuple[str, int, int],
+) -> None:
+    """Were the close a flag of one process, the payer could be refunded everything after the co-signed
+    payout while another process still served calls on vouchers it keeps accepting: served free."""
+    async with ready_replicas(anvil, listing, tmp_path, deployment_shape) as replicas:
+        channel = open_channel_on(w3, contracts, dev_accounts[0], dev_accounts[4], listing.provider.address,
+                                  listing.model_id, 10 * PRICE)
+        path = f"/v1/models/{listing.model_hex}/infer"
+        headers = {"content-type": "application/json"}
+
+        async def call(url: str, amount: int) -> httpx.Response:
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:  # a new connection: any worker
+                requirements = requirements_of(await client.post(path, content=BODY, headers=headers), "channel")
+                return await client.post(path, content=BODY, headers={
+                    **headers, "PAYMENT-SIGNATURE": pay_header(requirements, channel.voucher(amount))})
+
+        assert (await call(replicas[0].url, PRICE)).status_code == 200
+        deadline = w3.eth.get_block("latest")["timestamp"] + 120
+        async with httpx.AsyncClient(base_url=replicas[0].url, timeout=30.0) as client:
+            closed = await client.post(f"/v1/channels/{channel.channel_id:#x}/close",
+                                       json=channel.close_request(deadline))
+        assert closed.status_code == 200, closed.text
+        assert int(closed.json()["payout"]) == PRICE
+        late = [await call(replica.url, 10 * PRICE) for replica in replicas for _ in range(4)]
+        assert [(r.status_code, r.json()["error"]) for r in late] == [(402, "channel_closing")] * len(late)
+        for replica in replicas:
+            async with httpx.AsyncClient(base_url=replica.url, timeout=30.0) as client:
+                view = (await client.get(f"/v1/channels/0x{channel.channel_id:064x}")).json()["view"]
+            assert int(view["consumed"]) == PRICE  # the payout co-signed is all that was served

@@ -1,16 +1,16 @@
 """`POST /v1/channels/{id}/close`: the daemon co-signs a cooperative early close of a channel.
 
 The channel's signer asks with an EIP-712 `CloseRequest(channelId, deadline)`; the daemon stops
-admitting calls on the channel, then signs `CloseChannel(channelId, payout, deadline)` with its key
-(the channel's payee) for `payout` = what the ledger counts consumed: the payer submits it with
+admitting calls on the channel in the ledger itself (`CreditLedger.close_channel`: every replica
+refuses them, `channel_closing`, until the deadline plus `CLOSE_GRACE`, after which the co-signature
+is worthless on chain), then signs `CloseChannel(channelId, payout, deadline)` with its key (the
+channel's payee) for `payout` = what the ledger counts consumed: the payer submits it with
 `PaymentChannels.closeCooperatively` and gets the rest of the deposit back in the same transaction.
+Asking again (a lost answer, a close a reorg dropped after its deadline) co-signs the same payout,
+or less if a call in flight at the close was refunded since.
 """
 
 from __future__ import annotations
-
-import asyncio
-import time
-from collections.abc import Callable
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -23,12 +23,12 @@ from marketplace.payments.errors import InvalidSignature, PaymentRejected
 from marketplace.payments.x402 import parse_uint256_text
 from marketplace.types import ChannelId
 
-__all__ = ["MAX_CLOSE_WINDOW", "router"]
+__all__ = ["CLOSE_GRACE", "MAX_CLOSE_WINDOW", "router"]
 
 router = APIRouter(tags=["channels"])
 
 MAX_CLOSE_WINDOW = 300  # seconds: a close request (and the co-signature) is good for at most this long
-_DRAIN_SECONDS = 2.0  # how long the close waits for admissions already past the closing check
+CLOSE_GRACE = 120  # seconds after the deadline before calls are admitted again: block times may lag
 
 
 class CloseRequestBody(BaseModel):
@@ -73,24 +73,11 @@ async def close_channel(channel_id: str, body: CloseRequestBody, request: Reques
         raise ApiError(402, "bad_signature", f"the close request is signed by {signer}, not by the channel's signer")
     if checksum_address(channel.payee) != services.account.address:
         raise ApiError(409, "not_payee", f"channel {number:#x} pays {channel.payee}, not this daemon's key")
-    scheme.close_admissions(key)
-    try:
-        await _drain(scheme.admitting, key)
-        if await services.metered_calls.reserved(key) > 0:
-            raise ApiError(409, "calls_in_flight", f"channel {number:#x} has calls in flight: ask again once they end")
-        credit = await services.ledger.credit(key)
-    except BaseException:
-        scheme.reopen_admissions(key)
-        raise
+    await services.ledger.close_channel(key, body.deadline + CLOSE_GRACE)
+    if await services.metered_calls.reserved(key) > 0:  # read after the close: no stream starts since
+        raise ApiError(409, "calls_in_flight", f"channel {number:#x} has streams in flight; no new call is "
+                       "admitted on it: ask again once they end")
+    credit = await services.ledger.credit(key)  # read after the reservations: a stream's refund is in it
     payout = credit.consumed if credit is not None else 0
     close_signature = sign_digest(services.account, domain.digest(CLOSE_CHANNEL, number, payout, body.deadline))
     return CloseAnswer(payout=str(payout), deadline=body.deadline, signature="0x" + close_signature.hex())
-
-
-async def _drain(admitting: Callable[[ChannelId], bool], key: ChannelId) -> None:
-    """Wait until admissions that passed the closing check before it was set reached the ledger."""
-    until = time.monotonic() + _DRAIN_SECONDS
-    while admitting(key):
-        if time.monotonic() > until:
-            raise ApiError(409, "calls_in_flight", f"channel {key:#x} is still admitting calls: ask again")
-        await asyncio.sleep(0.005)

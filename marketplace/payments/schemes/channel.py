@@ -35,7 +35,7 @@ from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.payments.eip712 import VOUCHER, checksum_address
 from marketplace.payments.errors import ChannelRejected, PaymentRejected
 from marketplace.payments.ledger.base import Credit, CreditLedger
-from marketplace.payments.ledger.errors import InsufficientCredit
+from marketplace.payments.ledger.errors import ChannelClosing, InsufficientCredit
 from marketplace.payments.schemes.base import (
     Admission,
     Charge,
@@ -183,26 +183,6 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         self._absent_block = -1
         self._last_good: dict[int, tuple[int, bytes, str]] = {}  # channel -> last voucher proven good
         self._voucher_eip712 = self.domain.eip712.offer(VOUCHER)
-        self._closing: set[int] = set()  # channels whose cooperative close was co-signed: no call admitted
-        self._admitting: dict[int, int] = {}  # channel -> admissions between the closing check and the ledger
-
-    def close_admissions(self, channel_id: ChannelId) -> None:
-        """Admit no further call on `channel_id` (its cooperative close is being co-signed)."""
-        self._closing.add(channel_id)
-
-    def reopen_admissions(self, channel_id: ChannelId) -> None:
-        """Undo `close_admissions` (the close was refused before anything was signed)."""
-        self._closing.discard(channel_id)
-
-    def admitting(self, channel_id: ChannelId) -> bool:
-        """Whether an admission on `channel_id` passed the closing check and has not reached the ledger yet."""
-        return self._admitting.get(channel_id, 0) > 0
-
-    def check_open(self, channel_id: ChannelId) -> None:
-        """`channel_closing` once the channel's cooperative close was co-signed here."""
-        if channel_id in self._closing:
-            raise ChannelRejected("channel_closing", f"channel {channel_id:#x} is closing (its payer asked for "
-                                  "a cooperative close): open another", channel_id=channel_id)
 
     # --- 402 ---------------------------------------------------------------------------------
 
@@ -294,20 +274,22 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         if self.ledger is None:
             raise RuntimeError("a ChannelScheme without a ledger only verifies")
         price = TokenAmount(request.model.price)
+        credit = await self.reserve(voucher, price)
+        return ChannelAdmission(self, self.ledger, voucher, price, credit)
+
+    async def reserve(self, voucher: VerifiedVoucher, price: TokenAmount) -> Credit:
+        """Take `price` on the ledger with `voucher` (durable), or refuse: `insufficient_credit`,
+        `channel_closing` (a cooperative close was co-signed, on any replica)."""
+        if self.ledger is None:
+            raise RuntimeError("a ChannelScheme without a ledger only verifies")
         channel_id = voucher.channel_id
-        self.check_open(channel_id)
-        self._admitting[channel_id] = self._admitting.get(channel_id, 0) + 1  # the close waits for it
         try:
-            credit = await self.ledger.admit(channel_id, voucher.amount, voucher.signature, price,
-                                             deposit=TokenAmount(voucher.channel.deposit))
+            return await self.ledger.admit(channel_id, voucher.amount, voucher.signature, price,
+                                           deposit=TokenAmount(voucher.channel.deposit), now=int(self._clock()))
         except InsufficientCredit as refusal:
             raise ChannelRejected("insufficient_credit", str(refusal), channel_id=channel_id) from None
-        finally:
-            if (left := self._admitting[channel_id] - 1) > 0:
-                self._admitting[channel_id] = left
-            else:
-                del self._admitting[channel_id]
-        return ChannelAdmission(self, self.ledger, voucher, price, credit)
+        except ChannelClosing as refusal:
+            raise ChannelRejected("channel_closing", str(refusal), channel_id=channel_id) from None
 
     async def verify(self, payment: PaymentPayload, request: PaidRequest) -> VerifiedVoucher:
         self.check_accepted(payment, asset=self._token_lower)

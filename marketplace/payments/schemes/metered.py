@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from marketplace.chain.views import ModelInfo
-from marketplace.payments.errors import ChannelRejected, PaymentRejected
+from marketplace.payments.errors import PaymentRejected
 from marketplace.payments.ledger.base import Credit, CreditLedger
-from marketplace.payments.ledger.errors import InsufficientCredit
 from marketplace.payments.ledger.metered import MeteredCalls, PendingCall
 from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, PaymentScheme
 from marketplace.payments.schemes.channel import ChannelScheme, VerifiedVoucher
@@ -149,14 +148,9 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         verified = await self.verify(payment, request)
         voucher = verified.voucher
         call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
-        await self.calls.start(call)
+        await self.calls.start(call)  # first: a close that sees no reservation sees the call refused
         try:
-            self.channels.check_open(voucher.channel_id)  # after start: a close sees it reserved, or it the close
-            credit = await self.ledger.admit(voucher.channel_id, voucher.amount, voucher.signature, verified.cap,
-                                             deposit=TokenAmount(voucher.channel.deposit))
-        except InsufficientCredit as refusal:
-            await self.calls.finish(call.call_id)
-            raise ChannelRejected("insufficient_credit", str(refusal), channel_id=voucher.channel_id) from None
+            credit = await self.channels.reserve(voucher, verified.cap)
         except BaseException:
             await self.calls.finish(call.call_id)
             raise
