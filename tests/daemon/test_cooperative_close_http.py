@@ -10,11 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from daemon_fixtures import PRICE, Channel, Listing, open_channel_on, pay_header, requirements_of
+from daemon_fixtures import PRICE, Channel, Listing, open_channel_on, pay_header, requirements_of, running_daemon
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
 from marketplace.chain.transactions import Sender
+from marketplace.daemon.settings import DaemonSettings
 from marketplace.payments.claimer import compact_signature
 from marketplace.payments.eip712 import CLOSE_CHANNEL, recover_address
 from marketplace.payments.ledger.metered import PendingCall
@@ -81,6 +82,21 @@ async def test_a_call_after_the_cosignature_is_refused_and_nothing_is_served(
     assert late.status_code == 402 and late.json()["error"] == "channel_closing"
     credit = await daemon.app.state.services.ledger.credit(opened.channel_id)  # type: ignore[attr-defined]
     assert credit.consumed == PRICE  # the payout co-signed: the refused call took nothing
+
+
+async def test_a_close_survives_a_daemon_restart_and_asking_again_pays_the_same(
+    settings: DaemonSettings, w3: Web3, listing: Listing, opened: Channel
+) -> None:
+    """A crash right after the co-signature (the answer lost): the restarted daemon still admits
+    nothing on the channel, and the payer asking again gets the same payout."""
+    async with running_daemon(settings) as daemon:
+        assert (await call(daemon, listing, opened, 2 * PRICE)).status_code == 200
+        assert int((await ask_close(daemon, w3, opened, opened.payer)).json()["payout"]) == PRICE
+    async with running_daemon(settings) as restarted:
+        late = await call(restarted, listing, opened, 2 * PRICE)
+        assert late.status_code == 402 and late.json()["error"] == "channel_closing"
+        again = await ask_close(restarted, w3, opened, opened.payer)
+        assert again.status_code == 200 and int(again.json()["payout"]) == PRICE
 
 
 async def test_a_close_request_signed_by_a_stranger_is_refused_and_the_channel_stays_open(
