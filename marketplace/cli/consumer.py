@@ -302,13 +302,22 @@ def call(
     per_call: PerCallOption = None,
     per_day: PerDayOption = None,
     total: TotalOption = None,
+    payer_wallet: Annotated[
+        str | None, typer.Option(help="With --scheme exact: the transfer is drawn from this smart-contract "
+                                      "wallet (ERC-1271), which accepts the account's signature.")
+    ] = None,
     account: AccountOption = None,
     rpc_url: RpcUrlOption = DEFAULT_RPC_URL,
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Call a model once, paying per call within your spending limits (`consumer limits`); print its
     output (stdout) and where the receipt was saved."""
+    from web3 import Web3
+
     from marketplace.client import ChannelStore, MarketplaceClient, SpendingBook
+
+    if payer_wallet is not None and not Web3.is_address(payer_wallet):
+        raise ConfigError(f"--payer-wallet must be a 0x-prefixed 20-byte hex address, got {payer_wallet!r}")
 
     model_id, body = model_id_arg(model), read_json_argument(input_, "--input")
     tokens = read_trial_tokens(trial_token or [])
@@ -331,7 +340,7 @@ def call(
     with ChannelStore() as channels, SpendingBook(channels.path) as book, MarketplaceClient(
         url, market.account, store=channels, channel_id=channel_id_arg(channel) if channel else None,
         schemes=[s for s in schemes if s != "license" or license_id is not None], license_id=license_id, max_price=cap,
-        trial_tokens=tokens,
+        trial_tokens=tokens, payer_wallet=payer_wallet,
         limits=limits_of(book, per_call, per_day, total),
     ) as client:
         result = client.call(model_id, body)

@@ -111,6 +111,8 @@ class PaymentAuth(httpx.Auth):
     `channel_id` pins the channel; otherwise the store's best unexpired channel for the model is
     used. `license_id` (or `licenses`, per model id) enables "license". `max_price` (per call) and
     `budget` (in total: what this client's signatures can cost, see `committed`) are in token units.
+    `payer_wallet`: "exact" transfers are drawn from this ERC-1271 contract wallet, which accepts
+    `account`'s signatures (a wallet's channels need nothing: their signer is `account`).
     `store` keeps channel state on disk (default `<data dir>/client/channels.db`). `limits` (per
     call, per UTC day, in total) are enforced over every process sharing the store's file: the figures
     are kept in it (`spending`, a `SpendingBook`, opened on that file unless given).
@@ -130,6 +132,7 @@ class PaymentAuth(httpx.Auth):
         budget: int | None = None,
         limits: SpendingLimits | None = None,
         spending: SpendingBook | None = None,
+        payer_wallet: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         unknown = [scheme for scheme in schemes if scheme not in SCHEMES]
@@ -144,7 +147,7 @@ class PaymentAuth(httpx.Auth):
         self.spending = spending if spending is not None or limits is None else SpendingBook(self.store.path)
         payers: dict[str, Callable[[], SchemePayer[Any]]] = {
             "channel": lambda: ChannelPayer(account, self.store, channel_id=channel_id, clock=clock),
-            "exact": lambda: ExactPayer(account, clock),
+            "exact": lambda: ExactPayer(account, clock, wallet=payer_wallet),
             "license": lambda: LicensePayer(account, license_id=license_id, licenses=licenses, clock=clock),
             "metered": lambda: MeteredPayer(account, self.store, channel_id=channel_id, clock=clock),
             "trial": lambda: TrialPayer(account, tokens=trial_tokens, clock=clock),

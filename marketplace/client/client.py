@@ -144,13 +144,15 @@ class MarketplaceClient:
         max_price: int | None = None,
         budget: int | None = None,
         limits: SpendingLimits | None = None,
+        payer_wallet: str | None = None,
         timeout: float = 60.0,
         transport: httpx.BaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "trial_tokens": trial_tokens,
-                                          "max_price": max_price, "budget": budget, "limits": limits})
+                                          "max_price": max_price, "budget": budget, "limits": limits,
+                                          "payer_wallet": payer_wallet})
         self.http = httpx.Client(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     def call(self, model_id: bytes | str, input: Any, *, path: str | None = None) -> CallResult:
@@ -195,13 +197,15 @@ class AsyncMarketplaceClient:
         max_price: int | None = None,
         budget: int | None = None,
         limits: SpendingLimits | None = None,
+        payer_wallet: str | None = None,
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
         auth: PaymentAuth | None = None,
     ) -> None:
         self.auth = _auth(account, auth, {"store": store, "channel_id": channel_id, "schemes": schemes,
                                           "license_id": license_id, "trial_tokens": trial_tokens,
-                                          "max_price": max_price, "budget": budget, "limits": limits})
+                                          "max_price": max_price, "budget": budget, "limits": limits,
+                                          "payer_wallet": payer_wallet})
         self.http = httpx.AsyncClient(base_url=daemon_url, auth=self.auth, timeout=timeout, transport=transport)
 
     async def call(self, model_id: bytes | str, input: Any) -> CallResult:

@@ -1,7 +1,7 @@
 """`marketplace consumer` with a smart-contract wallet paying: `open-channel --payer-wallet` funds
 the channel through the wallet's execute (the account owns the wallet and signs the vouchers),
 `consumer call` pays from it, the provider claims, `top-up` and `reclaim` go through the wallet,
-which gets the refund."""
+which gets the refund; `consumer call --payer-wallet` checks its address."""
 
 from __future__ import annotations
 
@@ -65,4 +65,10 @@ def test_open_channel_for_an_account_without_code_is_a_one_line_error(cli: Cli, 
     assert "is not a contract wallet (it has no code)" in str(refused)
     bad = cli.fails("consumer", "open-channel", listing.model_hex, "--deposit", "1", "--payer-wallet", "0x12",
                     "--account", "dev8", error=ConfigError)
+    assert "--payer-wallet must be a 0x-prefixed 20-byte hex address" in str(bad)
+
+
+def test_a_payer_wallet_that_is_not_an_address_is_a_one_line_error(cli: Cli, listing: Listing) -> None:
+    bad = cli.fails("consumer", "call", listing.model_hex, "--input", INPUT, "--scheme", "exact",
+                    "--payer-wallet", "0x12", "--account", "dev8", error=ConfigError)
     assert "--payer-wallet must be a 0x-prefixed 20-byte hex address" in str(bad)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from marketplace.chain.transactions import Sender
+from marketplace.client import ChannelStore, PaymentAuth
 from marketplace.client.signing import exact_payload
 from marketplace.daemon.limits import ClientBuckets
 from marketplace.payments.x402 import PaymentRequirements, parse_payment_response
@@ -94,6 +96,27 @@ async def test_a_wallet_pays_once_with_its_owners_signature_and_the_same_header_
     assert balance(contracts, listing.provider.address) == provider_before + PRICE
     again = await call(daemon, listing, header)
     assert (again.status_code, again.json()["error"]) == (402, "nonce_reused")
+    assert counting.ran == 1 and balance(contracts, wallet.address) == 2 * PRICE
+
+
+async def test_the_sdk_pays_exact_from_a_wallet_and_a_stranger_naming_the_wallet_cannot(
+    daemon: httpx.AsyncClient, listing: Listing, contracts: Any, w3: Web3, dev_accounts: list[LocalAccount],
+    new_wallet: Callable[..., Contract], counting: Counting, tmp_path: Path,
+) -> None:
+    """`PaymentAuth(payer_wallet=)`: the owner key's calls are paid by the wallet; a stranger's
+    client naming the same wallet is refused and moves nothing."""
+    wallet = new_wallet(3 * PRICE)
+    path = PATH_.format(listing.model_hex)
+
+    def auth(key: LocalAccount, name: str) -> PaymentAuth:
+        return PaymentAuth(key, store=ChannelStore(tmp_path / f"{name}.db"), schemes=["exact"],
+                           payer_wallet=wallet.address, clock=lambda: w3.eth.get_block("latest")["timestamp"])
+
+    served = await daemon.post(path, content=BODY, headers=HEADERS, auth=auth(dev_accounts[7], "owner"))
+    assert served.status_code == 200, served.text
+    assert parse_payment_response(served.headers["PAYMENT-RESPONSE"]).payer == wallet.address
+    refused = await daemon.post(path, content=BODY, headers=HEADERS, auth=auth(Account.create(), "stranger"))
+    assert (refused.status_code, refused.json()["error"]) == (402, "bad_signature")
     assert counting.ran == 1 and balance(contracts, wallet.address) == 2 * PRICE
 
 
