@@ -18,8 +18,9 @@ import {IPaymentChannels} from "./interfaces/IPaymentChannels.sol";
  * read the escrow's balance after the transfer to refuse fee-on-transfer tokens. Payouts (`claim`, `claimMany`,
  * `reclaim`, `closeCooperatively`) are not: the transfer is their last step and reads nothing back, so a token that calls back in finds
  * the watermark raised or the channel closed (see docs/contracts.md, "Tokens and re-entry"). Tokens without a
- * return value work through SafeERC20. Inline assembly only hashes (from calldata, or past the free memory
- * pointer) and calls the ecrecover precompile; transfers and guards are OpenZeppelin's.
+ * return value work: deposits go through SafeERC20, payouts through `_pay`, which applies its rules. Inline assembly
+ * only hashes (from calldata, or past the free memory pointer), calls the ecrecover precompile and makes the payout
+ * transfer (`_pay`, to save ~155 gas a payout); deposits' transfers and the guard are OpenZeppelin's.
  */
 contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
@@ -117,7 +118,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         (bool wellFormed, bytes32 r, bytes32 vs) = _compact(signature);
         if (!wellFormed) revert PaymentChannelsInvalidSignature(channelId, terms.signer);
         uint256 paid = _settle(_domainSeparatorV4(), channelId, amount, payout, terms.signer, r, vs);
-        _token.safeTransfer(terms.payee, paid);
+        _pay(terms.payee, paid);
     }
 
     /// @inheritdoc IPaymentChannels
@@ -142,7 +143,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
                 paid += channelPaid;
             }
         }
-        _token.safeTransfer(payee, paid);
+        _pay(payee, paid);
     }
 
     /// @inheritdoc IPaymentChannels
@@ -160,7 +161,7 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             refunded = deposit - claimed;
         }
         emit ChannelReclaimed(channelId, refunded);
-        if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
+        if (refunded != 0) _pay(terms.payer, refunded);
     }
 
     /// @inheritdoc IPaymentChannels
@@ -193,8 +194,8 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
             refunded = deposit - payout;
         }
         emit ChannelClosed(channelId, payout, refunded);
-        if (paid != 0) _token.safeTransfer(terms.payee, paid);
-        if (refunded != 0) _token.safeTransfer(terms.payer, refunded);
+        if (paid != 0) _pay(terms.payee, paid);
+        if (refunded != 0) _pay(terms.payer, refunded);
     }
 
     // ---------------------------------------------------------------------------------------------------------------
@@ -305,6 +306,36 @@ contract PaymentChannels is IPaymentChannels, EIP712, ReentrancyGuardTransient {
         _token.safeTransferFrom(msg.sender, address(this), amount);
         uint256 received = _token.balanceOf(address(this)) - balanceBefore;
         if (received != amount) revert PaymentChannelsTransferMismatch(amount, received);
+    }
+
+    /// @dev Sends `amount` tokens to `to` with SafeERC20's `safeTransfer` rules: a reverting call reverts with its data;
+    /// otherwise the call must return nothing from a token with code, or a first word of exactly 1. Assembly here,
+    /// against our usual rule (transfers are OpenZeppelin's), because `safeTransfer` builds its call with
+    /// `abi.encodeCall` into newly allocated memory: this writes it past the free memory pointer, ~155 gas less per
+    /// payout. Deposits keep `safeTransferFrom`.
+    function _pay(address to, uint256 amount) private {
+        IERC20 token_ = _token;
+        bytes4 selector = IERC20.transfer.selector;
+        bool accepted;
+        assembly ("memory-safe") {
+            let free := mload(0x40)
+            mstore(free, selector)
+            mstore(add(free, 0x04), and(to, 0xffffffffffffffffffffffffffffffffffffffff))
+            mstore(add(free, 0x24), amount)
+            // The first word of the return data, if any, lands in scratch space.
+            if iszero(call(gas(), token_, 0, free, 0x44, 0x00, 0x20)) {
+                returndatacopy(free, 0x00, returndatasize())
+                revert(free, returndatasize())
+            }
+            switch returndatasize()
+            case 0 {
+                accepted := gt(extcodesize(token_), 0)
+            }
+            default {
+                accepted := eq(mload(0x00), 1)
+            }
+        }
+        if (!accepted) revert SafeERC20.SafeERC20FailedOperation(address(token_));
     }
 
     function _load(
