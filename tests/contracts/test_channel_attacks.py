@@ -275,6 +275,22 @@ def test_a_token_without_return_values_works(escrow: Escrow, deployer: Deployer)
     assert usdt_like.balance(usdt_like.channels.address) == 0
 
 
+def test_a_token_whose_transfer_returns_false_pays_nothing(escrow: Escrow, deployer: Deployer) -> None:
+    """A payout the token reports as failed (false, no revert) reverts as SafeERC20 would and changes nothing."""
+    token = deployer.deploy("FalseReturnToken")
+    lying = dataclasses.replace(escrow, token=token, channels=deployer.deploy("PaymentChannels", token.address))
+    send(token.functions.mint(escrow.payer, 100 * TOKEN), escrow.payer)
+    channel = lying.open(duration=DAY)
+    with expect_revert("SafeERC20FailedOperation", token.address):
+        lying.claim(channel, 4 * TOKEN)
+    advance_time(escrow.w3, DAY)
+    with expect_revert("SafeERC20FailedOperation", token.address):
+        send(lying.channels.functions.reclaim(channel.terms), escrow.payer)
+    assert lying.state(channel) == (DEPOSIT, 0, channel.expiry)
+    assert lying.balance(lying.channels.address) == DEPOSIT
+    assert lying.balance(escrow.payee) == 0
+
+
 def test_a_fee_on_transfer_token_is_refused(escrow: Escrow, deployer: Deployer) -> None:
     token = deployer.deploy("FeeOnTransferToken")
     taxed = dataclasses.replace(escrow, token=token, channels=deployer.deploy("PaymentChannels", token.address))
