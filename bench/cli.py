@@ -5,7 +5,7 @@
 Runs `marketplace --help` and `marketplace <group> [<command>] --help` for every command of the
 CLI (found by walking the click tree), each in a fresh process, `--runs` times in rotation, next to
 two floors measured the same way: `python -c pass` (the interpreter) and `python -c "import
-typer.rich_utils"` (what typer's rich help rendering imports, whatever the CLI does). A first round,
+typer.rich_utils"` (what typer's rich help would import; the CLI renders click's plain help). A first round,
 not timed, writes the bytecode caches (even under PYTHONDONTWRITEBYTECODE), so every process
 reads them as an installed package does rather than compiling the sources. Prints the median wall
 time and CPU time (user + system) of each and writes bench/results/cli.json.
