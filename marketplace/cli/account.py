@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from marketplace.chain.keys import PASSWORD_ENV, account_from_hex
+from marketplace.cli.console import LazyConsole
 from marketplace.config import DEFAULT_RPC_URL
 from marketplace.errors import ConfigError
 from marketplace.tokens import format_tokens, parse_tokens
@@ -55,8 +54,8 @@ app = typer.Typer(
     "usable on the local chain id 31337 only.",
     no_args_is_help=True,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = LazyConsole(highlight=False, soft_wrap=True)
+err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 AccountOption = Annotated[
@@ -245,6 +244,8 @@ def import_(
 @app.command("list")
 def list_() -> None:
     """List the local accounts (addresses read from the keystores, nothing decrypted)."""
+    from rich.table import Table
+
     from marketplace.accounts import DEV_ACCOUNT_NAMES, AccountStore
     from marketplace.chain.devkeys import DEV_CHAIN_ID
 

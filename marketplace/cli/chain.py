@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from marketplace.chain.keys import PASSWORD_ENV, load_account
+from marketplace.cli.console import LazyConsole
 
 if TYPE_CHECKING:
     from marketplace.chain.deploy import Deployment
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["app", "print_deployment"]
 
 app = typer.Typer(help="Deploy and inspect the marketplace contracts.", no_args_is_help=True)
-out = Console()
+out = LazyConsole()
 
 
 def print_deployment(deployment: Deployment, rpc_url: str, record: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from marketplace.chain.errors import InsufficientFunds
 from marketplace.chain.views import ModelStatus
@@ -97,6 +96,8 @@ def models(
     data_dir_: DataDirOption = None,
 ) -> None:
     """The catalog: every model listed on chain, with its metadata from IPFS when available."""
+    from rich.table import Table
+
     session = open_session(rpc_url, None, deployments_dir=deployments_dir, need_account=False)
     catalog = session.market.catalog()
     table = Table("model", "name", "price (MKT)", "version", "status", "endpoint",
@@ -128,6 +129,8 @@ def show(
     data_dir_: DataDirOption = None,
 ) -> None:
     """One model: price, payee, endpoint, every artifact version, its metadata and license offers."""
+    from rich.table import Table
+
     session = open_session(rpc_url, None, deployments_dir=deployments_dir, need_account=False)
     market = session.market
     listed = market.catalog().model(model_id_arg(model), session.chain_id)
@@ -370,6 +373,8 @@ def channels(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """Your channels: deposit, what you signed, what the daemon says you used, what was claimed, expiry."""
+    from rich.table import Table
+
     from marketplace.client import ChannelStore
 
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from marketplace.cli.console import LazyConsole
 from marketplace.ipfs import artifacts
 from marketplace.ipfs.artifacts import StoreKind
 from marketplace.ipfs.cid import CID
@@ -28,8 +28,8 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = LazyConsole()
+err = LazyConsole(stderr=True)
 
 PROGRESS_THRESHOLD = 64 * 1024 * 1024
 Profile = Enum("Profile", {name: name for name in PROFILES}, type=str)  # type: ignore[misc]  # members from PROFILES
@@ -86,8 +86,8 @@ def _progress_bar(total: int, description: str) -> Iterator[Callable[[int], None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn())
-    with Progress(*columns, TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True) as progress:
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, TimeRemainingColumn(), console=err.console, transient=True) as progress:
         task = progress.add_task(description, total=total)
         yield lambda count: progress.advance(task, count)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from marketplace.cli.account import (
     AccountOption,
@@ -64,6 +63,8 @@ def offers(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """The license offers of a model."""
+    from rich.table import Table
+
     market = open_session(rpc_url, None, deployments_dir=deployments_dir, need_account=False).market
     table = Table("offer", "tier", "price (MKT)", "lasts", "sold", "transferable", "active",
                   title=f"license offers of {model}")
@@ -113,6 +114,8 @@ def list_(
     deployments_dir: DeploymentsDirOption = None,
 ) -> None:
     """The licenses your account holds."""
+    from rich.table import Table
+
     market = open_session(rpc_url, account, deployments_dir=deployments_dir).market
     held = market.licenses.licenses_of(market.address)
     if not held:

@@ -1,19 +1,22 @@
 """Entry point of the `marketplace` command: sub-commands per area, one-line errors.
 
 Each sub-command's module is imported when the command line names it (click's lazy sub-commands),
-and each of those modules imports the chain, HTTP and server stacks only inside the commands that
-use them: `marketplace --help` and every `--help` below it start in about the time typer takes.
+and each of those modules imports the chain, HTTP and server stacks, and rich, only inside the
+commands that use them. The help is click's plain help (typer's rich help would import rich, about
+100 ms): `marketplace --help` and every `--help` below it start in about the time typer takes.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import typer
 from typer.core import TyperGroup, TyperOption
+from typer.models import TyperInfo
 
 from marketplace.cli.console import run
 
@@ -36,13 +39,27 @@ _SUBCOMMANDS = {  # in the order `marketplace --help` lists them: a command func
 
 class Group(TyperGroup):
     """A group whose --help is False, not None, when a sub-command is given: typer converts a None
-    flag through a pydantic TypeAdapter, which would import pydantic for every sub-command's --help."""
+    flag through a pydantic TypeAdapter, which would import pydantic for every sub-command's --help.
+    Its help lists each sub-command with its help's whole first paragraph, as typer's rich help did."""
 
     def get_help_option(self, ctx: Any) -> TyperOption | None:  # ctx: typer's vendored click Context
         option = super().get_help_option(ctx)
         if option is not None:
             option.default = False
         return option
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:  # click would cut each help to a sentence
+        rows = [(name, " ".join(text.split("\n\n")[0].split())) for name, text in self.summaries(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def summaries(self, ctx: Any) -> Iterator[tuple[str, str]]:
+        """(name, help) of each sub-command the help lists."""
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                yield name, command.short_help or command.help or ""
 
 
 class _Subcommands(Mapping[str, Any]):
@@ -61,11 +78,17 @@ class _Subcommands(Mapping[str, Any]):
 
 
 @functools.cache
+def _target(name: str) -> Any:
+    """What `marketplace NAME` runs: a command function or a sub-app, from its module."""
+    module, attribute = _SUBCOMMANDS[name].split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@functools.cache
 def _subcommand(name: str) -> Any:
     """The click command of `marketplace NAME`, built by typer from its module."""
-    module, attribute = _SUBCOMMANDS[name].split(":")
-    target = getattr(importlib.import_module(module), attribute)
-    holder = typer.Typer()
+    target = _target(name)
+    holder = typer.Typer(rich_markup_mode=None)
     if isinstance(target, typer.Typer):
         holder.add_typer(target, name=name, cls=Group)
     else:
@@ -80,6 +103,16 @@ class MarketplaceGroup(Group):
         super().__init__(*args, **kwargs)
         self.commands = _Subcommands()  # type: ignore[assignment]  # read-only: from _SUBCOMMANDS
 
+    def summaries(self, ctx: Any) -> Iterator[tuple[str, str]]:
+        """Each sub-command's help as typer would solve it, without building its click command (the
+        options of every command under it): the list costs the imports of the modules only."""
+        for name in _SUBCOMMANDS:
+            target = _target(name)
+            if isinstance(target, typer.Typer):
+                yield name, typer.main.solve_typer_info_help(TyperInfo(target))
+            else:
+                yield name, inspect.getdoc(target) or ""
+
 
 app = typer.Typer(
     name="marketplace",
@@ -87,6 +120,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: typer's rich help would import rich for every --help
+    context_settings={"max_content_width": 120},  # the help as wide as the terminal, up to 120 columns
 )
 
 

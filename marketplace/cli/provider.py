@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from marketplace.cli.account import (
     AccountOption,
@@ -329,6 +328,8 @@ def earnings(
     """Per model you own: calls served, credit not yet claimed, claimed, and license sales.
 
     Calls and unclaimed credit come from the daemon's ledger, claims and sales from chain events."""
+    from rich.table import Table
+
     session = open_session(rpc_url, account, deployments_dir=deployments_dir)
     market, me = session.market, session.market.address
     catalog = market.catalog()

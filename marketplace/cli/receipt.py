@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from marketplace.cli.console import LazyConsole
 from marketplace.payments.errors import ReceiptInvalid
 
 __all__ = ["app", "check_token_amount", "read_receipt_argument", "verify"]
 
 app = typer.Typer(help="Check receipts of paid calls.", no_args_is_help=True)
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = LazyConsole(highlight=False, soft_wrap=True)
+err = LazyConsole(stderr=True, highlight=False, soft_wrap=True)
 
 
 @app.callback()

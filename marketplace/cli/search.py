@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from marketplace.cli.account import DeploymentsDirOption, RpcUrlOption, out
 from marketplace.cli.ipfs import ApiOption, DataDirOption, StoreOption
@@ -128,6 +127,8 @@ def _ask_daemon(url: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print(page: dict[str, Any]) -> None:
+    from rich.table import Table
+
     table = Table("model", "name", "tags", "price (MKT)", "status", "metadata")
     for item in page["items"]:
         table.add_row(str(item["model_id"]), str(item.get("name") or "?"), ", ".join(map(str, item.get("tags") or [])),

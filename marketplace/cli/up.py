@@ -17,10 +17,10 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from marketplace.chain.errors import ChainError, DeploymentNotFound
 from marketplace.cli.chain import print_deployment
+from marketplace.cli.console import LazyConsole
 from marketplace.cli.serve import dashboard_hint
 from marketplace.config import DEFAULT_RPC_URL, ToolchainError, data_dir
 from marketplace.tokens import format_pricing, parse_tokens
@@ -42,7 +42,7 @@ TEXT_PRICE = "0.0001"
 TEXT_PRICE_PER_INPUT_TOKEN = "0.000001"
 TEXT_PRICE_PER_OUTPUT_TOKEN = "0.00001"
 TEXT_MAX_OUTPUT_TOKENS = 256
-out = Console()
+out = LazyConsole()
 
 
 def _deployment(w3: Web3, fresh_chain: bool, accounts: list[LocalAccount]) -> Deployment:

@@ -1,8 +1,9 @@
 """`marketplace --help` and every `<group> [<command>] --help` start without the heavy stacks.
 
 The help of every command is rendered in a fresh interpreter, which then lists the modules it
-imported: none of the chain, HTTP, ONNX, web-server or database stacks may be among them (they
-are imported by the commands that use them, when they run). The time this saves is measured by
+imported: none of the chain, HTTP, ONNX, web-server or database stacks, nor rich, may be among
+them (they are imported by the commands that use them, when they run; the help is click's plain
+help). The time this saves is measured by
 bench/cli.py, not here.
 """
 
@@ -20,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HEAVY = (
     "web3", "eth_account", "eth_typing", "eth_utils", "onnxruntime", "numpy", "fastapi", "uvicorn",
     "sklearn", "psycopg", "aiohttp", "httpx", "requests", "pydantic", "jsonschema",
+    "rich",  # typer's rich help alone would take about the whole budget of a --help (bench/cli.py)
 )  # fmt: skip
 AREAS = ("up", "serve", "chain", "ipfs", "receipt", "account", "provider", "consumer", "license",
          "search")  # marketplace.cli.*
@@ -88,3 +90,19 @@ def test_a_help_process_imports_no_heavy_stack_and_only_the_areas_it_shows(args:
     modules = json.loads(shown.stderr.splitlines()[-1])
     assert "typer" in modules and _heavy(modules) == []
     assert {name.removeprefix("marketplace.cli.") for name in modules} & set(AREAS) == areas
+
+
+def test_the_list_of_areas_shows_each_areas_whole_summary() -> None:
+    """`marketplace --help` lists every area with the first paragraph of its own help, uncut."""
+    from typer.testing import CliRunner
+
+    from marketplace.cli.main import app
+
+    def summary(args: list[str]) -> str:  # the paragraph under "Usage:", on one line
+        shown = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, shown.output
+        return " ".join(shown.output.split("\n\n")[1].split())
+
+    listing = " ".join(CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80"}).output.split())
+    for area in ("provider", "consumer", "account", "ipfs", "up"):
+        assert f"{area} {summary([area])}" in listing

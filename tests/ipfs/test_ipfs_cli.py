@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from gateway_standin import GatewayStandin
 from kubo_standin import KuboStandin
-from rich.console import Console
 from standin_server import MemoryBlocks
 from typer.testing import CliRunner, Result
 
 from marketplace.cli import ipfs as ipfs_cli
+from marketplace.cli.console import LazyConsole
 from marketplace.errors import ConfigError
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.errors import InvalidCid
@@ -81,7 +81,7 @@ def test_progress_never_reaches_stdout(
     data_dir: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ipfs_cli, "PROGRESS_THRESHOLD", 0)
-    monkeypatch.setattr(ipfs_cli, "err", Console(stderr=True, force_terminal=True))
+    monkeypatch.setattr(ipfs_cli, "err", LazyConsole(stderr=True, force_terminal=True))
     result = invoke(data_dir, "add", str(weights))
     assert result.stdout.splitlines() == [_cid_of(weights)]
     assert "importing" in result.stderr  # the bar was drawn, on stderr
