@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,8 +16,10 @@ from marketplace.ipfs import artifacts
 from marketplace.ipfs.artifacts import StoreKind
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.importer import DEFAULT_PROFILE, PROFILES, ImportParams, scan_size
-from marketplace.ipfs.local import LocalStore
 from marketplace.ipfs.store import BlockStore
+
+if TYPE_CHECKING:
+    from marketplace.ipfs.local import LocalStore
 
 __all__ = ["app"]
 
@@ -65,6 +67,8 @@ CidArgument = Annotated[str, typer.Argument(metavar="CID", help="CIDv0 (Qm...) o
 
 
 def _local(data_dir: Path | None) -> LocalStore:
+    from marketplace.ipfs.local import LocalStore  # not for `add --only-hash`
+
     return LocalStore(data_dir / "ipfs" if data_dir else None)
 
 

@@ -1,7 +1,9 @@
 """High-level artifact operations over any store: add, get, CAR import/export.
 
 This is what the CLI, the provider flow and the daemon call; each function takes a store opened
-with `open_store` and keeps the verification guarantees of the layer below.
+with `open_store` and keeps the verification guarantees of the layer below. The stores, the CAR
+codec and the reader are imported by the functions that use them, so hashing a file (`add_path`
+without a store) loads the importer alone.
 """
 
 from __future__ import annotations
@@ -10,15 +12,16 @@ import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from marketplace.errors import ConfigError
-from marketplace.ipfs.car import CarReader, write_car
 from marketplace.ipfs.cid import CID
 from marketplace.ipfs.errors import CarFormatError
 from marketplace.ipfs.importer import Imported, Importer, ImportParams
-from marketplace.ipfs.local import LocalStore
-from marketplace.ipfs.reader import DagReader
 from marketplace.ipfs.store import BlockStore
+
+if TYPE_CHECKING:
+    from marketplace.ipfs.local import LocalStore
 
 __all__ = ["StoreKind", "add_bytes", "add_path", "export_car", "get", "import_car", "open_store"]
 
@@ -45,6 +48,8 @@ def open_store(
         from marketplace.ipfs.gateway import DEFAULT_GATEWAY, GatewayStore
 
         return GatewayStore(api or DEFAULT_GATEWAY)
+    from marketplace.ipfs.local import LocalStore
+
     return LocalStore(data_dir)
 
 
@@ -81,6 +86,7 @@ def add_bytes(store: BlockStore, data: bytes, params: ImportParams, *, pin: bool
 def _readable(store: BlockStore, cid: CID, cache: LocalStore | None) -> BlockStore:
     """A gateway is read through one verified CAR request into the local store; others directly."""
     from marketplace.ipfs.gateway import GatewayStore
+    from marketplace.ipfs.local import LocalStore
 
     if isinstance(store, GatewayStore):
         local = cache or LocalStore()
@@ -91,6 +97,8 @@ def _readable(store: BlockStore, cid: CID, cache: LocalStore | None) -> BlockSto
 
 def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, cache: LocalStore | None = None) -> None:
     """Write the file or directory `cid` to `dest` (absent before, complete and verified after)."""
+    from marketplace.ipfs.reader import DagReader
+
     with DagReader(_readable(store, cid, cache)) as reader:
         reader.get(cid, dest)
 
@@ -99,6 +107,9 @@ def export_car(
     store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, cache: LocalStore | None = None
 ) -> int:
     """Write the DAG under `cid` as a CARv1 file with `cid` as root; return its size in bytes."""
+    from marketplace.ipfs.car import write_car
+    from marketplace.ipfs.reader import DagReader
+
     target = Path(dest)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
@@ -113,6 +124,8 @@ def export_car(
 
 def import_car(store: BlockStore, source: str | os.PathLike[str]) -> list[CID]:
     """Store every (verified) block of a CAR file and pin its roots, which must be complete."""
+    from marketplace.ipfs.car import CarReader
+
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"no such CAR file: {path}")

@@ -63,18 +63,21 @@ def test_only_hash_stores_nothing(data_dir: Path, weights: Path) -> None:
 
 
 def test_local_commands_load_no_http_client_nor_progress_bar(data_dir: Path, weights: Path) -> None:
-    """`ipfs add` starts fast: httpx (Kubo, gateway) and rich.progress load only when used."""
+    """`ipfs add` starts fast: httpx (Kubo, gateway) and rich.progress load only when used, and
+    `--only-hash` loads the importer alone (not the store, its ctypes and platformdirs, nor CAR)."""
+    store_modules = ["ctypes", "marketplace.ipfs.car", "marketplace.ipfs.local", "platformdirs"]
     script = (
         "import sys; from typer.testing import CliRunner; from marketplace.cli.ipfs import app; "
         "result = CliRunner().invoke(app, ['add', *sys.argv[1:]]); "
         "print(result.stdout.strip().splitlines()[-1]); "
-        "print(sorted(name for name in ('httpx', 'rich.progress') if name in sys.modules))"
+        f"print(sorted(name for name in ('httpx', 'rich.progress', *{store_modules}) if name in sys.modules))"
     )
     env = {**os.environ, "MARKETPLACE_DATA_DIR": str(data_dir)}
-    for options in (["--only-hash"], []):
+    store_loads = ["ctypes", "marketplace.ipfs.local", "platformdirs"]  # the names are right: they do load
+    for options, loaded in ((["--only-hash"], []), ([], store_loads)):
         command = [sys.executable, "-c", script, *options, str(weights)]
         done = subprocess.run(command, capture_output=True, text=True, env=env)
-        assert done.stdout.splitlines() == [_cid_of(weights), "[]"], done.stderr
+        assert done.stdout.splitlines() == [_cid_of(weights), str(loaded)], done.stderr
 
 
 def test_progress_never_reaches_stdout(
