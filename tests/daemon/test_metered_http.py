@@ -433,3 +433,12 @@ async def test_the_openai_routes_are_listed_in_well_known_x402_with_the_metered_
         assert item["method"] == "POST"
         assert [a["scheme"] for a in item["accepts"]] == ["metered"]
         assert item["accepts"][0]["extra"]["pricing"] == offer.extra["pricing"]  # the same offer as a real 402
+
+
+async def test_both_text_routes_answer_with_the_request_id_through_the_fast_path(fresh: MeteredDaemon) -> None:
+    for path, body in (("/v1/chat/completions", fresh.chat()), ("/v1/completions", {"model": fresh.model_hex,
+                                                                                      "prompt": "one"})):
+        answer = await fresh.client.post(path, json=body, headers={"X-Request-ID": "text-7"})
+        assert (answer.status_code, answer.headers["x-request-id"]) == (402, "text-7")
+        bad = await fresh.client.post(path, content=b"not json", headers={"X-Request-ID": "text-8"})
+        assert (bad.status_code, bad.json()["error"], bad.headers["x-request-id"]) == (400, "invalid_request", "text-8")
