@@ -18,10 +18,12 @@ from marketplace.daemon.routes import catalog, close, discovery, infer, openai, 
 from marketplace.daemon.services import Services, start_services
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.daemon.text_calls import TextCalls
+from marketplace.daemon.text_requests import TextKind
 
 __all__ = ["DaemonApp", "create_app", "paid_model_text"]
 
 _PREFIX, _SUFFIX = "/v1/models/", "/infer"
+_TEXT_ROUTES: dict[str, TextKind] = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 
 
 def paid_model_text(path: str) -> str | None:
@@ -34,21 +36,28 @@ def paid_model_text(path: str) -> str | None:
 
 
 class DaemonApp(FastAPI):
-    """The daemon's FastAPI app, answering `POST /v1/models/{model_id}/infer` on a fast path.
+    """The daemon's FastAPI app, answering `POST /v1/models/{model_id}/infer`,
+    `POST /v1/chat/completions` and `POST /v1/completions` on a fast path.
 
-    Paid calls are the hot path: they go from the server straight to `PaidCalls` (inside the same
-    request-id middleware, with the same JSON errors as the exception handlers) instead of through
-    FastAPI's and Starlette's middleware, router, dependency solving and exit stacks, which cost
-    about as much CPU as verifying the voucher. The route stays declared in routes/infer.py: it
-    documents the call in the OpenAPI schema and answers whatever the fast path does not take.
+    Paid calls are the hot path: they go from the server straight to `PaidCalls` or `TextCalls`
+    (inside the same request-id middleware, with the same JSON errors as the exception handlers)
+    instead of through FastAPI's and Starlette's middleware, router, dependency solving and exit
+    stacks, which cost about as much CPU as verifying the voucher (and, for a stream, wrap every
+    chunk's send). The routes stay declared in routes/infer.py and routes/openai.py: they document
+    the calls in the OpenAPI schema and answer whatever the fast path does not take.
     """
 
     _paid: ASGIApp | None = None
 
-    def serve_paid_calls(self, paid_calls: PaidCalls, max_body_bytes: int) -> None:
+    def serve_paid_calls(self, paid_calls: PaidCalls, text_calls: TextCalls, max_body_bytes: int) -> None:
         async def paid(scope: Scope, receive: Receive, send: Send) -> None:
+            request, path = Request(scope, receive), scope["path"]
             try:
-                response = await paid_calls.handle(Request(scope, receive), scope["path"][len(_PREFIX):-len(_SUFFIX)])
+                kind = _TEXT_ROUTES.get(path)
+                if kind is not None:
+                    response = await text_calls.handle(request, kind)
+                else:
+                    response = await paid_calls.handle(request, path[len(_PREFIX):-len(_SUFFIX)])
             except Exception as error:  # noqa: BLE001 - mapped exactly as the exception handlers map it
                 response = response_for(error)
             await response(scope, receive, send)
@@ -61,7 +70,7 @@ class DaemonApp(FastAPI):
             and scope["type"] == "http"
             and scope["method"] == "POST"
             and not self.root_path
-            and paid_model_text(scope["path"]) is not None
+            and (scope["path"] in _TEXT_ROUTES or paid_model_text(scope["path"]) is not None)
         ):
             scope["app"] = self
             await self._paid(scope, receive, send)
@@ -78,7 +87,7 @@ def create_app(settings: DaemonSettings, services: Services | None = None) -> Da
         app.state.services = running
         app.state.paid_calls = PaidCalls(running)
         app.state.text_calls = TextCalls(app.state.paid_calls)
-        app.serve_paid_calls(app.state.paid_calls, settings.max_request_bytes)
+        app.serve_paid_calls(app.state.paid_calls, app.state.text_calls, settings.max_request_bytes)
         try:
             yield
         finally:

@@ -6,8 +6,12 @@
       stream true:  PAYMENT-RESPONSE (the cap reserved) -> `data: <chunk + x402_tokens>` ... ->
                     [usage chunk] -> `: x402-settlement {...}` -> `data: [DONE]`
 
-The daemon counts the output tokens of the chunks it wrote to the client (each at most the UTF-8
-length of its text, at least 1: what a client may check) and stops at the cap's `max_tokens`. The
+Once the voucher is verified, the runner's stream starts while the call is recorded and its cap
+reserved (two durable commits), unless this process saw the channel's credit fall short of the
+cap: the model's time to first token overlaps them; nothing is written before both are done, and
+a refused reservation stops the model. The daemon counts the output tokens of the chunks it wrote
+to the client (each at most the UTF-8 length of its text, at least 1: what a client may check) and
+stops at the cap's `max_tokens`; chunks that arrived together are written together. The
 call is finished however the stream ends (its end, the client gone, the model broken off): charged
 the input (at most its bound) and the output delivered, the rest of the cap given back
 (`MeteredAdmission.finish`). A model that fails before anything was delivered is not charged.
@@ -20,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +87,7 @@ class _Run:
     call: TextCall
     admission: MeteredAdmission
     body: bytes
+    answer: _Answer
     head: Mapping[str, Any] | None = None  # the first chunk: id, created, model of the answer
 
     def usage(self) -> dict[str, int]:
@@ -118,13 +123,21 @@ class TextCalls:
             bound = runner.input_tokens(TextCall(kind, parsed, requested or 1))
             paid = TextRequest(model, body, request.method, request.url.path, peer_address(request),
                                input_bound=bound, requested_max_tokens=requested)
-            admission = await self.services.schemes.for_model(MeteredScheme.name, model).admit(payment, paid)
+            scheme = self.services.schemes.for_model(MeteredScheme.name, model)
+            assert isinstance(scheme, MeteredScheme)
+            verified = await scheme.verify(payment, paid)
+            call = TextCall(kind, parsed, verified.max_tokens)
+            answer = _Answer(runner.stream(call), early=scheme.likely_admitted(verified))
+            try:
+                admission = await scheme.reserve(verified)
+            except BaseException:
+                await answer.aclose()
+                raise
         except PaymentRejected as rejection:
             return await self._paid.refused(request, model, rejection)
         except RunnerError as failure:
             return self._paid.runner_failed(failure)
-        assert isinstance(admission, MeteredAdmission)
-        run = _Run(model, runner, TextCall(kind, parsed, admission.max_tokens), admission, body)
+        run = _Run(model, runner, call, admission, body, answer)
         if parsed.get("stream"):
             return _MeteredStream(self, run, include_usage(parsed))
         response = await self._whole(run)
@@ -134,20 +147,22 @@ class TextCalls:
     async def _whole(self, run: _Run) -> Response:
         """Run to the end (or the cap), charge, answer the whole object with its receipt."""
         admission, pieces, reason = run.admission, [], None
-        stream = run.runner.stream(run.call)
         try:
             complete, tokens = True, 0
-            async for chunk in stream:
-                text = chunk_text(chunk.data, run.call.kind)
-                count = chunk_tokens(chunk, text)
-                if tokens + count > admission.max_tokens:
-                    complete, reason = False, "length"
+            async for batch in run.answer:
+                for chunk in batch:
+                    text = chunk_text(chunk.data, run.call.kind)
+                    count = chunk_tokens(chunk, text)
+                    if tokens + count > admission.max_tokens:
+                        complete, reason = False, "length"
+                        break
+                    run.head = run.head or chunk.data
+                    tokens += count
+                    pieces.append(text)
+                    reason = _finish_reason(chunk.data) or reason
+                if not complete:
                     break
-                run.head = run.head or chunk.data
-                tokens += count
-                pieces.append(text)
-                reason = _finish_reason(chunk.data) or reason
-            input_tokens = stream.usage.input_tokens if complete else None
+            input_tokens = run.answer.stream.usage.input_tokens if complete else None
         except RunnerError as failure:
             await admission.refund()
             return self._paid.runner_failed(failure)
@@ -155,7 +170,7 @@ class TextCalls:
             await admission.refund()
             raise
         finally:
-            await stream.aclose()
+            await run.answer.aclose()
         await admission.delivered(tokens, checkpoint=False)  # it leaves whole, once charged
         charge = await admission.finish(input_tokens)
         key = "message" if run.call.kind == "chat" else "text"
@@ -176,37 +191,55 @@ class TextCalls:
 
     async def stream(self, run: _Run, usage_chunk: bool, headers: list[tuple[bytes, bytes]],
                      receive: Receive, send: Send) -> None:
-        """Stream the answer as SSE, counting what is written; settle however it ends."""
+        """Stream the answer as SSE, counting what is written; settle however it ends. The chunks
+        that arrived together are written together, cut where a checkpoint falls due."""
         admission, kind = run.admission, run.call.kind
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
         digest = hashlib.sha256()
-        stream = run.runner.stream(run.call)
         input_tokens: int | None = None
         broken: RunnerError | None = None
+
+        async def write(events: list[bytes], tokens: int) -> None:
+            body = b"".join(events)
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+            digest.update(body)
+            await admission.delivered(tokens)
+
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             complete, remaining = True, admission.max_tokens
-            async for chunk in stream:
-                text = chunk_text(chunk.data, kind)
-                count = chunk_tokens(chunk, text)
-                if count > remaining or gone.is_set():
+            async for batch in run.answer:
+                if gone.is_set():
                     complete = False
                     break
-                run.head = run.head or chunk.data
-                event = b"data: " + orjson.dumps({**chunk.data, "x402_tokens": count}) + b"\n\n"
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-                digest.update(event)
-                remaining -= count
-                await admission.delivered(count)
+                events: list[bytes] = []
+                pending, due = 0, admission.tokens_to_checkpoint()
+                for chunk in batch:
+                    text = chunk_text(chunk.data, kind)
+                    count = chunk_tokens(chunk, text)
+                    if count > remaining:
+                        complete = False
+                        break
+                    run.head = run.head or chunk.data
+                    events.append(b"data: " + orjson.dumps({**chunk.data, "x402_tokens": count}) + b"\n\n")
+                    remaining -= count
+                    pending += count
+                    if pending >= due:
+                        await write(events, pending)
+                        events, pending, due = [], 0, admission.tokens_to_checkpoint()
+                if events:
+                    await write(events, pending)
+                if not complete:
+                    break
             if complete and not gone.is_set():
-                input_tokens = stream.usage.input_tokens
+                input_tokens = run.answer.stream.usage.input_tokens
         except RunnerError as failure:
             log.warning("streamed text answer broke off: %s", failure)
             broken = failure
         finally:
             watcher.cancel()
-            charge = await asyncio.shield(_finish(stream, admission, input_tokens, broken is not None))
+            charge = await asyncio.shield(_finish(run.answer, admission, input_tokens, broken is not None))
             self._paid.count(run.model, MeteredScheme.name, charge.amount)
         if broken is not None:
             raise broken  # the response is cut: no settlement line, the client counts what it got
@@ -223,16 +256,51 @@ class TextCalls:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _finish(stream: TextStream, admission: MeteredAdmission, input_tokens: int | None, broken: bool) -> Charge:
+async def _finish(answer: _Answer, admission: MeteredAdmission, input_tokens: int | None, broken: bool) -> Charge:
     """Release the runner's stream, then settle: a model broken off before it delivered anything
     is not charged, otherwise what was delivered is."""
     try:
-        await stream.aclose()
+        await answer.aclose()
     finally:
         if broken and not admission.output_tokens:
             await admission.refund()
         charge = await admission.finish(input_tokens)
     return charge
+
+
+class _Answer:
+    """The runner's stream of an admitted call, iterated by batch. `early`: it was started before
+    the cap's reservation committed (a task fetches its first batch), so the model's time to first
+    token runs alongside the ledger's commits; nothing is written before they are done."""
+
+    def __init__(self, stream: TextStream, *, early: bool) -> None:
+        self.stream = stream
+        self._batches = stream.batches()
+        self._first = asyncio.ensure_future(_first_batch(self._batches)) if early else None
+
+    async def __aiter__(self) -> AsyncIterator[list[TextChunk]]:
+        first, self._first = self._first, None
+        if first is not None:
+            batch = await first
+            if batch is None:
+                return
+            yield batch
+        async for batch in self._batches:
+            yield batch
+
+    async def aclose(self) -> None:
+        """Stop the model (the first batch's task too); harmless when done or twice."""
+        first, self._first = self._first, None
+        if first is not None:
+            first.cancel()
+            await asyncio.wait([first])
+            if not first.cancelled():
+                first.exception()  # retrieved: a model failing before a refused call is no news
+        await self.stream.aclose()
+
+
+async def _first_batch(batches: AsyncIterator[list[TextChunk]]) -> list[TextChunk] | None:
+    return await anext(batches, None)
 
 
 async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:

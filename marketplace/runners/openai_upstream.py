@@ -9,7 +9,8 @@ header handling and errors.
 
 The answer is parsed as server-sent events; each OpenAI chunk becomes a ``TextChunk`` (its
 ``usage`` removed, its ``model`` set back to what the consumer asked for) carrying 1 output token
-if it has content, or what the upstream's cumulative ``usage`` says when it reports one per chunk.
+if it has content, or what the upstream's cumulative ``usage`` says when it reports one per chunk;
+``batches()`` yields the chunks of each read of the upstream together.
 The chunk with the ``finish_reason`` is held until the final ``usage`` (sent right after it), so
 tokens the upstream reports beyond those counted are carried by it (up to ``max_tokens`` in all).
 ``usage.input_tokens`` is the upstream's ``prompt_tokens``, else the bound ``input_tokens(call)``:
@@ -50,12 +51,12 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def _carries_content(choice: Any) -> bool:
-    if not isinstance(choice, Mapping):
-        return False
+def _carries_content(choice: dict[str, Any]) -> bool:
     delta = choice.get("delta")
-    if isinstance(delta, Mapping) and any(delta.get(key) for key in _CONTENT_KEYS):
-        return True
+    if isinstance(delta, dict):
+        for key in _CONTENT_KEYS:
+            if delta.get(key):
+                return True
     return bool(choice.get("text"))
 
 
@@ -118,10 +119,14 @@ class _UpstreamTextStream(TextStream):
         self._response: RunnerResponse | None = None
         self._prompt: int | None = None  # the upstream's prompt_tokens, once it said them
         self._usage: TextUsage | None = None
+        self._batches: AsyncIterator[list[TextChunk]] = self._read()
         self._iterator: AsyncIterator[TextChunk] = self._chunks()
 
     def __aiter__(self) -> AsyncIterator[TextChunk]:
         return self._iterator
+
+    def batches(self) -> AsyncIterator[list[TextChunk]]:
+        return self._batches
 
     @property
     def usage(self) -> TextUsage:
@@ -131,6 +136,7 @@ class _UpstreamTextStream(TextStream):
 
     async def aclose(self) -> None:
         await self._iterator.aclose()  # type: ignore[attr-defined]
+        await self._batches.aclose()  # type: ignore[attr-defined]
         if self._response is not None:
             await self._response.aclose()
         if self._usage is None:  # closed before it started: nothing was asked of the upstream
@@ -140,40 +146,51 @@ class _UpstreamTextStream(TextStream):
         return UpstreamFailed(self._route.url, None, f"not an OpenAI stream: {reason}")
 
     async def _chunks(self) -> AsyncIterator[TextChunk]:
+        async for batch in self._batches:
+            for chunk in batch:
+                yield chunk
+
+    async def _read(self) -> AsyncIterator[list[TextChunk]]:
+        """The chunks to deliver, one list per read of the upstream; ended, broken or closed
+        early, the usage is what was yielded."""
         delivered = 0
         try:
-            async for chunk in self._events():
-                delivered += chunk.output_tokens
-                yield chunk
-        finally:  # ended, broken or closed early: the usage is what was delivered
+            async for batch in self._events():
+                delivered += sum(chunk.output_tokens for chunk in batch)
+                yield batch
+        finally:
             prompt = self._bound if self._prompt is None else min(self._prompt, self._bound)
             self._usage = TextUsage(prompt, delivered)
             if self._response is not None:
                 await self._response.aclose()
 
-    async def _events(self) -> AsyncIterator[TextChunk]:
-        """The chunks to deliver, their tokens reconciled with the upstream's usage."""
+    async def _events(self) -> AsyncIterator[list[TextChunk]]:
+        """The chunks of each read, their tokens reconciled with the upstream's usage."""
         self._response = response = await self._route.infer(self._request)
         if response.stream is None:
             raise self._garbage(f"answered {response.content_type or 'no content type'}, not text/event-stream")
         parser = SseParser()
         counted, reported = 0, 0
         held: TextChunk | None = None  # the finish chunk, until the final usage
+        model = self._model if isinstance(self._model, str) else None
         async for raw in response.stream:
             try:
                 events = parser.feed(raw)
             except UnicodeDecodeError as exc:
                 raise self._garbage("invalid UTF-8") from exc
+            batch: list[TextChunk] = []
             for event in events:
                 if event == "[DONE]":
                     if held is not None:
                         extra = max(min(reported, self._limit) - counted, 0)
-                        yield TextChunk(held.data, held.output_tokens + extra)
+                        batch.append(TextChunk(held.data, held.output_tokens + extra))
+                    if batch:
+                        yield batch
                     await self._drain(response.stream)
                     return
                 data = self._parse(event)
-                usage = data.get("usage")
-                if isinstance(usage, Mapping):
+                usage = data.pop("usage", None)
+                if isinstance(usage, dict):
                     prompt, completion = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
                     if prompt is None or completion is None:
                         raise self._garbage("usage without token counts")
@@ -181,20 +198,25 @@ class _UpstreamTextStream(TextStream):
                 choices = data["choices"]
                 if not choices:
                     continue
-                content = any(_carries_content(choice) for choice in choices)
-                tokens = max(int(content), reported - counted) if isinstance(usage, Mapping) else int(content)
+                content = finish = False
+                for choice in choices:
+                    if isinstance(choice, dict):
+                        content = content or _carries_content(choice)
+                        finish = finish or choice.get("finish_reason") is not None
+                tokens = max(int(content), reported - counted) if isinstance(usage, dict) else int(content)
                 counted += tokens
-                data.pop("usage", None)
-                if isinstance(self._model, str):
-                    data["model"] = self._model
+                if model is not None:
+                    data["model"] = model
                 chunk = TextChunk(data, tokens)
                 if held is not None:
-                    yield held
+                    batch.append(held)
                     held = None
-                if any(isinstance(c, Mapping) and c.get("finish_reason") is not None for c in choices):
+                if finish:
                     held = chunk
                 else:
-                    yield chunk
+                    batch.append(chunk)
+            if batch:
+                yield batch
         raise UpstreamFailed(self._route.url, None, "the stream ended before [DONE]")
 
     @staticmethod

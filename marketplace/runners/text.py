@@ -3,9 +3,10 @@
 A ``TextRunner`` answers one ``TextCall`` (a chat or plain completion, already parsed from the
 OpenAI wire format) with a ``TextStream``: OpenAI chunk objects in order, each saying how many
 output tokens it carries, then the call's ``TextUsage``. The daemon always streams from the runner
-(it assembles a whole response itself when the consumer did not ask for a stream), counts what it
-delivers, stops the stream at ``TextCall.max_tokens`` (the tokens the consumer's signed cap pays
-for) and charges the tokens delivered (docs/payment-protocol.md, "metered").
+(it assembles a whole response itself when the consumer did not ask for a stream; ``batches()``
+groups the chunks that arrived together, which it writes at once), counts what it delivers, stops
+the stream at ``TextCall.max_tokens`` (the tokens the consumer's signed cap pays for) and charges
+the tokens delivered (docs/payment-protocol.md, "metered").
 
 - ``input_tokens(call)`` is known before the run: exact for a built-in model, an upper bound for an
   upstream whose tokenizer the daemon does not have (the UTF-8 length of the request body); the
@@ -69,6 +70,12 @@ class TextStream(abc.ABC):
     @abc.abstractmethod
     def usage(self) -> TextUsage:
         """The call's usage; valid once the iteration ended (RuntimeError before)."""
+
+    async def batches(self) -> AsyncIterator[list[TextChunk]]:
+        """The same chunks, grouped as they became available together (so the daemon writes them
+        in one go); this default groups none. Iterate either the stream or this, not both."""
+        async for chunk in self:
+            yield [chunk]
 
     async def aclose(self) -> None:
         """Stop early and release what the stream holds; harmless when done or twice."""

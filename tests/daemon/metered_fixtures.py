@@ -51,6 +51,17 @@ class FakeStream(TextStream):
     def __aiter__(self) -> AsyncIterator[TextChunk]:
         return self._chunks()
 
+    async def batches(self) -> AsyncIterator[list[TextChunk]]:
+        """The chunks `runner.batch` at a time (as an upstream read holding several)."""
+        batch: list[TextChunk] = []
+        async for chunk in self._chunks():
+            batch.append(chunk)
+            if len(batch) == self.runner.batch:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     async def _chunks(self) -> AsyncIterator[TextChunk]:
         runner = self.runner
         length = min(runner.length, self.call.max_tokens)
@@ -84,8 +95,8 @@ class FakeStream(TextStream):
 
 
 class FakeTextRunner(TextRunner):
-    """Answers `length` words ("w0 w1 ..."), one token each, `delay` s apart; breaks after
-    `break_after` words when set; counts prompt words exactly."""
+    """Answers `length` words ("w0 w1 ..."), one token each, `delay` s apart, in batches of
+    `batch`; breaks after `break_after` words when set; counts prompt words exactly."""
 
     exact_input = True
     artifact = ModelArtifact(0x55, b"\x07" * 32, 1)
@@ -94,17 +105,20 @@ class FakeTextRunner(TextRunner):
         self.reset()
 
     def reset(self, *, length: int = 20, delay: float = 0.0, break_after: int | None = None,
-               tokens_per_chunk: int = 1) -> None:
+               tokens_per_chunk: int = 1, batch: int = 1) -> None:
         self.length, self.delay, self.break_after, self.tokens_per_chunk = length, delay, break_after, tokens_per_chunk
+        self.batch = batch
         self.started = 0
         self.calls: list[TextCall] = []
+        self.streams: list[FakeStream] = []
 
     def input_tokens(self, call: TextCall) -> int:
         return prompt_words(call)
 
     def stream(self, call: TextCall) -> TextStream:
         self.calls.append(call)
-        return FakeStream(self, call)
+        self.streams.append(FakeStream(self, call))
+        return self.streams[-1]
 
 
 @dataclass

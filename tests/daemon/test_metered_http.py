@@ -242,6 +242,63 @@ async def test_concurrent_streams_whose_caps_exceed_the_credit_admit_exactly_tho
     assert statuses == [200, 200, 200, 402, 402]
     assert {a.json()["error"] for a in answers if a.status_code == 402} == {"insufficient_credit"}
     assert await fresh.credit(ch) == (ch.deposit, 3 * PRICING.cost(3, 20))
+    # a refused call's model, when it was started while the cap was being reserved, is stopped
+    assert len(fresh.runner.streams) == 5 and all(stream.closed for stream in fresh.runner.streams)
+
+
+async def test_the_model_starts_while_the_cap_is_reserved_and_nothing_is_answered_before(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+) -> None:
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    cap = FIXED + 20 * 100
+    channels = fresh.services.schemes["metered"].channels
+    reserving, release = asyncio.Event(), asyncio.Event()
+    reserve = channels.reserve
+
+    async def held(voucher: Any, price: int) -> Any:
+        reserving.set()
+        await release.wait()
+        return await reserve(voucher, price)
+
+    monkeypatch.setattr(channels, "reserve", held)
+    requirements = await fresh.requirements(fresh.chat())
+    header = pay_header(requirements, {**ch.voucher(cap), "cap": str(cap)})
+    answer = asyncio.ensure_future(fresh.client.post("/v1/chat/completions", json=fresh.chat(stream=True),
+                                                     headers={"PAYMENT-SIGNATURE": header}))
+    await reserving.wait()
+    for _ in range(1000):  # let the daemon's tasks run (no timer: the model has no delay)
+        if fresh.runner.streams and fresh.runner.streams[0].produced:
+            break
+        await asyncio.sleep(0)
+    assert fresh.runner.started == 1 and fresh.runner.streams[0].produced == 1  # its first token is ready
+    assert not answer.done() and await fresh.credit(ch) == (0, 0)  # nothing answered, nothing reserved yet
+    release.set()
+    events, settlement, _ = split_stream((await answer).content)
+    assert sum(event["x402_tokens"] for event in events) == 20
+    assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 20))
+    assert await fresh.credit(ch) == (cap, PRICING.cost(3, 20))
+
+
+async def test_chunks_that_come_together_are_checkpointed_at_64_tokens_as_one_by_one(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+) -> None:
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    fresh.runner.reset(length=100, batch=100)  # the whole answer in one read
+    cap = FIXED + 100 * 100
+    store = fresh.services.schemes["metered"].calls
+    charges: list[int] = []
+    checkpoint = store.checkpoint
+
+    async def recorded(call_id: bytes, charge: int) -> None:
+        charges.append(charge)
+        await checkpoint(call_id, charge)
+
+    monkeypatch.setattr(store, "checkpoint", recorded)
+    answer = await fresh.call(fresh.chat(stream=True), ch, cap, cap)
+    events, settlement, _ = split_stream(answer.content)
+    assert [event["x402_tokens"] for event in events] == [1] * 100 + [0]
+    assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 100))
+    assert charges == [PRICING.cost(3, 64)]  # a crash would lose the provider at most the tokens since
 
 
 async def test_bad_requests_name_the_problem_and_take_nothing(fresh: MeteredDaemon) -> None:
@@ -376,3 +433,12 @@ async def test_the_openai_routes_are_listed_in_well_known_x402_with_the_metered_
         assert item["method"] == "POST"
         assert [a["scheme"] for a in item["accepts"]] == ["metered"]
         assert item["accepts"][0]["extra"]["pricing"] == offer.extra["pricing"]  # the same offer as a real 402
+
+
+async def test_both_text_routes_answer_with_the_request_id_through_the_fast_path(fresh: MeteredDaemon) -> None:
+    for path, body in (("/v1/chat/completions", fresh.chat()), ("/v1/completions", {"model": fresh.model_hex,
+                                                                                      "prompt": "one"})):
+        answer = await fresh.client.post(path, json=body, headers={"X-Request-ID": "text-7"})
+        assert (answer.status_code, answer.headers["x-request-id"]) == (402, "text-7")
+        bad = await fresh.client.post(path, content=b"not json", headers={"X-Request-ID": "text-8"})
+        assert (bad.status_code, bad.json()["error"], bad.headers["x-request-id"]) == (400, "invalid_request", "text-8")

@@ -79,3 +79,23 @@ async def test_reserved_is_what_every_daemons_calls_in_flight_may_still_give_bac
         assert await calls.reserved(other_channel) == CAP
     finally:
         await calls.close()
+
+
+async def test_concurrent_writes_share_commits_and_a_refused_one_fails_alone(ledger_url: str) -> None:
+    calls = await asyncio.to_thread(open_metered_calls, ledger_url)
+    try:
+        started = [PendingCall(os.urandom(16), "me", 1, CHANNEL, TokenAmount(100)) for _ in range(20)]
+        await asyncio.gather(*(calls.start(call) for call in started))
+        outcomes = await asyncio.gather(*(calls.checkpoint(call.call_id, TokenAmount(101 if i == 7 else i))
+                                          for i, call in enumerate(started)), return_exceptions=True)
+        assert [i for i, outcome in enumerate(outcomes) if isinstance(outcome, LedgerUnavailable)] == [7]
+        assert outcomes.count(None) == 19
+        await asyncio.gather(*(calls.finish(call.call_id) for call in started[10:]))
+    finally:
+        await calls.close()
+    again = await asyncio.to_thread(open_metered_calls, ledger_url)  # what was committed, read afresh
+    try:
+        left = {call.call_id: call.charge for call in await again.unfinished("me")}
+        assert left == {call.call_id: (0 if i == 7 else i) for i, call in enumerate(started[:10])}
+    finally:
+        await again.close()

@@ -25,12 +25,13 @@ import abc
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from marketplace.payments.ledger.base import CreditLedger, display_url
+from marketplace.payments.ledger.batching import GroupCommitter
 from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, Schema
 from marketplace.payments.ledger.sqlite import SqliteStore, sqlite_path
@@ -171,24 +172,55 @@ _UNFINISHED = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WH
 _RESERVED = "SELECT cap, charge FROM metered_call WHERE channel_id = ?"
 
 
+_Write = tuple[str, tuple[object, ...]]
+
+
+def _write_batch(db: sqlite3.Connection, writes: Sequence[_Write], url: str) -> list[Exception | None]:
+    """One transaction; a write its constraints refuse (SQLite undoes that statement alone) fails
+    alone, as LedgerUnavailable."""
+    results: list[Exception | None] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in writes:
+            try:
+                db.execute(sql, params)
+                results.append(None)
+            except sqlite3.IntegrityError as error:
+                results.append(LedgerUnavailable(url, f"{type(error).__name__}: {error}"))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
 class SqliteMeteredCalls(MeteredCalls):
-    """Metered calls in the ledger's SQLite file (WAL, synchronous=FULL), written on one thread."""
+    """Metered calls in the ledger's SQLite file (WAL, synchronous=FULL), written on one thread.
+
+    Records, checkpoints and deletions are group-committed (as the credit ledger's changes): the
+    writes waiting when a commit starts share its transaction and its one fsync, and each caller
+    returns once the commit that holds its write is durable."""
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 10.0) -> None:
         path = Path(path)
         self.url = display_url(f"sqlite:///{path}")
         self._store = SqliteStore(path, busy_timeout, SQLITE_METERED_SCHEMA, self.url, "metered-calls")
+        self._writes: GroupCommitter[_Write, None] = GroupCommitter(self._apply)
 
     async def start(self, call: PendingCall) -> None:
         params = (call.call_id, call.owner, call.pid, format(call.channel_id, _FORMAT), format(call.cap, _FORMAT),
                   format(call.charge, _FORMAT))
-        await self._on(lambda db: db.execute(_INSERT, params))
+        await self._writes.submit((_INSERT, params))
 
     async def checkpoint(self, call_id: bytes, charge: TokenAmount) -> None:
-        await self._on(lambda db: db.execute(_CHECKPOINT, (format(charge, _FORMAT), call_id)))
+        await self._writes.submit((_CHECKPOINT, (format(charge, _FORMAT), call_id)))
 
     async def finish(self, call_id: bytes) -> None:
-        await self._on(lambda db: db.execute(_DELETE, (call_id,)))
+        await self._writes.submit((_DELETE, (call_id,)))
+
+    async def _apply(self, writes: Sequence[_Write]) -> list[Exception | None]:
+        return await self._on(lambda db: _write_batch(db, writes, self.url))
 
     async def unfinished(self, owner: str) -> list[PendingCall]:
         rows = await self._on(lambda db: db.execute(_UNFINISHED, (owner,)).fetchall())
@@ -200,6 +232,7 @@ class SqliteMeteredCalls(MeteredCalls):
         return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def close(self) -> None:
+        await self._writes.close()
         await self._store.close()
 
     async def _on(self, work: Callable[[sqlite3.Connection], T]) -> T:

@@ -11,11 +11,11 @@ the client's `accepted` must carry the model's current pricing (`accepted.amount
                      (cap - per_call - input_bound * per_input_token) // per_output_token)
 
 (``input_bound``: the runner's bound on the prompt's tokens); below 1 it is "cap_too_low", nothing
-taken. `admit` reserves the cap on the credit ledger (the one conditional UPDATE, price = cap) and
-records the call durably (`ledger.metered`); the daemon reports each chunk it delivered
-(`MeteredAdmission.delivered`, checkpointed every 64 tokens or 1 s) and `finish`es the call when
-the stream ends however it ends: charge = pricing.cost(min(input tokens, bound), delivered output
-tokens), ``cap - charge`` refunded. Wire and rules: docs/payment-protocol.md, "metered".
+taken. `admit` (`verify`, then `reserve`) records the call durably (`ledger.metered`) and reserves
+the cap on the credit ledger (the one conditional UPDATE, price = cap); the daemon reports the
+chunks it delivered (`MeteredAdmission.delivered`, checkpointed every 64 tokens or 1 s) and
+`finish`es the call when the stream ends however it ends: charge = pricing.cost(min(input tokens,
+bound), delivered output tokens), ``cap - charge`` refunded. Wire and rules: docs/payment-protocol.md, "metered".
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from marketplace.payments.ledger.metered import MeteredCalls, PendingCall
 from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, PaymentScheme
 from marketplace.payments.schemes.channel import ChannelScheme, VerifiedVoucher
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
-from marketplace.types import TokenAmount, TokenPricing
+from marketplace.types import ChannelId, TokenAmount, TokenPricing
 
 __all__ = [
     "CHECKPOINT_SECONDS",
@@ -49,6 +49,7 @@ __all__ = [
 CHECKPOINT_TOKENS = 64  # delivered tokens between two durable checkpoints of a stream's charge
 CHECKPOINT_SECONDS = 1.0  # ... or this long, whichever comes first
 DEFAULT_MAX_TOKENS = 4096  # output tokens of a call nothing else bounds (no per-output price, no limits)
+_KEPT = 4096  # channels whose last credit seen is kept (likely_admitted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,7 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         super().__init__(channels.state)
         self.channels, self.ledger, self.calls, self.owner = channels, ledger, calls, owner
         self.exact_input = exact_input  # model id -> its runner counts input tokens exactly
+        self._credits: dict[ChannelId, tuple[int, int] | None] = {}  # (authorized, consumed): likely_admitted
 
     def serves(self, model: ModelInfo) -> bool:
         return model.pricing.metered
@@ -141,20 +143,47 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         return VerifiedCap(voucher, cap, pricing, request.input_bound, max_tokens)
 
     async def admit(self, payment: PaymentPayload, request: PaidRequest) -> MeteredAdmission:
-        """Verify, record the call, reserve the cap on the ledger (both durable).
+        """Verify, then `reserve`."""
+        return await self.reserve(await self.verify(payment, request))
+
+    async def reserve(self, verified: VerifiedCap) -> MeteredAdmission:
+        """Record the call, reserve the cap on the ledger (both durable).
 
         The record commits first: a crash between the two commits makes the next start refund a
         cap that was never reserved (the consumer pays less), never leaves one reserved unrecorded."""
-        verified = await self.verify(payment, request)
         voucher = verified.voucher
         call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
         await self.calls.start(call)  # first: a close that sees no reservation sees the call refused
         try:
             credit = await self.channels.reserve(voucher, verified.cap)
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, PaymentRejected):
+                self._saw(voucher.channel_id, None)
             await self.calls.finish(call.call_id)
             raise
+        self._saw(voucher.channel_id, credit)
         return MeteredAdmission(self, verified, call.call_id, credit)
+
+    def likely_admitted(self, verified: VerifiedCap) -> bool:
+        """Whether `reserve` should take this cap, by the channel's credit as this process last saw
+        it (a guess: other replicas change it): yes for a channel not seen, no after a refusal
+        until a reservation on it succeeds. The daemon starts the model before the reservation
+        commits only then, so a refused voucher replayed never makes it run."""
+        if verified.voucher.channel_id not in self._credits:
+            return True
+        seen = self._credits[verified.voucher.channel_id]
+        if seen is None:
+            return False
+        (authorized, consumed), voucher = seen, verified.voucher
+        return min(max(authorized, voucher.amount), voucher.channel.deposit) >= consumed + verified.cap
+
+    def _saw(self, channel_id: ChannelId, credit: Credit | None) -> None:
+        """Keep the channel's credit as it now stands (None: refused), the `_KEPT` latest."""
+        credits = self._credits
+        credits.pop(channel_id, None)
+        credits[channel_id] = None if credit is None else (credit.authorized, credit.consumed)
+        if len(credits) > _KEPT:
+            del credits[next(iter(credits))]
 
 
 class MeteredAdmission(Admission):
@@ -179,6 +208,10 @@ class MeteredAdmission(Admission):
         if self._refunded:
             return TokenAmount(0)
         return TokenAmount(min(self.verified.pricing.cost(self.input_tokens, self.output_tokens), self.cap))
+
+    def tokens_to_checkpoint(self) -> int:
+        """The tokens still to deliver before the next checkpoint is due by count."""
+        return CHECKPOINT_TOKENS - (self.output_tokens - self._checkpointed[0])
 
     async def delivered(self, output_tokens: int, *, checkpoint: bool = True) -> None:
         """`output_tokens` more reached the client; checkpoint the charge when one is due."""
@@ -215,6 +248,7 @@ class MeteredAdmission(Admission):
     async def _give_back(self, amount: TokenAmount) -> None:
         scheme, channel_id = self._scheme, self.verified.voucher.channel_id
         self.credit = await scheme.ledger.refund(channel_id, amount)
+        scheme._saw(channel_id, self.credit)
         await scheme.calls.finish(self.call_id)
 
     def channel_view(self) -> dict[str, Any]:
