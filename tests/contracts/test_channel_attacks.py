@@ -291,6 +291,22 @@ def test_a_token_whose_transfer_returns_false_pays_nothing(escrow: Escrow, deplo
     assert lying.balance(escrow.payee) == 0
 
 
+def test_a_token_whose_transfer_reverts_fails_the_payout_with_its_reason(escrow: Escrow, deployer: Deployer) -> None:
+    """The payout passes the token's revert data on unchanged (as SafeERC20 does), and nothing moves."""
+    token = deployer.deploy("FalseReturnToken")
+    refusing = dataclasses.replace(escrow, token=token, channels=deployer.deploy("PaymentChannels", token.address))
+    send(token.functions.mint(escrow.payer, 100 * TOKEN), escrow.payer)
+    channel = refusing.open(duration=DAY)
+    send(token.functions.revertTransfers(), escrow.payer)
+    with expect_revert("Error", "FalseReturnToken: transfer refused"):
+        refusing.claim(channel, 4 * TOKEN)
+    advance_time(escrow.w3, DAY)
+    with expect_revert("Error", "FalseReturnToken: transfer refused"):
+        send(refusing.channels.functions.reclaim(channel.terms), escrow.payer)
+    assert refusing.state(channel) == (DEPOSIT, 0, channel.expiry)
+    assert refusing.balance(refusing.channels.address) == DEPOSIT
+
+
 def test_a_fee_on_transfer_token_is_refused(escrow: Escrow, deployer: Deployer) -> None:
     token = deployer.deploy("FeeOnTransferToken")
     taxed = dataclasses.replace(escrow, token=token, channels=deployer.deploy("PaymentChannels", token.address))
