@@ -244,15 +244,35 @@ class UpstreamRunner(Runner):
 class _UpstreamStream:
     """The chunks of a streamed upstream answer, as they arrive, within the runner's limits.
 
-    `budget` is the time left to wait for the upstream: only the waits for its chunks spend it."""
+    `budget` is the time left to wait for the upstream: only the waits for its chunks spend it.
+    The two limits are kept by one watchdog timer per stream, not a timeout per read (a chunk
+    often carries one token): it is armed when a wait starts and none is pending, and when it
+    fires during a wait that has not yet run out it re-arms itself for that wait's end. A wait
+    that runs out fails the read with UpstreamTimeout; time spent between reads (the consumer
+    writing) is never counted."""
 
-    __slots__ = ("_budget", "_done", "_received", "_response", "_runner", "raw_headers")
+    __slots__ = (
+        "_budget",
+        "_done",
+        "_loop",
+        "_received",
+        "_response",
+        "_runner",
+        "_silence",
+        "_waiting_since",
+        "_watchdog",
+        "raw_headers",
+    )
 
     def __init__(self, runner: UpstreamRunner, response: aiohttp.ClientResponse, budget: float) -> None:
         self._runner, self._response, self._budget = runner, response, budget
         self.raw_headers = response.raw_headers
+        self._loop = asyncio.get_running_loop()
         self._received = 0
         self._done = False
+        self._waiting_since: float | None = None  # when the pending read started waiting
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._silence: UpstreamTimeout | None = None  # the limit a wait ran out of
 
     def __aiter__(self) -> _UpstreamStream:
         return self
@@ -261,28 +281,29 @@ class _UpstreamStream:
         if self._done:
             raise StopAsyncIteration
         runner = self._runner
-        loop = asyncio.get_running_loop()
-        wait = min(runner.stream_idle_timeout, self._budget)
-        started = loop.time()
-        try:
-            if wait <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(wait):
-                chunk = await self._response.content.readany()
-            self._budget -= loop.time() - started
-        except TimeoutError as exc:
+        started = self._loop.time()
+        if self._budget <= 0:
             self._abort()
-            if wait < runner.stream_idle_timeout:
-                raise UpstreamTimeout(runner.url, "finish streaming", runner.stream_timeout) from exc
-            raise UpstreamTimeout(runner.url, "send the next chunk", runner.stream_idle_timeout) from exc
+            raise UpstreamTimeout(runner.url, "finish streaming", runner.stream_timeout)
+        self._waiting_since = started
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_at(self._wait_ends(started), self._check)
+        try:
+            chunk = await self._response.content.readany()
         except aiohttp.ClientError as exc:
             self._abort()
+            if self._silence is not None:
+                raise self._silence from None
             raise UpstreamFailed(runner.url, None, f"stream broken: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             self._abort()
             raise
+        finally:
+            self._waiting_since = None
+            self._budget -= self._loop.time() - started
         if not chunk:
             self._done = True
+            self._stop_watchdog()
             self._response.release()
             raise StopAsyncIteration
         self._received += len(chunk)
@@ -291,8 +312,34 @@ class _UpstreamStream:
             raise BodyTooLarge("response", runner.max_response_bytes)
         return chunk
 
+    def _wait_ends(self, since: float) -> float:
+        return since + min(self._runner.stream_idle_timeout, self._budget)
+
+    def _check(self) -> None:
+        """The watchdog: fail the pending read if its wait ran out, else wake again at its end."""
+        self._watchdog = None
+        since = self._waiting_since
+        if since is None or self._done:
+            return  # no read waits: the next one arms the watchdog again
+        ends = self._wait_ends(since)
+        if self._loop.time() < ends:
+            self._watchdog = self._loop.call_at(ends, self._check)
+            return
+        runner = self._runner
+        if self._budget < runner.stream_idle_timeout:
+            self._silence = UpstreamTimeout(runner.url, "finish streaming", runner.stream_timeout)
+        else:
+            self._silence = UpstreamTimeout(runner.url, "send the next chunk", runner.stream_idle_timeout)
+        self._response.content.set_exception(aiohttp.ClientPayloadError("the upstream went silent"))
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
     def _abort(self) -> None:
         self._done = True
+        self._stop_watchdog()
         self._response.close()
 
     async def aclose(self) -> None:

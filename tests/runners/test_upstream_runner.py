@@ -235,6 +235,30 @@ async def test_silent_stream_times_out_between_chunks(serve) -> None:
     assert caught.value.phase == "send the next chunk"
 
 
+async def test_steady_chunks_and_a_slow_reader_never_trip_the_idle_limit(serve) -> None:
+    # Chunks 0.1 s apart for 1 s, under an idle limit of 0.25 s: the stream's one watchdog fires
+    # in the middle of waits and must re-arm, not cut. Then the reader pauses 0.5 s between two
+    # reads: time the daemon spends writing to its client is not silence of the upstream.
+    async def steady(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for n in range(10):
+            await response.write(f"data: {n}\n\n".encode())
+            await asyncio.sleep(0.1)
+        await response.write(b"data: last\n\n")
+        return response
+
+    async with serve(steady) as url, UpstreamRunner(url, stream_idle_timeout=0.25) as runner:
+        response = await runner.infer(RunnerRequest(b"{}"))
+        assert response.stream is not None
+        received = b""
+        async for chunk in response.stream:
+            received += chunk
+            if b"data: 9" in received and b"last" not in received:
+                await asyncio.sleep(0.5)
+    assert received == b"".join(f"data: {n}\n\n".encode() for n in range(10)) + b"data: last\n\n"
+
+
 @pytest.mark.parametrize("status", [500, 503, 404])
 async def test_upstream_error_status_is_upstream_failed(serve, status: int) -> None:
     async def failing(request: web.Request) -> web.Response:
