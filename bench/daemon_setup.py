@@ -80,6 +80,47 @@ def openai_upstream_app() -> Any:
     return create_app(FakeUpstream(tokens=int(os.environ["BENCH_TOKENS"]), rate=float(os.environ["BENCH_RATE"])))
 
 
+def text_relay_app() -> Any:
+    """(c) in stream.py: the daemon's text runner and SSE writes without payment (BENCH_UPSTREAM):
+    chunks re-encoded and written one batch per upstream read, as the daemon does. It measures the
+    extra hop itself, to tell it apart from what paying adds."""
+    import orjson
+
+    from marketplace.runners.openai_upstream import OpenAIUpstreamRunner
+    from marketplace.runners.text import TextCall
+
+    runner = OpenAIUpstreamRunner(os.environ["BENCH_UPSTREAM"])
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await runner.aclose()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+        if scope["path"] != "/v1/chat/completions":  # Server.wait's probe
+            await send(start)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        request = orjson.loads(body)
+        stream = runner.stream(TextCall("chat", request, int(request["max_tokens"])))
+        await send(start)
+        try:
+            async for batch in stream.batches():
+                events = b"".join(b"data: " + orjson.dumps(chunk.data) + b"\n\n" for chunk in batch)
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+        finally:
+            await stream.aclose()
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    return app
+
+
 def paid_app() -> Any:
     """(b), (d), (e): the daemon itself, settings from MARKETPLACE_CONFIG_FILE and the key variable."""
     from marketplace.daemon.app import create_app

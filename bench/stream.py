@@ -13,10 +13,13 @@ stream i pays on channel i with one cap voucher signed ahead (amount = the depos
 on it is admitted: signature proven once, then the ledger's reservation, checkpoints and refund).
 Per stream: time to first token (request sent -> first chunk with content) and tokens/s (content
 chunks / request sent -> ``[DONE]``); per run, "all tokens/s": the tokens of every stream over the
-run's wall time (the throughput of the whole path). Scenarios (a) direct to the upstream, (b) through the daemon,
-at 1 and at 64 concurrent streams, rounds interleaved (a, b, a, b ...); every stream of every round
-is kept. The machine is shared (2 cores: load generator, daemon, upstream, Anvil and other jobs;
-the load average is recorded): the ratios, measured side by side, are what to read.
+run's wall time (the throughput of the whole path). Scenarios (a) direct to the upstream, (b) through
+the daemon, (c) through an unpaid relay (bench/daemon_setup.py ``text_relay_app``: the daemon's
+runner and chunk writes, no payment: what the extra hop costs by itself), at 1 and at 64 concurrent
+streams, rounds interleaved (a, b, c, a, b, c ...); every stream of every round is kept; (b) and
+(c) also report their server's CPU per token. The machine is shared (2 cores: load generator,
+daemon, relay, upstream, Anvil and other jobs; the load average is recorded): the ratios, measured
+side by side, are what to read.
 """
 
 import argparse
@@ -174,6 +177,8 @@ def main() -> None:
         daemon = Server("paid_app", 1, {"MARKETPLACE_PRIVATE_KEY": market.provider.key.to_0x_hex(),
                                         "MARKETPLACE_CONFIG_FILE": str(config)})
         servers.append(daemon.wait(f"/v1/models/0x{market.iris.hex()}/infer"))
+        relay = Server("text_relay_app", env={"BENCH_UPSTREAM": upstream.url})
+        servers.append(relay.wait("/ready"))
         path = "/v1/chat/completions"
         body = json.dumps({"model": f"0x{model.hex()}", "stream": True, "max_tokens": args.tokens,
                            "messages": [{"role": "user", "content": "Say something about paid streams."}]},
@@ -182,23 +187,24 @@ def main() -> None:
         cap = PRICE + len(body) * PER_INPUT + args.tokens * PER_OUTPUT
         headers = [vouchers.header(channel, deposit, cap) for channel in channels]
         print(f"chain and servers ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        plan = [(f"{target} x{n}", url, n, args.streams if n == 1 else args.streams_64, paid)
-                for n in (1, 64) for target, url, paid in (("(a) direct", upstream.url, None),
-                                                           ("(b) paid daemon", daemon.url, headers))]
+        plan = [(f"{target} x{n}", server, n, args.streams if n == 1 else args.streams_64, paid)
+                for n in (1, 64) for target, server, paid in (("(a) direct", upstream, None),
+                                                              ("(b) paid daemon", daemon, headers),
+                                                              ("(c) unpaid relay", relay, None))]
         for round_ in range(1, args.rounds + 1):
-            for name, url, n, count, paid in plan:
-                cpu = daemon.cpu_seconds()
-                got = run_load(url + path, body, n, count, paid[:n] if paid else None)
-                if paid:  # the daemon's CPU per token delivered (the warm-up streams included)
+            for name, server, n, count, paid in plan:
+                cpu = server.cpu_seconds()
+                got = run_load(server.url + path, body, n, count, paid[:n] if paid else None)
+                if server is not upstream:  # the hop's CPU per token delivered (the warm-up streams included)
                     cpu_per_token.setdefault(name, []).append(
-                        (daemon.cpu_seconds() - cpu) * 1e6 / (got["tokens"] * (count + 1) / count))
+                        (server.cpu_seconds() - cpu) * 1e6 / (got["tokens"] * (count + 1) / count))
                 streams.setdefault(name, []).extend(got["streams"])
                 aggregate.setdefault(name, []).append(got["tokens"] / got["wall_s"])
                 summary = summarize(got["streams"])
                 print(f"  round {round_} {name:<18} TTFT p50 {summary['ttft_p50_ms']} ms  "
                       f"{summary['tokens_per_s_p50']} tokens/s per stream, {aggregate[name][-1]:.0f} in all  "
                       f"errors {summary['errors']}", file=sys.stderr)
-        upstream_cpu, daemon_cpu = upstream.cpu_seconds(), daemon.cpu_seconds()
+        cpu_total = {"upstream": upstream.cpu_seconds(), "daemon": daemon.cpu_seconds(), "relay": relay.cpu_seconds()}
         commits = [commit_before, commit_ms(workdir)]
     finally:
         for server in servers:
@@ -209,9 +215,16 @@ def main() -> None:
                                        "aggregate_runs": [round(x) for x in aggregate[name]]}
                for name, got in streams.items()}
     for name, values in cpu_per_token.items():
-        results[name]["daemon_cpu_us_per_token"] = round(statistics.median(values), 1)
-    report(results, args, load_before, commits, started,
-           {"upstream": round(upstream_cpu, 1), "daemon": round(daemon_cpu, 1)})
+        results[name]["hop_cpu_us_per_token"] = round(statistics.median(values), 1)
+    report(results, args, load_before, commits, started, {name: round(cpu, 1) for name, cpu in cpu_total.items()})
+
+
+def _difference(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    return None if a[key] is None or b[key] is None else round(a[key] - b[key], 3)
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    return None if not a[key] or not b[key] else round(a[key] / b[key], 3)
 
 
 def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple[float, float, float],
@@ -219,11 +232,14 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
     compared: dict[str, Any] = {}
     for n in (1, 64):
         direct, paid = results[f"(a) direct x{n}"], results[f"(b) paid daemon x{n}"]
-        ok = direct["ttft_p50_ms"] is not None and paid["ttft_p50_ms"] is not None
+        relay = results[f"(c) unpaid relay x{n}"]
         compared[f"x{n}"] = {
-            "ttft_p50_extra_ms": round(paid["ttft_p50_ms"] - direct["ttft_p50_ms"], 3) if ok else None,
-            "tokens_per_s_ratio": round(paid["tokens_per_s_p50"] / direct["tokens_per_s_p50"], 3) if ok else None,
-            "aggregate_tokens_per_s_ratio": round(paid["aggregate_tokens_per_s"] / direct["aggregate_tokens_per_s"], 3)}
+            "ttft_p50_extra_ms": _difference(paid, direct, "ttft_p50_ms"),
+            "tokens_per_s_ratio": _ratio(paid, direct, "tokens_per_s_p50"),
+            "aggregate_tokens_per_s_ratio": _ratio(paid, direct, "aggregate_tokens_per_s"),
+            "relay_ttft_p50_extra_ms": _difference(relay, direct, "ttft_p50_ms"),
+            "relay_tokens_per_s_ratio": _ratio(relay, direct, "tokens_per_s_p50"),
+            "paid_over_relay_tokens_per_s": _ratio(paid, relay, "tokens_per_s_p50")}
     met = {f"{key} x{n}": (value is not None and (value <= TARGETS[key] if key.startswith("ttft") else
                                                    value >= TARGETS[key]))
            for n in (1, 64) for key, value in compared[f"x{n}"].items() if key in TARGETS}
@@ -251,16 +267,19 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
           f"{'tokens/s p50':>13} {'vs direct':>10} {'all tokens/s':>13}")
     for name, r in results.items():
         n = name.rpartition(" ")[2]
-        ratio = compared[n]["tokens_per_s_ratio"] if name.startswith("(b)") else 1.0
+        ratio = {"(b)": compared[n]["tokens_per_s_ratio"], "(c)": compared[n]["relay_tokens_per_s_ratio"]}.get(
+            name[:3], 1.0)
         print(f"{name:<20} {r['streams']:>8} {r['errors']:>7} {r['ttft_p50_ms'] or 0:>12.2f} "
               f"{r['ttft_p99_ms'] or 0:>12.2f} {r['tokens_per_s_p50'] or 0:>13.1f} {ratio or 0:>9.2f}x "
               f"{r['aggregate_tokens_per_s']:>13,.0f}")
     for name, r in results.items():
-        if "daemon_cpu_us_per_token" in r:
-            print(f"{name}: the daemon's CPU {r['daemon_cpu_us_per_token']:.0f} µs per token")
+        if "hop_cpu_us_per_token" in r:
+            print(f"{name}: its server's CPU {r['hop_cpu_us_per_token']:.0f} µs per token")
     for n, group in compared.items():
         print(f"{n}: TTFT p50 +{group['ttft_p50_extra_ms']} ms, tokens/s per stream {group['tokens_per_s_ratio']}x "
-              f"direct, all streams together {group['aggregate_tokens_per_s_ratio']}x")
+              f"direct, all streams together {group['aggregate_tokens_per_s_ratio']}x; the unpaid relay "
+              f"+{group['relay_ttft_p50_extra_ms']} ms, {group['relay_tokens_per_s_ratio']}x direct; "
+              f"paid / relay {group['paid_over_relay_tokens_per_s']}x")
     print("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items()))
     print(f"written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
 
