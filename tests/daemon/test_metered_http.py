@@ -18,6 +18,7 @@ from metered_fixtures import PRICING, MeteredDaemon, open_text_channel, serve_me
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.receipts import load_receipt, verify_receipt
 from marketplace.payments.x402 import parse_payment_required, parse_payment_response
 from marketplace.types import TokenPricing
@@ -279,7 +280,7 @@ async def test_the_model_starts_while_the_cap_is_reserved_and_nothing_is_answere
     assert await fresh.credit(ch) == (cap, PRICING.cost(3, 20))
 
 
-async def test_chunks_that_come_together_are_checkpointed_at_64_tokens_as_one_by_one(
+async def test_chunks_that_come_together_are_checkpointed_every_32_tokens_as_one_by_one(
     fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
 ) -> None:
     ch = channel(w3, contracts, dev_accounts, fresh)
@@ -298,7 +299,45 @@ async def test_chunks_that_come_together_are_checkpointed_at_64_tokens_as_one_by
     events, settlement, _ = split_stream(answer.content)
     assert [event["x402_tokens"] for event in events] == [1] * 100 + [0]
     assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 100))
-    assert charges == [PRICING.cost(3, 64)]  # a crash would lose the provider at most the tokens since
+    # one starts every 32 tokens, so the durable charge never lags 64 behind (the next test)
+    assert charges == [PRICING.cost(3, 32), PRICING.cost(3, 64), PRICING.cost(3, 96)]
+
+
+async def test_the_stream_goes_on_while_a_checkpoint_commits_but_never_64_tokens_past_the_durable_charge(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+) -> None:
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    fresh.runner.reset(length=200)  # one token per read
+    cap = FIXED + 200 * 100
+    store = fresh.services.schemes["metered"].calls
+    started: list[int] = []
+    committed: list[int] = []
+    release = asyncio.Event()
+    checkpoint = store.checkpoint
+
+    async def first_one_hangs(call_id: bytes, charge: int) -> None:
+        started.append(charge)
+        if len(started) == 1:
+            await release.wait()
+        await checkpoint(call_id, charge)
+        committed.append(charge)
+
+    monkeypatch.setattr(store, "checkpoint", first_one_hangs)
+    answer = asyncio.ensure_future(fresh.call(fresh.chat(stream=True), ch, cap, cap))
+    for _ in range(10_000):
+        if fresh.runner.streams and fresh.runner.streams[0].produced >= 64:
+            break
+        await asyncio.sleep(0)
+    for _ in range(500):  # room to run on, if it would
+        await asyncio.sleep(0)
+    # past the first checkpoint (at 32) while it commits, but it stops 64 tokens past the durable charge (none)
+    assert started == [PRICING.cost(3, 32)] and committed == []
+    assert fresh.runner.streams[0].produced == 64 and not answer.done()
+    release.set()
+    events, settlement, _ = split_stream((await answer).content)
+    assert sum(event["x402_tokens"] for event in events) == 200
+    assert committed == started == [PRICING.cost(3, n) for n in range(32, 200, 32)]
+    assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 200))
 
 
 async def test_bad_requests_name_the_problem_and_take_nothing(fresh: MeteredDaemon) -> None:
@@ -442,3 +481,57 @@ async def test_both_text_routes_answer_with_the_request_id_through_the_fast_path
         assert (answer.status_code, answer.headers["x-request-id"]) == (402, "text-7")
         bad = await fresh.client.post(path, content=b"not json", headers={"X-Request-ID": "text-8"})
         assert (bad.status_code, bad.json()["error"], bad.headers["x-request-id"]) == (400, "invalid_request", "text-8")
+
+
+async def test_the_answer_ends_once_the_charge_is_settled_and_the_call_record_goes_after_it(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+) -> None:
+    # The record only serves a restart after a crash: once the refund of the unused cap is
+    # durable, the client gets its settlement and [DONE] without waiting for the deletion.
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    cap = FIXED + 20 * 100
+    scheme = fresh.services.schemes["metered"]
+    store = scheme.calls
+    deleting, release = asyncio.Event(), asyncio.Event()
+    delete = store.finish
+
+    async def held(call_id: bytes) -> None:
+        deleting.set()
+        await release.wait()
+        await delete(call_id)
+
+    monkeypatch.setattr(store, "finish", held)
+    try:
+        answer = await asyncio.wait_for(fresh.call(fresh.chat(stream=True), ch, cap, cap), 10)
+    finally:
+        asyncio.get_running_loop().call_later(10, release.set)  # whatever happens, the daemon can stop
+    events, settlement, _ = split_stream(answer.content)
+    assert answer.content.endswith(b"data: [DONE]\n\n") and sum(e["x402_tokens"] for e in events) == 20
+    assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 20))
+    assert deleting.is_set() and await fresh.credit(ch) == (cap, PRICING.cost(3, 20))  # the refund is in
+    assert [call.cap for call in await store.unfinished(scheme.owner)] == [cap]  # the record not yet gone
+    release.set()
+    for _ in range(200):
+        if not await store.unfinished(scheme.owner):
+            break
+        await asyncio.sleep(0.02)
+    assert await store.unfinished(scheme.owner) == []
+
+
+async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next_start(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+) -> None:
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    cap = FIXED + 20 * 100
+    scheme = fresh.services.schemes["metered"]
+
+    async def unavailable(channel_id: int, amount: int) -> Any:
+        raise LedgerUnavailable("sqlite:///ledger.db", "disk I/O error")
+
+    monkeypatch.setattr(scheme.ledger, "refund", unavailable)
+    with pytest.raises(httpx.HTTPError):  # the answer is cut: no settlement, the client keeps what it got
+        await fresh.call(fresh.chat(stream=True), ch, cap, cap)
+    await asyncio.sleep(0.1)
+    # the cap stays reserved and recorded: the next start refunds what its checkpoint did not charge
+    assert [call.cap for call in await scheme.calls.unfinished(scheme.owner)] == [cap]
+    assert await fresh.credit(ch) == (cap, cap)

@@ -13,13 +13,16 @@ the client's `accepted` must carry the model's current pricing (`accepted.amount
 (``input_bound``: the runner's bound on the prompt's tokens); below 1 it is "cap_too_low", nothing
 taken. `admit` (`verify`, then `reserve`) records the call durably (`ledger.metered`) and reserves
 the cap on the credit ledger (the one conditional UPDATE, price = cap); the daemon reports the
-chunks it delivered (`MeteredAdmission.delivered`, checkpointed every 64 tokens or 1 s) and
+chunks it delivered (`MeteredAdmission.delivered`: never more than 64 tokens or 1 s of them beyond
+the last durable checkpoint of the charge, without stopping the stream for each commit) and
 `finish`es the call when the stream ends however it ends: charge = pricing.cost(min(input tokens,
 bound), delivered output tokens), ``cap - charge`` refunded. Wire and rules: docs/payment-protocol.md, "metered".
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -46,8 +49,11 @@ __all__ = [
     "pricing_json",
 ]
 
-CHECKPOINT_TOKENS = 64  # delivered tokens between two durable checkpoints of a stream's charge
-CHECKPOINT_SECONDS = 1.0  # ... or this long, whichever comes first
+_log = logging.getLogger(__name__)
+CHECKPOINT_TOKENS = 64  # the most delivered tokens a stream's durable checkpoint may lag behind
+CHECKPOINT_SECONDS = 1.0  # ... or the longest it may lag, whichever comes first
+_CHECKPOINT_EVERY = CHECKPOINT_TOKENS // 2  # a checkpoint starts this often (tokens) ...
+_CHECKPOINT_AFTER = CHECKPOINT_SECONDS / 2  # ... or this often (seconds); at most one commits at a time
 DEFAULT_MAX_TOKENS = 4096  # output tokens of a call nothing else bounds (no per-output price, no limits)
 _KEPT = 4096  # channels whose last credit seen is kept (likely_admitted)
 
@@ -196,8 +202,10 @@ class MeteredAdmission(Admission):
         self.max_tokens = verified.max_tokens
         self.output_tokens = 0  # delivered so far
         self.input_tokens = verified.input_bound  # charged: the bound until the run's usage says less
-        self._checkpointed = (0, time.monotonic())
+        self._checkpointed = (0, time.monotonic())  # the tokens and time of the last checkpoint started
+        self._checkpoint: asyncio.Task[None] | None = None  # that checkpoint, until seen committed
         self._finished = self._refunded = False
+        self._given_back = self._forgotten = False  # the refund committed; the record deleted
 
     @property
     def cap(self) -> TokenAmount:
@@ -211,28 +219,44 @@ class MeteredAdmission(Admission):
 
     def tokens_to_checkpoint(self) -> int:
         """The tokens still to deliver before the next checkpoint is due by count."""
-        return CHECKPOINT_TOKENS - (self.output_tokens - self._checkpointed[0])
+        return _CHECKPOINT_EVERY - (self.output_tokens - self._checkpointed[0])
 
     async def delivered(self, output_tokens: int, *, checkpoint: bool = True) -> None:
-        """`output_tokens` more reached the client; checkpoint the charge when one is due."""
+        """`output_tokens` more reached the client; start a checkpoint of the charge when one is due.
+
+        A checkpoint starts every half `CHECKPOINT_TOKENS` (or half `CHECKPOINT_SECONDS`) and the
+        stream goes on while it commits; starting the next one first waits for it. So the durable
+        charge never lags more than `CHECKPOINT_TOKENS` behind what was delivered, and the stream
+        waits for a commit only when one takes longer than half an interval. A checkpoint that
+        failed raises here, at the next one."""
         self.output_tokens += output_tokens
         if not checkpoint:
             return
         tokens, at = self._checkpointed
         now = time.monotonic()
-        if self.output_tokens - tokens >= CHECKPOINT_TOKENS or (now - at >= CHECKPOINT_SECONDS and output_tokens):
+        if self.output_tokens - tokens >= _CHECKPOINT_EVERY or (now - at >= _CHECKPOINT_AFTER and output_tokens):
+            await self._checkpoint_committed()
             self._checkpointed = (self.output_tokens, now)
-            await self._scheme.calls.checkpoint(self.call_id, self.charge_now())
+            self._checkpoint = asyncio.ensure_future(self._scheme.calls.checkpoint(self.call_id, self.charge_now()))
 
-    async def finish(self, input_tokens: int | None = None) -> Charge:
+    async def _checkpoint_committed(self) -> None:
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None:
+            await checkpoint
+
+    async def finish(self, input_tokens: int | None = None, *, forget: bool = True) -> Charge:
         """The stream ended (however): charge the input (at most its bound) and the output
-        delivered, give the rest of the cap back. Once; later calls change nothing."""
+        delivered, give the rest of the cap back. Once; later calls change nothing. The call's
+        record is deleted after that commits, or, with `forget=False`, by `forget()` (so the
+        daemon can answer first: the record only matters to a restart after a crash)."""
         if input_tokens is not None:
             self.input_tokens = min(input_tokens, self.verified.input_bound)
         charge = self.charge_now()
         if not self._finished:
             self._finished = True
             await self._give_back(TokenAmount(self.cap - charge))
+        if forget:
+            await self.forget()
         voucher = self.verified.voucher
         return Charge(charge, channel_id=voucher.channel_id, cumulative=voucher.amount)
 
@@ -244,12 +268,24 @@ class MeteredAdmission(Admission):
         if not self._finished:
             self._finished = self._refunded = True
             await self._give_back(self.cap)
+        await self.forget()
+
+    async def forget(self) -> None:
+        """Delete the call's record, once its charge is settled (else the record stays for the
+        next start to settle)."""
+        if self._given_back and not self._forgotten:
+            self._forgotten = True
+            await self._scheme.calls.finish(self.call_id)
 
     async def _give_back(self, amount: TokenAmount) -> None:
+        try:
+            await self._checkpoint_committed()  # first: the record's deletion must come after it
+        except Exception as error:  # noqa: BLE001 - superseded: the refund below settles the call
+            _log.warning("metered call %s: its last checkpoint failed: %s", self.call_id.hex(), error)
         scheme, channel_id = self._scheme, self.verified.voucher.channel_id
         self.credit = await scheme.ledger.refund(channel_id, amount)
+        self._given_back = True
         scheme._saw(channel_id, self.credit)
-        await scheme.calls.finish(self.call_id)
 
     def channel_view(self) -> dict[str, Any]:
         return self._scheme.channels.channel_view(self.verified.voucher.channel_id, self.credit)
