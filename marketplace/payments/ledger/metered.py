@@ -2,7 +2,7 @@
 
     calls = open_metered_calls(settings.database_url)        # the credit ledger's database
     await calls.start(PendingCall(call_id, owner, pid, channel_id, cap))   # then ledger.admit(price=cap)
-    await calls.checkpoint(call_id, charge)                   # every 64 tokens or 1 s delivered
+    await calls.checkpoint(call_id, charge)                   # never 64 tokens or 1 s behind delivery
     await ledger.refund(channel_id, cap - charge); await calls.finish(call_id)   # the stream ended
 
 A metered call reserves its whole cap on the credit ledger (`consumed += cap`) and gives back
