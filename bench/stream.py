@@ -17,9 +17,10 @@ run's wall time (the throughput of the whole path). Scenarios (a) direct to the 
 the daemon, (c) through an unpaid relay (bench/daemon_setup.py ``text_relay_app``: the daemon's
 runner and chunk writes, no payment: what the extra hop costs by itself), at 1 and at 64 concurrent
 streams, rounds interleaved (a, b, c, a, b, c ...); every stream of every round is kept; (b) and
-(c) also report their server's CPU per token. The machine is shared (2 cores: load generator,
-daemon, relay, upstream, Anvil and other jobs; the load average is recorded): the ratios, measured
-side by side, are what to read.
+(c) also report their server's CPU per token. ``--baseline DIR`` adds (d), the paid daemon of
+another checkout (``git worktree add DIR <commit>``) on its own ledger: a change's before and after
+in one run. The machine is shared (2 cores: load generator, daemon, relay, upstream, Anvil and
+other jobs; the load average is recorded): the ratios, measured side by side, are what to read.
 """
 
 import argparse
@@ -156,6 +157,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10, help="streams per round at 1 concurrent stream")
     parser.add_argument("--streams-64", type=int, default=2, help="streams per concurrent stream per round at 64")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of another commit whose paid daemon is measured beside this one")
     args = parser.parse_args()
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="bench-stream-"))
@@ -179,6 +182,16 @@ def main() -> None:
         servers.append(daemon.wait(f"/v1/models/0x{market.iris.hex()}/infer"))
         relay = Server("text_relay_app", env={"BENCH_UPSTREAM": upstream.url})
         servers.append(relay.wait("/ready"))
+        hops: list[tuple[str, Server, bool]] = [("(b) paid daemon", daemon, True), ("(c) unpaid relay", relay, False)]
+        if args.baseline is not None:  # its own ledger: a second daemon must not see this one's reservations
+            base_config = market.daemon_config(workdir / "daemon-baseline.toml",
+                                               f"sqlite:///{workdir / 'ledger-baseline.db'}",
+                                               upstream.url + "/v1/completions", text=(model, upstream.url))
+            baseline = Server("paid_app", 1, {"MARKETPLACE_PRIVATE_KEY": market.provider.key.to_0x_hex(),
+                                              "MARKETPLACE_CONFIG_FILE": str(base_config)},
+                              tree=args.baseline.resolve())
+            servers.append(baseline.wait(f"/v1/models/0x{market.iris.hex()}/infer"))
+            hops.insert(1, ("(d) baseline daemon", baseline, True))
         path = "/v1/chat/completions"
         body = json.dumps({"model": f"0x{model.hex()}", "stream": True, "max_tokens": args.tokens,
                            "messages": [{"role": "user", "content": "Say something about paid streams."}]},
@@ -187,10 +200,8 @@ def main() -> None:
         cap = PRICE + len(body) * PER_INPUT + args.tokens * PER_OUTPUT
         headers = [vouchers.header(channel, deposit, cap) for channel in channels]
         print(f"chain and servers ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        plan = [(f"{target} x{n}", server, n, args.streams if n == 1 else args.streams_64, paid)
-                for n in (1, 64) for target, server, paid in (("(a) direct", upstream, None),
-                                                              ("(b) paid daemon", daemon, headers),
-                                                              ("(c) unpaid relay", relay, None))]
+        plan = [(f"{target} x{n}", server, n, args.streams if n == 1 else args.streams_64, headers if paid else None)
+                for n in (1, 64) for target, server, paid in [("(a) direct", upstream, False), *hops]]
         for round_ in range(1, args.rounds + 1):
             for name, server, n, count, paid in plan:
                 cpu = server.cpu_seconds()
@@ -240,6 +251,13 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
             "relay_ttft_p50_extra_ms": _difference(relay, direct, "ttft_p50_ms"),
             "relay_tokens_per_s_ratio": _ratio(relay, direct, "tokens_per_s_p50"),
             "paid_over_relay_tokens_per_s": _ratio(paid, relay, "tokens_per_s_p50")}
+        baseline = results.get(f"(d) baseline daemon x{n}")
+        if baseline is not None:
+            compared[f"x{n}"] |= {
+                "baseline_ttft_p50_extra_ms": _difference(baseline, direct, "ttft_p50_ms"),
+                "baseline_tokens_per_s_ratio": _ratio(baseline, direct, "tokens_per_s_p50"),
+                "paid_over_baseline_tokens_per_s": _ratio(paid, baseline, "tokens_per_s_p50"),
+                "paid_over_baseline_cpu_per_token": _ratio(paid, baseline, "hop_cpu_us_per_token")}
     met = {f"{key} x{n}": (value is not None and (value <= TARGETS[key] if key.startswith("ttft") else
                                                    value >= TARGETS[key]))
            for n in (1, 64) for key, value in compared[f"x{n}"].items() if key in TARGETS}
@@ -256,6 +274,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
                     "sqlite_durable_commit_ms_before_after": commits,
                     "elapsed_s": round(time.monotonic() - started), "server_cpu_s": cpu},
+        "baseline": str(args.baseline) if args.baseline else None,
         "results": results, "compared": compared, "targets": TARGETS, "targets_met": met,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -267,8 +286,8 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
           f"{'tokens/s p50':>13} {'vs direct':>10} {'all tokens/s':>13}")
     for name, r in results.items():
         n = name.rpartition(" ")[2]
-        ratio = {"(b)": compared[n]["tokens_per_s_ratio"], "(c)": compared[n]["relay_tokens_per_s_ratio"]}.get(
-            name[:3], 1.0)
+        ratio = {"(b)": compared[n]["tokens_per_s_ratio"], "(c)": compared[n]["relay_tokens_per_s_ratio"],
+                 "(d)": compared[n].get("baseline_tokens_per_s_ratio")}.get(name[:3], 1.0)
         print(f"{name:<20} {r['streams']:>8} {r['errors']:>7} {r['ttft_p50_ms'] or 0:>12.2f} "
               f"{r['ttft_p99_ms'] or 0:>12.2f} {r['tokens_per_s_p50'] or 0:>13.1f} {ratio or 0:>9.2f}x "
               f"{r['aggregate_tokens_per_s']:>13,.0f}")
@@ -280,6 +299,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, load_before: tuple
               f"direct, all streams together {group['aggregate_tokens_per_s_ratio']}x; the unpaid relay "
               f"+{group['relay_ttft_p50_extra_ms']} ms, {group['relay_tokens_per_s_ratio']}x direct; "
               f"paid / relay {group['paid_over_relay_tokens_per_s']}x")
+        if "paid_over_baseline_tokens_per_s" in group:
+            print(f"{n} vs baseline: tokens/s per stream {group['paid_over_baseline_tokens_per_s']}x, CPU per token "
+                  f"{group['paid_over_baseline_cpu_per_token']}x, TTFT p50 +{group['ttft_p50_extra_ms']} ms "
+                  f"(baseline +{group['baseline_ttft_p50_extra_ms']} ms)")
     print("targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in met.items()))
     print(f"written to {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output}")
 
