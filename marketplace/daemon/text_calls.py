@@ -258,7 +258,11 @@ class TextCalls:
                 await send({"type": "http.response.body", "body": tail, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:  # the charge is settled: the call's record goes once the answer is out
-            await asyncio.shield(admission.forget())
+            try:
+                await asyncio.shield(admission.forget())
+            except Exception as error:  # noqa: BLE001 - the answer is out; the next start settles the record
+                log.warning("metered call %s: its record stays until the next start: %s",
+                            admission.call_id.hex(), error)
 
 
 async def _finish(answer: _Answer, admission: MeteredAdmission, input_tokens: int | None, broken: bool) -> Charge:

@@ -483,6 +483,18 @@ async def test_both_text_routes_answer_with_the_request_id_through_the_fast_path
         assert (bad.status_code, bad.json()["error"], bad.headers["x-request-id"]) == (400, "invalid_request", "text-8")
 
 
+async def unfinished_caps(fresh: MeteredDaemon, other_than: set[bytes] = frozenset()) -> list[int]:
+    """The caps of this daemon's metered calls still recorded, but for the calls `other_than`
+    (the daemon is shared by the tests of this module)."""
+    scheme = fresh.services.schemes["metered"]
+    return [call.cap for call in await scheme.calls.unfinished(scheme.owner) if call.call_id not in other_than]
+
+
+async def recorded_calls(fresh: MeteredDaemon) -> set[bytes]:
+    scheme = fresh.services.schemes["metered"]
+    return {call.call_id for call in await scheme.calls.unfinished(scheme.owner)}
+
+
 async def test_the_answer_ends_once_the_charge_is_settled_and_the_call_record_goes_after_it(
     fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
 ) -> None:
@@ -501,6 +513,7 @@ async def test_the_answer_ends_once_the_charge_is_settled_and_the_call_record_go
         await delete(call_id)
 
     monkeypatch.setattr(store, "finish", held)
+    before = await recorded_calls(fresh)
     try:
         answer = await asyncio.wait_for(fresh.call(fresh.chat(stream=True), ch, cap, cap), 10)
     finally:
@@ -509,13 +522,13 @@ async def test_the_answer_ends_once_the_charge_is_settled_and_the_call_record_go
     assert answer.content.endswith(b"data: [DONE]\n\n") and sum(e["x402_tokens"] for e in events) == 20
     assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 20))
     assert deleting.is_set() and await fresh.credit(ch) == (cap, PRICING.cost(3, 20))  # the refund is in
-    assert [call.cap for call in await store.unfinished(scheme.owner)] == [cap]  # the record not yet gone
+    assert await unfinished_caps(fresh, before) == [cap]  # the record not yet gone
     release.set()
     for _ in range(200):
-        if not await store.unfinished(scheme.owner):
+        if not await unfinished_caps(fresh, before):
             break
         await asyncio.sleep(0.02)
-    assert await store.unfinished(scheme.owner) == []
+    assert await unfinished_caps(fresh, before) == []
 
 
 async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next_start(
@@ -529,9 +542,36 @@ async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next
         raise LedgerUnavailable("sqlite:///ledger.db", "disk I/O error")
 
     monkeypatch.setattr(scheme.ledger, "refund", unavailable)
+    before = await recorded_calls(fresh)
     with pytest.raises(httpx.HTTPError):  # the answer is cut: no settlement, the client keeps what it got
         await fresh.call(fresh.chat(stream=True), ch, cap, cap)
     await asyncio.sleep(0.1)
     # the cap stays reserved and recorded: the next start refunds what its checkpoint did not charge
-    assert [call.cap for call in await scheme.calls.unfinished(scheme.owner)] == [cap]
+    assert await unfinished_caps(fresh, before) == [cap]
     assert await fresh.credit(ch) == (cap, cap)
+
+
+async def test_a_record_deletion_that_fails_after_the_answer_leaves_the_answer_whole_and_the_record(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ch = channel(w3, contracts, dev_accounts, fresh)
+    scheme = fresh.services.schemes["metered"]
+
+    async def unavailable(call_id: bytes) -> None:
+        raise LedgerUnavailable("sqlite:///ledger.db", "disk I/O error")
+
+    monkeypatch.setattr(scheme.calls, "finish", unavailable)
+    before = await recorded_calls(fresh)
+    answer = await fresh.call(fresh.chat(stream=True), ch, FIXED + 20 * 100, FIXED + 20 * 100)
+    _, settlement, _ = split_stream(answer.content)
+    assert answer.content.endswith(b"data: [DONE]\n\n") and settlement is not None
+    assert settlement["charge"] == str(PRICING.cost(3, 20))
+    for _ in range(200):  # the deletion comes after the answer
+        if "its record stays until the next start" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "its record stays until the next start" in caplog.text
+    monkeypatch.undo()
+    # the next start settles it at its checkpoint (none here): the consumer is refunded, never charged more
+    assert await unfinished_caps(fresh, before) == [FIXED + 20 * 100]
