@@ -44,6 +44,18 @@ def _version(url: str) -> int:
     return int(rows[0][0])
 
 
+def _number(url: str, n: int) -> Any:
+    """`n` as the backend stores a token amount or channel id (SQLite: 78 decimal digits)."""
+    return f"{n:078d}" if url.startswith("sqlite:") else n
+
+
+async def _create_at_version(url: str, open_backend: Callable[..., BatchedLedger], version: int) -> None:
+    """A database as code of schema `version` left it (its first `version` migration steps)."""
+    current = _schema(url)
+    async with open_backend(url, schema=dataclasses.replace(current, steps=current.steps[:version])):
+        pass
+
+
 async def test_a_new_database_gets_the_current_version_and_reopening_changes_nothing(ledger_url: str) -> None:
     for _ in range(2):
         async with open_ledger(ledger_url):
@@ -99,19 +111,15 @@ async def test_a_version_1_ledger_keeps_its_best_voucher_claimable_after_the_upg
     ledger_url: str, open_backend: Callable[..., BatchedLedger]
 ) -> None:
     """Version 2 keeps every voucher that raised `authorized`: the upgrade copies each stored one."""
-    current = _schema(ledger_url)
-    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:1])):
-        pass  # a version 1 database; its row written as version 1 code did
-    sqlite = ledger_url.startswith("sqlite:")
+    await _create_at_version(ledger_url, open_backend, 1)  # its row written as version 1 code did
     amount = 10**18
     _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
-         "VALUES (%s, %s, %s, %s, %s)",
-         (*(f"{n:078d}" if sqlite else n for n in (CHANNEL, amount, 0, 0)), SIG))  # fmt: skip
+         "VALUES (%s, %s, %s, %s, %s)", (*(_number(ledger_url, n) for n in (CHANNEL, amount, 0, 0)), SIG))
     async with open_backend(ledger_url) as ledger:
         assert await ledger.best_voucher(CHANNEL, TokenAmount(amount)) == (amount, SIG)
         credit = await ledger.admit(CHANNEL, TokenAmount(amount), SIG, TokenAmount(3), deposit=TokenAmount(amount))
         assert (credit.authorized, credit.consumed) == (amount, 3)
-    assert _version(ledger_url) == current.version
+    assert _version(ledger_url) == _schema(ledger_url).version
 
 
 async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgrade(
@@ -119,13 +127,10 @@ async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgr
 ) -> None:
     """Version 3 claims only vouchers the calls served cover: the upgrade finds each channel's
     best such voucher among those kept (none: nothing is claimable until the next call)."""
-    current = _schema(ledger_url)
-    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:2])):
-        pass  # a version 2 database; its rows written as version 2 code did
-    sqlite = ledger_url.startswith("sqlite:")
+    await _create_at_version(ledger_url, open_backend, 2)  # its rows written as version 2 code did
 
     def number(n: int) -> Any:
-        return f"{n:078d}" if sqlite else n
+        return _number(ledger_url, n)
 
     def signed(n: int) -> bytes:
         return n.to_bytes(32, "big") + bytes(32) + b"\x1b"
@@ -147,23 +152,20 @@ async def test_a_version_2_ledger_earns_the_best_voucher_its_calls_cover_on_upgr
             (served, 10), (preauthorized, 6), (fresh, 3)]
         credit = await ledger.admit(fresh, TokenAmount(11), signed(11), TokenAmount(7))  # consumed 10: earned
         assert (credit.earned, credit.earned_signature) == (10, signed(10))
-    assert _version(ledger_url) == current.version
+    assert _version(ledger_url) == _schema(ledger_url).version
 
 
 async def test_a_version_3_ledger_keeps_admitting_after_the_upgrade_and_closes_only_when_asked(
     ledger_url: str, open_backend: Callable[..., BatchedLedger]
 ) -> None:
     """Version 4 adds the cooperative close (`closing_until`): rows from before are open."""
-    current = _schema(ledger_url)
-    async with open_backend(ledger_url, schema=dataclasses.replace(current, steps=current.steps[:3])):
-        pass  # a version 3 database; its row written as version 3 code did
-    number: Callable[[int], Any] = (lambda n: f"{n:078d}") if ledger_url.startswith("sqlite:") else int
+    await _create_at_version(ledger_url, open_backend, 3)  # its row written as version 3 code did
     _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
-         "VALUES (%s, %s, %s, %s, %s)", (number(CHANNEL), number(10), number(3), number(0), SIG))
+         "VALUES (%s, %s, %s, %s, %s)", (*(_number(ledger_url, n) for n in (CHANNEL, 10, 3, 0)), SIG))
     async with open_backend(ledger_url) as ledger:
         credit = await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3), now=1_000)
         assert credit.consumed == 6
         assert (await ledger.close_channel(CHANNEL, until=2_000)).consumed == 6
         with pytest.raises(ChannelClosing):
             await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3), now=1_500)
-    assert _version(ledger_url) == current.version
+    assert _version(ledger_url) == _schema(ledger_url).version
