@@ -439,17 +439,14 @@ async def _claim(session: Session, url: str, everything: bool) -> Any:
     from marketplace.chain.state import ChainStateCache
     from marketplace.payments.claimer import Claimer, ClaimPolicy
     from marketplace.payments.ledger import open_ledger
-    from marketplace.payments.ledger.metered import open_metered_calls
 
-    ledger = await asyncio.to_thread(open_ledger, url)
-    metered_calls = await asyncio.to_thread(open_metered_calls, url)  # a running daemon's streams in flight
+    ledger = await asyncio.to_thread(open_ledger, url)  # with a running daemon's streams in flight
     state = ChainStateCache.connect(session.rpc_url, session.deployment)
     try:
         await state.start(follow=False)
-        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy(), reserved=metered_calls.reserved)
+        claimer = Claimer(ledger, state, session.market.sender, ClaimPolicy())
         return await claimer.claim_now(everything=everything)
     finally:
         await state.stop()
-        await metered_calls.close()
         await ledger.close()
 

@@ -37,7 +37,7 @@ from marketplace.payments.claimer import Claimer, ClaimPolicy
 from marketplace.payments.ledger import CreditLedger, open_ledger
 from marketplace.payments.ledger.access import AccessNonces, open_access_nonces
 from marketplace.payments.ledger.holds import ExactHolds, open_holds
-from marketplace.payments.ledger.metered import MeteredCalls, open_metered_calls, settle_unfinished
+from marketplace.payments.ledger.metered import settle_unfinished
 from marketplace.payments.ledger.trials import TrialCounter, open_trial_counter
 from marketplace.payments.receipts import ReceiptDomain, ReceiptSigner
 from marketplace.payments.schemes.channel import ChannelScheme
@@ -72,7 +72,6 @@ class Services:
     access: AccessNonces  # used license-access nonces, in the ledger's database
     holds: ExactHolds  # exact authorizations held against payers' balances
     trials: TrialCounter  # free trial calls used per (consumer, model), in the ledger's database
-    metered_calls: MeteredCalls  # metered calls in flight, settled on start if a crash left any
     schemes: SchemeRegistry  # what PaidCalls dispatches on
     channel: ChannelScheme  # also GET /v1/channels/{id}
     receipts: ReceiptSigner
@@ -91,7 +90,6 @@ class Services:
         await self.access.close()
         await self.trials.close()
         await self.holds.close()
-        await self.metered_calls.close()
         await self.ledger.close()
 
 
@@ -164,7 +162,7 @@ def metered_owner(settings: DaemonSettings) -> str:
 
 def _schemes(
     settings: DaemonSettings, state: ChainStateCache, w3: Web3, deployment: Deployment, sender: Sender,
-    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter, metered_calls: MeteredCalls,
+    ledger: CreditLedger, access: AccessNonces, holds: ExactHolds, trials: TrialCounter,
     text_runners: dict[bytes, TextRunner], account: LocalAccount,
 ) -> tuple[SchemeRegistry, ChannelScheme]:
     """Every payment scheme the daemon serves, registered by name (a new scheme is added here);
@@ -191,7 +189,7 @@ def _schemes(
     def exact_input(model_id: bytes) -> bool:
         return model_id in text_runners and text_runners[model_id].exact_input
 
-    metered = MeteredScheme(channel, ledger, metered_calls, owner=metered_owner(settings), exact_input=exact_input)
+    metered = MeteredScheme(channel, ledger, owner=metered_owner(settings), exact_input=exact_input)
     return SchemeRegistry((channel, exact, license, metered, trial)), channel
 
 
@@ -218,13 +216,11 @@ async def start_services(settings: DaemonSettings) -> Services:
     access: AccessNonces | None = None
     holds: ExactHolds | None = None
     trials: TrialCounter | None = None
-    metered_calls: MeteredCalls | None = None
     try:
         access = await asyncio.to_thread(open_access_nonces, settings.database_url)
         holds = await asyncio.to_thread(open_holds, settings.database_url)
         trials = await asyncio.to_thread(open_trial_counter, settings.database_url)
-        metered_calls = await asyncio.to_thread(open_metered_calls, settings.database_url)
-        await settle_unfinished(metered_calls, ledger, metered_owner(settings))
+        await settle_unfinished(ledger, metered_owner(settings))  # metered calls a crash left in flight
         for served in settings.models:
             model_id = bytes.fromhex(served.model_id[2:])
             model = state.model(model_id)
@@ -243,7 +239,7 @@ async def start_services(settings: DaemonSettings) -> Services:
         for text_runner in text_runners.values():
             await text_runner.aclose()
         await state.stop()
-        for store in (access, holds, trials, metered_calls):
+        for store in (access, holds, trials):
             if store is not None:
                 await store.close()
         await ledger.close()
@@ -254,8 +250,8 @@ async def start_services(settings: DaemonSettings) -> Services:
         interval_seconds=settings.claim_interval_seconds,
     )
     sender = Sender(w3, account)
-    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, metered_calls,
-                                text_runners, account)
+    schemes, channel = _schemes(settings, state, w3, deployment, sender, ledger, access, holds, trials, text_runners,
+                                account)
     services = Services(
         settings=settings,
         account=account,
@@ -264,13 +260,12 @@ async def start_services(settings: DaemonSettings) -> Services:
         access=access,
         holds=holds,
         trials=trials,
-        metered_calls=metered_calls,
         schemes=schemes,
         channel=channel,
         receipts=ReceiptSigner(account, ReceiptDomain(state.chain_id, deployment.addresses["ModelRegistry"])),
         runners=runners,
         text_runners=text_runners,
-        claimer=Claimer(ledger, state, sender, policy, reserved=metered_calls.reserved),
+        claimer=Claimer(ledger, state, sender, policy),
     )
     services.claimer.start()
     return services

@@ -14,8 +14,8 @@ to the client (each at most the UTF-8 length of its text, at least 1: what a cli
 stops at the cap's `max_tokens`; chunks that arrived together are written together. The
 call is finished however the stream ends (its end, the client gone, the model broken off): charged
 the input (at most its bound) and the output delivered, the rest of the cap given back
-(`MeteredAdmission.finish`; the call's record is deleted once the answer is out). A model that
-fails before anything was delivered is not charged.
+(`MeteredAdmission.finish`: the refund and the call's record deleted in one transaction). A model
+that fails before anything was delivered is not charged.
 Shares PaidCalls' model lookup, 402, receipts and metrics. Docs: docs/payment-protocol.md, "metered".
 """
 
@@ -242,27 +242,20 @@ class TextCalls:
             watcher.cancel()
             charge = await asyncio.shield(_finish(run.answer, admission, input_tokens, broken is not None))
             self._paid.count(run.model, MeteredScheme.name, charge.amount)
-        try:
-            if broken is not None:
-                raise broken  # the response is cut: no settlement line, the client counts what it got
-            if not gone.is_set():
-                tail = b""
-                if usage_chunk:
-                    usage = b"data: " + orjson.dumps({**run.envelope(whole=False), "choices": [],
-                                                      "usage": run.usage(), "x402_tokens": 0}) + b"\n\n"
-                    digest.update(usage)
-                    tail += usage
-                receipt = self._receipt(run, digest.digest(), charge)
-                settlement = orjson.dumps(admission.settlement(charge, receipt))
-                tail += SETTLEMENT_PREFIX + settlement + b"\n\ndata: [DONE]\n\n"
-                await send({"type": "http.response.body", "body": tail, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:  # the charge is settled: the call's record goes once the answer is out
-            try:
-                await asyncio.shield(admission.forget())
-            except Exception as error:  # noqa: BLE001 - the answer is out; the next start settles the record
-                log.warning("metered call %s: its record stays until the next start: %s",
-                            admission.call_id.hex(), error)
+        if broken is not None:
+            raise broken  # the response is cut: no settlement line, the client counts what it got
+        if not gone.is_set():
+            tail = b""
+            if usage_chunk:
+                usage = b"data: " + orjson.dumps({**run.envelope(whole=False), "choices": [],
+                                                  "usage": run.usage(), "x402_tokens": 0}) + b"\n\n"
+                digest.update(usage)
+                tail += usage
+            receipt = self._receipt(run, digest.digest(), charge)
+            settlement = orjson.dumps(admission.settlement(charge, receipt))
+            tail += SETTLEMENT_PREFIX + settlement + b"\n\ndata: [DONE]\n\n"
+            await send({"type": "http.response.body", "body": tail, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _finish(answer: _Answer, admission: MeteredAdmission, input_tokens: int | None, broken: bool) -> Charge:
@@ -273,7 +266,7 @@ async def _finish(answer: _Answer, admission: MeteredAdmission, input_tokens: in
     finally:
         if broken and not admission.output_tokens:
             await admission.refund()
-        charge = await admission.finish(input_tokens, forget=False)
+        charge = await admission.finish(input_tokens)
     return charge
 
 

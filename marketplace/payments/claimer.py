@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -176,12 +176,8 @@ class Claimer:
         state: ChannelSource,
         sender: Sender,
         policy: ClaimPolicy = ClaimPolicy(),
-        reserved: Callable[[ChannelId], Awaitable[TokenAmount]] | None = None,
     ) -> None:
-        """`reserved(channel)`: credit counted as consumed that calls in flight may still give back
-        (a metered stream's cap beyond its checkpoint, `MeteredCalls.reserved`); never claimed."""
         self.ledger = ledger
-        self._reserved = reserved
         self.state = state
         self.sender = sender
         self.policy = policy
@@ -257,9 +253,9 @@ class Claimer:
         return False
 
     async def _served(self, credit: Credit) -> int:
-        """`consumed` without what calls in flight hold and may still give back."""
-        held = await self._reserved(credit.channel_id) if self._reserved is not None else 0
-        return int(credit.consumed) - held
+        """`consumed` without what calls in flight hold and may still give back (a metered stream's
+        cap beyond its checkpoint): never claimed."""
+        return int(credit.consumed) - await self.ledger.reserved_by_calls(credit.channel_id)
 
     async def _claimable_voucher(
         self, credit: Credit, info: ChannelInfo, report: ClaimReport, served: int

@@ -18,7 +18,7 @@ from marketplace.chain.transactions import Sender
 from marketplace.daemon.settings import DaemonSettings
 from marketplace.payments.claimer import compact_signature
 from marketplace.payments.eip712 import CLOSE_CHANNEL, recover_address
-from marketplace.payments.ledger.metered import PendingCall
+from marketplace.payments.ledger.base import PendingCall
 from marketplace.types import ChannelId, TokenAmount
 
 pytestmark = pytest.mark.anyio
@@ -137,18 +137,21 @@ async def test_a_close_while_a_stream_holds_a_reservation_admits_nothing_new_and
     """The 409 leaves the channel closing (on every replica): no call can start behind the payer's back
     between the refusal and the question asked again, which co-signs once the stream is settled."""
     assert (await call(daemon, listing, opened, PRICE)).status_code == 200
-    calls = daemon.app.state.services.metered_calls  # type: ignore[attr-defined]
-    pending = PendingCall(os.urandom(16), "elsewhere", os.getpid(), ChannelId(opened.channel_id), TokenAmount(PRICE))
-    await calls.start(pending)
+    ledger = daemon.app.state.services.ledger  # type: ignore[attr-defined]
+    channel_id = ChannelId(opened.channel_id)
+    stream = PendingCall(os.urandom(16), "elsewhere", os.getpid(), channel_id, TokenAmount(PRICE))
+    signature = bytes.fromhex(opened.voucher(2 * PRICE)["signature"][2:])
+    await ledger.admit(channel_id, TokenAmount(2 * PRICE), signature, TokenAmount(PRICE),
+                       deposit=TokenAmount(DEPOSIT), now=w3.eth.get_block("latest")["timestamp"], call=stream)
     try:
         answer = await ask_close(daemon, w3, opened, opened.payer)
         assert answer.status_code == 409 and answer.json()["error"] == "calls_in_flight"
-        late = await call(daemon, listing, opened, 2 * PRICE)
+        late = await call(daemon, listing, opened, 3 * PRICE)
         assert late.status_code == 402 and late.json()["error"] == "channel_closing"
     finally:
-        await calls.finish(pending.call_id)
+        await ledger.refund(channel_id, TokenAmount(0), call=stream)  # the stream ended, charged its whole cap
     answer = await ask_close(daemon, w3, opened, opened.payer)
-    assert answer.status_code == 200 and int(answer.json()["payout"]) == PRICE
+    assert answer.status_code == 200 and int(answer.json()["payout"]) == 2 * PRICE
 
 
 async def test_calls_racing_the_close_are_either_in_the_payout_or_refused(

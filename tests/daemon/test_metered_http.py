@@ -18,10 +18,11 @@ from metered_fixtures import PRICING, MeteredDaemon, open_text_channel, serve_me
 from web3 import Web3
 
 from marketplace.daemon.settings import DaemonSettings
+from marketplace.payments.ledger.base import PendingCall
 from marketplace.payments.ledger.errors import LedgerUnavailable
 from marketplace.payments.receipts import load_receipt, verify_receipt
 from marketplace.payments.x402 import parse_payment_required, parse_payment_response
-from marketplace.types import TokenPricing
+from marketplace.types import TokenAmount, TokenPricing
 
 pytestmark = pytest.mark.anyio
 INPUT = 3  # "one two three"
@@ -84,7 +85,7 @@ async def test_a_whole_answer_is_charged_its_tokens_exactly_with_a_signed_receip
     _, message, _, _ = load_receipt(receipt)
     assert (message.amount, message.input_tokens, message.output_tokens) == (charge, 3, 20)
     assert "0x" + message.response_hash.hex() == sha256(answer.content)
-    assert not await fresh.services.metered_calls.unfinished(fresh.services.schemes["metered"].owner)
+    assert not await fresh.services.ledger.unfinished_calls(fresh.services.schemes["metered"].owner)
 
 
 async def test_a_stream_carries_token_counts_usage_and_a_settlement_whose_receipt_hashes_the_stream(
@@ -218,7 +219,7 @@ async def test_a_client_that_cuts_the_stream_after_k_tokens_pays_for_k(
                     break
     k = sum(e["x402_tokens"] for e in split_stream(received)[0])
     for _ in range(100):  # the daemon notices the hang-up and settles
-        if not await fresh.services.metered_calls.unfinished(fresh.services.schemes["metered"].owner):
+        if not await fresh.services.ledger.unfinished_calls(fresh.services.schemes["metered"].owner):
             break
         await asyncio.sleep(0.05)
     authorized, consumed = await fresh.credit(ch)
@@ -256,10 +257,10 @@ async def test_the_model_starts_while_the_cap_is_reserved_and_nothing_is_answere
     reserving, release = asyncio.Event(), asyncio.Event()
     reserve = channels.reserve
 
-    async def held(voucher: Any, price: int) -> Any:
+    async def held(voucher: Any, price: int, *, call: PendingCall) -> Any:
         reserving.set()
         await release.wait()
-        return await reserve(voucher, price)
+        return await reserve(voucher, price, call=call)
 
     monkeypatch.setattr(channels, "reserve", held)
     requirements = await fresh.requirements(fresh.chat())
@@ -286,15 +287,15 @@ async def test_chunks_that_come_together_are_checkpointed_every_32_tokens_as_one
     ch = channel(w3, contracts, dev_accounts, fresh)
     fresh.runner.reset(length=100, batch=100)  # the whole answer in one read
     cap = FIXED + 100 * 100
-    store = fresh.services.schemes["metered"].calls
+    ledger = fresh.services.ledger
     charges: list[int] = []
-    checkpoint = store.checkpoint
+    checkpoint = ledger.checkpoint_call
 
-    async def recorded(call_id: bytes, charge: int) -> None:
+    async def recorded(call: PendingCall, charge: TokenAmount) -> None:
         charges.append(charge)
-        await checkpoint(call_id, charge)
+        await checkpoint(call, charge)
 
-    monkeypatch.setattr(store, "checkpoint", recorded)
+    monkeypatch.setattr(ledger, "checkpoint_call", recorded)
     answer = await fresh.call(fresh.chat(stream=True), ch, cap, cap)
     events, settlement, _ = split_stream(answer.content)
     assert [event["x402_tokens"] for event in events] == [1] * 100 + [0]
@@ -309,20 +310,20 @@ async def test_the_stream_goes_on_while_a_checkpoint_commits_but_never_64_tokens
     ch = channel(w3, contracts, dev_accounts, fresh)
     fresh.runner.reset(length=200)  # one token per read
     cap = FIXED + 200 * 100
-    store = fresh.services.schemes["metered"].calls
+    ledger = fresh.services.ledger
     started: list[int] = []
     committed: list[int] = []
     release = asyncio.Event()
-    checkpoint = store.checkpoint
+    checkpoint = ledger.checkpoint_call
 
-    async def first_one_hangs(call_id: bytes, charge: int) -> None:
+    async def first_one_hangs(call: PendingCall, charge: TokenAmount) -> None:
         started.append(charge)
         if len(started) == 1:
             await release.wait()
-        await checkpoint(call_id, charge)
+        await checkpoint(call, charge)
         committed.append(charge)
 
-    monkeypatch.setattr(store, "checkpoint", first_one_hangs)
+    monkeypatch.setattr(ledger, "checkpoint_call", first_one_hangs)
     answer = asyncio.ensure_future(fresh.call(fresh.chat(stream=True), ch, cap, cap))
     for _ in range(10_000):
         if fresh.runner.streams and fresh.runner.streams[0].produced >= 64:
@@ -487,48 +488,27 @@ async def unfinished_caps(fresh: MeteredDaemon, other_than: set[bytes] = frozens
     """The caps of this daemon's metered calls still recorded, but for the calls `other_than`
     (the daemon is shared by the tests of this module)."""
     scheme = fresh.services.schemes["metered"]
-    return [call.cap for call in await scheme.calls.unfinished(scheme.owner) if call.call_id not in other_than]
+    return [call.cap for call in await scheme.ledger.unfinished_calls(scheme.owner) if call.call_id not in other_than]
 
 
 async def recorded_calls(fresh: MeteredDaemon) -> set[bytes]:
     scheme = fresh.services.schemes["metered"]
-    return {call.call_id for call in await scheme.calls.unfinished(scheme.owner)}
+    return {call.call_id for call in await scheme.ledger.unfinished_calls(scheme.owner)}
 
 
-async def test_the_answer_ends_once_the_charge_is_settled_and_the_call_record_goes_after_it(
-    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
+async def test_once_the_answer_is_out_its_refund_and_the_end_of_its_record_are_durable_together(
+    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount]
 ) -> None:
-    # The record only serves a restart after a crash: once the refund of the unused cap is
-    # durable, the client gets its settlement and [DONE] without waiting for the deletion.
+    # One commit settles the call before its settlement line: a crash at any point after it can
+    # neither refund the call again on restart nor leave its unused cap reserved.
     ch = channel(w3, contracts, dev_accounts, fresh)
     cap = FIXED + 20 * 100
-    scheme = fresh.services.schemes["metered"]
-    store = scheme.calls
-    deleting, release = asyncio.Event(), asyncio.Event()
-    delete = store.finish
-
-    async def held(call_id: bytes) -> None:
-        deleting.set()
-        await release.wait()
-        await delete(call_id)
-
-    monkeypatch.setattr(store, "finish", held)
     before = await recorded_calls(fresh)
-    try:
-        answer = await asyncio.wait_for(fresh.call(fresh.chat(stream=True), ch, cap, cap), 10)
-    finally:
-        asyncio.get_running_loop().call_later(10, release.set)  # whatever happens, the daemon can stop
-    events, settlement, _ = split_stream(answer.content)
-    assert answer.content.endswith(b"data: [DONE]\n\n") and sum(e["x402_tokens"] for e in events) == 20
+    answer = await fresh.call(fresh.chat(stream=True), ch, cap, cap)
+    _, settlement, _ = split_stream(answer.content)
     assert settlement is not None and settlement["charge"] == str(PRICING.cost(3, 20))
-    assert deleting.is_set() and await fresh.credit(ch) == (cap, PRICING.cost(3, 20))  # the refund is in
-    assert await unfinished_caps(fresh, before) == [cap]  # the record not yet gone
-    release.set()
-    for _ in range(200):
-        if not await unfinished_caps(fresh, before):
-            break
-        await asyncio.sleep(0.02)
     assert await unfinished_caps(fresh, before) == []
+    assert await fresh.credit(ch) == (cap, PRICING.cost(3, 20))
 
 
 async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next_start(
@@ -538,7 +518,7 @@ async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next
     cap = FIXED + 20 * 100
     scheme = fresh.services.schemes["metered"]
 
-    async def unavailable(channel_id: int, amount: int) -> Any:
+    async def unavailable(channel_id: int, amount: int, *, call: PendingCall | None = None) -> Any:
         raise LedgerUnavailable("sqlite:///ledger.db", "disk I/O error")
 
     monkeypatch.setattr(scheme.ledger, "refund", unavailable)
@@ -549,29 +529,3 @@ async def test_a_refund_that_fails_at_the_end_keeps_the_call_record_for_the_next
     # the cap stays reserved and recorded: the next start refunds what its checkpoint did not charge
     assert await unfinished_caps(fresh, before) == [cap]
     assert await fresh.credit(ch) == (cap, cap)
-
-
-async def test_a_record_deletion_that_fails_after_the_answer_leaves_the_answer_whole_and_the_record(
-    fresh: MeteredDaemon, w3: Web3, contracts: Any, dev_accounts: list[LocalAccount], monkeypatch: Any,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ch = channel(w3, contracts, dev_accounts, fresh)
-    scheme = fresh.services.schemes["metered"]
-
-    async def unavailable(call_id: bytes) -> None:
-        raise LedgerUnavailable("sqlite:///ledger.db", "disk I/O error")
-
-    monkeypatch.setattr(scheme.calls, "finish", unavailable)
-    before = await recorded_calls(fresh)
-    answer = await fresh.call(fresh.chat(stream=True), ch, FIXED + 20 * 100, FIXED + 20 * 100)
-    _, settlement, _ = split_stream(answer.content)
-    assert answer.content.endswith(b"data: [DONE]\n\n") and settlement is not None
-    assert settlement["charge"] == str(PRICING.cost(3, 20))
-    for _ in range(200):  # the deletion comes after the answer
-        if "its record stays until the next start" in caplog.text:
-            break
-        await asyncio.sleep(0.01)
-    assert "its record stays until the next start" in caplog.text
-    monkeypatch.undo()
-    # the next start settles it at its checkpoint (none here): the consumer is refunded, never charged more
-    assert await unfinished_caps(fresh, before) == [FIXED + 20 * 100]

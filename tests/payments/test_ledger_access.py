@@ -12,7 +12,8 @@ import pytest
 
 from marketplace.payments.ledger import open_ledger
 from marketplace.payments.ledger.access import ACCESS_COMPONENT, open_access_nonces
-from marketplace.payments.ledger.migrations import COMPONENT, SQLITE_SCHEMA
+from marketplace.payments.ledger.metered import METERED_COMPONENT
+from marketplace.payments.ledger.migrations import COMPONENT, POSTGRES_SCHEMA, SQLITE_SCHEMA
 from marketplace.payments.ledger.sqlite import sqlite_path
 
 pytestmark = pytest.mark.anyio
@@ -74,4 +75,5 @@ async def test_its_own_schema_version_beside_the_credit_ledger(ledger_url: str) 
     async with open_access_nonces(ledger_url):  # reopening changes nothing
         pass
     rows = dict(_sql(ledger_url, "SELECT component, version FROM schema_version"))
-    assert rows == {COMPONENT: SQLITE_SCHEMA.version, ACCESS_COMPONENT: 1}
+    ledger_schema = SQLITE_SCHEMA if ledger_url.startswith("sqlite:") else POSTGRES_SCHEMA
+    assert rows == {COMPONENT: ledger_schema.version, METERED_COMPONENT: 1, ACCESS_COMPONENT: 1}

@@ -11,8 +11,10 @@ import psycopg
 import pytest
 
 from marketplace.payments.ledger import open_ledger
+from marketplace.payments.ledger.base import PendingCall
 from marketplace.payments.ledger.batching import BatchedLedger
 from marketplace.payments.ledger.errors import ChannelClosing, LedgerSchemaTooNew, LedgerUnavailable
+from marketplace.payments.ledger.metered import METERED_COMPONENT
 from marketplace.payments.ledger.migrations import COMPONENT, POSTGRES_SCHEMA, SQLITE_SCHEMA, Schema
 from marketplace.payments.ledger.sqlite import sqlite_path
 from marketplace.types import ChannelId, TokenAmount
@@ -61,7 +63,9 @@ async def test_a_new_database_gets_the_current_version_and_reopening_changes_not
         async with open_ledger(ledger_url):
             pass
         assert _version(ledger_url) == _schema(ledger_url).version
-    assert _sql(ledger_url, "SELECT count(*) FROM schema_version") == [(1,)]
+    # beside the ledger's own row, only the metered calls' table, which the ledger writes
+    assert dict(_sql(ledger_url, "SELECT component, version FROM schema_version")) == {
+        COMPONENT: _schema(ledger_url).version, METERED_COMPONENT: 1}
 
 
 async def test_an_older_database_is_upgraded_on_open_and_keeps_its_rows(
@@ -168,4 +172,25 @@ async def test_a_version_3_ledger_keeps_admitting_after_the_upgrade_and_closes_o
         assert (await ledger.close_channel(CHANNEL, until=2_000)).consumed == 6
         with pytest.raises(ChannelClosing):
             await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(3), now=1_500)
+    assert _version(ledger_url) == _schema(ledger_url).version
+
+
+async def test_a_version_4_ledger_with_calls_in_flight_settles_them_with_their_record_after_the_upgrade(
+    ledger_url: str, open_backend: Callable[..., BatchedLedger]
+) -> None:
+    """PostgreSQL's version 5 writes a metered call's record in the ledger's own transactions (SQLite
+    runs the same statements in its batch): a call recorded before the upgrade is settled after it."""
+    await _create_at_version(ledger_url, open_backend, 4)  # with the metered calls' table, version 1
+    before = PendingCall(b"\x01" * 16, "me", 1, CHANNEL, TokenAmount(5))
+    _sql(ledger_url, "INSERT INTO channel_credit (channel_id, authorized, consumed, claimed, signature) "
+         "VALUES (%s, %s, %s, %s, %s)", (*(_number(ledger_url, n) for n in (CHANNEL, 10, 5, 0)), SIG))
+    _sql(ledger_url, "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge) "
+         "VALUES (%s, %s, %s, %s, %s, %s)",
+         (before.call_id, "me", 1, *(_number(ledger_url, n) for n in (CHANNEL, 5, 2))))
+    async with open_backend(ledger_url) as ledger:
+        after = PendingCall(b"\x02" * 16, "me", 1, CHANNEL, TokenAmount(4))
+        assert (await ledger.admit(CHANNEL, TokenAmount(10), SIG, TokenAmount(4), now=1_000, call=after)).consumed == 9
+        await ledger.checkpoint_call(after, TokenAmount(1))
+        assert (await ledger.refund(CHANNEL, TokenAmount(3), call=before)).consumed == 6
+        assert [(call.call_id, call.charge) for call in await ledger.unfinished_calls("me")] == [(after.call_id, 1)]
     assert _version(ledger_url) == _schema(ledger_url).version

@@ -74,7 +74,7 @@ async def close_channel(channel_id: str, body: CloseRequestBody, request: Reques
     if checksum_address(channel.payee) != services.account.address:
         raise ApiError(409, "not_payee", f"channel {number:#x} pays {channel.payee}, not this daemon's key")
     await services.ledger.close_channel(key, body.deadline + CLOSE_GRACE)
-    if await services.metered_calls.reserved(key) > 0:  # read after the close: no stream starts since
+    if await services.ledger.reserved_by_calls(key) > 0:  # read after the close: no stream starts since
         raise ApiError(409, "calls_in_flight", f"channel {number:#x} has streams in flight; no new call is "
                        "admitted on it: ask again once they end")
     credit = await services.ledger.credit(key)  # read after the reservations: a stream's refund is in it

@@ -27,6 +27,7 @@ __all__ = [
     "UINT256_MAX",
     "Credit",
     "CreditLedger",
+    "PendingCall",
     "check_signature",
     "check_uint256",
     "display_url",
@@ -64,6 +65,21 @@ class Credit:
         return TokenAmount(max(self.consumed - self.claimed, 0))
 
 
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """One admitted metered call: its cap reserved on `channel_id`, `charge` as last checkpointed.
+
+    Recorded by the admission that reserves its cap and deleted by the refund that settles it, in
+    the same transactions (`CreditLedger.admit`, `refund`): ledger/metered.py says why."""
+
+    call_id: bytes  # 16 random bytes
+    owner: str  # the daemon that serves it (settle_unfinished settles only its own)
+    pid: int  # the daemon process (one of its workers) that serves it
+    channel_id: ChannelId
+    cap: TokenAmount
+    charge: TokenAmount = TokenAmount(0)  # noqa: RUF009
+
+
 class CreditLedger(abc.ABC):
     """A durable, concurrency-safe store of per-channel credit (async; one event loop per ledger).
 
@@ -81,6 +97,7 @@ class CreditLedger(abc.ABC):
         *,
         deposit: TokenAmount | None = None,
         now: int | None = None,
+        call: PendingCall | None = None,
     ) -> Credit:
         """Admit one call of `price` with a voucher for the cumulative `amount`, atomically.
 
@@ -91,7 +108,8 @@ class CreditLedger(abc.ABC):
         deposit on chain now; None: no cap) and no cooperative close holds the channel at `now`
         (unix seconds, chain time; None: the wall clock); otherwise changes nothing and raises
         InsufficientCredit with the values, or ChannelClosing. The channel's row is created on
-        first use.
+        first use. With `call` (a metered call on `channel_id` whose cap is `price`), the call is
+        recorded in the same transaction, iff admitted.
         If the caller is cancelled while its admission is being committed, the ledger gives the
         price back by itself (the voucher itself stays accepted).
         """
@@ -105,8 +123,9 @@ class CreditLedger(abc.ABC):
         (refunds): the daemon co-signs a cooperative close for it."""
 
     @abc.abstractmethod
-    async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
-        """Give back the price of a call that failed (`consumed` never goes below 0).
+    async def refund(self, channel_id: ChannelId, price: TokenAmount, *, call: PendingCall | None = None) -> Credit:
+        """Give back the price of a call that failed (`consumed` never goes below 0); with `call`
+        (a metered call on `channel_id`), delete its record in the same transaction.
 
         `earned` stays at most `consumed`: if the refund takes `consumed` below it, it falls back
         to the voucher it replaced when that one is still covered, else to nothing (the next
@@ -115,6 +134,21 @@ class CreditLedger(abc.ABC):
         Not idempotent: the caller refunds each admitted call at most once. Raises
         CreditNotFound for a channel the ledger has never seen.
         """
+
+    @abc.abstractmethod
+    async def checkpoint_call(self, call: PendingCall, charge: TokenAmount) -> None:
+        """Record what the metered `call` has cost so far (at most its cap): what a restart after a
+        crash settles it at (ledger/metered.py, `settle_unfinished`)."""
+
+    @abc.abstractmethod
+    async def unfinished_calls(self, owner: str) -> list[PendingCall]:
+        """The metered calls of `owner` recorded and not refunded (in flight, or left by a crash)."""
+
+    @abc.abstractmethod
+    async def reserved_by_calls(self, channel_id: ChannelId) -> TokenAmount:
+        """What the channel's metered calls in flight (any daemon) hold beyond their checkpointed
+        charge, ``sum(cap - charge)``: counted as `consumed` but may still be given back, so the
+        claimer must not take it."""
 
     @abc.abstractmethod
     async def credit(self, channel_id: ChannelId) -> Credit | None:

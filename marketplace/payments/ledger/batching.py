@@ -26,7 +26,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
-from marketplace.payments.ledger.base import UINT256_MAX, Credit, CreditLedger, check_signature, check_uint256
+from marketplace.payments.ledger.base import (
+    UINT256_MAX,
+    Credit,
+    CreditLedger,
+    PendingCall,
+    check_signature,
+    check_uint256,
+)
 from marketplace.payments.ledger.errors import ChannelClosing, InsufficientCredit, LedgerUnavailable
 from marketplace.types import ChannelId, TokenAmount
 
@@ -35,6 +42,7 @@ __all__ = [
     "BatchStats",
     "BatchedLedger",
     "Change",
+    "Checkpoint",
     "Close",
     "GroupCommitter",
     "Outcome",
@@ -59,6 +67,7 @@ class Admit:
     price: TokenAmount
     deposit: TokenAmount = _UNCAPPED  # caps the credit: the channel's deposit on chain
     now: int = 0  # unix seconds, chain time: refused while the channel's close holds (closing_until > now)
+    call: PendingCall | None = None  # a metered call (price = its cap): recorded iff admitted
 
     def refusal(self, authorized: int, consumed: int, closing_until: int = 0) -> InsufficientCredit | ChannelClosing:
         """The refusal this admission earns against a row holding these values."""
@@ -72,6 +81,17 @@ class Admit:
 class Refund:
     channel_id: ChannelId
     price: TokenAmount
+    call: PendingCall | None = None  # a metered call: its record deleted with the refund
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    call: PendingCall
+    charge: TokenAmount
+
+    @property
+    def channel_id(self) -> ChannelId:
+        return self.call.channel_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +112,8 @@ class Close:
     until: int  # unix seconds, chain time
 
 
-Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim | Close
-# What a backend returns for each change: the row after it (None for the claims), or the error
+Change: TypeAlias = Admit | Refund | RecordClaim | ResetClaim | Close | Checkpoint
+# What a backend returns for each change: the row after it (None for the claims and checkpoints), or the error
 # that change alone earned (InsufficientCredit, CreditNotFound). A failed batch raises instead.
 Outcome: TypeAlias = Credit | Exception | None
 
@@ -250,6 +270,7 @@ class BatchedLedger(CreditLedger):
         *,
         deposit: TokenAmount | None = None,
         now: int | None = None,
+        call: PendingCall | None = None,
     ) -> Credit:
         check_uint256("channel_id", channel_id)
         check_uint256("amount", amount)
@@ -259,17 +280,29 @@ class BatchedLedger(CreditLedger):
         check_uint256("deposit", cap)
         moment = int(time.time()) if now is None else now
         _check_moment("now", moment)
-        return await self._submit(Admit(channel_id, amount, bytes(signature), price, cap, moment))
+        if call is not None and (call.channel_id != channel_id or call.cap != price or call.charge):
+            raise ValueError(f"a metered call admitted on channel {channel_id:#x} for {price} must be on that "
+                             f"channel with that cap and nothing charged yet, got {call!r}")
+        return await self._submit(Admit(channel_id, amount, bytes(signature), price, cap, moment, call))
 
     async def close_channel(self, channel_id: ChannelId, until: int) -> Credit:
         check_uint256("channel_id", channel_id)
         _check_moment("until", until)
         return await self._submit(Close(channel_id, until))
 
-    async def refund(self, channel_id: ChannelId, price: TokenAmount) -> Credit:
+    async def refund(self, channel_id: ChannelId, price: TokenAmount, *, call: PendingCall | None = None) -> Credit:
         check_uint256("channel_id", channel_id)
         check_uint256("price", price)
-        return await self._submit(Refund(channel_id, price))
+        if call is not None and call.channel_id != channel_id:
+            raise ValueError(f"metered call {call.call_id.hex()} is on channel {call.channel_id:#x}, "
+                             f"not {channel_id:#x}")
+        return await self._submit(Refund(channel_id, price, call))
+
+    async def checkpoint_call(self, call: PendingCall, charge: TokenAmount) -> None:
+        check_uint256("charge", charge)
+        if charge > call.cap:
+            raise ValueError(f"metered call {call.call_id.hex()}: charge {charge} above its cap {call.cap}")
+        await self._submit(Checkpoint(call, charge))
 
     async def record_claim(self, channel_id: ChannelId, amount: TokenAmount) -> None:
         check_uint256("channel_id", channel_id)
@@ -298,8 +331,8 @@ class BatchedLedger(CreditLedger):
         if self._closed:
             raise LedgerUnavailable(self.url, "the ledger is closed")
         result = await self._committer.submit(change)
-        assert result is not None or isinstance(change, RecordClaim | ResetClaim)
-        return result  # type: ignore[return-value]  # None only for the claims
+        assert result is not None or isinstance(change, RecordClaim | ResetClaim | Checkpoint)
+        return result  # type: ignore[return-value]  # None only for the claims and checkpoints
 
     def _check_open(self) -> None:
         if self._closed:
@@ -321,7 +354,8 @@ def _check_moment(name: str, value: int) -> None:
 
 
 def _undo_cancelled(change: Change, result: Credit | None) -> Change | None:
-    """An admission whose caller went away was never served: give its price back."""
-    if isinstance(change, Admit) and change.price:
-        return Refund(change.channel_id, change.price)
+    """An admission whose caller went away was never served: give its price back (and forget
+    its metered call)."""
+    if isinstance(change, Admit) and (change.price or change.call is not None):
+        return Refund(change.channel_id, change.price, change.call)
     return None

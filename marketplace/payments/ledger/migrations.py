@@ -437,6 +437,45 @@ BEGIN
 END
 $$"""
 
+# Version 5: a metered call's record (the `metered_calls` component's table) is written in the ledger's
+# transactions: recorded with the admission that reserves its cap, deleted with the refund that settles it,
+# its charge checkpointed (kind 'checkpoint': `amounts` carries the charge). Each other change runs through
+# credit_ledger_apply as released; `call_ids` is NULL for a change without a call.
+_POSTGRES_APPLY_CALLS = """
+CREATE FUNCTION credit_ledger_apply_calls(
+    kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[], deposits numeric[],
+    moments bigint[], call_ids bytea[], owners text[], pids bigint[]
+) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea,
+                 out_earned numeric, out_earned_signature bytea, out_closing_until bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
+        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
+        out_earned := NULL; out_earned_signature := NULL; out_closing_until := NULL;
+        IF kinds[i] = 'checkpoint' THEN
+            UPDATE metered_call AS m SET charge = amounts[i] WHERE m.call_id = call_ids[i];
+            ok := TRUE;
+        ELSE
+            SELECT r.ok, r.out_authorized, r.out_consumed, r.out_claimed, r.out_signature, r.out_earned,
+                r.out_earned_signature, r.out_closing_until
+            INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature,
+                out_closing_until
+            FROM credit_ledger_apply(ARRAY[kinds[i]], ARRAY[channel_ids[i]], ARRAY[amounts[i]], ARRAY[signatures[i]],
+                ARRAY[prices[i]], ARRAY[deposits[i]], ARRAY[moments[i]]) AS r;
+            IF ok AND call_ids[i] IS NOT NULL THEN
+                IF kinds[i] = 'admit' THEN
+                    INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge)
+                    VALUES (call_ids[i], owners[i], pids[i], channel_ids[i], prices[i], 0);
+                ELSIF kinds[i] = 'refund' THEN
+                    DELETE FROM metered_call AS m WHERE m.call_id = call_ids[i];
+                END IF;
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$"""
+
 POSTGRES_SCHEMA = Schema(
     backend="postgresql",
     steps=(
@@ -479,6 +518,7 @@ POSTGRES_SCHEMA = Schema(
             "DROP FUNCTION credit_ledger_apply(text[], numeric[], numeric[], bytea[], numeric[], numeric[])",
             _POSTGRES_APPLY_4,
         ),
+        (_POSTGRES_APPLY_CALLS,),
     ),
     # A transaction-scoped advisory lock, so replicas starting together migrate one at a time.
     begin=("BEGIN", "SELECT pg_advisory_xact_lock(7308822731093361744)"),

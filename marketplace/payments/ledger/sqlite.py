@@ -38,11 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from marketplace.payments.ledger.base import Credit, check_uint256, display_url
+from marketplace.payments.ledger.base import Credit, PendingCall, check_uint256, display_url
 from marketplace.payments.ledger.batching import (
     Admit,
     BatchedLedger,
     Change,
+    Checkpoint,
     Close,
     Outcome,
     RecordClaim,
@@ -50,6 +51,7 @@ from marketplace.payments.ledger.batching import (
     ResetClaim,
 )
 from marketplace.payments.ledger.errors import CreditNotFound, LedgerUnavailable
+from marketplace.payments.ledger.metered import SQLITE_METERED_SCHEMA
 from marketplace.payments.ledger.migrations import SQLITE_DIGITS, SQLITE_SCHEMA, Schema, migrate
 from marketplace.types import ChannelId, TokenAmount
 
@@ -117,6 +119,12 @@ _SELECT = f"SELECT {_COLUMNS} FROM channel_credit WHERE channel_id = ?"
 _CLAIMABLE = f"""
 SELECT channel_id, {_COLUMNS} FROM channel_credit
 WHERE consumed > claimed AND consumed >= u256_add(claimed, ?) AND signature IS NOT NULL ORDER BY channel_id"""
+# Metered calls in flight (ledger/metered.py), written in the transactions of their admission and refund.
+_RECORD_CALL = "INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge) VALUES (?, ?, ?, ?, ?, ?)"
+_CHECKPOINT_CALL = "UPDATE metered_call SET charge = ? WHERE call_id = ?"
+_FORGET_CALL = "DELETE FROM metered_call WHERE call_id = ?"
+_UNFINISHED_CALLS = "SELECT call_id, pid, channel_id, cap, charge FROM metered_call WHERE owner = ? ORDER BY call_id"
+_CALLS_ON = "SELECT cap, charge FROM metered_call WHERE channel_id = ?"
 
 
 def _encode(value: int) -> str:
@@ -236,6 +244,7 @@ class SqliteLedger(BatchedLedger):
             path.parent.mkdir(parents=True, exist_ok=True)
             opened.append(self._connect(busy_timeout))
             migrate(opened[0], schema, self.url)
+            migrate(opened[0], SQLITE_METERED_SCHEMA, self.url)
             opened.append(self._connect(busy_timeout))
         except (sqlite3.Error, OSError) as error:
             for db in opened:
@@ -287,7 +296,14 @@ class SqliteLedger(BatchedLedger):
             return self._admit(db, change, channel)
         if isinstance(change, Refund):
             row = db.execute(_REFUND, {"channel": channel, "price": _encode(change.price), "zero": _ZERO}).fetchone()
-            return _credit(change.channel_id, row) if row is not None else CreditNotFound(change.channel_id)
+            if row is None:
+                return CreditNotFound(change.channel_id)
+            if change.call is not None:
+                db.execute(_FORGET_CALL, (change.call.call_id,))
+            return _credit(change.channel_id, row)
+        if isinstance(change, Checkpoint):
+            db.execute(_CHECKPOINT_CALL, (_encode(change.charge), change.call.call_id))
+            return None
         if isinstance(change, RecordClaim):
             params = {"channel": channel, "zero": _ZERO, "amount": _encode(change.amount)}
             db.execute(_RECORD_CLAIM, params)
@@ -323,6 +339,9 @@ class SqliteLedger(BatchedLedger):
                 return change.refusal(0, 0)
         if row[0] == amount and row[3] == change.signature:  # the highest voucher: the best at this deposit
             db.execute(_KEEP_VOUCHER, params)
+        if change.call is not None:
+            call = change.call
+            db.execute(_RECORD_CALL, (call.call_id, call.owner, call.pid, channel, _encode(call.cap), _ZERO))
         return _credit(change.channel_id, row)
 
     # --- reads: on the reader thread, never blocked by the writer (WAL) ------------------------
@@ -348,6 +367,18 @@ class SqliteLedger(BatchedLedger):
         query = (_encode(channel_id), _encode(at_most))
         row = await self._on(self._reader, lambda: self._read_db.execute(_BEST_VOUCHER, query).fetchone())
         return (TokenAmount(int(row[0])), bytes(row[1])) if row is not None else None
+
+    async def unfinished_calls(self, owner: str) -> list[PendingCall]:
+        self._check_open()
+        rows = await self._on(self._reader, lambda: self._read_db.execute(_UNFINISHED_CALLS, (owner,)).fetchall())
+        return [PendingCall(row[0], owner, row[1], ChannelId(int(row[2])), TokenAmount(int(row[3])),
+                            TokenAmount(int(row[4]))) for row in rows]
+
+    async def reserved_by_calls(self, channel_id: ChannelId) -> TokenAmount:
+        self._check_open()
+        check_uint256("channel_id", channel_id)
+        rows = await self._on(self._reader, lambda: self._read_db.execute(_CALLS_ON, (_encode(channel_id),)).fetchall())
+        return TokenAmount(sum(int(cap) - int(charge) for cap, charge in rows))
 
     async def _on(self, executor: ThreadPoolExecutor, work: Callable[[], T]) -> T:
         try:

@@ -34,7 +34,7 @@ from marketplace.chain.errors import ChainError, ChannelUnconfirmed
 from marketplace.chain.views import ChainState, ChannelInfo, ModelInfo
 from marketplace.payments.eip712 import VOUCHER, checksum_address
 from marketplace.payments.errors import ChannelRejected, PaymentRejected
-from marketplace.payments.ledger.base import Credit, CreditLedger
+from marketplace.payments.ledger.base import Credit, CreditLedger, PendingCall
 from marketplace.payments.ledger.errors import ChannelClosing, InsufficientCredit
 from marketplace.payments.schemes.base import (
     Admission,
@@ -277,15 +277,17 @@ class ChannelScheme(PaymentScheme[VerifiedVoucher]):
         credit = await self.reserve(voucher, price)
         return ChannelAdmission(self, self.ledger, voucher, price, credit)
 
-    async def reserve(self, voucher: VerifiedVoucher, price: TokenAmount) -> Credit:
-        """Take `price` on the ledger with `voucher` (durable), or refuse: `insufficient_credit`,
-        `channel_closing` (a cooperative close was co-signed, on any replica)."""
+    async def reserve(self, voucher: VerifiedVoucher, price: TokenAmount, *, call: PendingCall | None = None) -> Credit:
+        """Take `price` on the ledger with `voucher` (durable; with `call`, a metered call recorded in
+        the same transaction), or refuse: `insufficient_credit`, `channel_closing` (a cooperative
+        close was co-signed, on any replica)."""
         if self.ledger is None:
             raise RuntimeError("a ChannelScheme without a ledger only verifies")
         channel_id = voucher.channel_id
         try:
             return await self.ledger.admit(channel_id, voucher.amount, voucher.signature, price,
-                                           deposit=TokenAmount(voucher.channel.deposit), now=int(self._clock()))
+                                           deposit=TokenAmount(voucher.channel.deposit), now=int(self._clock()),
+                                           call=call)
         except InsufficientCredit as refusal:
             raise ChannelRejected("insufficient_credit", str(refusal), channel_id=channel_id) from None
         except ChannelClosing as refusal:

@@ -11,12 +11,14 @@ the client's `accepted` must carry the model's current pricing (`accepted.amount
                      (cap - per_call - input_bound * per_input_token) // per_output_token)
 
 (``input_bound``: the runner's bound on the prompt's tokens); below 1 it is "cap_too_low", nothing
-taken. `admit` (`verify`, then `reserve`) records the call durably (`ledger.metered`) and reserves
-the cap on the credit ledger (the one conditional UPDATE, price = cap); the daemon reports the
-chunks it delivered (`MeteredAdmission.delivered`: never more than 64 tokens or 1 s of them beyond
-the last durable checkpoint of the charge, without stopping the stream for each commit) and
-`finish`es the call when the stream ends however it ends: charge = pricing.cost(min(input tokens,
-bound), delivered output tokens), ``cap - charge`` refunded. Wire and rules: docs/payment-protocol.md, "metered".
+taken. `admit` (`verify`, then `reserve`) reserves the cap on the credit ledger (the one
+conditional UPDATE, price = cap) and records the call in the same transaction (ledger/metered.py);
+the daemon reports the chunks it delivered (`MeteredAdmission.delivered`: never more than 64 tokens
+or 1 s of them beyond the last durable checkpoint of the charge, without stopping the stream for
+each commit) and `finish`es the call when the stream ends however it ends: charge =
+pricing.cost(min(input tokens, bound), delivered output tokens), ``cap - charge`` refunded and the
+record deleted in one transaction.
+Wire and rules: docs/payment-protocol.md, "metered".
 """
 
 from __future__ import annotations
@@ -31,8 +33,7 @@ from typing import Any, ClassVar
 
 from marketplace.chain.views import ModelInfo
 from marketplace.payments.errors import PaymentRejected
-from marketplace.payments.ledger.base import Credit, CreditLedger
-from marketplace.payments.ledger.metered import MeteredCalls, PendingCall
+from marketplace.payments.ledger.base import Credit, CreditLedger, PendingCall
 from marketplace.payments.schemes.base import Admission, Charge, OfferContext, PaidRequest, PaymentScheme
 from marketplace.payments.schemes.channel import ChannelScheme, VerifiedVoucher
 from marketplace.payments.x402 import Fields, PaymentPayload, PaymentRequirements, SettlementResponse
@@ -106,14 +107,14 @@ def output_allowance(pricing: TokenPricing, cap: int, input_bound: int, requeste
 
 class MeteredScheme(PaymentScheme[VerifiedCap]):
     """Metered calls on payment channels: `channels` verifies the voucher, `ledger` reserves the
-    cap, `calls` records each call until settled; `owner` names this daemon's calls there."""
+    cap and records each call until settled; `owner` names this daemon's calls there."""
 
     name = "metered"
 
-    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, calls: MeteredCalls, *, owner: str,
+    def __init__(self, channels: ChannelScheme, ledger: CreditLedger, *, owner: str,
                  exact_input: Callable[[bytes], bool] = lambda model_id: False) -> None:
         super().__init__(channels.state)
-        self.channels, self.ledger, self.calls, self.owner = channels, ledger, calls, owner
+        self.channels, self.ledger, self.owner = channels, ledger, owner
         self.exact_input = exact_input  # model id -> its runner counts input tokens exactly
         self._credits: dict[ChannelId, tuple[int, int] | None] = {}  # (authorized, consumed): likely_admitted
 
@@ -153,22 +154,18 @@ class MeteredScheme(PaymentScheme[VerifiedCap]):
         return await self.reserve(await self.verify(payment, request))
 
     async def reserve(self, verified: VerifiedCap) -> MeteredAdmission:
-        """Record the call, reserve the cap on the ledger (both durable).
-
-        The record commits first: a crash between the two commits makes the next start refund a
-        cap that was never reserved (the consumer pays less), never leaves one reserved unrecorded."""
+        """Reserve the cap on the ledger and record the call, in one durable transaction (a close
+        that sees no reservation sees the call refused; a restart after a crash finds every cap
+        reserved recorded)."""
         voucher = verified.voucher
         call = PendingCall(os.urandom(16), self.owner, os.getpid(), voucher.channel_id, verified.cap)
-        await self.calls.start(call)  # first: a close that sees no reservation sees the call refused
         try:
-            credit = await self.channels.reserve(voucher, verified.cap)
-        except BaseException as error:
-            if isinstance(error, PaymentRejected):
-                self._saw(voucher.channel_id, None)
-            await self.calls.finish(call.call_id)
+            credit = await self.channels.reserve(voucher, verified.cap, call=call)
+        except PaymentRejected:
+            self._saw(voucher.channel_id, None)
             raise
         self._saw(voucher.channel_id, credit)
-        return MeteredAdmission(self, verified, call.call_id, credit)
+        return MeteredAdmission(self, verified, call, credit)
 
     def likely_admitted(self, verified: VerifiedCap) -> bool:
         """Whether `reserve` should take this cap, by the channel's credit as this process last saw
@@ -197,15 +194,14 @@ class MeteredAdmission(Admission):
 
     scheme = "metered"
 
-    def __init__(self, scheme: MeteredScheme, verified: VerifiedCap, call_id: bytes, credit: Credit) -> None:
-        self._scheme, self.verified, self.call_id, self.credit = scheme, verified, call_id, credit
+    def __init__(self, scheme: MeteredScheme, verified: VerifiedCap, call: PendingCall, credit: Credit) -> None:
+        self._scheme, self.verified, self.call, self.credit = scheme, verified, call, credit
         self.max_tokens = verified.max_tokens
         self.output_tokens = 0  # delivered so far
         self.input_tokens = verified.input_bound  # charged: the bound until the run's usage says less
         self._checkpointed = (0, time.monotonic())  # the tokens and time of the last checkpoint started
         self._checkpoint: asyncio.Task[None] | None = None  # that checkpoint, until seen committed
         self._finished = self._refunded = False
-        self._given_back = self._forgotten = False  # the refund committed; the record deleted
 
     @property
     def cap(self) -> TokenAmount:
@@ -237,26 +233,23 @@ class MeteredAdmission(Admission):
         if self.output_tokens - tokens >= _CHECKPOINT_EVERY or (now - at >= _CHECKPOINT_AFTER and output_tokens):
             await self._checkpoint_committed()
             self._checkpointed = (self.output_tokens, now)
-            self._checkpoint = asyncio.ensure_future(self._scheme.calls.checkpoint(self.call_id, self.charge_now()))
+            self._checkpoint = asyncio.ensure_future(self._scheme.ledger.checkpoint_call(self.call, self.charge_now()))
 
     async def _checkpoint_committed(self) -> None:
         checkpoint, self._checkpoint = self._checkpoint, None
         if checkpoint is not None:
             await checkpoint
 
-    async def finish(self, input_tokens: int | None = None, *, forget: bool = True) -> Charge:
+    async def finish(self, input_tokens: int | None = None) -> Charge:
         """The stream ended (however): charge the input (at most its bound) and the output
-        delivered, give the rest of the cap back. Once; later calls change nothing. The call's
-        record is deleted after that commits, or, with `forget=False`, by `forget()` (so the
-        daemon can answer first: the record only matters to a restart after a crash)."""
+        delivered, give the rest of the cap back and delete the call's record (one transaction).
+        Once; later calls change nothing."""
         if input_tokens is not None:
             self.input_tokens = min(input_tokens, self.verified.input_bound)
         charge = self.charge_now()
         if not self._finished:
             self._finished = True
             await self._give_back(TokenAmount(self.cap - charge))
-        if forget:
-            await self.forget()
         voucher = self.verified.voucher
         return Charge(charge, channel_id=voucher.channel_id, cumulative=voucher.amount)
 
@@ -268,23 +261,16 @@ class MeteredAdmission(Admission):
         if not self._finished:
             self._finished = self._refunded = True
             await self._give_back(self.cap)
-        await self.forget()
-
-    async def forget(self) -> None:
-        """Delete the call's record, once its charge is settled (else the record stays for the
-        next start to settle)."""
-        if self._given_back and not self._forgotten:
-            self._forgotten = True
-            await self._scheme.calls.finish(self.call_id)
 
     async def _give_back(self, amount: TokenAmount) -> None:
+        """Refund `amount` and delete the record, once the last checkpoint is done with (a failed
+        refund leaves the record for the next start to settle)."""
         try:
-            await self._checkpoint_committed()  # first: the record's deletion must come after it
+            await self._checkpoint_committed()
         except Exception as error:  # noqa: BLE001 - superseded: the refund below settles the call
-            _log.warning("metered call %s: its last checkpoint failed: %s", self.call_id.hex(), error)
+            _log.warning("metered call %s: its last checkpoint failed: %s", self.call.call_id.hex(), error)
         scheme, channel_id = self._scheme, self.verified.voucher.channel_id
-        self.credit = await scheme.ledger.refund(channel_id, amount)
-        self._given_back = True
+        self.credit = await scheme.ledger.refund(channel_id, amount, call=self.call)
         scheme._saw(channel_id, self.credit)
 
     def channel_view(self) -> dict[str, Any]:
