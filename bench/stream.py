@@ -8,7 +8,7 @@ Each part in its own process on 127.0.0.1: the tests' fake OpenAI-compatible mod
 stream) under uvicorn; the daemon (``create_app``, as ``marketplace serve`` runs it, one worker,
 SQLite ledger) serving a model registered on a local Anvil with per-token prices (scheme
 ``metered``) whose runner is ``{kind = "openai"}`` pointing at that server; and the load generator
-(``bench/stream.py _load``: asyncio + httpx, one connection per concurrent stream). Concurrent
+(``bench/stream.py _load``: asyncio + aiohttp, one connection per concurrent stream). Concurrent
 stream i pays on channel i with one cap voucher signed ahead (amount = the deposit, so every call
 on it is admitted: signature proven once, then the ledger's reservation, checkpoints and refund).
 Per stream: time to first token (request sent -> first chunk with content) and tokens/s (content
@@ -22,15 +22,17 @@ another checkout (``git worktree add DIR <commit>``) on its own ledger: a change
 in one run. The machine is shared (2 cores: load generator, daemon, relay, upstream, Anvil and
 other jobs; the load average is recorded): the ratios, measured side by side, are what to read.
 
-At 64 streams x 250 tokens/s (16,000 tokens/s asked) the load generator and the upstream alone
-saturate 2 cores: direct gets 175-198 of the 250 tokens/s per stream, and any hop's CPU comes out
-of the others' share, so the x64 ratios then measure the machine (even the unpaid relay swings
-0.81-0.92x). Hence an extra x64 group, "x64 @100/s", at ``--rate-64`` tokens/s per stream, where
-the machine has headroom. The daemon's runner is configured with one upstream URL, so that group
-has its own servers: a second upstream at that rate with its own paid daemon, relay and baseline
-(each daemon on its own ledger; the same channels and vouchers), idle while the other group runs.
-Every group records the share of its nominal rate that direct delivered, and is "saturated" when
-that is below 0.85 (with headroom it is 0.92-0.95): the machine, not the hop, is then the bottleneck.
+The load generator is one process, so one core: on httpx it spent ~100 µs of CPU per token and
+topped out at 8,000-9,000 tokens/s, so at 64 x 250 tokens/s (16,000 asked) direct got only 175-198
+of the 250 per stream and the x64 ratios measured the generator (even the unpaid relay swung
+0.81-0.92x). On aiohttp it spends ~20 µs per token and direct gets ~225. An extra x64 group,
+"x64 @100/s", at ``--rate-64`` tokens/s per stream (a busy GPU server's decode rate per stream)
+shows the hops where the machine has more headroom. The daemon's runner is configured with one
+upstream URL, so that group has its own servers: a second upstream at that rate with its own paid
+daemon, relay and baseline (each daemon on its own ledger; the same channels and vouchers), idle
+while the other group runs. Every group records the share of its nominal rate that direct
+delivered, and is "saturated" when that is below 0.85 (with headroom it is 0.90-0.95): the
+machine, not the hop, is then the bottleneck.
 """
 
 import argparse
@@ -66,11 +68,11 @@ VS_DIRECT = {"(a) direct": None, "(b) paid daemon": "tokens_per_s_ratio",
 
 
 async def _one(client: Any, url: str, body: bytes, header: str | None) -> dict[str, Any]:
-    import httpx
+    import aiohttp
 
     try:
         return await _timed(client, url, body, header)
-    except httpx.HTTPError as error:
+    except (aiohttp.ClientError, TimeoutError) as error:
         return {"error": f"{type(error).__name__}: {error}"}
 
 
@@ -78,10 +80,10 @@ async def _timed(client: Any, url: str, body: bytes, header: str | None) -> dict
     headers = {"content-type": "application/json"} | ({"PAYMENT-SIGNATURE": header} if header else {})
     started = time.perf_counter()
     first, tokens, settled, buffer = None, 0, False, b""
-    async with client.stream("POST", url, content=body, headers=headers) as response:
-        if response.status_code != 200:
-            return {"error": f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"}
-        async for raw in response.aiter_raw():
+    async with client.post(url, data=body, headers=headers) as response:
+        if response.status != 200:
+            return {"error": f"HTTP {response.status}: {(await response.read())[:200]!r}"}
+        async for raw in response.content.iter_any():
             buffer += raw
             *events, buffer = buffer.split(b"\n\n")
             for event in events:
@@ -99,12 +101,13 @@ async def _timed(client: Any, url: str, body: bytes, header: str | None) -> dict
 
 
 async def _load(job: dict[str, Any]) -> dict[str, Any]:
-    import httpx
+    import aiohttp
 
     concurrency = job["concurrency"]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     body = job["body"].encode()
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60),
+                                     auto_decompress=False) as client:
 
         def header(i: int) -> str | None:
             return job["headers"][i] if job["headers"] else None
@@ -370,7 +373,7 @@ def report(results: dict[str, Any], groups: list[Group], args: argparse.Namespac
     met = {f"{key} {n}": _met(key, value) for n, group in compared.items() for key, value in group.items()
            if key in TARGETS}
     document = {
-        "generator": "asyncio + httpx in its own process, one connection per concurrent stream (warmed up); "
+        "generator": "asyncio + aiohttp in its own process, one connection per concurrent stream (warmed up); "
                      "one pre-signed cap voucher per channel, concurrent stream i on channel i",
         "config": {"tokens": args.tokens, "upstream_rate_tokens_per_s": args.rate,
                    "extra_x64_upstream_rate_tokens_per_s": groups[-1].rate if groups[-1].extra else None,
