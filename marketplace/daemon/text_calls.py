@@ -6,9 +6,9 @@
       stream true:  PAYMENT-RESPONSE (the cap reserved) -> `data: <chunk + x402_tokens>` ... ->
                     [usage chunk] -> `: x402-settlement {...}` -> `data: [DONE]`
 
-Once the voucher is verified, the runner's stream starts while the call is recorded and its cap
-reserved (two durable commits), unless this process saw the channel's credit fall short of the
-cap: the model's time to first token overlaps them; nothing is written before both are done, and
+Once the voucher is verified, the runner's stream starts while its cap is reserved and the call
+recorded (one durable commit), unless this process saw the channel's credit fall short of the
+cap: the model's time to first token overlaps it; nothing is written before it is done, and
 a refused reservation stops the model. The daemon counts the output tokens of the chunks it wrote
 to the client (each at most the UTF-8 length of its text, at least 1: what a client may check) and
 stops at the cap's `max_tokens`; chunks that arrived together are written together. The
