@@ -171,3 +171,23 @@ async def test_concurrent_calls_share_commits_with_the_credit_they_reserve(ledge
         assert await consumed(again) == 10 * 100 + sum(range(10, 20))
     finally:
         await again.close()
+
+
+async def test_a_cancelled_admission_leaves_neither_its_reservation_nor_its_record(ledger_url: str) -> None:
+    ledger = await asyncio.to_thread(open_ledger, ledger_url)
+    try:
+        served: list[PendingCall] = []
+        for delay in (0, 0, 0.0002, 0.0005, 0.001, 0.002, 0.005):  # before, while or after it commits
+            call = new_call(cap=100)
+            admission = asyncio.ensure_future(admit(ledger, call))
+            await asyncio.sleep(delay)
+            admission.cancel()
+            (outcome,) = await asyncio.gather(admission, return_exceptions=True)
+            if outcome is None:  # it finished before the cancel: the caller has its call to settle
+                served.append(call)
+        await ledger.checkpoint_call(new_call(), TokenAmount(0))  # a change after the compensations: they are done
+        assert {c.call_id for c in await ledger.unfinished_calls("me")} == {c.call_id for c in served}
+        if served or await ledger.credit(CHANNEL) is not None:
+            assert await consumed(ledger) == 100 * len(served)
+    finally:
+        await ledger.close()
