@@ -438,41 +438,42 @@ END
 $$"""
 
 # Version 5: a metered call's record (the `metered_calls` component's table) is written in the ledger's
-# transactions: recorded with the admission that reserves its cap, deleted with the refund that settles it,
-# its charge checkpointed (kind 'checkpoint': `amounts` carries the charge). Each other change runs through
-# credit_ledger_apply as released; `call_ids` is NULL for a change without a call.
+# transactions: the batch's changes run through credit_ledger_apply as released (one call), then the record
+# of each call admitted is inserted and of each call refunded deleted (`call_ids`: NULL for a change
+# without a call), then the checkpoints are written (a checkpoint of a call refunded in the same batch
+# finds no row: the call is settled). One row per change, as before; checkpoints return none.
 _POSTGRES_APPLY_CALLS = """
 CREATE FUNCTION credit_ledger_apply_calls(
     kinds text[], channel_ids numeric[], amounts numeric[], signatures bytea[], prices numeric[], deposits numeric[],
-    moments bigint[], call_ids bytea[], owners text[], pids bigint[]
+    moments bigint[], call_ids bytea[], owners text[], pids bigint[],
+    checkpoint_ids bytea[], checkpoint_charges numeric[]
 ) RETURNS TABLE (ok boolean, out_authorized numeric, out_consumed numeric, out_claimed numeric, out_signature bytea,
                  out_earned numeric, out_earned_signature bytea, out_closing_until bigint)
 LANGUAGE plpgsql AS $$
+DECLARE
+    applied record;
 BEGIN
-    FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
-        ok := NULL; out_authorized := NULL; out_consumed := NULL; out_claimed := NULL; out_signature := NULL;
-        out_earned := NULL; out_earned_signature := NULL; out_closing_until := NULL;
-        IF kinds[i] = 'checkpoint' THEN
-            UPDATE metered_call AS m SET charge = amounts[i] WHERE m.call_id = call_ids[i];
-            ok := TRUE;
-        ELSE
-            SELECT r.ok, r.out_authorized, r.out_consumed, r.out_claimed, r.out_signature, r.out_earned,
-                r.out_earned_signature, r.out_closing_until
-            INTO ok, out_authorized, out_consumed, out_claimed, out_signature, out_earned, out_earned_signature,
-                out_closing_until
-            FROM credit_ledger_apply(ARRAY[kinds[i]], ARRAY[channel_ids[i]], ARRAY[amounts[i]], ARRAY[signatures[i]],
-                ARRAY[prices[i]], ARRAY[deposits[i]], ARRAY[moments[i]]) AS r;
-            IF ok AND call_ids[i] IS NOT NULL THEN
-                IF kinds[i] = 'admit' THEN
-                    INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge)
-                    VALUES (call_ids[i], owners[i], pids[i], channel_ids[i], prices[i], 0);
-                ELSIF kinds[i] = 'refund' THEN
-                    DELETE FROM metered_call AS m WHERE m.call_id = call_ids[i];
-                END IF;
+    FOR applied IN
+        SELECT * FROM credit_ledger_apply(kinds, channel_ids, amounts, signatures, prices, deposits, moments)
+            WITH ORDINALITY AS r(ok, authorized, consumed, claimed, signature, earned, earned_signature,
+                                 closing_until, position)
+    LOOP
+        IF applied.ok AND call_ids[applied.position] IS NOT NULL THEN
+            IF kinds[applied.position] = 'admit' THEN
+                INSERT INTO metered_call (call_id, owner, pid, channel_id, cap, charge)
+                VALUES (call_ids[applied.position], owners[applied.position], pids[applied.position],
+                        channel_ids[applied.position], prices[applied.position], 0);
+            ELSIF kinds[applied.position] = 'refund' THEN
+                DELETE FROM metered_call AS m WHERE m.call_id = call_ids[applied.position];
             END IF;
         END IF;
+        ok := applied.ok; out_authorized := applied.authorized; out_consumed := applied.consumed;
+        out_claimed := applied.claimed; out_signature := applied.signature; out_earned := applied.earned;
+        out_earned_signature := applied.earned_signature; out_closing_until := applied.closing_until;
         RETURN NEXT;
     END LOOP;
+    UPDATE metered_call AS m SET charge = c.charge
+    FROM unnest(checkpoint_ids, checkpoint_charges) AS c(call_id, charge) WHERE m.call_id = c.call_id;
 END
 $$"""
 
